@@ -1,0 +1,121 @@
+/*
+ * Guest memory layout and guest-kernel ABI, shared by the guest kernel (kernel.S, kernel.c)
+ * and the VMM.  build.rs turns every `#define NAME VALUE` line below into a Rust constant in
+ * `vmm::guest::layout`, so this file is the single source of truth.  Values must be plain
+ * integer literals (no expressions), one per line.
+ *
+ * Guest-physical memory (GPA):
+ *
+ *   slot 0  "guest RAM" (memory_mb, snapshotted, dirty-logged in instances)
+ *   0x0000_0000 +----------------------------+
+ *               | kernel PML4        0x00000 |  CR3
+ *               | user PML4          0x01000 |  PVM only: CR3|0x1000, lower half only
+ *               | GDT                0x02000 |
+ *               | IDT                0x03000 |
+ *               | TSS                0x04000 |
+ *               | KDATA              0x05000 |  kernel variables the host sets at boot/freeze
+ *               | fast-syscall table 0x06000 |  512 handler addresses (host-written)
+ *               | fast-syscall value 0x07000 |  512 constant results (host-written)
+ *               | XSAVE snapshot     0x08000 |  16 KiB, FPU/SSE/AVX state restored on reset
+ *               | kernel code        0x10000 |  64 KiB, read-only + executable
+ *               | page-table pool    0x20000 |  grows up; kernel area ends 2 MiB aligned
+ *   user_base   +----------------------------+
+ *               | program image, arena: brk grows up, mmap grows down, guard, stack
+ *   memory_mb   +----------------------------+
+ *
+ *   slot 1  "vCPU area" at GPA_VCPU (per VM: never snapshotted, never dirty-logged)
+ *               | VIF page           0x00000 |  PVM per-vCPU page (the hypervisor writes it)
+ *               | VCD                0x01000 |  clock anchor, scratch, entropy pool
+ *               | counters           0x02000 |  in-guest syscall counts, 512 x u64
+ *               | kernel stack       0x04000 |  .. 0x08000 (top)
+ *               | exception stack    0x08000 |  .. 0x0c000 (top, IST1 on hardware KVM)
+ *               | request area       0x10000 |  mapped read-only at REQUEST_VA for the program
+ *
+ *   slot 2  tenant shared memory at GPA_SHARED (MAP_SHARED, never reset), RW at SHARED_VA
+ *
+ * Virtual addresses: the kernel lives in the top 2 GiB (KBASE + GPA for slot 0's kernel
+ * area, KVCPU + offset for slot 1), reachable with 32-bit sign-extended absolute addressing.
+ * The program's memory is one linear window VA = GPA + offset in the lower half.
+ */
+#ifndef TENANTVM_GUEST_LAYOUT_H
+#define TENANTVM_GUEST_LAYOUT_H
+
+#define KBASE 0xffffffff80000000
+#define KVCPU 0xffffffffc0000000
+
+#define GPA_KPML4 0x0
+#define GPA_UPML4 0x1000
+#define GPA_GDT 0x2000
+#define GPA_IDT 0x3000
+#define GPA_TSS 0x4000
+#define GPA_KDATA 0x5000
+#define GPA_FAST_TABLE 0x6000
+#define GPA_FAST_VALUE 0x7000
+#define GPA_XSAVE 0x8000
+#define XSAVE_SIZE 0x4000
+#define GPA_KCODE 0x10000
+#define KCODE_SIZE 0x10000
+#define GPA_PT_POOL 0x20000
+
+/* KDATA fields (byte offsets from GPA_KDATA) */
+#define KD_PVM 0x0
+#define KD_FSGSBASE 0x8
+#define KD_SNAP_FS 0x10
+#define KD_SNAP_GS 0x18
+#define KD_NWRANGES 0x20
+#define KD_WRANGES 0x40
+#define KD_MAX_WRANGES 8
+
+/* slot 1: the vCPU area */
+#define GPA_VCPU 0x1000000000
+#define VC_VIF 0x0
+#define VC_DATA 0x1000
+#define VC_COUNTS 0x2000
+#define VC_KSTACK_TOP 0x8000
+#define VC_ISTACK_TOP 0xc000
+#define VC_REQUEST 0x10000
+
+/* VCD fields (byte offsets from VC_DATA) */
+#define VCD_CLOCK_OK 0x0
+#define VCD_TSC_BASE 0x8
+#define VCD_TSC_MULT 0x10
+#define VCD_TSC_SHIFT 0x18
+#define VCD_MONO_BASE 0x20
+#define VCD_REAL_BASE 0x28
+#define VCD_USER_RSP 0x40
+#define VCD_SAVE_RAX 0x48
+#define VCD_SAVE_RDX 0x50
+#define VCD_ENTROPY_POS 0x80
+#define VCD_ENTROPY 0x100
+#define VCD_ENTROPY_SIZE 0x100
+
+/* slot 2 */
+#define GPA_SHARED 0x1800000000
+
+/* Fixed program-visible addresses */
+#define REQUEST_VA 0x7f0000000000
+#define SHARED_VA 0x7e0000000000
+#define USER_VA_LIMIT 0x7e0000000000
+
+/* Exits from the guest kernel to the VMM: `out %al, $port` */
+#define PORT_SYSCALL 0x10
+#define PORT_BOOTED 0x11
+#define PORT_EXCEPTION_BASE 0x80
+
+/* Segment selectors (GDT layout) */
+#define SEL_KCODE 0x10
+#define SEL_KDATA 0x18
+#define SEL_UDATA 0x2b
+#define SEL_UCODE 0x33
+#define SEL_TSS 0x40
+
+/* PVM hypercalls (this host's kvm_pvm, found by experiment; see docs/platform.md) */
+#define PVM_HC_SET_VIF 0x100c
+#define PVM_VIF_FLAGS 0x6f
+
+/* Fast-path dispatch: syscalls below this number go through the fast table */
+#define FAST_SYSCALLS 512
+/* The fast path answers FAST_FORWARD when the host must handle the call after all */
+#define FAST_FORWARD 0x8000000000000000
+
+#endif

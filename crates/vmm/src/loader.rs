@@ -1,0 +1,335 @@
+//! Builds a guest's initial RAM: the guest kernel and its tables, the page tables, the
+//! program image and its stack.
+//!
+//! The program's memory is one linear window of RAM (VA = GPA + offset, the offset a multiple
+//! of 2 MiB so that large pages line up):
+//!
+//! ```text
+//!  GPA 0         2 MiB           user_base                                     memory
+//!  | kernel area |  (unused gap  | image | arena: brk ->    <- mmap | guard | stack |
+//!                 up to the image's offset inside its 2 MiB page)
+//! ```
+
+use crate::elf::ElfImage;
+use crate::error::{Error, Result};
+use crate::guest::kernel::{self, sym};
+use crate::guest::layout::*;
+use crate::guest::{kdata, LARGE_PAGE_SIZE, PAGE_SIZE};
+use crate::kvm::Host;
+use crate::memory::user::{Area, Backing, Perm, UserMap};
+use crate::memory::GuestMemory;
+use crate::paging::{LeafFlags, PageTables};
+use crate::stack::{self, ProcessInfo};
+use crate::syscalls::mem::MemoryState;
+
+/// Size of the kernel area at the bottom of RAM.
+pub const KERNEL_AREA: u64 = LARGE_PAGE_SIZE;
+/// Smallest arena accepted (room for brk and mmap after the image).
+pub const MIN_ARENA: u64 = 1 << 20;
+/// Most RAM a VM may have (slot 1 sits above it).
+pub const MAX_MEMORY: u64 = GPA_VCPU / 2;
+/// Most bytes of arguments and environment.
+pub const MAX_ARGS: usize = 2 << 20;
+
+/// The program's identity numbers.
+pub const PID: u64 = 2;
+/// Its parent's pid.
+pub const PPID: u64 = 1;
+/// uid and gid.
+pub const UID: u64 = 1000;
+
+/// What to load and how big the VM is.
+#[derive(Debug, Clone)]
+pub struct LoadConfig<'a> {
+    /// RAM in bytes (multiple of 2 MiB).
+    pub memory: u64,
+    /// Stack size in bytes.
+    pub stack_size: u64,
+    /// argv.
+    pub args: &'a [Vec<u8>],
+    /// envp.
+    pub env: &'a [Vec<u8>],
+    /// AT_EXECFN.
+    pub execfn: &'a [u8],
+    /// Size of the request area mapped at REQUEST_VA (0: none).
+    pub request_area: u64,
+    /// Size of tenant shared memory mapped at SHARED_VA (0: none).
+    pub shared_size: u64,
+    /// Let the guest kernel answer clocks, ids, randomness and TLS calls itself.
+    pub fast_syscalls: bool,
+    /// AT_RANDOM bytes.
+    pub random: [u8; 16],
+}
+
+/// A loaded program, ready for its vCPU.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Guest RAM with everything in place.
+    pub ram: GuestMemory,
+    /// The program's address space.
+    pub map: UserMap,
+    /// Entry point.
+    pub entry: u64,
+    /// Initial stack pointer.
+    pub rsp: u64,
+    /// Initial brk / mmap bookkeeping.
+    pub mem_state: MemoryState,
+}
+
+/// Layout of the program's window of RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// VA − GPA.
+    pub offset: u64,
+    /// Start of the arena (= initial brk).
+    pub arena: u64,
+    /// Guard page (end of the arena).
+    pub guard: u64,
+    /// Stack bottom (guard + 1 page).
+    pub stack: u64,
+    /// Stack top (end of RAM in VA).
+    pub top: u64,
+}
+
+/// Places the image in RAM of `memory` bytes with a stack of `stack_size`.
+pub fn window(image: &ElfImage, memory: u64, stack_size: u64) -> Result<Window> {
+    let user_base = KERNEL_AREA + image.start % LARGE_PAGE_SIZE;
+    let offset = image.start.wrapping_sub(user_base);
+    let top = memory.wrapping_add(offset);
+    let stack = top.wrapping_sub(stack_size);
+    let guard = stack.wrapping_sub(PAGE_SIZE);
+    let needed = user_base + (image.end - image.start) + MIN_ARENA + PAGE_SIZE + stack_size;
+    if needed > memory {
+        return Err(Error::DoesNotFit(format!(
+            "the image ({} KiB), a {} KiB stack and a minimal heap need {} MiB of memory, the VM has {} MiB",
+            (image.end - image.start) >> 10,
+            stack_size >> 10,
+            needed.div_ceil(1 << 20),
+            memory >> 20
+        )));
+    }
+    if top > USER_VA_LIMIT {
+        return Err(Error::DoesNotFit(format!(
+            "the image at {:#x} leaves no room for {} MiB of memory",
+            image.start,
+            memory >> 20
+        )));
+    }
+    Ok(Window { offset, arena: image.end, guard, stack, top })
+}
+
+fn perm_of(s: &crate::elf::Segment) -> Perm {
+    Perm { read: s.read || s.exec || s.write, write: s.write, exec: s.exec }
+}
+
+/// Rights of each image page: the union of the segments that touch it.
+fn image_areas(image: &ElfImage) -> Vec<Area> {
+    let mut pages: Vec<(u64, Perm)> = Vec::new();
+    for s in &image.segments {
+        let first = s.vaddr / PAGE_SIZE * PAGE_SIZE;
+        let mut page = first;
+        while page < s.vaddr + s.mem_len {
+            match pages.iter_mut().find(|(p, _)| *p == page) {
+                Some((_, perm)) => *perm = perm.union(perm_of(s)),
+                None => pages.push((page, perm_of(s))),
+            }
+            page += PAGE_SIZE;
+        }
+    }
+    pages.sort_by_key(|(p, _)| *p);
+    let mut areas: Vec<Area> = Vec::new();
+    for (page, perm) in pages {
+        match areas.last_mut() {
+            Some(a) if a.end == page && a.perm == perm => a.end += PAGE_SIZE,
+            _ => areas.push(Area { start: page, end: page + PAGE_SIZE, perm, backing: Backing::Ram }),
+        }
+    }
+    areas
+}
+
+fn write_gdt_idt_tss(ram: &mut GuestMemory, pvm: bool) -> Result<()> {
+    let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
+    let gdt: [u64; 8] = [
+        0,
+        0x00cf_9b00_0000_ffff, // 0x08 32-bit kernel code (unused)
+        0x00af_9b00_0000_ffff, // 0x10 64-bit kernel code
+        0x00cf_9300_0000_ffff, // 0x18 kernel data
+        0x00cf_fb00_0000_ffff, // 0x20 32-bit user code (STAR base for sysret)
+        0x00cf_f300_0000_ffff, // 0x28 user data (0x2b)
+        0x00af_fb00_0000_ffff, // 0x30 64-bit user code (0x33)
+        0,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        ram.write_u64(GPA_GDT + 8 * i as u64, *d).map_err(oob)?;
+    }
+    let tss = KBASE + GPA_TSS;
+    let tss_lo = 103 | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((tss >> 24) & 0xff) << 56);
+    ram.write_u64(GPA_GDT + 8 * 8, tss_lo).map_err(oob)?;
+    ram.write_u64(GPA_GDT + 8 * 9, tss >> 32).map_err(oob)?;
+    // TSS: RSP0 and IST1 both point at the exception stack; no I/O bitmap.
+    let stack = KVCPU + VC_ISTACK_TOP;
+    ram.write(GPA_TSS + 4, &stack.to_le_bytes()).map_err(oob)?;
+    ram.write(GPA_TSS + 36, &stack.to_le_bytes()).map_err(oob)?;
+    ram.write(GPA_TSS + 102, &104u16.to_le_bytes()).map_err(oob)?;
+    // IDT: interrupt gates (DPL 0, so `int n` from user mode is a #GP).  On hardware KVM
+    // every exception switches to IST1, so even a fault in kernel code with a user-chosen rsp
+    // lands on a good stack; PVM always switches to RSP0 and does not use IST.
+    let ist = if pvm { 0 } else { 1u64 };
+    for v in 0..32u64 {
+        let h = kernel::exception_stub(v);
+        let lo = (h & 0xffff) | (SEL_KCODE << 16) | (ist << 32) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48);
+        ram.write_u64(GPA_IDT + 16 * v, lo).map_err(oob)?;
+        ram.write_u64(GPA_IDT + 16 * v + 8, h >> 32).map_err(oob)?;
+    }
+    Ok(())
+}
+
+/// Fills the fast-path tables: which system calls the guest kernel answers itself.
+fn write_fast_tables(ram: &mut GuestMemory, enabled: bool) -> Result<()> {
+    let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
+    for nr in 0..FAST_SYSCALLS {
+        ram.write_u64(GPA_FAST_TABLE + 8 * nr, sym::FORWARD).map_err(oob)?;
+    }
+    if !enabled {
+        return Ok(());
+    }
+    let constants = [
+        (libc::SYS_getpid, PID),
+        (libc::SYS_gettid, PID),
+        (libc::SYS_getppid, PPID),
+        (libc::SYS_getuid, UID),
+        (libc::SYS_geteuid, UID),
+        (libc::SYS_getgid, UID),
+        (libc::SYS_getegid, UID),
+        (libc::SYS_sched_yield, 0),
+    ];
+    for (nr, value) in constants {
+        ram.write_u64(GPA_FAST_TABLE + 8 * nr as u64, sym::FAST_CONST).map_err(oob)?;
+        ram.write_u64(GPA_FAST_VALUE + 8 * nr as u64, value).map_err(oob)?;
+    }
+    for nr in
+        [libc::SYS_clock_gettime, libc::SYS_gettimeofday, libc::SYS_time, libc::SYS_getrandom, libc::SYS_arch_prctl]
+    {
+        ram.write_u64(GPA_FAST_TABLE + 8 * nr as u64, sym::FAST_C).map_err(oob)?;
+    }
+    Ok(())
+}
+
+/// Builds RAM for `image` (whose bytes are `file`).
+pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) -> Result<Loaded> {
+    if cfg.memory % LARGE_PAGE_SIZE != 0 || cfg.memory < 4 * LARGE_PAGE_SIZE || cfg.memory > MAX_MEMORY {
+        return Err(Error::Config(format!(
+            "memory must be a multiple of 2 MiB between 8 MiB and {} GiB, got {} bytes",
+            MAX_MEMORY >> 30,
+            cfg.memory
+        )));
+    }
+    let pvm = host.platform.is_pvm();
+    let win = window(image, cfg.memory, cfg.stack_size)?;
+    let mut ram = GuestMemory::new(cfg.memory)?;
+    let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
+
+    ram.write(GPA_KCODE, kernel::IMAGE).map_err(oob)?;
+    write_gdt_idt_tss(&mut ram, pvm)?;
+    write_fast_tables(&mut ram, cfg.fast_syscalls)?;
+
+    // The address space.
+    let mut map = UserMap::new(win.offset);
+    for area in image_areas(image) {
+        map.add(area);
+    }
+    if win.guard > win.arena {
+        map.add(Area { start: win.arena, end: win.guard, perm: Perm::RW, backing: Backing::Ram });
+    }
+    map.add(Area { start: win.stack, end: win.top, perm: Perm::RW, backing: Backing::Ram });
+    if cfg.shared_size > 0 {
+        map.add(Area { start: SHARED_VA, end: SHARED_VA + cfg.shared_size, perm: Perm::RW, backing: Backing::Shared });
+    }
+    if cfg.request_area > 0 {
+        map.add(Area {
+            start: REQUEST_VA,
+            end: REQUEST_VA + cfg.request_area,
+            perm: Perm::R,
+            backing: Backing::Request,
+        });
+    }
+
+    // Page tables: the user half from the map, then the kernel half.
+    {
+        let mut pt = PageTables::new(&mut ram, GPA_PT_POOL, KERNEL_AREA, pvm);
+        let paging = |e: crate::paging::PagingError| Error::DoesNotFit(format!("page tables: {e}"));
+        for a in map.areas() {
+            let gpa = match a.backing {
+                Backing::Ram => map.ram_gpa(a.start),
+                other => {
+                    UserMap::backing_gpa(other)
+                        + (a.start - if other == Backing::Shared { SHARED_VA } else { REQUEST_VA })
+                }
+            };
+            let flags = LeafFlags { write: a.perm.write, exec: a.perm.exec, user: true };
+            pt.map(GPA_KPML4, a.start, gpa, a.end - a.start, flags).map_err(paging)?;
+        }
+        let data = LeafFlags { write: true, exec: false, user: false };
+        let code = LeafFlags { write: false, exec: true, user: false };
+        pt.map(GPA_KPML4, KBASE, 0, GPA_KCODE, data).map_err(paging)?;
+        pt.map(GPA_KPML4, KBASE + GPA_KCODE, GPA_KCODE, KCODE_SIZE, code).map_err(paging)?;
+        let rest = GPA_KCODE + KCODE_SIZE;
+        pt.map(GPA_KPML4, KBASE + rest, rest, KERNEL_AREA - rest, data).map_err(paging)?;
+        let vcpu_len = crate::vm::vcpu_area_size(cfg.request_area);
+        pt.map(GPA_KPML4, KVCPU, GPA_VCPU, vcpu_len, data).map_err(paging)?;
+    }
+    if pvm {
+        // PVM runs the program on the page table at CR3 | 0x1000: the same lower half,
+        // nothing of the kernel.
+        for i in 0..256u64 {
+            let e = ram.read_u64(GPA_KPML4 + 8 * i).map_err(oob)?;
+            ram.write_u64(GPA_UPML4 + 8 * i, e).map_err(oob)?;
+        }
+    }
+
+    // Image and stack.
+    for s in &image.segments {
+        let bytes = &file[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
+        ram.write(map.ram_gpa(s.vaddr), bytes).map_err(oob)?;
+    }
+    let info = ProcessInfo {
+        args: cfg.args,
+        env: cfg.env,
+        execfn: cfg.execfn,
+        phdr: image.phdr_vaddr,
+        phnum: image.phnum,
+        entry: image.entry,
+        hwcap: u64::from(host.cpu.hwcap),
+        hwcap2: if host.cpu.fsgsbase { 2 } else { 0 },
+        uid: UID,
+        gid: UID,
+        random: cfg.random,
+    };
+    let limit = MAX_ARGS.min((cfg.stack_size / 4) as usize);
+    let st = stack::build(&info, win.top, limit).map_err(|e| Error::Config(e.to_string()))?;
+    ram.write(map.ram_gpa(st.rsp), &st.bytes).map_err(oob)?;
+
+    // KDATA: platform flags and the writable ranges the fast path may store to.
+    let writable: Vec<(u64, u64)> = {
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        for a in map.areas().iter().filter(|a| a.perm.write) {
+            match v.last_mut() {
+                Some(last) if last.1 == a.start => last.1 = a.end,
+                _ => v.push((a.start, a.end)),
+            }
+        }
+        v.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
+        v.truncate(KD_MAX_WRANGES as usize);
+        v
+    };
+    ram.write_u64(kdata(KD_PVM), u64::from(pvm)).map_err(oob)?;
+    ram.write_u64(kdata(KD_FSGSBASE), u64::from(host.cpu.fsgsbase)).map_err(oob)?;
+    ram.write_u64(kdata(KD_NWRANGES), writable.len() as u64).map_err(oob)?;
+    for (i, (lo, hi)) in writable.iter().enumerate() {
+        ram.write_u64(kdata(KD_WRANGES) + 16 * i as u64, *lo).map_err(oob)?;
+        ram.write_u64(kdata(KD_WRANGES) + 16 * i as u64 + 8, *hi).map_err(oob)?;
+    }
+
+    let fixed = vec![(image.start, image.end), (win.stack, win.top)];
+    Ok(Loaded { ram, map, entry: image.entry, rsp: st.rsp, mem_state: MemoryState::new(win.arena, win.guard, fixed) })
+}

@@ -1,0 +1,306 @@
+//! A booted program: its VM, its emulated process, and the run loop.
+//!
+//! ```text
+//!   Machine::boot ──> (kernel_start: PVM registration, PORT_BOOTED) ──> user entry
+//!   Machine::run  ──> KVM_RUN ──> exit ──┬─ PORT_SYSCALL: syscalls::dispatch, resume
+//!                                        ├─ exception: the run ends with a GuestFault
+//!                                        ├─ interrupted: deadline? end as Timeout : resume
+//!                                        └─ a handler stopped the run: end with its Stop
+//! ```
+//!
+//! Registers travel through kvm_run's sync area (no GET/SET_REGS ioctls on the way), so a
+//! forwarded system call costs exactly one exit.
+
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_regs;
+
+use crate::error::{Error, GuestFault, Result};
+use crate::guest::kernel::sym;
+use crate::guest::layout::*;
+use crate::guest::vcd;
+use crate::kvm::Host;
+use crate::memory::user::UserMap;
+use crate::memory::Mapping;
+use crate::syscalls::api::ApiLimits;
+use crate::syscalls::fs::Io;
+use crate::syscalls::{self, Ctx, Process, Stop, SyscallCounts, UserMemory};
+use crate::timer::Deadline;
+use crate::vcpu::{self, Exit};
+use crate::vm::Vm;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// A system-call handler stopped it (exit, respond, wait_for_request, ...).
+    Stopped(Stop),
+    /// The program caused a CPU exception or misused the API.
+    Fault(GuestFault),
+    /// The deadline passed.
+    Timeout,
+}
+
+/// Counters of one machine, cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineStats {
+    /// `KVM_RUN` calls.
+    pub entries: u64,
+    /// Returns from `KVM_RUN` (each is one exit from the guest).
+    pub exits: u64,
+    /// System calls answered by the host.
+    pub host_syscalls: SyscallCounts,
+}
+
+/// The TSC → nanoseconds conversion the guest kernel uses for its clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    mult: u64,
+    shift: u64,
+    /// guest TSC − host TSC.
+    offset: i64,
+    anchored: Option<Instant>,
+    mono_line: (u64, u64),
+}
+
+const CLOCK_SHIFT: u64 = 32;
+/// How often the clock anchor is refreshed against the host's clocks.
+const REANCHOR: Duration = Duration::from_secs(1);
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects and is available on every x86-64 CPU.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+fn now_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the local `ts`.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Clock {
+    fn new(vm: &mut Vm) -> Option<Clock> {
+        if !vm.host().cpu.invariant_tsc {
+            return None;
+        }
+        let khz = u64::from(vm.vcpu().get_tsc_khz().ok()?);
+        if khz == 0 {
+            return None;
+        }
+        // Guest TSC vs host TSC: read the guest's IA32_TSC between two host reads.
+        let mut msrs =
+            kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry { index: 0x10, ..Default::default() }])
+                .expect("one entry");
+        let t0 = rdtsc();
+        let n = vm.vcpu().get_msrs(&mut msrs).ok()?;
+        let t1 = rdtsc();
+        if n != 1 {
+            return None;
+        }
+        let guest = msrs.as_slice()[0].data;
+        let offset = guest.wrapping_sub(t0 / 2 + t1 / 2) as i64;
+        Some(Clock {
+            mult: (1_000_000u64 << CLOCK_SHIFT) / khz,
+            shift: CLOCK_SHIFT,
+            offset,
+            anchored: None,
+            mono_line: (0, 0),
+        })
+    }
+
+    fn at(&self, line: (u64, u64), tsc: u64) -> u64 {
+        let delta = tsc.saturating_sub(line.0) as u128;
+        line.1 + ((delta * u128::from(self.mult)) >> self.shift) as u64
+    }
+
+    /// Writes a fresh anchor into the vCPU area if the last one is older than a second.
+    /// The monotonic clock the guest sees never goes backwards across re-anchoring.
+    fn refresh(&mut self, area: &Mapping) {
+        if self.anchored.is_some_and(|t| t.elapsed() < REANCHOR) {
+            return;
+        }
+        let host_tsc = rdtsc();
+        let mono = now_ns(libc::CLOCK_MONOTONIC);
+        let real = now_ns(libc::CLOCK_REALTIME);
+        let tsc = host_tsc.wrapping_add(self.offset as u64);
+        let mut mono_base = mono;
+        if self.anchored.is_some() {
+            mono_base = mono_base.max(self.at(self.mono_line, tsc));
+        }
+        self.mono_line = (tsc, mono_base);
+        let put = |field: u64, v: u64| area.write(vcd(field), &v.to_le_bytes());
+        put(VCD_TSC_BASE, tsc);
+        put(VCD_TSC_MULT, self.mult);
+        put(VCD_TSC_SHIFT, self.shift);
+        put(VCD_MONO_BASE, mono_base);
+        put(VCD_REAL_BASE, real);
+        put(VCD_CLOCK_OK, 1);
+        self.anchored = Some(Instant::now());
+    }
+}
+
+/// A program in a VM.
+pub struct Machine {
+    /// The VM.
+    pub vm: Vm,
+    /// The program's address space.
+    pub map: UserMap,
+    /// The emulated process.
+    pub proc: Process,
+    /// Standard streams.
+    pub io: Io,
+    /// Request API limits (tenant mode).
+    pub api: Option<ApiLimits>,
+    /// Counters.
+    pub stats: MachineStats,
+    /// Set when a memory request was refused for lack of guest memory.
+    pub memory_exhausted: bool,
+    clock: Option<Clock>,
+}
+
+/// Values that fully describe the registers at the user entry point.
+fn entry_regs(entry: u64, rsp: u64) -> kvm_regs {
+    // Linux starts a process with every register zero but rsp (and rdx = 0: no rtld_fini).
+    kvm_regs { rip: sym::ENTER_USER, rcx: entry, r11: 0x202, rsp, rflags: 0x2, ..Default::default() }
+}
+
+impl Machine {
+    /// Wraps a created VM whose RAM holds a loaded program.
+    pub fn new(mut vm: Vm, map: UserMap, proc: Process, io: Io, api: Option<ApiLimits>) -> Machine {
+        let clock = Clock::new(&mut vm);
+        Machine { vm, map, proc, io, api, stats: MachineStats::default(), memory_exhausted: false, clock }
+    }
+
+    /// The host.
+    pub fn host(&self) -> &'static Host {
+        self.vm.host()
+    }
+
+    /// Runs `kernel_start` (PVM registration) up to its `PORT_BOOTED` exit.  The vCPU is then
+    /// in the guest kernel, ready for [`Machine::enter_user`] or a snapshot's registers.
+    pub fn start_kernel(&mut self) -> Result<()> {
+        let regs = kvm_regs { rip: sym::KERNEL_START, rsp: KVCPU + VC_KSTACK_TOP, rflags: 0x2, ..Default::default() };
+        self.vm.set_regs(&regs)?;
+        self.stats.entries += 1;
+        let exit = vcpu::run(&mut self.vm)?;
+        self.stats.exits += 1;
+        match exit {
+            Exit::Io { port } if u64::from(port) == PORT_BOOTED => {
+                let status = self.vm.regs().rax;
+                if status != 0 {
+                    return Err(Error::GuestKernel(format!("PVM registration hypercall returned {status:#x}")));
+                }
+                Ok(())
+            }
+            other => Err(Error::GuestKernel(format!("first exit was {other:?}, expected the boot port"))),
+        }
+    }
+
+    /// Points the vCPU at the program's entry with a fresh register file.
+    pub fn enter_user(&mut self, entry: u64, rsp: u64) {
+        *self.vm.regs() = entry_regs(entry, rsp);
+        self.vm.regs_changed();
+    }
+
+    /// Sum of the host's counts and the guest kernel's in-VM counts.
+    pub fn syscall_counts(&self) -> SyscallCounts {
+        let mut counts = self.stats.host_syscalls.clone();
+        let mut raw = vec![0u8; 8 * FAST_SYSCALLS as usize];
+        if self.vm.vcpu_area.read(VC_COUNTS, &mut raw).is_some() {
+            for (nr, c) in raw.chunks_exact(8).enumerate() {
+                let n = u64::from_le_bytes(c.try_into().unwrap());
+                if n > 0 {
+                    *counts.handled.entry(nr as u64).or_default() += n;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Runs the program until a handler stops it, it faults, or `deadline` passes.
+    pub fn run(&mut self, deadline: Instant) -> Result<RunEnd> {
+        if let Some(clock) = self.clock.as_mut() {
+            clock.refresh(&self.vm.vcpu_area);
+        }
+        let guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), deadline)?;
+        loop {
+            self.stats.entries += 1;
+            let exit = vcpu::run(&mut self.vm)?;
+            self.stats.exits += 1;
+            match exit {
+                Exit::Io { port } if u64::from(port) == PORT_SYSCALL => {
+                    if let Some(stop) = self.syscall(deadline) {
+                        return Ok(RunEnd::Stopped(stop));
+                    }
+                }
+                Exit::Io { port } if (PORT_EXCEPTION_BASE..PORT_EXCEPTION_BASE + 32).contains(&u64::from(port)) => {
+                    return Ok(RunEnd::Fault(self.exception(u64::from(port) - PORT_EXCEPTION_BASE)));
+                }
+                Exit::Interrupted => {
+                    if Instant::now() >= deadline {
+                        return Ok(RunEnd::Timeout);
+                    }
+                    guard.rearm_after_interrupt();
+                }
+                Exit::Shutdown => return Ok(RunEnd::Fault(GuestFault::TripleFault { rip: self.vm.regs().rip })),
+                other => {
+                    let rip = self.vm.regs().rip;
+                    return Ok(RunEnd::Fault(GuestFault::Vm(format!("{other:?} at rip {rip:#x}"))));
+                }
+            }
+        }
+    }
+
+    /// Handles a forwarded system call; `Some` when a handler stopped the run.
+    fn syscall(&mut self, deadline: Instant) -> Option<Stop> {
+        let r = *self.vm.regs();
+        let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
+        let mut ctx = Ctx {
+            mem: UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) },
+            proc: &mut self.proc,
+            io: &mut self.io,
+            deadline: Some(deadline),
+            api: self.api.as_ref(),
+            stop: None,
+            memory_exhausted: false,
+        };
+        let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
+        let (stop, exhausted) = (ctx.stop.take(), ctx.memory_exhausted);
+        self.memory_exhausted |= exhausted;
+        self.vm.regs().rax = rax;
+        self.vm.regs_changed();
+        stop
+    }
+
+    /// Decodes the frame the exception stub left on the kernel stack.
+    fn exception(&mut self, vector: u64) -> GuestFault {
+        let rsp = self.vm.regs().rsp;
+        let mut frame = [0u8; 48];
+        let ok = rsp.checked_sub(KVCPU).and_then(|off| self.vm.vcpu_area.read(off, &mut frame)).is_some();
+        let word = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap());
+        if !ok {
+            return GuestFault::Vm(format!("exception {vector} with an unreadable frame (rsp {rsp:#x})"));
+        }
+        let (error_code, rip, cs) = (word(0), word(1), word(2));
+        if cs & 3 == 0 {
+            return GuestFault::Vm(format!("exception {vector} in the guest kernel at rip {rip:#x}"));
+        }
+        match vector {
+            0 => GuestFault::DivideError { rip },
+            6 => GuestFault::InvalidOpcode { rip },
+            13 => GuestFault::GeneralProtection { rip, error_code },
+            14 => {
+                let access = if error_code & 0x10 != 0 {
+                    "execute"
+                } else if error_code & 2 != 0 {
+                    "write"
+                } else {
+                    "read"
+                };
+                GuestFault::PageFault { address: self.vm.cr2(), rip, error_code, access }
+            }
+            v => GuestFault::Exception { vector: v as u8, rip, error_code },
+        }
+    }
+}

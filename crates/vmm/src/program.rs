@@ -1,0 +1,239 @@
+//! The one-shot API: run a program to completion in a fresh VM.
+//!
+//! ```no_run
+//! let program = vmm::Program::from_file("apps/build/hello.glibc").unwrap();
+//! let outcome = vmm::run(&program, vmm::RunConfig::new(vec![b"hello".to_vec()])).unwrap();
+//! assert_eq!(outcome.stdout, b"Hello, world!\n");
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::elf::ElfImage;
+use crate::error::{Error, GuestFault, Result};
+use crate::guest::PAGE_SIZE;
+use crate::kvm;
+use crate::loader::{self, LoadConfig};
+use crate::machine::{Machine, RunEnd};
+use crate::memory::Mapping;
+use crate::syscalls::fs::{FdTable, Io};
+use crate::syscalls::process::{fill_random, Identity, ThreadState};
+use crate::syscalls::signal::SignalState;
+use crate::syscalls::{Input, Output, Process, Stop, SyscallCounts};
+use crate::vm::{self, Vm};
+
+/// A validated executable, ready to be loaded any number of times.
+#[derive(Debug, Clone)]
+pub struct Program {
+    image: ElfImage,
+    bytes: Arc<[u8]>,
+}
+
+impl Program {
+    /// Validates an executable held in memory.
+    pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Result<Program> {
+        let bytes = bytes.into();
+        let image = ElfImage::parse(&bytes)?;
+        Ok(Program { image, bytes })
+    }
+
+    /// Reads and validates an executable file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Program> {
+        let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Os { op: "reading the program", source })?;
+        Program::from_bytes(bytes)
+    }
+
+    /// The parsed image.
+    pub fn image(&self) -> &ElfImage {
+        &self.image
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// How to run a program.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// argv, including argv[0].
+    pub args: Vec<Vec<u8>>,
+    /// Environment entries, `KEY=VALUE`.
+    pub env: Vec<Vec<u8>>,
+    /// Where stdin comes from.
+    pub stdin: Input,
+    /// Where stdout goes.
+    pub stdout: Output,
+    /// Where stderr goes.
+    pub stderr: Output,
+    /// Wall-clock limit for the whole run, boot included.
+    pub timeout: Duration,
+    /// Guest RAM in bytes (rounded up to 2 MiB).
+    pub memory: u64,
+    /// Stack size; default: 8 MiB, at most an eighth of memory.
+    pub stack_size: Option<u64>,
+    /// What `readlink("/proc/self/exe")` returns; default from [`exe_path_for`].
+    pub exe_path: Option<Vec<u8>>,
+    /// Let the guest kernel answer cheap system calls without exiting (default true).
+    pub fast_syscalls: bool,
+}
+
+/// Default captured output limit per stream.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
+
+impl RunConfig {
+    /// Defaults: no env, empty stdin, captured output, 10 s, 64 MiB.
+    pub fn new(args: Vec<Vec<u8>>) -> RunConfig {
+        RunConfig {
+            args,
+            env: Vec::new(),
+            stdin: Input::Bytes { data: Vec::new(), pos: 0 },
+            stdout: Output::capture(DEFAULT_OUTPUT_LIMIT),
+            stderr: Output::capture(DEFAULT_OUTPUT_LIMIT),
+            timeout: Duration::from_secs(10),
+            memory: 64 << 20,
+            stack_size: None,
+            exe_path: None,
+            fast_syscalls: true,
+        }
+    }
+}
+
+/// The end of a run as the program's user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitKind {
+    /// exit(code).
+    Exited(i32),
+    /// Ended by a signal it raised itself (abort(), raise()).
+    Signaled(i32),
+    /// A CPU exception or a misused API call.
+    Fault(GuestFault),
+    /// Ran past its time limit.
+    Timeout,
+    /// Would have waited forever (e.g. a futex with no other thread).
+    Deadlock(&'static str),
+    /// Called the request API outside a tenant, or stopped in an unexpected way.
+    Unexpected(String),
+}
+
+/// Result of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub exit: ExitKind,
+    /// Captured stdout (empty when not captured).
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Whether output beyond the capture limit was dropped.
+    pub output_truncated: bool,
+    /// System calls, by number.
+    pub syscalls: SyscallCounts,
+    /// Wall time from VM creation to the end.
+    pub elapsed: Duration,
+    /// VM exits (returns from KVM_RUN).
+    pub exits: u64,
+    /// Whether a memory request was refused because the VM's memory was exhausted.
+    pub memory_exhausted: bool,
+}
+
+impl RunOutcome {
+    /// True when the program ended abnormally after running out of memory: the cap, not a
+    /// bug, is the likely cause.
+    pub fn out_of_memory(&self) -> bool {
+        self.memory_exhausted && !matches!(self.exit, ExitKind::Exited(0) | ExitKind::Timeout)
+    }
+}
+
+/// What `/proc/self/exe` names when not configured: argv[0] if absolute, else
+/// `/app/<basename of argv[0]>` (C libraries insist that it is absolute).
+pub fn exe_path_for(argv0: Option<&[u8]>) -> Vec<u8> {
+    let argv0 = argv0.unwrap_or(b"program");
+    if argv0.starts_with(b"/") {
+        return argv0.to_vec();
+    }
+    let base = argv0.rsplit(|&b| b == b'/').next().filter(|b| !b.is_empty()).unwrap_or(b"program");
+    [&b"/app/"[..], base].concat()
+}
+
+/// Stack size for `memory` bytes of RAM unless configured.
+pub fn default_stack(memory: u64) -> u64 {
+    (memory / 8).clamp(128 << 10, 8 << 20) / PAGE_SIZE * PAGE_SIZE
+}
+
+/// Builds the emulated process for a loaded program.
+pub(crate) fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, stack: u64, memory: u64) -> Process {
+    Process {
+        mem,
+        files: FdTable::default(),
+        signals: SignalState::default(),
+        identity: Identity {
+            pid: loader::PID,
+            ppid: loader::PPID,
+            uid: loader::UID,
+            gid: loader::UID,
+            exe,
+            stack_limit: stack,
+            memory_limit: memory,
+            name: [0; 16],
+        },
+        thread: ThreadState::default(),
+    }
+}
+
+/// Runs `program` in a fresh VM until it exits, faults or times out.
+///
+/// Errors are host-side problems (no KVM, the program does not fit, bad configuration); what
+/// the program does is reported in [`RunOutcome::exit`].
+pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let deadline = started.checked_add(cfg.timeout).ok_or_else(|| Error::Config("timeout too large".into()))?;
+    let host = kvm::host()?;
+    let memory = cfg.memory.next_multiple_of(crate::guest::LARGE_PAGE_SIZE);
+    let stack = cfg.stack_size.unwrap_or_else(|| default_stack(memory)).next_multiple_of(PAGE_SIZE);
+    let exe = cfg.exe_path.clone().unwrap_or_else(|| exe_path_for(cfg.args.first().map(Vec::as_slice)));
+    let mut random = [0u8; 16];
+    fill_random(&mut random);
+    let load_cfg = LoadConfig {
+        memory,
+        stack_size: stack,
+        args: &cfg.args,
+        env: &cfg.env,
+        execfn: cfg.args.first().map(Vec::as_slice).unwrap_or(&exe),
+        request_area: 0,
+        shared_size: 0,
+        fast_syscalls: cfg.fast_syscalls,
+        random,
+    };
+    let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
+    let vcpu_area = Mapping::anonymous(vm::vcpu_area_size(0) as usize)?;
+    let vm = Vm::new(host, loaded.ram, vcpu_area, None, false)?;
+    let proc = new_process(loaded.mem_state, exe, stack, memory);
+    let io = Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr };
+    let mut machine = Machine::new(vm, loaded.map, proc, io, None);
+    machine.start_kernel()?;
+    machine.enter_user(loaded.entry, loaded.rsp);
+    let end = machine.run(deadline)?;
+    let exit = match end {
+        RunEnd::Stopped(Stop::Exited(code)) => ExitKind::Exited(code),
+        RunEnd::Stopped(Stop::Signaled(sig)) => ExitKind::Signaled(sig),
+        RunEnd::Stopped(Stop::Timeout) | RunEnd::Timeout => ExitKind::Timeout,
+        RunEnd::Stopped(Stop::Deadlock(why)) => ExitKind::Deadlock(why),
+        RunEnd::Stopped(Stop::ApiFault(f)) | RunEnd::Fault(f) => ExitKind::Fault(f),
+        RunEnd::Stopped(other) => ExitKind::Unexpected(format!("{other:?}")),
+    };
+    let truncated =
+        [&machine.io.stdout, &machine.io.stderr].iter().any(|o| matches!(o, Output::Capture { truncated: true, .. }));
+    Ok(RunOutcome {
+        exit,
+        stdout: machine.io.stdout.captured().to_vec(),
+        stderr: machine.io.stderr.captured().to_vec(),
+        output_truncated: truncated,
+        syscalls: machine.syscall_counts(),
+        elapsed: started.elapsed(),
+        exits: machine.stats.exits,
+        memory_exhausted: machine.memory_exhausted,
+    })
+}

@@ -1,0 +1,338 @@
+//! Linux system-call emulation: the table and the state it works on.
+//!
+//! [`dispatch`] is the one place that maps a system-call number to its handler; every handler
+//! is a `sys_<name>` function in the family module that owns its state:
+//!
+//! | module      | owns                                            |
+//! |-------------|-------------------------------------------------|
+//! | [`fs`]      | the descriptor table, stdin/stdout/stderr, stat |
+//! | [`mem`]     | brk, the mmap map, zero-on-reuse bookkeeping    |
+//! | [`process`] | identity, exit, limits, scheduling, randomness  |
+//! | [`time`]    | clocks and sleeping                             |
+//! | [`signal`]  | signal dispositions and masks (no async delivery) |
+//! | [`futex`]   | futexes (one thread)                            |
+//! | [`api`]     | the tenantvm request API                        |
+//!
+//! Handlers return `Result<u64, Errno>`; the guest sees `-errno` on error, as from Linux.
+//! Unknown numbers return `-ENOSYS` and are counted per number.  A handler never trusts a
+//! guest pointer: all guest memory goes through [`UserMemory`], which fails with EFAULT.
+//!
+//! The guest kernel answers a few calls itself without exiting (see guest/kernel.c); they
+//! reach this table only in the cases it declines (bad pointers, unusual clocks, ...).
+
+pub mod api;
+pub mod fs;
+pub mod futex;
+pub mod mem;
+pub mod process;
+pub mod signal;
+pub mod time;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::memory::user::{Backing, UserMap};
+use crate::memory::{GuestMemory, Mapping};
+
+pub use fs::{Input, Output};
+
+/// A Linux errno value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+#[allow(missing_docs)]
+impl Errno {
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const ESRCH: Errno = Errno(libc::ESRCH);
+    pub const EINTR: Errno = Errno(libc::EINTR);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EFAULT: Errno = Errno(libc::EFAULT);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENODEV: Errno = Errno(libc::ENODEV);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EMFILE: Errno = Errno(libc::EMFILE);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
+    pub const ESPIPE: Errno = Errno(libc::ESPIPE);
+    pub const EPIPE: Errno = Errno(libc::EPIPE);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
+}
+
+/// What a handler returns.
+pub type SysResult = Result<u64, Errno>;
+
+/// The program's memory, seen through its address space: every access is resolved against
+/// the [`UserMap`] and copied, so a bad pointer is an EFAULT, never a host fault.
+pub struct UserMemory<'a> {
+    /// The address space.
+    pub map: &'a UserMap,
+    /// Guest RAM.
+    pub ram: &'a mut GuestMemory,
+    /// The vCPU area (for the request area).
+    pub vcpu_area: &'a Mapping,
+    /// Tenant shared memory.
+    pub shared: Option<&'a Mapping>,
+}
+
+impl UserMemory<'_> {
+    fn region(&self, backing: Backing) -> Option<(&Mapping, u64)> {
+        use crate::guest::layout::VC_REQUEST;
+        match backing {
+            Backing::Ram => None,
+            Backing::Request => Some((self.vcpu_area, VC_REQUEST)),
+            Backing::Shared => self.shared.map(|m| (m, 0)),
+        }
+    }
+
+    /// Copies `buf.len()` bytes from user address `va`.
+    pub fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let r = self.map.resolve(va, buf.len() as u64, false).ok_or(Errno::EFAULT)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match self.region(r.backing) {
+            None => self.ram.read(r.offset, buf).map_err(|_| Errno::EFAULT),
+            Some((m, base)) => m.read(base + r.offset, buf).ok_or(Errno::EFAULT),
+        }
+    }
+
+    /// Reads `len` bytes from `va` into a new vector (callers bound `len`).
+    pub fn read_vec(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        let mut v = vec![0; len];
+        self.read(va, &mut v)?;
+        Ok(v)
+    }
+
+    /// Reads a little-endian u64.
+    pub fn read_u64(&self, va: u64) -> Result<u64, Errno> {
+        let mut b = [0; 8];
+        self.read(va, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Copies `data` to user address `va`.
+    pub fn write(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let r = self.map.resolve(va, data.len() as u64, true).ok_or(Errno::EFAULT)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        match r.backing {
+            Backing::Ram => self.ram.write(r.offset, data).map_err(|_| Errno::EFAULT),
+            backing => {
+                let (m, base) = self.region(backing).ok_or(Errno::EFAULT)?;
+                m.write(base + r.offset, data).ok_or(Errno::EFAULT)
+            }
+        }
+    }
+
+    /// Writes a little-endian u64.
+    pub fn write_u64(&mut self, va: u64, v: u64) -> Result<(), Errno> {
+        self.write(va, &v.to_le_bytes())
+    }
+
+    /// Writes a plain-old-data struct given as bytes.
+    pub fn write_struct<const N: usize>(&mut self, va: u64, bytes: [u8; N]) -> Result<(), Errno> {
+        self.write(va, &bytes)
+    }
+
+    /// Reads a NUL-terminated string of at most `max` bytes (without the NUL).
+    pub fn read_cstr(&self, va: u64, max: usize) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 256];
+        let mut at = va;
+        loop {
+            // Read up to the end of the current page so a string that ends just before an
+            // unmapped page still works.
+            let room = (4096 - at % 4096) as usize;
+            let n = room.min(chunk.len());
+            self.read(at, &mut chunk[..n])?;
+            if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if out.len() > max {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            at += n as u64;
+        }
+    }
+}
+
+/// Per-number counts of system calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyscallCounts {
+    /// Calls handled (answered by the host or the guest kernel), by number.
+    pub handled: BTreeMap<u64, u64>,
+    /// Calls that got -ENOSYS because tenantvm does not emulate them, by number.
+    pub unsupported: BTreeMap<u64, u64>,
+}
+
+impl SyscallCounts {
+    /// Adds another set of counts.
+    pub fn merge(&mut self, other: &SyscallCounts) {
+        for (k, v) in &other.handled {
+            *self.handled.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.unsupported {
+            *self.unsupported.entry(*k).or_default() += v;
+        }
+    }
+
+    /// Total number of calls.
+    pub fn total(&self) -> u64 {
+        self.handled.values().chain(self.unsupported.values()).sum()
+    }
+}
+
+/// Why the program stopped running (set by a handler; the run loop acts on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// exit/exit_group.
+    Exited(i32),
+    /// Killed by a signal it sent itself (abort(), raise()).
+    Signaled(i32),
+    /// It asked to sleep past its deadline.
+    Timeout,
+    /// `wait_for_request`: the program is ready for the next request.
+    WaitForRequest,
+    /// `respond`: the response, read out of guest memory.
+    Responded(api::Response),
+    /// A tenantvm API call was misused (bad pointer, bad sizes).
+    ApiFault(crate::error::GuestFault),
+    /// A call would block forever (futex wait with no other thread).
+    Deadlock(&'static str),
+}
+
+/// The emulated process: everything about the program the host keeps between calls.
+/// Cloned into a snapshot and back on reset.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// brk and mmap.
+    pub mem: mem::MemoryState,
+    /// File descriptors.
+    pub files: fs::FdTable,
+    /// Signal dispositions and masks.
+    pub signals: signal::SignalState,
+    /// pid, uid, executable path, limits.
+    pub identity: process::Identity,
+    /// set_tid_address / set_robust_list / rseq registrations.
+    pub thread: process::ThreadState,
+}
+
+/// Everything a handler may use.
+pub struct Ctx<'a> {
+    /// The program's memory.
+    pub mem: UserMemory<'a>,
+    /// The emulated process.
+    pub proc: &'a mut Process,
+    /// stdin/stdout/stderr.
+    pub io: &'a mut fs::Io,
+    /// When the current run must end.
+    pub deadline: Option<Instant>,
+    /// Whether the tenantvm request API is available (tenant mode).
+    pub api: Option<&'a api::ApiLimits>,
+    /// Set by a handler to stop the run.
+    pub stop: Option<Stop>,
+    /// Set when a memory request failed for lack of guest memory.
+    pub memory_exhausted: bool,
+}
+
+/// Runs system call `nr` with arguments `a` and returns the value for rax.
+#[allow(non_upper_case_globals)]
+pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64; 6]) -> u64 {
+    use libc::*;
+    let Ok(n) = i64::try_from(nr) else {
+        *counts.unsupported.entry(nr).or_default() += 1;
+        return encode(Err(Errno::ENOSYS));
+    };
+    let result = match n {
+        SYS_read => fs::sys_read(ctx, a),
+        SYS_write => fs::sys_write(ctx, a),
+        SYS_readv => fs::sys_readv(ctx, a),
+        SYS_writev => fs::sys_writev(ctx, a),
+        SYS_pread64 => fs::sys_pread64(ctx, a),
+        SYS_pwrite64 => fs::sys_pwrite64(ctx, a),
+        SYS_lseek => fs::sys_lseek(ctx, a),
+        SYS_close => fs::sys_close(ctx, a),
+        SYS_dup => fs::sys_dup(ctx, a),
+        SYS_dup2 => fs::sys_dup2(ctx, a),
+        SYS_dup3 => fs::sys_dup3(ctx, a),
+        SYS_fcntl => fs::sys_fcntl(ctx, a),
+        SYS_ioctl => fs::sys_ioctl(ctx, a),
+        SYS_fstat => fs::sys_fstat(ctx, a),
+        SYS_newfstatat => fs::sys_newfstatat(ctx, a),
+        SYS_statx => fs::sys_statx(ctx, a),
+        SYS_poll => fs::sys_poll(ctx, a),
+        SYS_ppoll => fs::sys_ppoll(ctx, a),
+        SYS_open => fs::sys_open(ctx, a),
+        SYS_openat => fs::sys_openat(ctx, a),
+        SYS_access => fs::sys_access(ctx, a),
+        SYS_faccessat | SYS_faccessat2 => fs::sys_faccessat(ctx, a),
+        SYS_readlink => fs::sys_readlink(ctx, a),
+        SYS_readlinkat => fs::sys_readlinkat(ctx, a),
+        SYS_getcwd => fs::sys_getcwd(ctx, a),
+        SYS_brk => mem::sys_brk(ctx, a),
+        SYS_mmap => mem::sys_mmap(ctx, a),
+        SYS_munmap => mem::sys_munmap(ctx, a),
+        SYS_mprotect => mem::sys_mprotect(ctx, a),
+        SYS_mremap => mem::sys_mremap(ctx, a),
+        SYS_madvise => mem::sys_madvise(ctx, a),
+        SYS_exit => process::sys_exit(ctx, a),
+        SYS_exit_group => process::sys_exit_group(ctx, a),
+        SYS_getpid => process::sys_getpid(ctx, a),
+        SYS_gettid => process::sys_gettid(ctx, a),
+        SYS_getppid => process::sys_getppid(ctx, a),
+        SYS_getuid | SYS_geteuid => process::sys_getuid(ctx, a),
+        SYS_getgid | SYS_getegid => process::sys_getgid(ctx, a),
+        SYS_uname => process::sys_uname(ctx, a),
+        SYS_arch_prctl => process::sys_arch_prctl(ctx, a),
+        SYS_set_tid_address => process::sys_set_tid_address(ctx, a),
+        SYS_set_robust_list => process::sys_set_robust_list(ctx, a),
+        SYS_rseq => process::sys_rseq(ctx, a),
+        SYS_prlimit64 => process::sys_prlimit64(ctx, a),
+        SYS_getrlimit => process::sys_getrlimit(ctx, a),
+        SYS_sched_getaffinity => process::sys_sched_getaffinity(ctx, a),
+        SYS_sched_yield => process::sys_sched_yield(ctx, a),
+        SYS_getrandom => process::sys_getrandom(ctx, a),
+        SYS_kill => process::sys_kill(ctx, a),
+        SYS_tgkill => process::sys_tgkill(ctx, a),
+        SYS_tkill => process::sys_tkill(ctx, a),
+        SYS_prctl => process::sys_prctl(ctx, a),
+        SYS_getrusage => process::sys_getrusage(ctx, a),
+        SYS_clock_gettime => time::sys_clock_gettime(ctx, a),
+        SYS_clock_getres => time::sys_clock_getres(ctx, a),
+        SYS_gettimeofday => time::sys_gettimeofday(ctx, a),
+        SYS_time => time::sys_time(ctx, a),
+        SYS_nanosleep => time::sys_nanosleep(ctx, a),
+        SYS_clock_nanosleep => time::sys_clock_nanosleep(ctx, a),
+        SYS_rt_sigaction => signal::sys_rt_sigaction(ctx, a),
+        SYS_rt_sigprocmask => signal::sys_rt_sigprocmask(ctx, a),
+        SYS_sigaltstack => signal::sys_sigaltstack(ctx, a),
+        SYS_futex => futex::sys_futex(ctx, a),
+        _ if nr == crate::guest::api::WAIT_FOR_REQUEST && ctx.api.is_some() => api::sys_wait_for_request(ctx, a),
+        _ if nr == crate::guest::api::RESPOND && ctx.api.is_some() => api::sys_respond(ctx, a),
+        _ if nr == crate::guest::api::NOP => Ok(0),
+        _ => {
+            *counts.unsupported.entry(nr).or_default() += 1;
+            return encode(Err(Errno::ENOSYS));
+        }
+    };
+    *counts.handled.entry(nr).or_default() += 1;
+    encode(result)
+}
+
+/// The rax value for a result: the value, or `-errno`.
+pub fn encode(r: SysResult) -> u64 {
+    match r {
+        Ok(v) => v,
+        Err(Errno(e)) => (-i64::from(e)) as u64,
+    }
+}

@@ -1,0 +1,252 @@
+//! One KVM VM with one vCPU, set up to run the tenantvm guest kernel.
+//!
+//! Memory slots (see guest/layout.h for the full map):
+//! - slot 0: guest RAM at GPA 0 ([`GuestMemory`]); dirty-logged when the VM is an instance
+//!   that gets reset,
+//! - slot 1: the vCPU area at `GPA_VCPU` (kernel stacks, PVM's VIF page, clock anchor,
+//!   request area): per VM, never part of a snapshot,
+//! - slot 2: tenant shared memory at `GPA_SHARED`, if any.
+//!
+//! The vCPU starts in 64-bit supervisor mode at `kernel_start` with paging on; the system
+//! registers are the same on both platforms (PVM accepts the textbook long-mode values as long
+//! as CS/SS are the DPL-0 selectors 0x10/0x18).
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcrs, Msrs};
+use kvm_ioctls::{SyncReg, VcpuFd, VmFd};
+
+use crate::error::{Error, Result};
+use crate::guest::kernel::sym;
+use crate::guest::layout::*;
+use crate::kvm::{Host, Platform};
+use crate::memory::{GuestMemory, Mapping};
+
+/// Memory slot numbers.
+pub mod slot {
+    /// Guest RAM.
+    pub const RAM: u32 = 0;
+    /// The vCPU area.
+    pub const VCPU_AREA: u32 = 1;
+    /// Tenant shared memory.
+    pub const SHARED: u32 = 2;
+}
+
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_SFMASK: u32 = 0xc000_0084;
+/// RFLAGS bits cleared on `syscall`: TF, IF, DF, IOPL, NT, AC.  (IF is safe to mask here:
+/// the guest kernel returns with `sysretq`/`int $0x19`, which reload RFLAGS from r11.)
+const SFMASK: u64 = 0x4_7700;
+const CR0_PE_MP_ET_NE_WP_AM_PG: u64 = 0x8005_0033;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const EFER_SCE_LME_LMA_NXE: u64 = 0xd01;
+/// XCR0 components offered to programs: x87, SSE, AVX and the AVX-512 states (not PKRU, MPX
+/// or AMX, which need kernel cooperation Linux gives only on request).
+const XCR0_ALLOWED: u64 = 0b1110_0111;
+
+/// Size of the vCPU area: fixed pages plus the request area.
+pub fn vcpu_area_size(request_area: u64) -> u64 {
+    VC_REQUEST + request_area.next_multiple_of(crate::guest::PAGE_SIZE)
+}
+
+/// Shared memory of a tenant: one memfd mapped by every instance (and every process).
+#[derive(Debug)]
+pub struct SharedRegion {
+    /// The host mapping.
+    pub map: Mapping,
+}
+
+/// A VM and its vCPU.
+///
+/// Drop order matters: the vCPU and VM fds close before the memory they point at is unmapped.
+pub struct Vm {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    /// Guest RAM (slot 0).
+    pub ram: GuestMemory,
+    /// The vCPU area (slot 1).
+    pub vcpu_area: Mapping,
+    /// Tenant shared memory (slot 2).
+    pub shared: Option<Arc<SharedRegion>>,
+    host: &'static Host,
+    dirty_log: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("ram", &self.ram.size()).field("dirty_log", &self.dirty_log).finish()
+    }
+}
+
+fn region(slot: u32, gpa: u64, map: &Mapping, flags: u32) -> kvm_userspace_memory_region {
+    kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: map.len() as u64,
+        userspace_addr: map.host_address(),
+    }
+}
+
+fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 11 } else { 3 },
+        present: 1,
+        dpl,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vm {
+    /// Creates the VM with its memory slots and vCPU, in the state `kernel_start` expects.
+    /// With `dirty_log`, slot 0 is logged in manual-protect mode (all pages start clean).
+    pub fn new(
+        host: &'static Host,
+        ram: GuestMemory,
+        vcpu_area: Mapping,
+        shared: Option<Arc<SharedRegion>>,
+        dirty_log: bool,
+    ) -> Result<Vm> {
+        let vm = host.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        if dirty_log {
+            if !host.manual_dirty_log {
+                return Err(Error::MissingCapability("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"));
+            }
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                args: [u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE), 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).map_err(Error::kvm("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))?;
+        }
+        let log = if dirty_log { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        let regions = [
+            Some(region(slot::RAM, 0, ram.mapping(), log)),
+            Some(region(slot::VCPU_AREA, GPA_VCPU, &vcpu_area, 0)),
+            shared.as_ref().map(|s| region(slot::SHARED, GPA_SHARED, &s.map, 0)),
+        ];
+        for r in regions.into_iter().flatten() {
+            // SAFETY: each region describes a live host mapping owned by the returned `Vm`
+            // (or by an `Arc` it holds), which outlives the VM fd: fields drop in declaration
+            // order, fds first.  The slots do not overlap in guest-physical space.
+            unsafe { vm.set_user_memory_region(r) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        let mut vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&host.cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        Self::set_system_registers(host, &vcpu)?;
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+        Ok(Vm { vcpu, vm, ram, vcpu_area, shared, host, dirty_log })
+    }
+
+    fn set_system_registers(host: &Host, vcpu: &VcpuFd) -> Result<()> {
+        let mut sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        sregs.cr0 = CR0_PE_MP_ET_NE_WP_AM_PG;
+        sregs.cr3 = GPA_KPML4;
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
+        if host.cpu.fsgsbase {
+            sregs.cr4 |= CR4_FSGSBASE;
+        }
+        sregs.efer = EFER_SCE_LME_LMA_NXE;
+        sregs.cs = segment(SEL_KCODE as u16, true, 0);
+        sregs.ss = segment(SEL_KDATA as u16, false, 0);
+        let null = kvm_segment { unusable: 1, ..Default::default() };
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs) = (null, null, null, null);
+        sregs.gdt.base = KBASE + GPA_GDT;
+        sregs.gdt.limit = 10 * 8 - 1;
+        sregs.idt.base = KBASE + GPA_IDT;
+        sregs.idt.limit = 256 * 16 - 1;
+        sregs.tr = kvm_segment {
+            base: KBASE + GPA_TSS,
+            limit: 103,
+            selector: SEL_TSS as u16,
+            type_: 11,
+            present: 1,
+            ..Default::default()
+        };
+        vcpu.set_sregs(&sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
+
+        let entries = [
+            kvm_msr_entry { index: MSR_STAR, data: (0x23 << 48) | (SEL_KCODE << 32), ..Default::default() },
+            kvm_msr_entry { index: MSR_LSTAR, data: sym::SYSCALL_ENTRY, ..Default::default() },
+            kvm_msr_entry { index: MSR_SFMASK, data: SFMASK, ..Default::default() },
+        ];
+        let msrs = Msrs::from_entries(&entries).expect("3 MSRs fit");
+        let written = vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+        if written != entries.len() {
+            return Err(Error::GuestKernel(format!("KVM_SET_MSRS accepted {written} of {} MSRs", entries.len())));
+        }
+
+        let supported = host
+            .cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0xd && e.index == 0)
+            .map(|e| u64::from(e.eax) | (u64::from(e.edx) << 32))
+            .unwrap_or(0b11);
+        let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = (supported & XCR0_ALLOWED) | 0b11;
+        vcpu.set_xcrs(&xcrs).map_err(Error::kvm("KVM_SET_XCRS"))?;
+        Ok(())
+    }
+
+    /// The platform this VM runs on.
+    pub fn platform(&self) -> Platform {
+        self.host.platform
+    }
+
+    /// The host this VM was created on.
+    pub fn host(&self) -> &'static Host {
+        self.host
+    }
+
+    /// Whether slot 0 is dirty-logged.
+    pub fn dirty_log(&self) -> bool {
+        self.dirty_log
+    }
+
+    /// The vCPU.
+    pub fn vcpu(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    /// The VM fd.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Sets all general registers with an ioctl (used before the first run, when the sync
+    /// area does not hold the vCPU's registers yet).
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
+        self.vcpu.set_regs(regs).map_err(Error::kvm("KVM_SET_REGS"))
+    }
+
+    /// The registers in the sync area (valid after every exit).
+    pub fn regs(&mut self) -> &mut kvm_regs {
+        &mut self.vcpu.sync_regs_mut().regs
+    }
+
+    /// Marks the sync-area registers as changed, so the next `KVM_RUN` loads them.
+    pub fn regs_changed(&mut self) {
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    /// CR2 (the last page-fault address), read with an ioctl (fault paths only).
+    pub fn cr2(&self) -> u64 {
+        self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0)
+    }
+}
