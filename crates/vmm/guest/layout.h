@@ -100,7 +100,7 @@
 /* Exits from the guest kernel to the VMM: `out %al, $port` */
 #define PORT_SYSCALL 0x10
 #define PORT_BOOTED 0x11
-#define PORT_EXCEPTION_BASE 0x80
+#define PORT_EXCEPTION_BASE 0xe0
 
 /* Segment selectors (GDT layout) */
 #define SEL_KCODE 0x10

@@ -171,13 +171,15 @@ fn write_gdt_idt_tss(ram: &mut GuestMemory, pvm: bool) -> Result<()> {
     ram.write(GPA_TSS + 4, &stack.to_le_bytes()).map_err(oob)?;
     ram.write(GPA_TSS + 36, &stack.to_le_bytes()).map_err(oob)?;
     ram.write(GPA_TSS + 102, &104u16.to_le_bytes()).map_err(oob)?;
-    // IDT: interrupt gates (DPL 0, so `int n` from user mode is a #GP).  On hardware KVM
+    // IDT: interrupt gates, DPL 0 (so `int n` from user mode is a #GP) except #BP and #OF,
+    // which Linux makes DPL 3 so that `int3`/`into` raise them as on any x86 OS.  On hardware KVM
     // every exception switches to IST1, so even a fault in kernel code with a user-chosen rsp
     // lands on a good stack; PVM always switches to RSP0 and does not use IST.
     let ist = if pvm { 0 } else { 1u64 };
     for v in 0..32u64 {
         let h = kernel::exception_stub(v);
-        let lo = (h & 0xffff) | (SEL_KCODE << 16) | (ist << 32) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48);
+        let gate = if v == 3 || v == 4 { 0xee } else { 0x8e };
+        let lo = (h & 0xffff) | (SEL_KCODE << 16) | (ist << 32) | (gate << 40) | (((h >> 16) & 0xffff) << 48);
         ram.write_u64(GPA_IDT + 16 * v, lo).map_err(oob)?;
         ram.write_u64(GPA_IDT + 16 * v + 8, h >> 32).map_err(oob)?;
     }

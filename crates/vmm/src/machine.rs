@@ -168,7 +168,18 @@ impl Machine {
     /// Wraps a created VM whose RAM holds a loaded program.
     pub fn new(mut vm: Vm, map: UserMap, proc: Process, io: Io, api: Option<ApiLimits>) -> Machine {
         let clock = Clock::new(&mut vm);
-        Machine { vm, map, proc, io, api, stats: MachineStats::default(), memory_exhausted: false, clock }
+        let machine =
+            Machine { vm, map, proc, io, api, stats: MachineStats::default(), memory_exhausted: false, clock };
+        machine.refill_entropy();
+        machine
+    }
+
+    /// Gives the guest kernel's getrandom fast path a fresh pool of host randomness.
+    pub fn refill_entropy(&self) {
+        let mut pool = [0u8; VCD_ENTROPY_SIZE as usize];
+        crate::syscalls::process::fill_random(&mut pool);
+        self.vm.vcpu_area.write(vcd(VCD_ENTROPY), &pool);
+        self.vm.vcpu_area.write(vcd(VCD_ENTROPY_POS), &0u64.to_le_bytes());
     }
 
     /// The host.

@@ -28,3 +28,135 @@ fn hello_from_every_toolchain() {
         assert_eq!(out.stdout, expected, "{name}");
     }
 }
+
+fn run_cfg(name: &str, argv: &[&str], f: impl FnOnce(&mut RunConfig)) -> vmm::RunOutcome {
+    let mut a = vec![name];
+    a.extend_from_slice(argv);
+    let mut cfg = RunConfig::new(args(&a));
+    f(&mut cfg);
+    vmm::run(&app(name), cfg).unwrap()
+}
+
+fn stdout_lines(out: &vmm::RunOutcome) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn argv_env_and_auxv_reach_the_program() {
+    if !kvm_or_skip() {
+        return;
+    }
+    for name in ["showenv.glibc", "showenv.musl"] {
+        let out = run_cfg(name, &["one", "two words", "ünï"], |c| c.env = args(&["A=1", "EMPTY=", "PATH=/bin"]));
+        assert_eq!(out.exit, ExitKind::Exited(0));
+        let lines = stdout_lines(&out);
+        let has = |l: &str| lines.iter().any(|x| x == l);
+        assert!(has("argc=4"), "{lines:?}");
+        assert!(has("argv[2]=two words") && has("argv[3]=ünï"));
+        assert!(has("env=A=1") && has("env=EMPTY=") && has("env=PATH=/bin"));
+        assert!(has("auxv 6 4096 0x1000 AT_PAGESZ"));
+        assert!(has("AT_PLATFORM=x86_64"));
+        assert!(has(&format!("AT_EXECFN={name}")));
+        let random = lines.iter().find_map(|l| l.strip_prefix("AT_RANDOM=")).unwrap().to_string();
+        assert_eq!(random.len(), 32);
+        assert_ne!(random, "0".repeat(32));
+        let again = stdout_lines(&run_cfg(name, &[], |_| {}));
+        assert!(!again.iter().any(|l| l == &format!("AT_RANDOM={random}")), "AT_RANDOM must differ between runs");
+    }
+}
+
+#[test]
+fn exit_codes_are_reported() {
+    if !kvm_or_skip() {
+        return;
+    }
+    for code in [0, 1, 42, 255] {
+        let out = run_cfg("exitcode.musl", &[&code.to_string()], |_| {});
+        assert_eq!(out.exit, ExitKind::Exited(code));
+    }
+    assert_eq!(run_cfg("exitcode.glibc", &["group", "17"], |_| {}).exit, ExitKind::Exited(17));
+}
+
+#[test]
+fn stdin_round_trips_binary_data() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for name in ["cat.glibc", "cat.musl"] {
+        let out = run_cfg(name, &[], |c| c.stdin = vmm::syscalls::Input::Bytes { data: data.clone(), pos: 0 });
+        assert_eq!(out.exit, ExitKind::Exited(0));
+        assert!(out.stdout == data, "{name}: {} bytes back", out.stdout.len());
+    }
+}
+
+#[test]
+fn allocates_and_frees_100_mb_in_pieces() {
+    if !kvm_or_skip() {
+        return;
+    }
+    for name in ["alloc.glibc", "alloc.musl"] {
+        let out = run_cfg(name, &[], |c| c.memory = 256 << 20);
+        assert_eq!(out.exit, ExitKind::Exited(0), "{name}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(out.stdout.starts_with(b"alloc ok "));
+    }
+}
+
+#[test]
+fn infinite_loop_stops_at_the_time_limit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let out = run_cfg("loop.glibc", &[], |c| c.timeout = std::time::Duration::from_millis(300));
+    assert_eq!(out.exit, ExitKind::Timeout);
+    assert!(out.elapsed >= std::time::Duration::from_millis(300));
+}
+
+#[test]
+fn faults_are_typed() {
+    use vmm::GuestFault;
+    if !kvm_or_skip() {
+        return;
+    }
+    let fault = |name: &str, argv: &[&str]| match run_cfg(name, argv, |_| {}).exit {
+        ExitKind::Fault(f) => f,
+        other => panic!("{name}: expected a fault, got {other:?}"),
+    };
+    let image = app("nullwrite.glibc").image().clone();
+    match fault("nullwrite.glibc", &[]) {
+        GuestFault::PageFault { address: 0, access: "write", rip, .. } => {
+            assert!(rip >= image.start && rip < image.end)
+        }
+        f => panic!("{f:?}"),
+    }
+    assert!(matches!(fault("illegal.musl", &[]), GuestFault::InvalidOpcode { .. }));
+    assert!(matches!(fault("divzero.glibc", &[]), GuestFault::DivideError { .. }));
+    for name in ["stackoverflow.glibc", "stackoverflow.musl"] {
+        assert!(matches!(fault(name, &[]), GuestFault::PageFault { access: "write", .. }), "{name}");
+    }
+    for insn in ["hlt", "cli", "in", "out", "wrmsr", "lgdt", "mov-cr3"] {
+        assert!(matches!(fault("fault_gp.glibc", &[insn]), GuestFault::GeneralProtection { .. }), "{insn}");
+    }
+    assert!(matches!(fault("fault_gp.musl", &["int3"]), GuestFault::Exception { vector: 3, .. }));
+}
+
+#[test]
+fn memory_cap_is_enforced() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let out = run_cfg("memhog.musl", &[], |c| c.memory = 32 << 20);
+    assert_eq!(out.exit, ExitKind::Exited(3));
+    assert!(out.memory_exhausted && out.out_of_memory());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malloc failed after"));
+}
+
+#[test]
+fn garbage_is_refused_before_any_vm_exists() {
+    use vmm::elf::ElfError;
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(0x9e37_79b9) >> 7) as u8).collect();
+    assert!(matches!(vmm::Program::from_bytes(random), Err(vmm::Error::InvalidProgram(ElfError::NotElf))));
+    let hello = std::fs::read(common::apps_dir().join("hello.glibc")).unwrap();
+    assert!(matches!(vmm::Program::from_bytes(hello[..100].to_vec()), Err(vmm::Error::InvalidProgram(_))));
+    assert!(matches!(vmm::Program::from_bytes(Vec::new()), Err(vmm::Error::InvalidProgram(ElfError::NotElf))));
+}
