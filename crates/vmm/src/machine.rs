@@ -155,6 +155,8 @@ pub struct Machine {
     pub stats: MachineStats,
     /// Set when a memory request was refused for lack of guest memory.
     pub memory_exhausted: bool,
+    /// Set when a system call that may change [`Process`] ran (anything but the request API).
+    pub proc_touched: bool,
     clock: Option<Clock>,
 }
 
@@ -168,8 +170,17 @@ impl Machine {
     /// Wraps a created VM whose RAM holds a loaded program.
     pub fn new(mut vm: Vm, map: UserMap, proc: Process, io: Io, api: Option<ApiLimits>) -> Machine {
         let clock = Clock::new(&mut vm);
-        let machine =
-            Machine { vm, map, proc, io, api, stats: MachineStats::default(), memory_exhausted: false, clock };
+        let machine = Machine {
+            vm,
+            map,
+            proc,
+            io,
+            api,
+            stats: MachineStats::default(),
+            memory_exhausted: false,
+            proc_touched: false,
+            clock,
+        };
         machine.refill_entropy();
         machine
     }
@@ -266,6 +277,7 @@ impl Machine {
     fn syscall(&mut self, deadline: Instant) -> Option<Stop> {
         let r = *self.vm.regs();
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        self.proc_touched |= !(crate::guest::api::BASE..=crate::guest::api::NOP).contains(&r.rax);
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {
             mem: UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) },

@@ -229,6 +229,11 @@ impl Vm {
         &self.vm
     }
 
+    /// Guest RAM and the VM fd at once (a reset needs both).
+    pub fn ram_and_fd(&mut self) -> (&mut GuestMemory, &VmFd) {
+        (&mut self.ram, &self.vm)
+    }
+
     /// Sets all general registers with an ioctl (used before the first run, when the sync
     /// area does not hold the vCPU's registers yet).
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {

@@ -217,6 +217,21 @@ impl Mapping {
         Some(())
     }
 
+    /// Fills `out` (one byte per page) with `mincore`'s residency: bit 0 set when the page
+    /// is in memory.
+    pub fn residency(&self, out: &mut [u8]) -> io::Result<()> {
+        if out.len() < self.len.div_ceil(4096) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: mincore reads our own live mapping's page table state and writes one byte
+        // per page into `out`, which is large enough (checked).
+        let ret = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, out.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Drops the pages of `[offset, offset + len)` (`MADV_DONTNEED`): anonymous memory reads
     /// back as zeros, a private file mapping as the file's content.
     pub fn discard(&self, offset: u64, len: usize) -> io::Result<()> {

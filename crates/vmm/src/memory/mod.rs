@@ -155,6 +155,11 @@ impl GuestMemory {
         self.host_dirty.as_mut()
     }
 
+    /// The raw words of the host-dirty bitmap (empty when not tracking).
+    pub fn host_dirty_words(&self) -> &[u64] {
+        self.host_dirty.as_ref().map(PageBitmap::words).unwrap_or(&[])
+    }
+
     fn mark(&mut self, gpa: u64, len: u64) {
         if let Some(b) = self.host_dirty.as_mut() {
             b.set_range(gpa, len);

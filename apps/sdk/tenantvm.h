@@ -1,0 +1,145 @@
+/*
+ * tenantvm.h — the guest SDK of tenantvm: header-only, no libc needed for the API itself.
+ *
+ * A tenant program initialises, then serves requests in a loop:
+ *
+ *     #include "tenantvm.h"
+ *     int main(void) {
+ *         // ... expensive set-up, done once: the VM is snapshotted at the first wait ...
+ *         for (;;) {
+ *             struct tvm_request req;
+ *             wait_for_request(&req);
+ *             respond_text(200, "text/plain", "Hello World!");
+ *         }
+ *     }
+ *
+ * The API is two raw system calls with numbers far above Linux's (docs/guest-abi.md), so any
+ * language that can issue `syscall` can use it.  In ephemeral mode the VM is reset to the
+ * snapshot after every response: nothing a request does is seen by the next one, and code
+ * after respond() never runs.  In stateful mode respond() returns and the loop continues.
+ *
+ * The request lives in a read-only area at TVM_REQUEST_VA, valid until the next
+ * wait_for_request(); every string is also NUL-terminated (the length does not count it).
+ */
+#ifndef TENANTVM_H
+#define TENANTVM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TVM_SYS_WAIT_FOR_REQUEST 0x10000L
+#define TVM_SYS_RESPOND 0x10001L
+#define TVM_REQUEST_VA 0x7f0000000000UL
+#define TVM_SHARED_VA 0x7e0000000000UL
+
+struct tvm_header {
+	const char *name;
+	uint64_t name_len;
+	const char *value;
+	uint64_t value_len;
+};
+
+struct tvm_request {
+	uint32_t version; /* 1 */
+	uint32_t header_count;
+	const char *method;
+	uint64_t method_len;
+	const char *path;
+	uint64_t path_len;
+	const char *query; /* without the '?' */
+	uint64_t query_len;
+	const struct tvm_header *headers;
+	const char *body;
+	uint64_t body_len;
+	uint8_t random[32]; /* fresh entropy for this request */
+	uint8_t reserved[16];
+};
+
+_Static_assert(sizeof(struct tvm_request) == 128, "tvm_request is 128 bytes");
+_Static_assert(sizeof(struct tvm_header) == 32, "tvm_header is 32 bytes");
+
+static inline long tvm_syscall5(long n, long a, long b, long c, long d, long e)
+{
+	long ret;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+/* Blocks until the next request and returns it (read-only, valid until the next call). */
+static inline const struct tvm_request *tvm_wait_for_request(void)
+{
+	return (const struct tvm_request *)tvm_syscall5(TVM_SYS_WAIT_FOR_REQUEST, 0, 0, 0, 0, 0);
+}
+
+/* Copies the next request's descriptor into *req. */
+static inline void wait_for_request(struct tvm_request *req)
+{
+	*req = *tvm_wait_for_request();
+}
+
+/* Sends the response.  Headers and body are copied out before this returns (stateful mode)
+ * or the VM is reset (ephemeral mode).  Returns 0. */
+static inline long respond_headers(int status, const struct tvm_header *headers, size_t header_count,
+				   const void *body, size_t body_len)
+{
+	return tvm_syscall5(TVM_SYS_RESPOND, status, (long)headers, (long)header_count, (long)body, (long)body_len);
+}
+
+static inline size_t tvm_strlen(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+/* respond(status, content_type, body, len): the common case, one Content-Type header. */
+static inline long respond(int status, const char *content_type, const void *body, size_t body_len)
+{
+	struct tvm_header h = { "content-type", 12, content_type, tvm_strlen(content_type) };
+	return respond_headers(status, &h, 1, body, body_len);
+}
+
+/* respond_text(status, content_type, "NUL-terminated body") */
+static inline long respond_text(int status, const char *content_type, const char *body)
+{
+	return respond(status, content_type, body, tvm_strlen(body));
+}
+
+/* The value of the first header named `name` (ASCII case-insensitive), or NULL. */
+static inline const struct tvm_header *tvm_header(const struct tvm_request *req, const char *name)
+{
+	size_t n = tvm_strlen(name);
+	for (uint32_t i = 0; i < req->header_count; i++) {
+		const struct tvm_header *h = &req->headers[i];
+		if (h->name_len != n)
+			continue;
+		size_t j = 0;
+		for (; j < n; j++) {
+			char a = h->name[j], b = name[j];
+			if (a >= 'A' && a <= 'Z')
+				a += 32;
+			if (b >= 'A' && b <= 'Z')
+				b += 32;
+			if (a != b)
+				break;
+		}
+		if (j == n)
+			return h;
+	}
+	return 0;
+}
+
+/* The tenant's shared memory (shared by every instance, never reset), or NULL if the tenant
+ * has none.  Use atomics: instances run in parallel. */
+static inline void *tvm_shared(void)
+{
+	return (void *)TVM_SHARED_VA;
+}
+
+#endif

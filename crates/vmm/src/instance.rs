@@ -1,0 +1,316 @@
+//! An instance: one VM made from a tenant's snapshot, serving one request at a time.
+//!
+//! ```text
+//!   AtSnapshot --call--> running --respond--> ephemeral: reset --> AtSnapshot
+//!                                        \--> stateful: AfterResponse --call--> (run to the
+//!                                             next wait_for_request) --> running ...
+//!   any guest error (fault, timeout, no response) --> reset --> AtSnapshot
+//!   a host error (a failed KVM ioctl)             --> Poisoned (every later call fails)
+//! ```
+//!
+//! In the ephemeral steady state a call is one `KVM_RUN` and one exit: the registers of the
+//! snapshot (with rax = the request) go in through kvm_run's sync area, the guest kernel's
+//! reset entry reloads the FPU state and segment bases, the program handles the request and
+//! its `respond` is the exit.  The reset that follows touches only changed pages
+//! ([`crate::reset`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, GuestFault};
+use crate::guest::layout::*;
+use crate::guest::vcd;
+use crate::kvm;
+use crate::machine::{Machine, RunEnd};
+use crate::memory::{GuestMemory, Mapping};
+use crate::program::ExitKind;
+use crate::reset::{ResetReport, ResetTracker};
+use crate::syscalls::api::{encode_request, Request, RequestTooLarge, Response};
+use crate::syscalls::fs::Io;
+use crate::syscalls::process::fill_random;
+use crate::syscalls::{Input, Output, Stop, SyscallCounts};
+use crate::tenant::Snapshot;
+use crate::vm::{self, Vm};
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Registers and memory are the snapshot's (registers still to be loaded).
+    AtSnapshot,
+    /// Stateful: stopped in `respond`; must run to the next `wait_for_request`.
+    AfterResponse,
+    /// A host-side failure left the VM unusable.
+    Poisoned(String),
+}
+
+/// A successful call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// The program's response.
+    pub response: Response,
+    /// What the program wrote to stdout during the call.
+    pub stdout: Vec<u8>,
+    /// What the program wrote to stderr during the call.
+    pub stderr: Vec<u8>,
+    /// VM exits during the call.
+    pub exits: u64,
+}
+
+/// Why a call failed.  Except for [`CallErrorKind::Host`], the instance has been reset and
+/// serves the next call normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallErrorKind {
+    /// The request does not fit the request area (nothing ran).
+    RequestTooLarge(RequestTooLarge),
+    /// The request ran past its time limit.
+    Timeout,
+    /// The program faulted (a CPU exception, a bad pointer to `respond`, an oversize response).
+    Fault(GuestFault),
+    /// The program ran out of memory and then failed.
+    OutOfMemory(String),
+    /// The program stopped without responding (it exited, was killed, or waited again).
+    NoResponse(String),
+    /// The host failed (a KVM ioctl); the instance is poisoned.
+    Host(String),
+}
+
+/// A failed call, with the output the program produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}")]
+pub struct CallError {
+    /// What went wrong.
+    pub kind: CallErrorKind,
+    /// stdout during the call.
+    pub stdout: Vec<u8>,
+    /// stderr during the call.
+    pub stderr: Vec<u8>,
+}
+
+/// Counters of an instance, cumulative unless named `last_*`.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceStats {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// `KVM_RUN` entries.
+    pub entries: u64,
+    /// VM exits.
+    pub exits: u64,
+    /// Exits of the last call.
+    pub last_call_exits: u64,
+    /// Resets done.
+    pub resets: u64,
+    /// Pages restored by all resets.
+    pub pages_restored: u64,
+    /// Total time spent resetting.
+    pub reset_time: Duration,
+    /// The last reset.
+    pub last_reset: ResetReport,
+    /// System calls (host and in-guest), by number.
+    pub syscalls: SyscallCounts,
+    /// Time to create the instance (VM, memory, kernel start).
+    pub create_time: Duration,
+}
+
+/// One VM serving a tenant's requests.
+pub struct Instance {
+    machine: Machine,
+    snapshot: Arc<Snapshot>,
+    state: State,
+    tracker: ResetTracker,
+    stats: InstanceStats,
+    request_len: usize,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("state", &self.state).field("calls", &self.stats.calls).finish()
+    }
+}
+
+fn fresh_io(limit: usize) -> Io {
+    Io {
+        stdin: Input::Bytes { data: Vec::new(), pos: 0 },
+        stdout: Output::capture(limit),
+        stderr: Output::capture(limit),
+    }
+}
+
+fn take_output(out: &mut Output) -> Vec<u8> {
+    match out {
+        Output::Capture { buf, truncated, .. } => {
+            *truncated = false;
+            std::mem::take(buf)
+        }
+        _ => Vec::new(),
+    }
+}
+
+impl Instance {
+    /// Creates a VM whose RAM is a copy-on-write view of the snapshot.
+    pub fn new(snapshot: Arc<Snapshot>) -> crate::Result<Instance> {
+        let started = Instant::now();
+        let host = kvm::host()?;
+        let mut ram = GuestMemory::from_snapshot(snapshot.ram.clone())?;
+        ram.track_host_writes(true);
+        let pages = ram.size() / crate::guest::PAGE_SIZE;
+        let vcpu_area = Mapping::anonymous(vm::vcpu_area_size(snapshot.request_area) as usize)?;
+        let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), true)?;
+        let cfg = &snapshot.config;
+        let io = fresh_io(cfg.output_limit);
+        let mut machine = Machine::new(vm, snapshot.map.clone(), snapshot.proc.clone(), io, Some(cfg.limits));
+        machine.start_kernel()?;
+        let stats = InstanceStats { create_time: started.elapsed(), ..Default::default() };
+        Ok(Instance {
+            machine,
+            snapshot,
+            state: State::AtSnapshot,
+            tracker: ResetTracker::new(pages),
+            stats,
+            request_len: 0,
+        })
+    }
+
+    /// Whether the instance can still serve (not poisoned by a host failure).
+    pub fn usable(&self) -> bool {
+        !matches!(self.state, State::Poisoned(_))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> InstanceStats {
+        let mut s = self.stats.clone();
+        s.entries = self.machine.stats.entries;
+        s.exits = self.machine.stats.exits;
+        s.syscalls = self.machine.syscall_counts();
+        s
+    }
+
+    /// Host bytes of this instance's own memory (private copies of RAM pages it wrote).
+    pub fn private_pages(&self) -> u64 {
+        self.stats.last_reset.hot_pages
+    }
+
+    /// Serves one request.
+    pub fn call(&mut self, req: &Request) -> Result<CallResult, CallError> {
+        if let State::Poisoned(why) = &self.state {
+            return Err(CallError { kind: CallErrorKind::Host(why.clone()), stdout: Vec::new(), stderr: Vec::new() });
+        }
+        let cfg = &self.snapshot.config;
+        let deadline = Instant::now() + cfg.timeout;
+        let mut entropy = [0u8; 32];
+        fill_random(&mut entropy);
+        let bytes = encode_request(req, &entropy, self.snapshot.request_area as usize).map_err(|e| CallError {
+            kind: CallErrorKind::RequestTooLarge(e),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        })?;
+        self.stats.calls += 1;
+        let exits_before = self.machine.stats.exits;
+        let end = self.run_request(&bytes, deadline);
+        let stdout = take_output(&mut self.machine.io.stdout);
+        let stderr = take_output(&mut self.machine.io.stderr);
+        self.stats.last_call_exits = self.machine.stats.exits - exits_before;
+        let outcome = match end {
+            Ok(RunEnd::Stopped(Stop::Responded(response))) => Ok(response),
+            Ok(end) => Err(self.classify(end)),
+            Err(e) => {
+                self.state = State::Poisoned(e.to_string());
+                self.stats.errors += 1;
+                return Err(CallError { kind: CallErrorKind::Host(e.to_string()), stdout, stderr });
+            }
+        };
+        if outcome.is_err() || self.snapshot.config.ephemeral {
+            if let Err(e) = self.reset() {
+                self.state = State::Poisoned(e.to_string());
+            }
+        } else {
+            self.state = State::AfterResponse;
+        }
+        match outcome {
+            Ok(response) => Ok(CallResult { response, stdout, stderr, exits: self.stats.last_call_exits }),
+            Err(kind) => {
+                self.stats.errors += 1;
+                Err(CallError { kind, stdout, stderr })
+            }
+        }
+    }
+
+    fn run_request(&mut self, request: &[u8], deadline: Instant) -> crate::Result<RunEnd> {
+        if self.state == State::AfterResponse {
+            match self.machine.run(deadline)? {
+                RunEnd::Stopped(Stop::WaitForRequest) => {}
+                RunEnd::Stopped(Stop::Responded(_)) => {
+                    return Ok(RunEnd::Stopped(Stop::ApiFault(GuestFault::Vm(
+                        "respond called twice without wait_for_request".into(),
+                    ))))
+                }
+                other => return Ok(other),
+            }
+        }
+        let area = &self.machine.vm.vcpu_area;
+        area.write(VC_REQUEST, request);
+        if self.request_len > request.len() {
+            // Never let a request see the tail of a longer one before it.
+            area.fill(VC_REQUEST + request.len() as u64, self.request_len - request.len(), 0);
+        }
+        self.request_len = request.len();
+        let mut pos = [0u8; 8];
+        area.read(vcd(VCD_ENTROPY_POS), &mut pos);
+        if u64::from_le_bytes(pos) != 0 {
+            self.machine.refill_entropy();
+        }
+        if self.state == State::AtSnapshot {
+            let regs = self.machine.vm.regs();
+            *regs = self.snapshot.regs;
+            regs.rax = REQUEST_VA;
+            self.machine.vm.regs_changed();
+        }
+        self.machine.run(deadline)
+    }
+
+    fn classify(&self, end: RunEnd) -> CallErrorKind {
+        let oom = self.machine.memory_exhausted;
+        match end {
+            RunEnd::Timeout | RunEnd::Stopped(Stop::Timeout) => CallErrorKind::Timeout,
+            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) if oom => CallErrorKind::OutOfMemory(f.to_string()),
+            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) => CallErrorKind::Fault(f),
+            RunEnd::Stopped(Stop::WaitForRequest) => {
+                CallErrorKind::NoResponse("the program called wait_for_request without responding".into())
+            }
+            RunEnd::Stopped(Stop::Exited(c)) if oom => {
+                CallErrorKind::OutOfMemory(format!("exited with status {c} after running out of memory"))
+            }
+            RunEnd::Stopped(Stop::Signaled(s)) if oom => {
+                CallErrorKind::OutOfMemory(format!("killed by signal {s} after running out of memory"))
+            }
+            RunEnd::Stopped(Stop::Exited(c)) => CallErrorKind::NoResponse(ExitKind::Exited(c).to_string()),
+            RunEnd::Stopped(Stop::Signaled(s)) => CallErrorKind::NoResponse(ExitKind::Signaled(s).to_string()),
+            RunEnd::Stopped(Stop::Deadlock(why)) => CallErrorKind::NoResponse(format!("deadlock: {why}")),
+            RunEnd::Stopped(Stop::Responded(_)) => unreachable!("handled by the caller"),
+        }
+    }
+
+    /// Restores the snapshot: memory (changed pages only), the emulated process, and (at the
+    /// next call) the registers.
+    pub fn reset(&mut self) -> crate::Result<ResetReport> {
+        let (ram, fd) = self.machine.vm.ram_and_fd();
+        let report = self.tracker.reset(fd, ram, &self.snapshot.ram_view)?;
+        if std::mem::take(&mut self.machine.proc_touched) {
+            self.machine.proc.clone_from(&self.snapshot.proc);
+        }
+        self.machine.memory_exhausted = false;
+        self.state = State::AtSnapshot;
+        self.stats.resets += 1;
+        self.stats.pages_restored += report.pages_restored;
+        self.stats.reset_time += report.duration;
+        self.stats.last_reset = report;
+        Ok(report)
+    }
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError { kind: CallErrorKind::Host(e.to_string()), stdout: Vec::new(), stderr: Vec::new() }
+    }
+}

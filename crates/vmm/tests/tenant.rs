@@ -1,0 +1,128 @@
+//! Tenants: snapshot after init, instances, per-request reset.
+
+mod common;
+
+use common::{app, args, kvm_or_skip};
+use vmm::{CallErrorKind, Request, Tenant, TenantConfig};
+
+fn tenant(name: &str, f: impl FnOnce(&mut TenantConfig)) -> Tenant {
+    let mut cfg = TenantConfig::new(args(&[name]));
+    f(&mut cfg);
+    Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn get(path: &str) -> Request {
+    Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn body(inst: &mut vmm::Instance, req: &Request) -> String {
+    String::from_utf8(inst.call(req).unwrap().response.body).unwrap()
+}
+
+#[test]
+fn hello_serves_with_one_exit_per_request() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("hello", |_| {});
+    let mut inst = t.instance().unwrap();
+    for _ in 0..200 {
+        let r = inst.call(&get("/")).unwrap();
+        assert_eq!(r.response.status, 200);
+        assert_eq!(r.response.body, b"Hello World!");
+        assert_eq!(r.response.headers, vec![(b"content-type".to_vec(), b"text/plain".to_vec())]);
+    }
+    let s = inst.stats();
+    assert_eq!(s.last_call_exits, 1, "steady-state ephemeral hello must exit exactly once");
+    assert_eq!(s.resets, 200);
+    assert!(s.last_reset.pages_restored <= 4, "a hello request touches a few pages, not {:?}", s.last_reset);
+}
+
+#[test]
+fn ephemeral_resets_state_and_stateful_keeps_it() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut eph = tenant("state", |_| {}).instance().unwrap();
+    let got: Vec<String> = (0..3).map(|_| body(&mut eph, &get("/"))).collect();
+    assert_eq!(got, ["1", "1", "1"]);
+    let mut st = tenant("state", |c| c.ephemeral = false).instance().unwrap();
+    let got: Vec<String> = (0..3).map(|_| body(&mut st, &get("/"))).collect();
+    assert_eq!(got, ["1", "2", "3"]);
+}
+
+#[test]
+fn instances_share_the_snapshot_but_not_their_writes() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("state", |c| c.ephemeral = false);
+    let mut a = t.instance().unwrap();
+    let mut b = t.instance().unwrap();
+    assert_eq!(body(&mut a, &get("/")), "1");
+    assert_eq!(body(&mut a, &get("/")), "2");
+    assert_eq!(body(&mut b, &get("/")), "1", "b must not see a's writes");
+    assert_eq!(body(&mut a, &get("/")), "3");
+}
+
+#[test]
+fn counter_in_shared_memory_never_loses_an_increment() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("counter", |c| c.shared_memory = 4096);
+    let threads = 4;
+    let per = 250;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let t = &t;
+            s.spawn(move || {
+                let mut inst = t.instance().unwrap();
+                for _ in 0..per {
+                    inst.call(&get("/")).unwrap();
+                }
+            });
+        }
+    });
+    let mut inst = t.instance().unwrap();
+    assert_eq!(body(&mut inst, &get("/")), format!("Hello {} World!", threads * per + 1));
+}
+
+#[test]
+fn echo_is_binary_safe() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut inst = tenant("echo", |_| {}).instance().unwrap();
+    let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let req = Request {
+        method: b"POST".to_vec(),
+        path: b"/a/b".to_vec(),
+        query: b"x=1&y=%00".to_vec(),
+        headers: vec![(b"Host".to_vec(), b"echo".to_vec()), (b"X-Bin".to_vec(), b"\x01\xff".to_vec())],
+        body: payload.clone(),
+    };
+    let r = inst.call(&req).unwrap().response;
+    assert_eq!(r.body, payload);
+    let h = |n: &str| r.headers.iter().find(|(k, _)| k == n.as_bytes()).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(h("x-echo-method"), b"POST");
+    assert_eq!(h("x-echo-path"), b"/a/b");
+    assert_eq!(h("x-echo-query"), b"x=1&y=%00");
+    assert_eq!(h("x-echo-header-count"), b"2");
+    assert_eq!(h("x-echo-h-X-Bin"), b"\x01\xff");
+    // A shorter request after a longer one sees nothing of the longer one.
+    let r = inst.call(&Request { body: b"ab".to_vec(), ..get("/") }).unwrap().response;
+    assert_eq!(r.body, b"ab");
+}
+
+#[test]
+fn oversize_request_is_refused_without_running() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut inst = tenant("echo", |c| c.limits.max_request = 4096).instance().unwrap();
+    let err = inst.call(&Request { body: vec![0; 5000], ..get("/") }).unwrap_err();
+    assert!(matches!(err.kind, CallErrorKind::RequestTooLarge(_)));
+    assert_eq!(inst.stats().exits, 1, "only the instance's boot exit");
+    assert_eq!(body(&mut inst, &Request { body: b"ok".to_vec(), ..get("/") }), "ok");
+}
