@@ -31,6 +31,6 @@ rm -rf "$stage/apps/cargo-target"
 script="set -e; for t in ${names[*]}; do echo \"== \$t\"; ./\$t --test-threads=1 $*; done"
 echo "tcg-kvm: running ${names[*]} under an emulated AMD-V CPU" >&2
 TCG_FILES="$(printf '%s ' "$stage"/*)" \
-TCG_ENV="TENANTVM_APPS=/prog/apps TENANTVM_REQUIRE_KVM=1 TENANTVM_LEAK_RUNS=300 RUST_BACKTRACE=1" \
+TCG_ENV="TENANTVM_APPS=/prog/apps TENANTVM_REQUIRE_KVM=1 TENANTVM_LEAK_RUNS=300 RUST_BACKTRACE=1 ${TCG_EXTRA_ENV:-}" \
 TCG_TIMEOUT=${TCG_TIMEOUT:-900} \
 	"$root/tools/tcg-kvm/run.sh" /bin/busybox sh -c "$script"

@@ -118,6 +118,9 @@ pub struct Instance {
     machine: Machine,
     snapshot: Arc<Snapshot>,
     state: State,
+    /// The last run did not stop at a system call (a fault, a timeout): the vCPU may be in
+    /// user mode or in an exception handler, so the next resume restarts the guest kernel.
+    stopped_abnormally: bool,
     tracker: ResetTracker,
     stats: InstanceStats,
     request_len: usize,
@@ -166,6 +169,7 @@ impl Instance {
             machine,
             snapshot,
             state: State::AtSnapshot,
+            stopped_abnormally: false,
             tracker: ResetTracker::new(pages),
             stats,
             request_len: 0,
@@ -208,6 +212,7 @@ impl Instance {
         self.stats.calls += 1;
         let exits_before = self.machine.stats.exits;
         let end = self.run_request(&bytes, deadline);
+        self.stopped_abnormally = !matches!(end, Ok(RunEnd::Stopped(_)));
         let stdout = take_output(&mut self.machine.io.stdout);
         let stderr = take_output(&mut self.machine.io.stderr);
         self.stats.last_call_exits = self.machine.stats.exits - exits_before;
@@ -261,6 +266,11 @@ impl Instance {
             self.machine.refill_entropy();
         }
         if self.state == State::AtSnapshot {
+            if std::mem::take(&mut self.stopped_abnormally) {
+                // Interrupted in user mode, or stopped in an exception handler: bring the vCPU
+                // back to the guest kernel's entry state before loading the snapshot's registers.
+                self.machine.restart_kernel()?;
+            }
             let regs = self.machine.vm.regs();
             *regs = self.snapshot.regs;
             regs.rax = REQUEST_VA;

@@ -218,6 +218,13 @@ impl Machine {
         }
     }
 
+    /// Puts the vCPU back into the guest kernel's start state (system registers and
+    /// `kernel_start`) from wherever it stopped.
+    pub fn restart_kernel(&mut self) -> Result<()> {
+        self.vm.reset_system_registers()?;
+        self.start_kernel()
+    }
+
     /// Points the vCPU at the program's entry with a fresh register file.
     pub fn enter_user(&mut self, entry: u64, rsp: u64) {
         *self.vm.regs() = entry_regs(entry, rsp);

@@ -267,7 +267,11 @@ fn freeze(
     let xsave = vcpu.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
     let mut regs = *m.vm.regs();
     regs.rip = sym::RESET_ENTRY;
-    let image: Vec<u8> = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut image: Vec<u8> = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+    // KVM reports components the guest's XCR0 does not enable (PKRU, on some hosts); XRSTOR
+    // faults on those, so keep XSTATE_BV within the guest's XCR0.
+    let xstate_bv = u64::from_le_bytes(image[512..520].try_into().unwrap()) & Vm::xcr0(m.vm.host());
+    image[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
     let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
     m.vm.ram.write(GPA_XSAVE, &image[..image.len().min(XSAVE_SIZE as usize)]).map_err(oob)?;
     m.vm.ram.write_u64(kdata(KD_SNAP_FS), sregs.fs.base).map_err(oob)?;

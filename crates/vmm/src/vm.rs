@@ -189,7 +189,11 @@ impl Vm {
         if written != entries.len() {
             return Err(Error::GuestKernel(format!("KVM_SET_MSRS accepted {written} of {} MSRs", entries.len())));
         }
+        Self::set_xcr0(host, vcpu)
+    }
 
+    /// The XCR0 guests run with: what KVM supports, limited to [`XCR0_ALLOWED`].
+    pub fn xcr0(host: &Host) -> u64 {
         let supported = host
             .cpuid
             .as_slice()
@@ -197,11 +201,21 @@ impl Vm {
             .find(|e| e.function == 0xd && e.index == 0)
             .map(|e| u64::from(e.eax) | (u64::from(e.edx) << 32))
             .unwrap_or(0b11);
+        (supported & XCR0_ALLOWED) | 0b11
+    }
+
+    fn set_xcr0(host: &Host, vcpu: &VcpuFd) -> Result<()> {
         let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
         xcrs.xcrs[0].xcr = 0;
-        xcrs.xcrs[0].value = (supported & XCR0_ALLOWED) | 0b11;
+        xcrs.xcrs[0].value = Self::xcr0(host);
         vcpu.set_xcrs(&xcrs).map_err(Error::kvm("KVM_SET_XCRS"))?;
         Ok(())
+    }
+
+    /// Loads the start-up system registers again (after the vCPU stopped in user mode or in
+    /// an exception handler).
+    pub fn reset_system_registers(&self) -> Result<()> {
+        Self::set_system_registers(self.host, &self.vcpu)
     }
 
     /// The platform this VM runs on.
