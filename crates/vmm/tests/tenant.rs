@@ -193,3 +193,26 @@ fn reset_restores_only_the_pages_a_request_touched() {
     }
     assert_eq!(body(&mut inst, &get("/count")), "1");
 }
+
+#[test]
+fn isolation_probe_sees_nothing_of_earlier_requests() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("isolate", |_| {});
+    let mut inst = t.instance().unwrap();
+    let clean = body(&mut inst, &get("/"));
+    // Change every kind of state once, then check the next request starts clean.
+    let mut ops = Vec::new();
+    for kind in 1..=16u8 {
+        ops.extend_from_slice(&[kind, 7, 0, 4, 0xde, 0xad, 0xbe, kind]);
+    }
+    let dirty = body(&mut inst, &Request { body: ops, ..get("/") });
+    assert_eq!(dirty[..23], clean[..23], "the first digest is taken before the changes");
+    assert_ne!(dirty[24..], clean[24..], "the changes must show in the second digest");
+    assert_eq!(body(&mut inst, &get("/")), clean);
+    let mut stateful = tenant("isolate", |c| c.ephemeral = false).instance().unwrap();
+    assert_eq!(body(&mut stateful, &get("/")), clean);
+    body(&mut stateful, &Request { body: vec![1, 0, 0, 1, 9], ..get("/") });
+    assert_ne!(body(&mut stateful, &get("/")), clean, "stateful mode keeps state");
+}
