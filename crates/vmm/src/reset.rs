@@ -81,6 +81,7 @@ impl ResetTracker {
         self.resets += 1;
         let demote = self.resets % DEMOTE_EVERY == 0;
         let mut report = ResetReport::default();
+        let mut to_clear = 0u64;
         let host = ram.host_dirty_words();
         let words = self.dirty.words().len();
         for w in 0..words {
@@ -118,6 +119,7 @@ impl ResetTracker {
                 }
             }
             self.clear.words_mut()[w] = clear;
+            to_clear += u64::from(clear.count_ones());
             let mut bits = changed;
             while bits != 0 {
                 let b = bits.trailing_zeros() as u64;
@@ -131,7 +133,8 @@ impl ResetTracker {
             report.pages_restored += u64::from(changed.count_ones());
             report.guest_pages += u64::from(guest.count_ones());
         }
-        if report.guest_pages > 0 {
+        // Only cold pages need re-protecting; hot ones stay writable.
+        if to_clear > 0 {
             raw::clear_dirty_log(vm, slot::RAM, 0, self.dirty.pages() as u32, self.clear.words())
                 .map_err(|source| Error::Os { op: "KVM_CLEAR_DIRTY_LOG", source })?;
         }
