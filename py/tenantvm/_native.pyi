@@ -1,0 +1,98 @@
+"""Type stubs of the native extension module (``crates/pyext``)."""
+
+import os
+from typing import Literal, NotRequired, TypedDict, final
+
+ExitKind = Literal["exited", "signaled", "fault", "timeout", "deadlock", "unexpected"]
+FaultKind = Literal[
+    "page_fault",
+    "invalid_opcode",
+    "general_protection",
+    "divide_error",
+    "exception",
+    "triple_fault",
+    "bad_pointer",
+    "response_too_large",
+    "vm",
+]
+
+class FaultInfo(TypedDict):
+    """A guest fault: its kind, the VMM's message, and the variant's fields."""
+
+    kind: FaultKind
+    message: str
+    address: NotRequired[int]
+    rip: NotRequired[int]
+    error_code: NotRequired[int]
+    access: NotRequired[Literal["read", "write", "execute"]]
+    vector: NotRequired[int]
+    call: NotRequired[str]
+    len: NotRequired[int]
+    what: NotRequired[str]
+    size: NotRequired[int]
+    limit: NotRequired[int]
+
+class DoctorReport(TypedDict):
+    """The host's KVM as ``tenantvm doctor`` reports it."""
+
+    platform: str
+    guest_setup: str
+    api_version: int
+    capabilities: list[tuple[str, bool]]
+
+class RoundTrip(TypedDict):
+    """Median costs measured by :func:`measure_round_trip`, in microseconds."""
+
+    exit_us: float
+    vm_lifecycle_us: float
+
+@final
+class RunOutcome:
+    """How a run ended (read-only)."""
+
+    @property
+    def exit_kind(self) -> ExitKind: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def signal(self) -> int | None: ...
+    @property
+    def fault(self) -> FaultInfo | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+    @property
+    def output_truncated(self) -> bool: ...
+    @property
+    def syscalls(self) -> dict[int, int]: ...
+    @property
+    def unsupported_syscalls(self) -> dict[int, int]: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def exits(self) -> int: ...
+    @property
+    def memory_exhausted(self) -> bool: ...
+    @property
+    def out_of_memory(self) -> bool: ...
+
+def run(
+    path: str | os.PathLike[str],
+    args: list[bytes],
+    env: list[bytes],
+    stdin: bytes | None,
+    capture_output: bool,
+    timeout: float,
+    memory_mb: int,
+    exe_path: bytes | None,
+) -> RunOutcome:
+    """Runs a static program in a fresh VM (GIL released); raises ``tenantvm.errors`` on host errors."""
+
+def doctor_report() -> DoctorReport:
+    """Describes the host's KVM; raises KvmUnavailable when there is none."""
+
+def measure_round_trip(exits: int = 2000, samples: int = 5) -> RoundTrip:
+    """Measures the cost of one VM exit round trip and of a minimal VM lifecycle (GIL released)."""

@@ -1,0 +1,285 @@
+"""The ``tenantvm`` command.
+
+::
+
+    tenantvm run [--timeout S] [--memory-mb N] [--env K=V]... PROGRAM [ARGS...]
+    tenantvm doctor [--json]
+
+``run`` passes stdin, stdout and stderr through and exits with the program's status (128 +
+signal when a signal killed it).  When the program does not exit by itself, a one-line
+``tenantvm: ...`` message goes to stderr and the exit status tells what happened:
+
+====  ===============================================================
+139   the program faulted (segmentation fault, illegal instruction...)
+124   it ran past its time limit, or could never finish
+137   it ran out of memory
+126   PROGRAM is not something tenantvm can run
+127   PROGRAM does not exist
+2     invalid command line
+1     KVM is unavailable, or another host-side failure
+130   interrupted (Ctrl-C)
+====  ===============================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import tenantvm
+from tenantvm import _native
+from tenantvm.errors import (
+    ConfigError,
+    GuestError,
+    GuestFault,
+    GuestOutOfMemory,
+    GuestTimeout,
+    HostError,
+    InvalidProgram,
+    KvmUnavailable,
+)
+from tenantvm.runner import MAX_MEMORY_MB, MIN_MEMORY_MB
+
+__all__ = ["EXIT_FAULT", "EXIT_INVALID_PROGRAM", "EXIT_NOT_FOUND", "EXIT_OUT_OF_MEMORY", "EXIT_TIMEOUT", "main"]
+
+#: Exit status when the program faulted (like a shell's 128 + SIGSEGV).
+EXIT_FAULT = 139
+#: Exit status when the program timed out (like coreutils' ``timeout``).
+EXIT_TIMEOUT = 124
+#: Exit status when the program ran out of memory (like 128 + SIGKILL from the OOM killer).
+EXIT_OUT_OF_MEMORY = 137
+#: Exit status when the program cannot be run (like a shell's "cannot execute").
+EXIT_INVALID_PROGRAM = 126
+#: Exit status when the program does not exist (like a shell's "command not found").
+EXIT_NOT_FOUND = 127
+#: Exit status of a command-line error.
+EXIT_USAGE = 2
+#: Exit status of a host-side failure.
+EXIT_HOST = 1
+#: Exit status after Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+
+PLATFORMS = {
+    "pvm": "PVM (paravirtual KVM, no hardware virtualization)",
+    "amd-svm": "hardware KVM (AMD-V/VT-x): AMD-V",
+    "intel-vmx": "hardware KVM (AMD-V/VT-x): Intel VT-x",
+    "hardware": "hardware KVM (AMD-V/VT-x)",
+}
+
+
+def _error(message: str) -> None:
+    print(f"tenantvm: {message}", file=sys.stderr, flush=True)
+
+
+def _env_entry(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _memory(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not MIN_MEMORY_MB <= value <= MAX_MEMORY_MB:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}: {text}")
+    return value
+
+
+def _interruptible(func: Callable[[], T]) -> T:
+    """Calls ``func`` in a worker thread so that Ctrl-C ends the command at once.
+
+    A running VM cannot be cancelled, and the main thread only sees SIGINT once the native
+    call returns (up to the time limit later); instead, the process exits with status 130
+    and the kernel reclaims the VM.
+    """
+    values: list[T] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            values.append(func())
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=work, name="tenantvm-run", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    if errors:
+        raise errors[0]
+    return values[0]
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    env = dict(ns.env or [])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        result = _interruptible(
+            lambda: tenantvm.run(
+                ns.program,
+                ns.args,
+                env,
+                stdin=None,
+                timeout=ns.timeout,
+                memory_mb=ns.memory_mb,
+                capture_output=False,
+                argv0=ns.argv0,
+            )
+        )
+    except GuestFault as e:
+        _error(str(e))
+        return EXIT_FAULT
+    except GuestTimeout as e:
+        _error(str(e))
+        return EXIT_TIMEOUT
+    except GuestOutOfMemory as e:
+        _error(str(e))
+        return EXIT_OUT_OF_MEMORY
+    except GuestError as e:
+        _error(str(e))
+        return EXIT_HOST
+    except FileNotFoundError:
+        _error(f"{ns.program}: no such file")
+        return EXIT_NOT_FOUND
+    except InvalidProgram as e:
+        _error(f"{ns.program}: {e}")
+        return EXIT_INVALID_PROGRAM
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except (KvmUnavailable, HostError) as e:
+        _error(str(e))
+        return EXIT_HOST
+    return result.exit_code
+
+
+def _doctor_data(ns: argparse.Namespace) -> dict[str, Any]:
+    report = _native.doctor_report()
+    data: dict[str, Any] = {
+        "version": tenantvm.__version__,
+        "platform": report["platform"],
+        "platform_description": PLATFORMS.get(report["platform"], report["platform"]),
+        "guest_setup": report["guest_setup"],
+        "api_version": report["api_version"],
+        "capabilities": dict(report["capabilities"]),
+    }
+    if ns.measure:
+        rt = _native.measure_round_trip(ns.exits, ns.samples)
+        data["round_trip"] = {
+            "exit_us": rt["exit_us"],
+            "vm_lifecycle_us": rt["vm_lifecycle_us"],
+            "exits": ns.exits,
+            "samples": ns.samples,
+        }
+    return data
+
+
+def _print_doctor(data: dict[str, Any]) -> None:
+    print(f"tenantvm {data['version']}")
+    print(f"platform:      {data['platform_description']}")
+    print(f"guest set-up:  {data['guest_setup']}")
+    print(f"KVM API:       version {data['api_version']}")
+    print("capabilities:")
+    width = max((len(name) for name in data["capabilities"]), default=0)
+    for name, present in data["capabilities"].items():
+        print(f"  {name:<{width}}  {'yes' if present else 'no'}")
+    rt = data.get("round_trip")
+    if rt is not None:
+        print(f"measured (median of {rt['samples']} runs):")
+        print(f"  one VM exit round trip:  {rt['exit_us']:.2f} µs")
+        print(f"  VM lifecycle:            {rt['vm_lifecycle_us'] / 1000:.2f} ms (create, boot, run, destroy)")
+
+
+def _cmd_doctor(ns: argparse.Namespace) -> int:
+    try:
+        data = _doctor_data(ns)
+    except KvmUnavailable as e:
+        _error(f"{e}\ntenantvm: /dev/kvm is unusable here: tenantvm needs KVM (hardware KVM or PVM)")
+        return EXIT_HOST
+    except HostError as e:
+        _error(str(e))
+        return EXIT_HOST
+    if ns.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        _print_doctor(data)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Builds the argument parser (one subcommand per verb)."""
+    parser = argparse.ArgumentParser(
+        prog="tenantvm",
+        description="Run untrusted static Linux x86-64 programs inside tiny KVM VMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tenantvm.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run a program in a fresh VM",
+        description="Run PROGRAM in a fresh VM with stdin/stdout/stderr passed through; exit with its status.",
+        epilog="Exit status: the program's; 139 fault, 124 timeout, 137 out of memory, 126 not runnable, "
+        "127 not found, 1 host failure.",
+    )
+    run.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="time limit (default 10)")
+    run.add_argument("--memory-mb", type=_memory, default=64, metavar="N", help="guest memory in MiB (default 64)")
+    run.add_argument(
+        "--env", type=_env_entry, action="append", metavar="K=V", help="set an environment variable (repeatable)"
+    )
+    run.add_argument("--argv0", metavar="NAME", help="argv[0] of the program (default: PROGRAM)")
+    run.add_argument("program", metavar="PROGRAM", help="a statically linked x86-64 Linux executable")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments passed to PROGRAM")
+    run.set_defaults(func=_cmd_run)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="describe this host's KVM and measure VM costs",
+        description="Report the host's KVM platform, capabilities and the cost of a VM exit and of a VM.",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--no-measure", dest="measure", action="store_false", help="skip the measurements")
+    doctor.add_argument("--exits", type=int, default=2000, help=argparse.SUPPRESS)
+    doctor.add_argument("--samples", type=int, default=5, help=argparse.SUPPRESS)
+    doctor.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``tenantvm`` command line; returns the exit status."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = ns.func
+    try:
+        return func(ns)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+r"""The one-shot API: run a program to completion in a fresh VM.
+
+>>> import tenantvm
+>>> result = tenantvm.run("apps/build/hello.glibc")  # doctest: +SKIP
+>>> result.stdout  # doctest: +SKIP
+b'Hello, world!\n'
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tenantvm import _native
+from tenantvm._syscall_names import LINUX_SYSCALLS
+from tenantvm.errors import (
+    ConfigError,
+    GuestError,
+    GuestFault,
+    GuestOutOfMemory,
+    GuestTimeout,
+    InvalidProgram,
+    ResponseTooLarge,
+    RunInfo,
+)
+
+if TYPE_CHECKING:
+    from tenantvm._native import RunOutcome
+
+__all__ = ["MAX_MEMORY_MB", "MIN_MEMORY_MB", "RunResult", "run", "syscall_name"]
+
+#: Smallest VM memory size accepted, in MiB.
+MIN_MEMORY_MB = 8
+#: Largest VM memory size accepted, in MiB.
+MAX_MEMORY_MB = 32768
+
+#: tenantvm's own system calls (the request API), numbered far above Linux's.
+TENANTVM_SYSCALLS: dict[int, str] = {
+    0x10000: "tenantvm_wait_for_request",
+    0x10001: "tenantvm_respond",
+    0x100FF: "tenantvm_nop",
+}
+
+StrOrBytes = str | bytes
+
+
+def syscall_name(number: int) -> str:
+    """Names an x86-64 system call number.
+
+    Args:
+        number: The number the program put in ``rax``.
+
+    Returns:
+        The Linux name (``"write"``), a tenantvm name (``"tenantvm_respond"``), or
+        ``"syscall_<number>"`` for numbers neither knows.
+    """
+    return LINUX_SYSCALLS.get(number) or TENANTVM_SYSCALLS.get(number) or f"syscall_{number}"
+
+
+def _named(counts: Mapping[int, int]) -> dict[str, int]:
+    return {syscall_name(nr): n for nr, n in sorted(counts.items())}
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a program run ended when it exited by itself (or was killed by its own signal).
+
+    Attributes:
+        exit_code: The exit status; ``128 + signal`` when the program was killed by a signal
+            (as shells report it).
+        signal: The signal that killed the program (e.g. 6 after ``abort()``), else None.
+        stdout: What the program wrote to stdout (empty when output was not captured).
+        stderr: What it wrote to stderr.
+        syscalls: System calls handled, by name.
+        unsupported_syscalls: System calls that got ``-ENOSYS`` because tenantvm does not
+            emulate them, by name.
+        elapsed: Wall time of the run in seconds, VM creation included.
+        exits: Number of VM exits (returns from ``KVM_RUN``) during the run.
+        output_truncated: True when output beyond the capture limit was dropped.
+    """
+
+    exit_code: int
+    signal: int | None
+    stdout: bytes = field(repr=False)
+    stderr: bytes = field(repr=False)
+    syscalls: dict[str, int] = field(repr=False)
+    unsupported_syscalls: dict[str, int] = field(repr=False)
+    elapsed: float
+    exits: int
+    output_truncated: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when the program exited with status 0."""
+        return self.exit_code == 0 and self.signal is None
+
+
+def _bytes_arg(value: object, what: str) -> bytes:
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogateescape")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    else:
+        raise ConfigError(f"{what} must be str or bytes, not {type(value).__name__}")
+    if b"\0" in data:
+        raise ConfigError(f"{what} contains a NUL byte: {data!r}")
+    return data
+
+
+def _args(args: Iterable[StrOrBytes]) -> list[bytes]:
+    if isinstance(args, str | bytes | bytearray | memoryview):
+        raise ConfigError("args must be a sequence of arguments, not a single string")
+    try:
+        items = list(args)
+    except TypeError:
+        raise ConfigError(f"args must be a sequence of str or bytes, not {type(args).__name__}") from None
+    return [_bytes_arg(a, f"argument {i + 1}") for i, a in enumerate(items)]
+
+
+def _env(env: Mapping[StrOrBytes, StrOrBytes] | None) -> list[bytes]:
+    if env is None:
+        return []
+    if not isinstance(env, Mapping):
+        raise ConfigError(f"env must be a mapping, not {type(env).__name__}")
+    entries = []
+    for key, value in env.items():
+        k = _bytes_arg(key, "environment variable name")
+        if not k or b"=" in k:
+            raise ConfigError(f"invalid environment variable name {k!r}")
+        entries.append(k + b"=" + _bytes_arg(value, f"environment variable {k!r}"))
+    return entries
+
+
+def _stdin(stdin: bytes | bytearray | memoryview | None) -> bytes | None:
+    if stdin is None:
+        return None
+    if not isinstance(stdin, bytes | bytearray | memoryview):
+        raise ConfigError(f"stdin must be bytes (or None to inherit the host's stdin), not {type(stdin).__name__}")
+    return bytes(stdin)
+
+
+def _timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def _memory_mb(memory_mb: int) -> int:
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
+        raise ConfigError(f"memory_mb must be an int, not {type(memory_mb).__name__}")
+    if not MIN_MEMORY_MB <= memory_mb <= MAX_MEMORY_MB:
+        raise ConfigError(f"memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}, not {memory_mb}")
+    return memory_mb
+
+
+def _program_path(path: str | os.PathLike[str]) -> str:
+    try:
+        fspath = os.fspath(path)
+    except TypeError:
+        raise ConfigError(f"path must be str or os.PathLike, not {type(path).__name__}") from None
+    if isinstance(fspath, bytes):
+        fspath = os.fsdecode(fspath)
+    if not os.path.exists(fspath):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), fspath)
+    if not os.path.isfile(fspath):
+        raise InvalidProgram(f"{fspath}: not a regular file")
+    return fspath
+
+
+def run(
+    path: str | os.PathLike[str],
+    args: Iterable[StrOrBytes] = (),
+    env: Mapping[StrOrBytes, StrOrBytes] | None = None,
+    stdin: bytes | bytearray | memoryview | None = b"",
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 64,
+    capture_output: bool = True,
+    argv0: StrOrBytes | None = None,
+) -> RunResult:
+    """Runs a statically linked Linux x86-64 program in a fresh VM and waits for it to end.
+
+    The program sees a Linux process with the given arguments, environment and stdin, and
+    nothing of the host: no files, no network, no host environment variables.
+
+    Args:
+        path: The executable (a static ELF, ``ET_EXEC`` or static-PIE).
+        args: The program's arguments after ``argv[0]`` (str or bytes; str is UTF-8 encoded).
+        env: The environment; default: empty (nothing leaks from the host's environment).
+        stdin: What the program reads on fd 0 (then end of file); None inherits the host's
+            stdin.
+        timeout: Wall-clock limit in seconds, VM start-up included.
+        memory_mb: Guest memory in MiB (8 to 32768); the program's heap, mmaps and stack all
+            come out of it.
+        capture_output: Collect stdout/stderr into the result (True) or write them to the
+            host's stdout/stderr as the program runs (False).
+        argv0: ``argv[0]``; default: ``path`` as given.
+
+    Returns:
+        The :class:`RunResult` of a program that exited (or killed itself with a signal).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        InvalidProgram: ``path`` is not a program tenantvm can run (the message says why).
+        ConfigError: An argument is invalid, or the program does not fit in ``memory_mb``.
+        GuestFault: The program caused a CPU exception (e.g. a segmentation fault).
+        GuestTimeout: The program ran past ``timeout``, or could never finish.
+        GuestOutOfMemory: The program failed after running out of memory.
+        GuestError: The run ended in another abnormal way.
+        KvmUnavailable: ``/dev/kvm`` cannot be used.
+        HostError: A host-side operation failed.
+    """
+    program = _program_path(path)
+    argv = [_bytes_arg(argv0 if argv0 is not None else os.fspath(path), "argv0"), *_args(args)]
+    outcome = _native.run(
+        program,
+        argv,
+        _env(env),
+        _stdin(stdin),
+        bool(capture_output),
+        _timeout(timeout),
+        _memory_mb(memory_mb),
+        None,
+    )
+    return _result(outcome, timeout=timeout, memory_mb=memory_mb)
+
+
+def _result(out: RunOutcome, *, timeout: float, memory_mb: int) -> RunResult:
+    """Turns the native outcome into a RunResult, or raises the matching GuestError."""
+    syscalls = _named(out.syscalls)
+    unsupported = _named(out.unsupported_syscalls)
+    info: RunInfo = {
+        "stdout": out.stdout,
+        "stderr": out.stderr,
+        "elapsed": out.elapsed,
+        "syscalls": syscalls,
+        "unsupported_syscalls": unsupported,
+        "exits": out.exits,
+    }
+    kind = out.exit_kind
+    fault = out.fault
+    if out.out_of_memory:
+        if kind == "exited":
+            how = f"exited with status {out.exit_code}"
+        elif kind == "signaled":
+            how = f"was killed by signal {out.signal}"
+        elif fault is not None:
+            how = f"stopped: {fault['message']}"
+        else:
+            how = f"stopped ({kind})"
+        raise GuestOutOfMemory(
+            f"the program ran out of its {memory_mb} MiB of memory and {how}",
+            memory_mb=memory_mb,
+            exit_code=out.exit_code,
+            **info,
+        )
+    if kind == "exited" and out.exit_code is not None:
+        return RunResult(
+            exit_code=out.exit_code,
+            signal=None,
+            stdout=out.stdout,
+            stderr=out.stderr,
+            syscalls=syscalls,
+            unsupported_syscalls=unsupported,
+            elapsed=out.elapsed,
+            exits=out.exits,
+            output_truncated=out.output_truncated,
+        )
+    if kind == "signaled" and out.signal is not None:
+        return RunResult(
+            exit_code=128 + out.signal,
+            signal=out.signal,
+            stdout=out.stdout,
+            stderr=out.stderr,
+            syscalls=syscalls,
+            unsupported_syscalls=unsupported,
+            elapsed=out.elapsed,
+            exits=out.exits,
+            output_truncated=out.output_truncated,
+        )
+    if kind == "fault" and fault is not None:
+        message = str(fault["message"])
+        if fault["kind"] == "response_too_large":
+            raise ResponseTooLarge(
+                message, what=str(fault["what"]), size=int(fault["size"]), limit=int(fault["limit"]), **info
+            )
+        raise GuestFault(
+            message,
+            kind=str(fault["kind"]),
+            address=fault.get("address"),
+            rip=fault.get("rip"),
+            vector=fault.get("vector"),
+            error_code=fault.get("error_code"),
+            access=fault.get("access"),
+            details=fault,
+            **info,
+        )
+    if kind == "timeout":
+        raise GuestTimeout(f"the program did not finish within {timeout:g} s", timeout=timeout, **info)
+    if kind == "deadlock":
+        raise GuestTimeout(
+            f"the program would never finish ({out.message}); stopped before the {timeout:g} s time limit",
+            timeout=timeout,
+            deadlock=True,
+            **info,
+        )
+    raise GuestError(f"the program stopped unexpectedly: {out.message or kind}", **info)
