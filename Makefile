@@ -1,0 +1,77 @@
+# tenantvm — build, serve, test.
+#
+#   make serve    install what is needed, build, and serve the example tenants on :8080
+#   make test     install what is needed, build, and run every test (Rust, hardware-KVM rig, Python)
+#   make bench    benchmarks against baselines measured in the same run (results in bench/results/)
+#   make fuzz     long fuzzing campaigns (hypothesis + cargo fuzz)
+#   make soak     a bounded mixed load against a real server (SOAK_SECONDS, default 600)
+#
+# Everything Python lives in .venv; Rust builds in target/; guest programs in apps/build/.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PORT     ?= 8080
+WORKERS  ?= 1
+export TENANTVM_REQUIRE_KVM ?= 1
+
+.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python lint bench fuzz soak clean
+
+all: build
+
+setup: host venv
+
+host:
+	tools/setup-host.sh
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q maturin
+	$(PY) -m pip install -q -e '.[test,dev,bench]' --no-build-isolation || $(PY) -m pip install -q -e '.[test,dev,bench]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+apps:
+	$(MAKE) -C apps
+
+native: venv
+	$(VENV)/bin/maturin develop --release --quiet
+
+build: setup apps native
+
+serve: build
+	$(VENV)/bin/tenantvm serve --port $(PORT) --workers $(WORKERS)
+
+test: build test-rust test-tcg test-python lint
+
+test-rust:
+	cargo test -p tenantvm-vmm --release
+
+test-tcg:
+	tools/tcg-kvm/cargo-tests.sh
+
+test-python:
+	$(VENV)/bin/pytest -q
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check py tests bench
+	$(VENV)/bin/ruff format --check py tests bench
+
+bench: build
+	$(PY) bench/run.py
+
+fuzz: build
+	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests
+	tools/cargo-fuzz.sh
+
+soak: build
+	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-600}
+
+clean:
+	cargo clean
+	$(MAKE) -C apps clean
+	rm -rf $(VENV)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tenantvm needs to build, test and serve (idempotent).
+# Run as root, or with sudo available.  Used by `make setup`.
+set -euo pipefail
+packages=(
+	gcc make binutils libc6-dev musl-tools         # guest programs and the guest kernel
+	python3-venv python3-dev                       # the Python package
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd   # hardware-KVM test rig
+	wrk                                            # HTTP benchmarks
+)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+echo "setup-host: installing ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
