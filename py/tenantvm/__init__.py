@@ -23,10 +23,12 @@ from tenantvm.errors import (
     InvalidProgram,
     KvmUnavailable,
     NoResponse,
+    RequestTooLarge,
     ResponseTooLarge,
     TenantVMError,
 )
 from tenantvm.runner import RunResult, run
+from tenantvm.tenant import InstanceStats, Request, Response, Tenant, TenantVM
 
 try:
     __version__: str = _metadata.version("tenantvm")
@@ -40,11 +42,17 @@ __all__ = [
     "GuestOutOfMemory",
     "GuestTimeout",
     "HostError",
+    "InstanceStats",
     "InvalidProgram",
     "KvmUnavailable",
     "NoResponse",
+    "Request",
+    "RequestTooLarge",
+    "Response",
     "ResponseTooLarge",
     "RunResult",
+    "Tenant",
+    "TenantVM",
     "TenantVMError",
     "__version__",
     "run",

@@ -1,7 +1,7 @@
 """Type stubs of the native extension module (``crates/pyext``)."""
 
 import os
-from typing import Literal, NotRequired, TypedDict, final
+from typing import Any, Literal, NotRequired, TypedDict, final
 
 ExitKind = Literal["exited", "signaled", "fault", "timeout", "deadlock", "unexpected"]
 FaultKind = Literal[
@@ -96,3 +96,44 @@ def doctor_report() -> DoctorReport:
 
 def measure_round_trip(exits: int = 2000, samples: int = 5) -> RoundTrip:
     """Measures the cost of one VM exit round trip and of a minimal VM lifecycle (GIL released)."""
+
+RawRequest = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]
+
+class Tenant:
+    """A booted tenant (vmm::Tenant): a snapshot that instances are made from."""
+
+    def __init__(
+        self,
+        path: str,
+        args: list[bytes],
+        env: list[bytes],
+        *,
+        memory_mb: int,
+        timeout: float,
+        boot_timeout: float,
+        ephemeral: bool,
+        shared_memory: int,
+        shared_memory_path: str | None,
+        max_request: int,
+        max_response_body: int,
+        max_response_headers: int,
+        max_response_header_bytes: int,
+        warmup: list[RawRequest],
+        output_limit: int,
+    ) -> None: ...
+    def instance(self) -> Instance: ...
+    @property
+    def boot_time(self) -> float: ...
+    @property
+    def resident_pages(self) -> int: ...
+
+class Instance:
+    """One VM serving a tenant (vmm::Instance); calls are serialized."""
+
+    def call(
+        self, method: bytes, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes, bytes, int]: ...
+    def reset(self) -> None: ...
+    @property
+    def usable(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...

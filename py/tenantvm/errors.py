@@ -26,6 +26,7 @@ __all__ = [
     "InvalidProgram",
     "KvmUnavailable",
     "NoResponse",
+    "RequestTooLarge",
     "ResponseTooLarge",
     "TenantVMError",
 ]
@@ -56,6 +57,20 @@ class HostError(TenantVMError, OSError):
 
     When the failure came with an OS error number it is in :attr:`errno`.
     """
+
+
+class RequestTooLarge(TenantVMError, ValueError):
+    """A request does not fit the tenant's request-size limit; it was not run.
+
+    Attributes:
+        size: Its encoded size in bytes.
+        limit: The limit.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class RunInfo(TypedDict, total=False):

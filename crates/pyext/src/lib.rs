@@ -11,8 +11,9 @@
 //!   `tenantvm.errors` (`host_error`; `config_error` for values that cannot be handed
 //!   over at all).
 
+mod tenant;
+
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ const ERRORS_MODULE: &str = "tenantvm.errors";
 /// Raises `err` as the matching `tenantvm.errors` class.
 ///
 /// OS-level failures carry their errno (`HostError(errno, message)`), like `OSError` does.
-fn host_error(py: Python<'_>, err: Error) -> PyErr {
+pub(crate) fn host_error(py: Python<'_>, err: Error) -> PyErr {
     let (class, errno) = match &err {
         Error::InvalidProgram(_) => ("InvalidProgram", None),
         Error::Config(_) | Error::DoesNotFit(_) => ("ConfigError", None),
@@ -49,13 +50,13 @@ fn host_error(py: Python<'_>, err: Error) -> PyErr {
     }
 }
 
-fn error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+pub(crate) fn error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
     Ok(py.import(ERRORS_MODULE)?.getattr(name)?.cast_into::<PyType>()?)
 }
 
 /// A configuration value Python could not hand over as asked (e.g. a timeout too large for
 /// a `Duration`); raised as `tenantvm.errors.ConfigError`.
-fn config_error(py: Python<'_>, message: String) -> PyErr {
+pub(crate) fn config_error(py: Python<'_>, message: String) -> PyErr {
     match error_class(py, "ConfigError") {
         Ok(ty) => PyErr::from_type(ty, (message,)),
         Err(_) => PyValueError::new_err(message),
@@ -129,7 +130,7 @@ impl RunOutcome {
 }
 
 /// The fault as a dict: `kind`, `message` (the VMM's text) and the variant's fields.
-fn fault_dict<'py>(py: Python<'py>, fault: &GuestFault) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn fault_dict<'py>(py: Python<'py>, fault: &GuestFault) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let kind = match fault {
         GuestFault::PageFault { address, rip, error_code, access } => {
@@ -250,17 +251,7 @@ fn run(
     cfg.timeout = timeout;
     cfg.memory = memory;
     cfg.exe_path = exe_path;
-    let outcome = py.detach(move || {
-        let outcome = vmm::Program::from_file(path).and_then(|program| vmm::run(&program, cfg));
-        if !capture_output {
-            // Workaround: the VMM writes inherited output through Rust's `std::io::stdout()`,
-            // a LineWriter, and nothing flushes it in an extension module (no Rust `main`
-            // returns): output after the last newline would stay buffered, or be lost at exit.
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
-        }
-        outcome
-    });
+    let outcome = py.detach(move || vmm::Program::from_file(path).and_then(|program| vmm::run(&program, cfg)));
     match outcome {
         Ok(out) => Ok(RunOutcome::new(py, out)),
         Err(e) => Err(host_error(py, e)),
@@ -296,6 +287,8 @@ fn measure_round_trip(py: Python<'_>, exits: u32, samples: usize) -> PyResult<Bo
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RunOutcome>()?;
+    m.add_class::<tenant::Tenant>()?;
+    m.add_class::<tenant::Instance>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(doctor_report, m)?)?;
     m.add_function(wrap_pyfunction!(measure_round_trip, m)?)?;

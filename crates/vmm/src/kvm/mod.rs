@@ -130,7 +130,11 @@ static HOST: OnceLock<std::result::Result<Host, String>> = OnceLock::new();
 /// Fails with [`Error::KvmUnavailable`] when `/dev/kvm` cannot be used and with
 /// [`Error::MissingCapability`] when it lacks something the VMM depends on.
 pub fn host() -> Result<&'static Host> {
-    match HOST.get_or_init(|| open().map_err(|e| e.to_string())) {
+    let describe = |e: Error| match e {
+        Error::KvmUnavailable(why) => why,
+        other => other.to_string(),
+    };
+    match HOST.get_or_init(|| open().map_err(describe)) {
         Ok(host) => Ok(host),
         Err(message) => Err(Error::KvmUnavailable(message.clone())),
     }

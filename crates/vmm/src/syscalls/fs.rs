@@ -6,7 +6,7 @@
 //! FIFO.  There is no filesystem: opening a path fails with ENOENT (EROFS when creating or
 //! writing), except `readlink("/proc/self/exe")`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use super::{Ctx, Errno, SysResult};
 
@@ -125,9 +125,22 @@ impl Output {
                 Ok(())
             }
             Output::Inherit => {
-                let r =
-                    if host_fd == 1 { std::io::stdout().write_all(data) } else { std::io::stderr().write_all(data) };
-                r.map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+                // Straight to the fd, unbuffered: a prompt must show before the program
+                // blocks on stdin, and nothing may wait in a buffer nobody flushes.
+                let mut rest = data;
+                while !rest.is_empty() {
+                    // SAFETY: writes from a live slice to the host's own fd 1 or 2.
+                    let n = unsafe { libc::write(host_fd, rest.as_ptr().cast(), rest.len()) };
+                    if n < 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.raw_os_error() == Some(libc::EINTR) {
+                            continue;
+                        }
+                        return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                    }
+                    rest = &rest[n as usize..];
+                }
+                Ok(())
             }
             Output::Discard => Ok(()),
         }
@@ -190,6 +203,18 @@ fn read_to_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysRe
         }
         Input::Inherit => {
             ctx.mem.map.resolve(buf, len, true).ok_or(Errno::EFAULT)?;
+            // A blocking read must not outlive the run's deadline: wait for input first.
+            if let Some(deadline) = ctx.deadline {
+                let ms =
+                    deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128);
+                let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+                // SAFETY: polls one pollfd that lives on this stack frame.
+                let ready = unsafe { libc::poll(&mut pfd, 1, ms as i32) };
+                if ready == 0 {
+                    ctx.stop = Some(super::Stop::Timeout);
+                    return Ok(0);
+                }
+            }
             let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
             let n = std::io::stdin().read(&mut tmp).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
             ctx.mem.write(buf, &tmp[..n])?;

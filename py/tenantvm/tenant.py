@@ -1,0 +1,303 @@
+r"""Tenants: boot a program once, snapshot it, serve requests from instances of the snapshot.
+
+>>> from tenantvm import Request, Tenant
+>>> tenant = Tenant("apps/build/hello")  # doctest: +SKIP
+>>> vm = tenant.instance()  # doctest: +SKIP
+>>> vm.call(Request(path="/")).body  # doctest: +SKIP
+b'Hello World!'
+
+A tenant program initialises, then loops on ``wait_for_request()`` / ``respond()`` (see
+``docs/guest-abi.md``).  Its first ``wait_for_request`` freezes the VM: that state is the
+snapshot.  In ephemeral mode (the default) every instance is reset to the snapshot after
+every request; in stateful mode it keeps its state between requests (and is reset only
+after a failed request).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenantvm import _native
+from tenantvm.errors import ConfigError
+from tenantvm.runner import (
+    StrOrBytes,
+    _args,
+    _bytes_arg,
+    _env,
+    _memory_mb,
+    _program_path,
+    _timeout,
+    syscall_name,
+)
+
+__all__ = ["InstanceStats", "Request", "Response", "Tenant", "TenantVM"]
+
+Headers = Sequence[tuple[StrOrBytes, StrOrBytes]] | Mapping[StrOrBytes, StrOrBytes]
+
+
+def _b(value: StrOrBytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise ConfigError(f"expected str or bytes, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request for a tenant program.
+
+    Attributes:
+        method: e.g. ``"GET"``.
+        path: e.g. ``"/items/1"``.
+        query: The query string, without the ``?``.
+        headers: Names and values, in order (a mapping or a sequence of pairs; duplicates
+            allowed in the sequence form).
+        body: The body.
+    """
+
+    method: StrOrBytes = "GET"
+    path: StrOrBytes = "/"
+    query: StrOrBytes = b""
+    headers: Headers = ()
+    body: bytes = b""
+
+    def _native_args(self) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+        items = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
+        return (_b(self.method), _b(self.path), _b(self.query), [(_b(k), _b(v)) for k, v in items], _b(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A tenant program's response.
+
+    Attributes:
+        status: The status code the program gave (not validated here).
+        headers: Names and values, as the program gave them.
+        body: The body.
+        stdout: What the program wrote to stdout while handling the request.
+        stderr: What it wrote to stderr.
+        exits: VM exits during the call (1 for an ephemeral request that made no host calls).
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = field(repr=False)
+    stdout: bytes = field(default=b"", repr=False)
+    stderr: bytes = field(default=b"", repr=False)
+    exits: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        """The first header named ``name`` (ASCII case-insensitive), or None."""
+        wanted = name.lower().encode()
+        for k, v in self.headers:
+            if k.lower() == wanted:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStats:
+    """Counters of a :class:`TenantVM`.
+
+    Attributes:
+        calls: Requests served (successful or not).
+        errors: Requests that failed.
+        entries: ``KVM_RUN`` calls.
+        exits: VM exits (returns from ``KVM_RUN``).
+        last_call_exits: Exits during the last call.
+        resets: Resets to the snapshot.
+        pages_restored: Pages copied back from the snapshot by all resets.
+        reset_time: Seconds spent resetting.
+        last_reset: The last reset: ``pages_restored``, ``guest_pages``, ``kernel_pages``,
+            ``hot_pages``, ``duration`` (s).
+        syscalls: System calls by name (host and in-guest).
+        unsupported_syscalls: System calls answered with ``-ENOSYS``, by name.
+        create_time: Seconds it took to create the instance.
+    """
+
+    calls: int
+    errors: int
+    entries: int
+    exits: int
+    last_call_exits: int
+    resets: int
+    pages_restored: int
+    reset_time: float
+    last_reset: dict[str, float]
+    syscalls: dict[str, int]
+    unsupported_syscalls: dict[str, int]
+    create_time: float
+
+
+def _positive_int(value: int, what: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+class Tenant:
+    """A program booted to its first ``wait_for_request`` and frozen into a snapshot.
+
+    Creating a Tenant boots the program (GIL released); :meth:`instance` makes VMs from it.
+    Instances share the snapshot's memory copy-on-write.
+    """
+
+    def __init__(
+        self,
+        program: str | os.PathLike[str],
+        args: Iterable[StrOrBytes] = (),
+        env: Mapping[StrOrBytes, StrOrBytes] | None = None,
+        *,
+        memory_mb: int = 64,
+        ephemeral: bool = True,
+        shared_memory_kb: int = 0,
+        shared_memory_path: str | os.PathLike[str] | None = None,
+        timeout: float = 1.0,
+        boot_timeout: float = 10.0,
+        max_request_bytes: int = 1 << 20,
+        max_response_bytes: int = 8 << 20,
+        max_response_headers: int = 100,
+        max_response_header_bytes: int = 64 << 10,
+        warmup: Iterable[Request] = (),
+        output_limit: int = 64 << 10,
+        argv0: StrOrBytes | None = None,
+    ) -> None:
+        """Boots ``program`` and snapshots it.
+
+        Args:
+            program: A static Linux x86-64 executable that serves requests with the tenantvm
+                API (``apps/sdk/tenantvm.h``).
+            args: Arguments after ``argv[0]``.
+            env: Environment (default: empty).
+            memory_mb: Guest memory per instance, in MiB.
+            ephemeral: Reset after every request (True) or keep state (False).
+            shared_memory_kb: Memory shared by all instances (and processes using the same
+                ``shared_memory_path``), mapped at ``0x7e0000000000``; 0 for none.
+            shared_memory_path: File backing the shared memory (e.g. under ``/dev/shm``) so
+                several processes share it; None keeps it private to this process.
+            timeout: Time limit of one request, in seconds.
+            boot_timeout: Time limit of booting (and warming up) to the snapshot.
+            max_request_bytes: Largest encoded request (method, path, query, headers, body).
+            max_response_bytes: Largest response body.
+            max_response_headers: Most response headers.
+            max_response_header_bytes: Largest total size of response header names and values.
+            warmup: Requests served before the snapshot is taken (JIT and cache warm-up).
+            output_limit: Most bytes of stdout/stderr kept per request.
+            argv0: ``argv[0]``; default: the program path.
+
+        Raises:
+            FileNotFoundError, InvalidProgram, ConfigError: Bad program or arguments.
+            GuestError: The program failed before its first ``wait_for_request``
+                (:class:`~tenantvm.GuestFault`, :class:`~tenantvm.GuestTimeout`,
+                :class:`~tenantvm.NoResponse` when it exited).
+            KvmUnavailable, HostError: Host-side failures.
+        """
+        path = _program_path(program)
+        argv = [_bytes_arg(argv0 if argv0 is not None else os.fspath(program), "argv0"), *_args(args)]
+        self.program = path
+        self.memory_mb = _memory_mb(memory_mb)
+        self.ephemeral = bool(ephemeral)
+        self.timeout = _timeout(timeout)
+        shared_kb = _positive_int(shared_memory_kb, "shared_memory_kb", minimum=0)
+        self._native = _native.Tenant(
+            path,
+            argv,
+            _env(env),
+            memory_mb=self.memory_mb,
+            timeout=self.timeout,
+            boot_timeout=_timeout(boot_timeout),
+            ephemeral=self.ephemeral,
+            shared_memory=shared_kb * 1024,
+            shared_memory_path=os.fspath(shared_memory_path) if shared_memory_path is not None else None,
+            max_request=_positive_int(max_request_bytes, "max_request_bytes", minimum=4096),
+            max_response_body=_positive_int(max_response_bytes, "max_response_bytes", minimum=0),
+            max_response_headers=_positive_int(max_response_headers, "max_response_headers", minimum=0),
+            max_response_header_bytes=_positive_int(max_response_header_bytes, "max_response_header_bytes", minimum=0),
+            warmup=[r._native_args() for r in warmup],
+            output_limit=_positive_int(output_limit, "output_limit", minimum=0),
+        )
+
+    @property
+    def boot_time(self) -> float:
+        """Seconds it took to boot (and warm up) to the snapshot."""
+        return float(self._native.boot_time)
+
+    @property
+    def resident_pages(self) -> int:
+        """Pages of the snapshot that hold data."""
+        return int(self._native.resident_pages)
+
+    def instance(self) -> TenantVM:
+        """Creates a VM at the snapshot's state (GIL released while it is created)."""
+        return TenantVM(self, self._native.instance())
+
+    def __repr__(self) -> str:
+        mode = "ephemeral" if self.ephemeral else "stateful"
+        return f"<Tenant {self.program!r} {mode} {self.memory_mb} MiB>"
+
+
+class TenantVM:
+    """One VM serving a tenant's requests, one at a time.
+
+    :meth:`call` releases the GIL while the guest runs, so several threads can drive several
+    instances in parallel.  Concurrent calls on the same instance are serialized.
+    """
+
+    def __init__(self, tenant: Tenant, native: Any) -> None:
+        """Wraps a native instance (use :meth:`Tenant.instance`)."""
+        self.tenant = tenant
+        self._native = native
+
+    def call(self, request: Request) -> Response:
+        """Serves ``request`` and returns the program's response.
+
+        Raises:
+            RequestTooLarge: The request does not fit the tenant's limit (nothing ran).
+            GuestTimeout: The request ran past the tenant's time limit.
+            GuestFault: The program faulted, or passed bad memory to ``respond``.
+            ResponseTooLarge: The response exceeded a limit.
+            GuestOutOfMemory: The program ran out of memory and then failed.
+            NoResponse: The program stopped (exited, was killed, waited again) without
+                responding.
+            HostError: The host failed; the instance is no longer usable.
+
+        After any of these but HostError the instance is back at the snapshot and ready.
+        """
+        status, headers, body, stdout, stderr, exits = self._native.call(*request._native_args())
+        return Response(status, headers, body, stdout, stderr, exits)
+
+    def reset(self) -> None:
+        """Restores the snapshot now (stateful instances)."""
+        self._native.reset()
+
+    @property
+    def usable(self) -> bool:
+        """False once a host-side failure made the instance unusable."""
+        return bool(self._native.usable)
+
+    def stats(self) -> InstanceStats:
+        """The instance's counters."""
+        s = self._native.stats()
+        return InstanceStats(
+            calls=s["calls"],
+            errors=s["errors"],
+            entries=s["entries"],
+            exits=s["exits"],
+            last_call_exits=s["last_call_exits"],
+            resets=s["resets"],
+            pages_restored=s["pages_restored"],
+            reset_time=s["reset_time"],
+            last_reset=dict(s["last_reset"]),
+            syscalls={syscall_name(k): v for k, v in sorted(s["syscalls"].items())},
+            unsupported_syscalls={syscall_name(k): v for k, v in sorted(s["unsupported_syscalls"].items())},
+            create_time=s["create_time"],
+        )
+
+    def __repr__(self) -> str:
+        return f"<TenantVM of {self.tenant!r}>"

@@ -1,0 +1,163 @@
+"""Tenants through the Python API: snapshot, instances, per-request reset, typed failures."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import tenantvm
+from tenantvm import Request, Tenant
+
+pytestmark = pytest.mark.usefixtures("kvm")
+
+
+def test_hello_one_exit_per_request(apps: Path) -> None:
+    vm = Tenant(apps / "hello").instance()
+    for _ in range(100):
+        r = vm.call(Request())
+        assert (r.status, r.body, r.header("Content-Type")) == (200, b"Hello World!", b"text/plain")
+    stats = vm.stats()
+    assert stats.last_call_exits == 1
+    assert stats.resets == 100
+    assert stats.syscalls == {"tenantvm_respond": 100}
+    assert stats.last_reset["pages_restored"] - stats.last_reset["kernel_pages"] <= 4
+
+
+def test_state_is_reset_in_ephemeral_mode_and_kept_in_stateful_mode(apps: Path) -> None:
+    eph = Tenant(apps / "state").instance()
+    assert [eph.call(Request()).body for _ in range(3)] == [b"1", b"1", b"1"]
+    st = Tenant(apps / "state", ephemeral=False).instance()
+    assert [st.call(Request()).body for _ in range(3)] == [b"1", b"2", b"3"]
+    st.reset()
+    assert st.call(Request()).body == b"1"
+
+
+def test_counter_is_shared_by_instances_and_threads(apps: Path) -> None:
+    tenant = Tenant(apps / "counter", shared_memory_kb=4)
+    per_thread, threads = 200, 4
+
+    def work() -> None:
+        vm = tenant.instance()
+        for _ in range(per_thread):
+            vm.call(Request())
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    body = tenant.instance().call(Request()).body
+    assert body == f"Hello {per_thread * threads + 1} World!".encode()
+
+
+def test_shared_memory_file_is_shared_between_tenants(apps: Path, tmp_path: Path) -> None:
+    path = tmp_path / "counter.shm"
+    a = Tenant(apps / "counter", shared_memory_kb=4, shared_memory_path=path).instance()
+    b = Tenant(apps / "counter", shared_memory_kb=4, shared_memory_path=path).instance()
+    assert a.call(Request()).body == b"Hello 1 World!"
+    assert b.call(Request()).body == b"Hello 2 World!"
+
+
+def test_echo_round_trips_every_part_binary_safe(apps: Path) -> None:
+    vm = Tenant(apps / "echo").instance()
+    body = bytes(range(256)) * 300
+    r = vm.call(Request("PUT", "/x/y", "a=1&b", [("X-One", "1"), ("X-Bin", b"\xff\x00")], body))
+    assert r.body == body
+    assert r.header("x-echo-method") == b"PUT"
+    assert r.header("x-echo-path") == b"/x/y"
+    assert r.header("x-echo-query") == b"a=1&b"
+    assert r.header("x-echo-h-X-Bin") == b"\xff\x00"
+    assert vm.call(Request(body=b"z")).body == b"z"
+
+
+@pytest.mark.parametrize("ephemeral", [True, False])
+def test_every_failure_is_typed_and_leaves_the_instance_ready(apps: Path, ephemeral: bool) -> None:
+    vm = Tenant(apps / "misbehave", ephemeral=ephemeral, timeout=0.5).instance()
+    cases: list[tuple[str, type[tenantvm.TenantVMError]]] = [
+        ("/fault", tenantvm.GuestFault),
+        ("/illegal", tenantvm.GuestFault),
+        ("/spin", tenantvm.GuestTimeout),
+        ("/exit", tenantvm.NoResponse),
+        ("/abort", tenantvm.NoResponse),
+        ("/wait", tenantvm.NoResponse),
+        ("/big", tenantvm.ResponseTooLarge),
+        ("/badptr", tenantvm.GuestFault),
+        ("/oom", tenantvm.GuestOutOfMemory),
+    ]
+    for path, error in cases:
+        with pytest.raises(error):
+            vm.call(Request(path=path))
+        assert vm.call(Request(path="/count")).body == b"1", path
+        if not ephemeral:
+            vm.reset()
+    assert vm.usable
+
+
+def test_fault_details_and_output_reach_python(apps: Path) -> None:
+    vm = Tenant(apps / "misbehave").instance()
+    with pytest.raises(tenantvm.GuestFault) as info:
+        vm.call(Request(path="/fault"))
+    assert (info.value.kind, info.value.address, info.value.access) == ("page_fault", 0, "write")
+    with pytest.raises(tenantvm.GuestFault) as info:
+        vm.call(Request(path="/badptr"))
+    assert info.value.kind == "bad_pointer"
+    assert info.value.address == 0x10
+
+
+def test_oversize_request_is_refused_before_running(apps: Path) -> None:
+    vm = Tenant(apps / "echo", max_request_bytes=8192).instance()
+    with pytest.raises(tenantvm.RequestTooLarge) as info:
+        vm.call(Request(body=b"x" * 10000))
+    assert info.value.limit == 8192
+    assert vm.stats().calls == 0
+    assert vm.call(Request(body=b"ok")).body == b"ok"
+
+
+def test_boot_failures_are_typed(apps: Path) -> None:
+    with pytest.raises(tenantvm.NoResponse, match="status"):
+        Tenant(apps / "exitcode.musl", args=["5"])
+    with pytest.raises(tenantvm.GuestFault):
+        Tenant(apps / "nullwrite.glibc")
+    with pytest.raises(tenantvm.GuestTimeout):
+        Tenant(apps / "loop.musl", boot_timeout=0.2)
+    with pytest.raises(tenantvm.InvalidProgram):
+        Tenant("/bin/true")
+
+
+def test_warmup_requests_run_before_the_snapshot(apps: Path) -> None:
+    tenant = Tenant(apps / "state", warmup=[Request(), Request()])
+    assert tenant.instance().call(Request()).body == b"3"
+
+
+def test_gil_is_released_while_a_guest_runs(apps: Path) -> None:
+    slow = Tenant(apps / "misbehave", timeout=5).instance()
+    fast = Tenant(apps / "hello").instance()
+    done = threading.Event()
+    fast_calls_while_slow_ran: list[bool] = []
+
+    def sleeper() -> None:
+        slow.call(Request(path="/sleep", query="ms=400"))
+        done.set()
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        while not t.is_alive():
+            pass
+        for _ in range(20):
+            fast.call(Request())
+            fast_calls_while_slow_ran.append(not done.is_set())
+    finally:
+        t.join()
+    assert all(fast_calls_while_slow_ran), "calls on another instance must proceed while one guest runs"
+
+
+def test_invalid_configuration_is_refused(apps: Path) -> None:
+    with pytest.raises(tenantvm.ConfigError):
+        Tenant(apps / "hello", memory_mb=1)
+    with pytest.raises(tenantvm.ConfigError):
+        Tenant(apps / "hello", timeout=0)
+    with pytest.raises(tenantvm.ConfigError):
+        Tenant(apps / "hello", max_request_bytes=10)
