@@ -46,6 +46,7 @@ def test_a_fresh_boot_and_a_fresh_instance_agree(apps: Path, isolate: Tenant) ->
     assert before.replace(b"before", b"") == after.replace(b"after", b"")
 
 
+@pytest.mark.fuzz
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

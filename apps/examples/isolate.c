@@ -1,5 +1,14 @@
 /*
- * isolate — the isolation probe.  Each request first reports a digest of everything a previous
+ * isolate — the isolation probe, and the adversarial guest of the hardening tests.
+ *
+ *   POST /          (any path but the two below) digest, apply state changes, digest (below)
+ *   POST /code      run the body as x86-64 machine code (called as a function; it may return,
+ *                   fault, loop, make system calls, or attack the VM), then answer "returned"
+ *   POST /syscalls  run a list of raw system calls: body = records of 7 little-endian u64
+ *                   (number, six arguments); an argument 0xf00d0000_0000xxxx is replaced by
+ *                   the address of scratch memory + xxxx.  Answers the return values.
+ *
+ * The isolation probe.  Each request first reports a digest of everything a previous
  * request could have left behind, then changes that state as the request says, and reports
  * the digest again:  body = "before=<hex> after=<hex>".
  *
@@ -38,6 +47,9 @@
 #define AREA 8192
 
 static uint8_t globals[AREA];
+/* Request-supplied code runs from here: a writable and executable section (the only one). */
+static uint8_t code_area[1 << 16] __attribute__((section(".rwx_code,\"awx\",@progbits#"), aligned(4096)));
+static uint8_t scratch[1 << 16] __attribute__((aligned(4096)));
 static __thread uint8_t tls[AREA];
 static uint8_t *heap, *brk_area, *mmap_area;
 static int have_avx;
@@ -195,6 +207,45 @@ static void apply(const uint8_t *p, size_t len)
 	}
 }
 
+static int is_path(const struct tvm_request *r, const char *p)
+{
+	size_t n = strlen(p);
+	return r->path_len == n && memcmp(r->path, p, n) == 0;
+}
+
+static void run_code(const uint8_t *code, size_t n)
+{
+	if (n > sizeof code_area)
+		n = sizeof code_area;
+	memcpy(code_area, code, n);
+	memset(code_area + n, 0xc3, sizeof code_area - n); /* ret after the code */
+	((void (*)(void))code_area)();
+	respond_text(200, "text/plain", "returned");
+}
+
+static void run_syscalls(const uint8_t *body, size_t n)
+{
+	static uint64_t results[512];
+	size_t count = 0;
+	for (size_t i = 0; i + 56 <= n && count < 512; i += 56) {
+		uint64_t w[7];
+		memcpy(w, body + i, sizeof w);
+		for (int k = 1; k < 7; k++)
+			if ((w[k] >> 32) == 0xf00d0000)
+				w[k] = (uint64_t)(scratch + (w[k] & 0xffff));
+		long ret;
+		register long r10 __asm__("r10") = (long)w[4];
+		register long r8 __asm__("r8") = (long)w[5];
+		register long r9 __asm__("r9") = (long)w[6];
+		__asm__ volatile("syscall"
+				 : "=a"(ret)
+				 : "a"(w[0]), "D"(w[1]), "S"(w[2]), "d"(w[3]), "r"(r10), "r"(r8), "r"(r9)
+				 : "rcx", "r11", "memory");
+		results[count++] = (uint64_t)ret;
+	}
+	respond(200, "application/octet-stream", results, count * sizeof results[0]);
+}
+
 int main(void)
 {
 	unsigned a, b, c, dd;
@@ -211,6 +262,14 @@ int main(void)
 	for (;;) {
 		struct tvm_request req;
 		wait_for_request(&req);
+		if (is_path(&req, "/code")) {
+			run_code((const uint8_t *)req.body, req.body_len);
+			continue;
+		}
+		if (is_path(&req, "/syscalls")) {
+			run_syscalls((const uint8_t *)req.body, req.body_len);
+			continue;
+		}
 		uint64_t before = digest();
 		apply((const uint8_t *)req.body, req.body_len);
 		uint64_t after = digest();
