@@ -137,3 +137,6 @@ class Instance:
     @property
     def usable(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+
+def restrict_current_thread() -> None:
+    """Installs the VMM's seccomp filter on the calling thread (irreversible)."""

@@ -283,6 +283,14 @@ fn measure_round_trip(py: Python<'_>, exits: u32, samples: usize) -> PyResult<Bo
     Ok(d)
 }
 
+/// Restricts the calling thread with the VMM's seccomp filter (see `vmm::sandbox`):
+/// afterwards it can drive VMs and do I/O on descriptors it has, but not open files, create
+/// sockets or processes (those fail with EPERM).  Irreversible for the thread.
+#[pyfunction]
+fn restrict_current_thread(py: Python<'_>) -> PyResult<()> {
+    vmm::sandbox::restrict_current_thread().map_err(|e| host_error(py, e))
+}
+
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -292,5 +300,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(doctor_report, m)?)?;
     m.add_function(wrap_pyfunction!(measure_round_trip, m)?)?;
+    m.add_function(wrap_pyfunction!(restrict_current_thread, m)?)?;
     Ok(())
 }

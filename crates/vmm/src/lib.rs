@@ -32,6 +32,7 @@ pub mod memory;
 pub mod paging;
 pub mod program;
 pub mod reset;
+pub mod sandbox;
 pub mod stack;
 pub mod syscalls;
 pub mod tenant;

@@ -216,3 +216,27 @@ fn isolation_probe_sees_nothing_of_earlier_requests() {
     body(&mut stateful, &Request { body: vec![1, 0, 0, 1, 9], ..get("/") });
     assert_ne!(body(&mut stateful, &get("/")), clean, "stateful mode keeps state");
 }
+
+#[test]
+fn a_seccomp_restricted_thread_still_serves_requests() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(300));
+    std::thread::spawn(move || {
+        vmm::sandbox::restrict_current_thread().unwrap();
+        // Creating instances, serving, failing and resetting all work under the filter...
+        let mut inst = t.instance().unwrap();
+        assert_eq!(body(&mut inst, &get("/count")), "1");
+        assert!(matches!(inst.call(&get("/spin")).unwrap_err().kind, CallErrorKind::Timeout));
+        assert!(matches!(inst.call(&get("/fault")).unwrap_err().kind, CallErrorKind::Fault(_)));
+        assert_eq!(body(&mut inst, &get("/count")), "1");
+        // ...while the host syscalls a compromised thread would want are refused.
+        let e = std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let e = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    })
+    .join()
+    .unwrap();
+}
