@@ -4,6 +4,13 @@
 
     tenantvm run [--timeout S] [--memory-mb N] [--env K=V]... PROGRAM [ARGS...]
     tenantvm doctor [--json]
+    tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N]
+    tenantvm check [FILE]
+
+``serve`` validates the tenants file (``--config``, else ``$TENANTVM_CONFIG``, else the bundled
+examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's ASGI interface); an
+invalid file is reported and the exit status is 2.  ``check`` validates a tenants file and boots
+each tenant once: exit status 0 if all boot, 1 if one does not, 2 if the file is invalid.
 
 ``run`` passes stdin, stdout and stderr through and exits with the program's status (128 +
 signal when a signal killed it).  When the program does not exit by itself, a one-line
@@ -102,6 +109,26 @@ def _memory(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if not MIN_MEMORY_MB <= value <= MAX_MEMORY_MB:
         raise argparse.ArgumentTypeError(f"must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535: {text}")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256: {text}")
     return value
 
 
@@ -231,6 +258,84 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from tenantvm import config as tconfig
+    from tenantvm import rundir
+
+    try:
+        cfg = tconfig.load(tconfig.config_path(ns.config))
+    except tconfig.TenantsFileError as e:
+        for problem in e.problems:
+            _error(problem)
+        _error("refusing to start: the tenants file is invalid")
+        return EXIT_USAGE
+    os.environ[tconfig.CONFIG_ENV] = str(cfg.path)
+    os.environ.pop(rundir.RUN_DIR_ENV, None)
+    rundir.clean_stale()
+    run = rundir.RunDir.open(rundir.server_dir(os.getpid()))
+    try:
+        # The workers (forked by Granian) find the run directory and the Prometheus
+        # multiprocess directory here; neither tenantvm.app nor prometheus_client is imported
+        # in this process.
+        os.environ[rundir.RUN_DIR_ENV] = str(run.path)
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(run.metrics))
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+        from granian.server import Server
+
+        server = Server(
+            "tenantvm.app:app",
+            address=ns.host,
+            port=ns.port,
+            interface=Interfaces.ASGI,
+            workers=ns.workers,
+            log_level=LogLevels(ns.log_level),
+            log_access=ns.access_log,
+        )
+        try:
+            server.serve()
+        except SystemExit as e:  # Granian exits with 1 when a worker fails (e.g. a boot failure)
+            return e.code if isinstance(e.code, int) else EXIT_HOST
+        return 0
+    finally:
+        run.close()
+
+
+def _cmd_check(ns: argparse.Namespace) -> int:
+    import time
+
+    from tenantvm import config as tconfig
+
+    try:
+        cfg = tconfig.load(tconfig.config_path(ns.file))
+    except tconfig.TenantsFileError as e:
+        for problem in e.problems:
+            _error(problem)
+        return EXIT_USAGE
+    print(f"{cfg.path}: valid, {len(cfg.tenants)} tenant(s)")
+    width = max(len(t.name) for t in cfg.tenants)
+    failed = 0
+    for t in cfg.tenants:
+        kwargs = t.tenant_kwargs()  # shared memory stays private: a live server's is not touched
+        started = time.perf_counter()
+        try:
+            tenant = tenantvm.Tenant(kwargs.pop("program"), **kwargs)
+            tenant.instance()
+        except KvmUnavailable as e:
+            _error(f"{e}\ntenantvm: /dev/kvm is unusable here: tenantvm needs KVM (hardware KVM or PVM)")
+            return EXIT_HOST
+        except (tenantvm.TenantVMError, OSError) as e:
+            failed += 1
+            print(f"  {t.name:<{width}}  FAILED  {type(e).__name__}: {e}")
+            continue
+        ms = (time.perf_counter() - started) * 1000
+        print(f"  {t.name:<{width}}  ok      booted in {ms:.1f} ms ({t.mode}; hosts: {', '.join(t.hosts)})")
+    if failed:
+        print(f"{failed} of {len(cfg.tenants)} tenant(s) failed to boot")
+    return EXIT_HOST if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser (one subcommand per verb)."""
     parser = argparse.ArgumentParser(
@@ -267,6 +372,44 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--exits", type=int, default=2000, help=argparse.SUPPRESS)
     doctor.add_argument("--samples", type=int, default=5, help=argparse.SUPPRESS)
     doctor.set_defaults(func=_cmd_doctor)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the tenants of a tenants file over HTTP",
+        description="Validate the tenants file, then serve its tenants over HTTP (Granian, ASGI). "
+        "Each worker process boots every tenant before it accepts requests.",
+        epilog="Exit status: 2 if the tenants file is invalid, 1 if a tenant fails to boot.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the tenants file (default: $TENANTVM_CONFIG, else the bundled examples)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N", help="worker processes (default 1)")
+    serve.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default="info",
+        help="Granian's log level (default info)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser(
+        "check",
+        help="validate a tenants file and boot each tenant once",
+        description="Validate a tenants file, then boot each of its tenants once and report how it went.",
+        epilog="Exit status: 0 if every tenant boots, 1 if one does not, 2 if the file is invalid.",
+    )
+    check.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="the tenants file (default: $TENANTVM_CONFIG, else the bundled examples)",
+    )
+    check.set_defaults(func=_cmd_check)
     return parser
 
 
