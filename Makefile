@@ -28,7 +28,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q maturin
-	$(PY) -m pip install -q -e '.[test,dev,bench]' --no-build-isolation || $(PY) -m pip install -q -e '.[test,dev,bench]'
+	$(PY) -m pip install -q -e '.[test,dev]' --no-build-isolation || $(PY) -m pip install -q -e '.[test,dev]'
 	touch $@
 
 venv: $(VENV)/.stamp

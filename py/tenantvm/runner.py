@@ -42,6 +42,7 @@ MAX_MEMORY_MB = 32768
 TENANTVM_SYSCALLS: dict[int, str] = {
     0x10000: "tenantvm_wait_for_request",
     0x10001: "tenantvm_respond",
+    0x10002: "tenantvm_respond_and_wait",
     0x100FF: "tenantvm_nop",
 }
 

@@ -39,6 +39,8 @@ enum State {
     AtSnapshot,
     /// Stateful: stopped in `respond`; must run to the next `wait_for_request`.
     AfterResponse,
+    /// Stateful: stopped in `respond_and_wait`; ready for the next request.
+    Waiting,
     /// A host-side failure left the VM unusable.
     Poisoned(String),
 }
@@ -217,7 +219,8 @@ impl Instance {
         let stderr = take_output(&mut self.machine.io.stderr);
         self.stats.last_call_exits = self.machine.stats.exits - exits_before;
         let outcome = match end {
-            Ok(RunEnd::Stopped(Stop::Responded(response))) => Ok(response),
+            Ok(RunEnd::Stopped(Stop::Responded(response))) => Ok((response, State::AfterResponse)),
+            Ok(RunEnd::Stopped(Stop::RespondedAndWaiting(response))) => Ok((response, State::Waiting)),
             Ok(end) => Err(self.classify(end)),
             Err(e) => {
                 self.state = State::Poisoned(e.to_string());
@@ -225,15 +228,16 @@ impl Instance {
                 return Err(CallError { kind: CallErrorKind::Host(e.to_string()), stdout, stderr });
             }
         };
-        if outcome.is_err() || self.snapshot.config.ephemeral {
-            if let Err(e) = self.reset() {
-                self.state = State::Poisoned(e.to_string());
+        match &outcome {
+            Ok((_, next)) if !self.snapshot.config.ephemeral => self.state = next.clone(),
+            _ => {
+                if let Err(e) = self.reset() {
+                    self.state = State::Poisoned(e.to_string());
+                }
             }
-        } else {
-            self.state = State::AfterResponse;
         }
         match outcome {
-            Ok(response) => Ok(CallResult { response, stdout, stderr, exits: self.stats.last_call_exits }),
+            Ok((response, _)) => Ok(CallResult { response, stdout, stderr, exits: self.stats.last_call_exits }),
             Err(kind) => {
                 self.stats.errors += 1;
                 Err(CallError { kind, stdout, stderr })
@@ -245,7 +249,7 @@ impl Instance {
         if self.state == State::AfterResponse {
             match self.machine.run(deadline)? {
                 RunEnd::Stopped(Stop::WaitForRequest) => {}
-                RunEnd::Stopped(Stop::Responded(_)) => {
+                RunEnd::Stopped(Stop::Responded(_) | Stop::RespondedAndWaiting(_)) => {
                     return Ok(RunEnd::Stopped(Stop::ApiFault(GuestFault::Vm(
                         "respond called twice without wait_for_request".into(),
                     ))))
@@ -297,7 +301,7 @@ impl Instance {
             RunEnd::Stopped(Stop::Exited(c)) => CallErrorKind::NoResponse(ExitKind::Exited(c).to_string()),
             RunEnd::Stopped(Stop::Signaled(s)) => CallErrorKind::NoResponse(ExitKind::Signaled(s).to_string()),
             RunEnd::Stopped(Stop::Deadlock(why)) => CallErrorKind::NoResponse(format!("deadlock: {why}")),
-            RunEnd::Stopped(Stop::Responded(_)) => unreachable!("handled by the caller"),
+            RunEnd::Stopped(Stop::Responded(_) | Stop::RespondedAndWaiting(_)) => unreachable!("handled by the caller"),
         }
     }
 

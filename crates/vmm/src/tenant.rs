@@ -214,7 +214,7 @@ impl Tenant {
         let mut warmups = cfg.warmup.iter();
         loop {
             match m.run(deadline)? {
-                RunEnd::Stopped(Stop::WaitForRequest) => {}
+                RunEnd::Stopped(Stop::WaitForRequest | Stop::RespondedAndWaiting(_)) => {}
                 RunEnd::Stopped(Stop::Responded(_)) => continue,
                 end => return Err(fail(&m, end_to_exit(end))),
             }

@@ -50,6 +50,7 @@ fn ephemeral_resets_state_and_stateful_keeps_it() {
     let mut st = tenant("state", |c| c.ephemeral = false).instance().unwrap();
     let got: Vec<String> = (0..3).map(|_| body(&mut st, &get("/"))).collect();
     assert_eq!(got, ["1", "2", "3"]);
+    assert_eq!(st.stats().last_call_exits, 1, "respond_and_wait: one exit per stateful request");
 }
 
 #[test]

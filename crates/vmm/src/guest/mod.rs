@@ -41,6 +41,9 @@ pub mod api {
     pub const WAIT_FOR_REQUEST: u64 = BASE;
     /// `respond(status, headers, nheaders, body, body_len)`.
     pub const RESPOND: u64 = BASE + 1;
+    /// `respond_and_wait(status, headers, nheaders, body, body_len)`: respond, then wait for
+    /// the next request (returns its address) — one exit per request in stateful mode too.
+    pub const RESPOND_AND_WAIT: u64 = BASE + 2;
     /// No-op that always exits to the host: used to measure the exit round trip.
     pub const NOP: u64 = BASE + 0xff;
 }

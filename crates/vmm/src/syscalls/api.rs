@@ -3,7 +3,8 @@
 //! - `wait_for_request()` (syscall `0x10000`) stops the run; the host later resumes it with
 //!   rax = `REQUEST_VA`, where [`encode_request`] has written the request.
 //! - `respond(status, headers, nheaders, body, body_len)` (`0x10001`) stops the run with the
-//!   response, copied out of guest memory here.  Any bad pointer or oversize part is a typed
+//!   response, copied out of guest memory here; `respond_and_wait` (`0x10002`) also makes
+//!   the program ready for the next request, which its return value points to.  Any bad pointer or oversize part is a typed
 //!   fault, not an errno: the response cannot be half-sent.
 //!
 //! Request area layout (read-only to the program, at `REQUEST_VA`):
@@ -165,6 +166,16 @@ fn read_part(ctx: &Ctx<'_>, ptr: u64, len: u64, call: &'static str) -> Result<Ve
 
 /// respond(status, headers, nheaders, body, body_len)
 pub fn sys_respond(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    read_response(ctx, a, false)
+}
+
+/// respond_and_wait(status, headers, nheaders, body, body_len): returns the next request.
+pub fn sys_respond_and_wait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    read_response(ctx, a, true)?;
+    Ok(REQUEST_VA)
+}
+
+fn read_response(ctx: &mut Ctx<'_>, a: [u64; 6], then_wait: bool) -> SysResult {
     let Some(limits) = ctx.api.copied() else { return Err(Errno::ENOSYS) };
     let (status, hptr, count, bptr, blen) = (a[0], a[1], a[2], a[3], a[4]);
     let too_large = |what, size, limit| GuestFault::ResponseTooLarge { what, size, limit: limit as u64 };
@@ -197,7 +208,8 @@ pub fn sys_respond(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         Ok(b) => b,
         Err(f) => return fault(ctx, f),
     };
-    ctx.stop = Some(Stop::Responded(Response { status, headers, body }));
+    let response = Response { status, headers, body };
+    ctx.stop = Some(if then_wait { Stop::RespondedAndWaiting(response) } else { Stop::Responded(response) });
     Ok(0)
 }
 

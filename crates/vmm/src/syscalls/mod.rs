@@ -205,6 +205,8 @@ pub enum Stop {
     WaitForRequest,
     /// `respond`: the response, read out of guest memory.
     Responded(api::Response),
+    /// `respond_and_wait`: the response, and the program is ready for the next request.
+    RespondedAndWaiting(api::Response),
     /// A tenantvm API call was misused (bad pointer, bad sizes).
     ApiFault(crate::error::GuestFault),
     /// A call would block forever (futex wait with no other thread).
@@ -319,6 +321,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_futex => futex::sys_futex(ctx, a),
         _ if nr == crate::guest::api::WAIT_FOR_REQUEST && ctx.api.is_some() => api::sys_wait_for_request(ctx, a),
         _ if nr == crate::guest::api::RESPOND && ctx.api.is_some() => api::sys_respond(ctx, a),
+        _ if nr == crate::guest::api::RESPOND_AND_WAIT && ctx.api.is_some() => api::sys_respond_and_wait(ctx, a),
         _ if nr == crate::guest::api::NOP => Ok(0),
         _ => {
             *counts.unsupported.entry(nr).or_default() += 1;
