@@ -15,7 +15,7 @@ PORT     ?= 8080
 WORKERS  ?= 1
 export TENANTVM_REQUIRE_KVM ?= 1
 
-.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python lint bench fuzz soak clean
+.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench fuzz soak clean
 
 all: build
 
@@ -44,7 +44,7 @@ build: setup apps native
 serve: build
 	$(VENV)/bin/tenantvm serve --port $(PORT) --workers $(WORKERS)
 
-test: build test-rust test-tcg test-python lint
+test: build test-rust test-tcg test-python test-fuzz lint
 
 test-rust:
 	cargo test -p tenantvm-vmm --release
@@ -52,21 +52,24 @@ test-rust:
 test-tcg:
 	tools/tcg-kvm/cargo-tests.sh
 
+test-fuzz:
+	tools/cargo-fuzz.sh 15
+
 test-python:
 	$(VENV)/bin/pytest -q
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check py tests bench
-	$(VENV)/bin/ruff format --check py tests bench
+	$(VENV)/bin/ruff check py tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check py tests $(wildcard bench)
 
 bench: build
 	$(PY) bench/run.py
 
 fuzz: build
 	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests
-	tools/cargo-fuzz.sh
+	tools/cargo-fuzz.sh $${FUZZ_SECONDS:-600}
 
 soak: build
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-600}
