@@ -70,6 +70,9 @@ log = logging.getLogger("tenantvm")
 
 #: Paths under this prefix belong to the server, for every host.
 RESERVED_PREFIX = "/_tenantvm"
+#: Most bytes of request header names and values accepted (431 beyond): no tenant needs more,
+#: and the guest must never see a half-accepted request.
+MAX_HEADER_BYTES = 32 * 1024
 #: After a call run on the event loop timed out, the tenant's calls run in threads this long (s).
 INLINE_PENALTY = 60.0
 
@@ -391,15 +394,27 @@ class TenantEndpoint:
             await _plain(send, 503, "tenantvm: the server is not started\n")
             return
         host = b""
+        hosts = 0
         length = None
         chunked = False
+        header_bytes = 0
         for k, v in scope["headers"]:
+            header_bytes += len(k) + len(v)
             if k == b"host":
                 host = v
+                hosts += 1
             elif k == b"content-length":
                 length = v
             elif k == b"transfer-encoding":
                 chunked = True
+        if header_bytes > MAX_HEADER_BYTES:
+            server.metrics.unrouted.inc()
+            await _plain(send, 431, f"tenantvm: request headers over {MAX_HEADER_BYTES} bytes\n")
+            return
+        if hosts > 1:
+            server.metrics.unrouted.inc()
+            await _plain(send, 400, "tenantvm: more than one Host header\n")
+            return
         rt = server.route(host)
         if rt is None:
             server.metrics.unrouted.inc()

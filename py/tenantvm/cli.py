@@ -81,6 +81,10 @@ PLATFORMS = {
 }
 
 
+#: `tenantvm serve` drops HTTP/1 clients that take longer than this to send their headers.
+HEADER_READ_TIMEOUT_MS = 10_000
+
+
 def _error(message: str) -> None:
     print(f"tenantvm: {message}", file=sys.stderr, flush=True)
 
@@ -281,6 +285,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(run.metrics))
         os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
         from granian.log import LogLevels
         from granian.server import Server
 
@@ -292,6 +297,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             workers=ns.workers,
             log_level=LogLevels(ns.log_level),
             log_access=ns.access_log,
+            # Slow clients that never finish their headers are dropped after this long.
+            http1_settings=HTTP1Settings(header_read_timeout=ns.header_timeout_ms),
         )
         try:
             server.serve()
@@ -395,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Granian's log level (default info)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--header-timeout-ms",
+        type=int,
+        default=HEADER_READ_TIMEOUT_MS,
+        metavar="MS",
+        help=f"drop clients that take longer to send their request headers (default {HEADER_READ_TIMEOUT_MS})",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     check = sub.add_parser(
