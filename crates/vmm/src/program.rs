@@ -118,6 +118,19 @@ pub enum ExitKind {
     Unexpected(String),
 }
 
+impl From<RunEnd> for ExitKind {
+    fn from(end: RunEnd) -> ExitKind {
+        match end {
+            RunEnd::Stopped(Stop::Exited(code)) => ExitKind::Exited(code),
+            RunEnd::Stopped(Stop::Signaled(sig)) => ExitKind::Signaled(sig),
+            RunEnd::Stopped(Stop::Timeout) | RunEnd::Timeout => ExitKind::Timeout,
+            RunEnd::Stopped(Stop::Deadlock(why)) => ExitKind::Deadlock(why),
+            RunEnd::Stopped(Stop::ApiFault(f)) | RunEnd::Fault(f) => ExitKind::Fault(f),
+            RunEnd::Stopped(other) => ExitKind::Unexpected(format!("{other:?}")),
+        }
+    }
+}
+
 /// Result of [`run`].
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
@@ -216,14 +229,7 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
     machine.start_kernel()?;
     machine.enter_user(loaded.entry, loaded.rsp);
     let end = machine.run(deadline)?;
-    let exit = match end {
-        RunEnd::Stopped(Stop::Exited(code)) => ExitKind::Exited(code),
-        RunEnd::Stopped(Stop::Signaled(sig)) => ExitKind::Signaled(sig),
-        RunEnd::Stopped(Stop::Timeout) | RunEnd::Timeout => ExitKind::Timeout,
-        RunEnd::Stopped(Stop::Deadlock(why)) => ExitKind::Deadlock(why),
-        RunEnd::Stopped(Stop::ApiFault(f)) | RunEnd::Fault(f) => ExitKind::Fault(f),
-        RunEnd::Stopped(other) => ExitKind::Unexpected(format!("{other:?}")),
-    };
+    let exit = ExitKind::from(end);
     let truncated =
         [&machine.io.stdout, &machine.io.stderr].iter().any(|o| matches!(o, Output::Capture { truncated: true, .. }));
     Ok(RunOutcome {

@@ -216,7 +216,7 @@ impl Tenant {
             match m.run(deadline)? {
                 RunEnd::Stopped(Stop::WaitForRequest | Stop::RespondedAndWaiting(_)) => {}
                 RunEnd::Stopped(Stop::Responded(_)) => continue,
-                end => return Err(fail(&m, end_to_exit(end))),
+                end => return Err(fail(&m, ExitKind::from(end))),
             }
             let Some(req) = warmups.next() else { break };
             let mut entropy = [0u8; 32];
@@ -237,17 +237,6 @@ impl Tenant {
     /// The snapshot.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
-    }
-}
-
-fn end_to_exit(end: RunEnd) -> ExitKind {
-    match end {
-        RunEnd::Stopped(Stop::Exited(c)) => ExitKind::Exited(c),
-        RunEnd::Stopped(Stop::Signaled(s)) => ExitKind::Signaled(s),
-        RunEnd::Stopped(Stop::Timeout) | RunEnd::Timeout => ExitKind::Timeout,
-        RunEnd::Stopped(Stop::Deadlock(why)) => ExitKind::Deadlock(why),
-        RunEnd::Stopped(Stop::ApiFault(f)) | RunEnd::Fault(f) => ExitKind::Fault(f),
-        RunEnd::Stopped(other) => ExitKind::Unexpected(format!("{other:?}")),
     }
 }
 
