@@ -2,7 +2,8 @@
 #
 #   make serve    install what is needed, build, and serve the example tenants on :8080
 #   make test     install what is needed, build, and run every test (Rust, hardware-KVM rig, Python)
-#   make bench    benchmarks against baselines measured in the same run (results in bench/results/)
+#   make bench    benchmarks against baselines measured in the same run (results in bench/results/;
+#                 BENCH_ARGS="--quick" for a short run, see bench/run.py --help)
 #   make fuzz     long fuzzing campaigns (hypothesis + cargo fuzz)
 #   make soak     a bounded mixed load against a real server (SOAK_SECONDS, default 600)
 #
@@ -64,8 +65,12 @@ lint:
 	$(VENV)/bin/ruff check py tests $(wildcard bench)
 	$(VENV)/bin/ruff format --check py tests $(wildcard bench)
 
+# The `bench` extras of pyproject.toml, installed without rebuilding the package.
+BENCH_DEPS := $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))'
+
 bench: build
-	$(PY) bench/run.py
+	$(BENCH_DEPS) | $(PY) -m pip install -q -r /dev/stdin
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 fuzz: build
 	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests

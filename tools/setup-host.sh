@@ -6,7 +6,7 @@ packages=(
 	gcc make binutils libc6-dev musl-tools         # guest programs and the guest kernel
 	python3-venv python3-dev                       # the Python package
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd   # hardware-KVM test rig
-	wrk                                            # HTTP benchmarks
+	wrk linux-perf                                 # HTTP benchmarks and their profile
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,144 @@
+"""HTTP: tenantvm against three baselines under wrk (issue 5, section 3).
+
+Variants, all ``python -m granian --interface asgi --workers W`` with the same flags:
+
+- ``a`` tenantvm: ``tenantvm.app:app`` with a tenants file holding only ``hello`` (ephemeral:
+  every request runs in a VM reset to the snapshot afterwards);
+- ``b`` starlette: a plain Starlette hello world, no isolation (``bench/apps/starlette_hello``);
+- ``c`` wasmtime: Starlette + a fresh wasmtime store and instance per request
+  (``bench/apps/wasm_hello``);
+- ``d`` fork: Starlette + ``os.fork()`` per request (``bench/apps/fork_hello``).
+
+Each round measures the floor, then runs every variant in turn (the order rotates from round
+to round): start a fresh server, check its answer, warm up, ``wrk -t1 -c1`` (latency), then
+``wrk -t2 -c16`` (throughput), stop it.  Ratios are taken within a round, then summarised.
+
+Run alone: ``python bench/http_load.py [--quick]`` prints the raw results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from calls import measure_floor
+from common import APPS_BUILD, Server, http_get, log, rss_kib, run_wrk, tenants_file
+
+
+@dataclass(frozen=True)
+class HttpVariant:
+    """One server under test."""
+
+    key: str
+    name: str
+    label: str
+    target: str
+
+
+VARIANTS = [
+    HttpVariant("a", "tenantvm", "tenantvm (hello, ephemeral VM per request)", "tenantvm.app:app"),
+    HttpVariant("b", "starlette", "Starlette hello world (no isolation)", "starlette_hello:app"),
+    HttpVariant("c", "wasmtime", "Starlette + fresh wasmtime instance per request", "wasm_hello:app"),
+    HttpVariant("d", "fork", "Starlette + os.fork() per request", "fork_hello:app"),
+]
+
+HELLO_TENANTS = """\
+# Written by bench/http_load.py: the hello tenant alone, ephemeral, calls inline.
+[server]
+default_tenant = "hello"
+
+[tenants.hello]
+hosts = ["127.0.0.1", "localhost"]
+program = "{program}"
+memory_mb = 16
+timeout_ms = 20
+pool_size = {pool_size}
+"""
+
+
+@contextlib.contextmanager
+def hello_tenants(pool_size: int = 4) -> Iterator[Path]:
+    """A temporary tenants file serving ``apps/build/hello`` for every host."""
+    with tenants_file(HELLO_TENANTS.format(program=APPS_BUILD / "hello", pool_size=pool_size)) as path:
+        yield path
+
+
+def measure_variant(
+    variant: HttpVariant, config: Path, *, workers: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """One fresh server of ``variant``: answer check, warm-up, wrk -c1, wrk -c16."""
+    env = {"TENANTVM_CONFIG": str(config)} if variant.key == "a" else {}
+    with Server(variant.name, variant.target, workers=workers, env=env) as server:
+        status, body = http_get(server.port, "/")
+        if status != 200 or body != b"Hello World!":
+            raise RuntimeError(f"{variant.name} answered {status} {body[:100]!r}, not 200 'Hello World!'")
+        run_wrk(server.url(), threads=2, connections=16, seconds=warmup)
+        c1 = run_wrk(server.url(), threads=1, connections=1, seconds=seconds)
+        c16 = run_wrk(server.url(), threads=2, connections=16, seconds=seconds)
+        rss = sum(rss_kib(pid) for pid in server.worker_pids())
+        return {"start_s": server.start_time, "c1": asdict(c1), "c16": asdict(c16), "workers_rss_kib": rss}
+
+
+def run(
+    rounds: int = 5, seconds: float = 4.0, warmup: float = 1.5, workers: int = 1, quick: bool = False
+) -> dict[str, Any]:
+    """Interleaved rounds of every variant; raw per-round figures and per-round ratios."""
+    if quick:
+        rounds, seconds, warmup = 2, 2.0, 1.0
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "seconds": seconds,
+        "warmup_s": warmup,
+        "workers": workers,
+        "granian_flags": f"--interface asgi --workers {workers} --host 127.0.0.1 --log-level warning",
+        "wrk": {"c1": "-t1 -c1", "c16": "-t2 -c16"},
+        "variants": {v.key: {"name": v.name, "label": v.label, "target": v.target} for v in VARIANTS},
+        "floor_us": [],
+        "rounds_data": [],
+    }
+    with hello_tenants() as config:
+        for r in range(rounds):
+            floor = measure_floor(2000, 5)
+            out["floor_us"].append(floor)
+            order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+            data: dict[str, Any] = {"floor_us": floor, "order": [v.key for v in order]}
+            for v in order:
+                data[v.key] = measure_variant(v, config, workers=workers, seconds=seconds, warmup=warmup)
+                c1, c16 = data[v.key]["c1"], data[v.key]["c16"]
+                log(
+                    f"http round {r + 1}/{rounds} {v.name}: c1 {c1['rps']:.0f} req/s p50 {c1['p50_us']:.0f} µs, "
+                    f"c16 {c16['rps']:.0f} req/s p50 {c16['p50_us']:.0f} µs"
+                )
+            a, b, c, d = (data[k] for k in "abcd")
+            data["ratios"] = {
+                "a/b c16": a["c16"]["rps"] / b["c16"]["rps"],
+                "a/c c16": a["c16"]["rps"] / c["c16"]["rps"],
+                "a/d c16": a["c16"]["rps"] / d["c16"]["rps"],
+                "a/b c1": a["c1"]["rps"] / b["c1"]["rps"],
+                "a/c c1": a["c1"]["rps"] / c["c1"]["rps"],
+                "a/d c1": a["c1"]["rps"] / d["c1"]["rps"],
+                "added p50 c1 us": a["c1"]["p50_us"] - b["c1"]["p50_us"],
+                "added p50 c1 / floor": (a["c1"]["p50_us"] - b["c1"]["p50_us"]) / floor,
+            }
+            out["rounds_data"].append(data)
+    return out
+
+
+def main() -> None:
+    """Runs the section alone and prints its raw results."""
+    parser = argparse.ArgumentParser(description="HTTP: tenantvm against three baselines under wrk.")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0, help="each wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="Granian workers (all variants)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.rounds, args.seconds, workers=args.workers, quick=args.quick), indent=1))
+
+
+if __name__ == "__main__":
+    main()
