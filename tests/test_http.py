@@ -390,7 +390,7 @@ def test_health_endpoint(server: Server) -> None:
     counter = data["tenants"]["counter"]
     assert (counter["size"], counter["mode"], counter["hosts"]) == (3, "stateful", ["counter.test"])
     assert counter["idle"] + counter["busy"] == 3
-    assert data["tenants"]["echo"]["calls"] == "threaded"
+    assert data["tenants"]["echo"]["calls"] == "vcpu-thread"
     assert data["tenants"]["hello"]["calls"] == "inline"
 
 

@@ -44,6 +44,7 @@ from starlette.routing import Route
 
 from tenantvm import config as tconfig
 from tenantvm import rundir
+from tenantvm.aio import AsyncTenantVM, CompletionQueue
 from tenantvm.errors import (
     GuestError,
     GuestFault,
@@ -184,7 +185,9 @@ class TenantServer:
         self.retry_after = str(cfg.server.retry_after_s).encode()
 
     @classmethod
-    def start(cls, config_file: str | os.PathLike[str] | None = None) -> TenantServer:
+    def start(
+        cls, config_file: str | os.PathLike[str] | None = None, queue: CompletionQueue | None = None
+    ) -> TenantServer:
         """Reads the tenants file, boots every tenant and fills the pools (blocking).
 
         Raises:
@@ -215,14 +218,18 @@ class TenantServer:
                 started = time.perf_counter()
                 try:
                     tenant = _boot(tc, run)
-                    instances: list[Any] = [tenant.instance() for _ in range(tc.pool_size)]
+                    inline = tc.timeout_ms <= inline_limit or queue is None
+                    make: Callable[[], Any] = (
+                        tenant.instance if inline else lambda t=tenant: AsyncTenantVM(t, queue)  # type: ignore[misc]
+                    )
+                    instances: list[Any] = [make() for _ in range(tc.pool_size)]
                 except Exception as e:
                     raise RuntimeError(
                         f"tenant '{tc.name}' ({tc.program}) failed to boot: {type(e).__name__}: {e}"
                     ) from e
                 replacements = metrics.replacements.labels(tc.name)
-                pool = Pool(tc.name, tenant.instance, tc.pool_size, instances, on_replace=replacements.inc)
-                rt = TenantRuntime(tc, tenant, pool, tc.timeout_ms <= inline_limit, metrics)
+                pool = Pool(tc.name, make, tc.pool_size, instances, on_replace=replacements.inc)
+                rt = TenantRuntime(tc, tenant, pool, inline, metrics)
                 tenants[tc.name] = rt
                 metrics.pool_instances.labels(tc.name).set(tc.pool_size)
                 metrics.pool_busy.labels(tc.name).set(0)
@@ -232,7 +239,7 @@ class TenantServer:
                     (time.perf_counter() - started) * 1000,
                     tc.pool_size,
                     tc.mode,
-                    "inline" if rt.inline else "threaded",
+                    "inline" if rt.inline else "on vCPU threads",
                     ", ".join(tc.hosts),
                 )
             metrics.workers.set(1)
@@ -271,7 +278,7 @@ class TenantServer:
                 "ok": tenant_ok,
                 "hosts": list(rt.config.hosts),
                 "mode": rt.config.mode,
-                "calls": "inline" if rt.runs_inline() else "threaded",
+                "calls": "inline" if rt.runs_inline() else ("vcpu-thread" if not rt.inline else "threaded"),
                 "size": p.size,
                 "idle": p.idle,
                 "busy": p.busy,
@@ -466,27 +473,41 @@ class TenantEndpoint:
                 return
         rt.busy.inc()
         rt.served += 1
-        inline = rt.runs_inline()
+        inline = rt.inline and rt.runs_inline()
         error: Exception | None = None
         usable = True
+        released = False
         try:
-            if inline:
-                response = _guarded_call(vm, request)
+            if not rt.inline:
+                # On the instance's vCPU thread: the loop only waits.  If this task is
+                # cancelled (the client went away) the call still runs to its end, and the
+                # instance goes back to the pool only then.
+                future = vm.call_raw(*request._native_args())
+                try:
+                    status, gheaders, body, *_ = await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    released = True
+                    future.add_done_callback(lambda f: (f.exception(), rt.busy.dec(), pool.release(vm)))
+                    raise
             else:
-                response = await anyio.to_thread.run_sync(_guarded_call, vm, request, limiter=rt.limiter)
+                if inline:
+                    response = _guarded_call(vm, request)
+                else:
+                    response = await anyio.to_thread.run_sync(_guarded_call, vm, request, limiter=rt.limiter)
+                status, gheaders, body = response.status, response.headers, response.body
             if rt.config.ephemeral:
                 rt.resets.inc()
-            status = response.status
             if not 200 <= status <= 599:
                 raise BadResponse(f"status {status} (a final response must be 200-599)")
-            headers = _response_headers(response.headers)
+            headers = _response_headers(gheaders)
         except Exception as e:
             error = e
             usable = vm.usable
         finally:
             # Back to the pool (already reset by the VMM after a failure) before answering.
-            rt.busy.dec()
-            pool.release(vm)
+            if not released:
+                rt.busy.dec()
+                pool.release(vm)
         if isinstance(error, RequestTooLarge):
             rt.metrics.rejected.labels(name, "too_large").inc()
             log.info("tenant %s: %s (413)", name, error)
@@ -496,7 +517,6 @@ class TenantEndpoint:
         if error is not None:
             await self._failed(rt, usable, error, scope, send, started, inline)
             return
-        body = response.body
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -553,7 +573,8 @@ def create_app(config_file: str | os.PathLike[str] | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         _setup_logging()
         try:
-            server = await anyio.to_thread.run_sync(TenantServer.start, config_file)
+            queue = CompletionQueue(asyncio.get_running_loop())
+            server = await anyio.to_thread.run_sync(TenantServer.start, config_file, queue)
         except tconfig.TenantsFileError as e:
             for problem in e.problems:
                 log.error("%s", problem)
@@ -577,6 +598,7 @@ def create_app(config_file: str | os.PathLike[str] | None = None) -> Starlette:
             executor = admin.pop()
             await asyncio.get_running_loop().run_in_executor(executor, server.close)
             executor.shutdown(wait=False)
+            queue.close()
 
     async def metrics(request: HTTPRequest) -> Response:
         server = endpoint.server

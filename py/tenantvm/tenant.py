@@ -283,7 +283,10 @@ class TenantVM:
 
     def stats(self) -> InstanceStats:
         """The instance's counters."""
-        s = self._native.stats()
+        return self._stats_from(self._native.stats())
+
+    @staticmethod
+    def _stats_from(s: dict[str, Any]) -> InstanceStats:
         return InstanceStats(
             calls=s["calls"],
             errors=s["errors"],

@@ -297,6 +297,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RunOutcome>()?;
     m.add_class::<tenant::Tenant>()?;
     m.add_class::<tenant::Instance>()?;
+    m.add_class::<tenant::Completions>()?;
+    m.add_class::<tenant::Worker>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(doctor_report, m)?)?;
     m.add_function(wrap_pyfunction!(measure_round_trip, m)?)?;

@@ -3,7 +3,7 @@
 //! call runs, so several Python threads can drive several instances in parallel.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -132,6 +132,99 @@ impl Tenant {
     fn resident_pages(&self) -> u64 {
         self.inner.snapshot().resident_pages
     }
+
+    /// A new instance on a vCPU thread of its own, delivering results to `completions`
+    /// (GIL released while the thread creates it).  With `sandbox`, the thread restricts
+    /// itself with the seccomp filter first.
+    #[pyo3(signature = (completions, sandbox = true))]
+    fn worker(&self, py: Python<'_>, completions: &Completions, sandbox: bool) -> PyResult<Worker> {
+        let (tenant, queue) = (self.inner.clone(), completions.inner.clone());
+        let inner =
+            py.detach(move || vmm::worker::Worker::start(tenant, queue, sandbox)).map_err(|e| host_error(py, e))?;
+        Ok(Worker { inner })
+    }
+}
+
+/// Results of calls submitted to workers (`vmm::worker::Completions`): wait until `fileno()`
+/// is readable, then `drain()`.
+#[pyclass(frozen, module = "tenantvm._native", name = "Completions")]
+pub struct Completions {
+    inner: Arc<vmm::worker::Completions>,
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new(py: Python<'_>) -> PyResult<Completions> {
+        let inner = vmm::worker::Completions::new().map_err(|e| host_error(py, e))?;
+        Ok(Completions { inner: Arc::new(inner) })
+    }
+
+    /// The eventfd that is readable while results are waiting.
+    fn fileno(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    /// Every waiting result, as `(token, True, (status, headers, body, stdout, stderr, exits))`
+    /// or `(token, False, exception)`.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let mut out = Vec::new();
+        for c in self.inner.drain() {
+            let item = match c.result {
+                Ok(r) => (c.token, true, result_tuple(py, &r)?.into_any()).into_pyobject(py)?,
+                Err(e) => {
+                    let memory_mb = c.memory >> 20;
+                    let exc = call_error(py, e, c.timeout.as_secs_f64(), memory_mb)?.into_value(py).into_bound(py);
+                    (c.token, false, exc.into_any()).into_pyobject(py)?
+                }
+            };
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// An instance on its own vCPU thread (`vmm::worker::Worker`): calls are submitted without
+/// blocking and complete on a `Completions` queue.
+#[pyclass(frozen, module = "tenantvm._native", name = "Worker")]
+pub struct Worker {
+    inner: vmm::worker::Worker,
+}
+
+#[pymethods]
+impl Worker {
+    /// Queues a call; its result comes back from `Completions.drain()` with `token`.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        method: Vec<u8>,
+        path: Vec<u8>,
+        query: Vec<u8>,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        body: Vec<u8>,
+    ) -> PyResult<()> {
+        let req = Request { method, path, query, headers, body };
+        self.inner.submit(token, req).map_err(|e| host_error(py, e))
+    }
+
+    /// False once a host-side failure made the instance unusable.
+    #[getter]
+    fn usable(&self) -> bool {
+        self.inner.usable()
+    }
+
+    /// Restores the snapshot (waits for the queued calls first; GIL released).
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.reset()).map_err(|e| host_error(py, e))
+    }
+
+    /// Counters (see `Instance.stats`; waits for the queued calls first; GIL released).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = py.detach(|| self.inner.stats()).map_err(|e| host_error(py, e))?;
+        stats_dict(py, &s)
+    }
 }
 
 /// GuestFault's constructor takes kind/address/rip/vector/error_code/access; drop the rest.
@@ -177,22 +270,8 @@ impl Instance {
         let req = Request { method, path, query, headers, body };
         let result = py.detach(|| self.lock().call(&req));
         match result {
-            Ok(r) => {
-                let headers: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> =
-                    r.response.headers.iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect();
-                PyTuple::new(
-                    py,
-                    [
-                        r.response.status.into_pyobject(py)?.into_any(),
-                        headers.into_pyobject(py)?.into_any(),
-                        PyBytes::new(py, &r.response.body).into_any(),
-                        PyBytes::new(py, &r.stdout).into_any(),
-                        PyBytes::new(py, &r.stderr).into_any(),
-                        r.exits.into_pyobject(py)?.into_any(),
-                    ],
-                )
-            }
-            Err(e) => Err(self.call_error(py, e)?),
+            Ok(r) => result_tuple(py, &r),
+            Err(e) => Err(call_error(py, e, self.timeout, self.memory_mb)?),
         }
     }
 
@@ -210,7 +289,30 @@ impl Instance {
     /// Counters: calls, errors, entries, exits, last_call_exits, resets, pages_restored,
     /// reset_time (s), last_reset (dict), syscalls (dict number → count), create_time (s).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.lock().stats();
+        stats_dict(py, &self.lock().stats())
+    }
+}
+
+/// A successful call as `(status, headers, body, stdout, stderr, exits)`.
+fn result_tuple<'py>(py: Python<'py>, r: &vmm::CallResult) -> PyResult<Bound<'py, PyTuple>> {
+    let headers: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> =
+        r.response.headers.iter().map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v))).collect();
+    PyTuple::new(
+        py,
+        [
+            r.response.status.into_pyobject(py)?.into_any(),
+            headers.into_pyobject(py)?.into_any(),
+            PyBytes::new(py, &r.response.body).into_any(),
+            PyBytes::new(py, &r.stdout).into_any(),
+            PyBytes::new(py, &r.stderr).into_any(),
+            r.exits.into_pyobject(py)?.into_any(),
+        ],
+    )
+}
+
+/// Instance counters as a dict (see `Instance.stats`).
+fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'py, PyDict>> {
+    {
         let d = PyDict::new(py);
         d.set_item("calls", s.calls)?;
         d.set_item("errors", s.errors)?;
@@ -227,15 +329,16 @@ impl Instance {
         last.set_item("hot_pages", s.last_reset.hot_pages)?;
         last.set_item("duration", s.last_reset.duration.as_secs_f64())?;
         d.set_item("last_reset", last)?;
-        d.set_item("syscalls", s.syscalls.handled)?;
-        d.set_item("unsupported_syscalls", s.syscalls.unsupported)?;
+        d.set_item("syscalls", &s.syscalls.handled)?;
+        d.set_item("unsupported_syscalls", &s.syscalls.unsupported)?;
         d.set_item("create_time", s.create_time.as_secs_f64())?;
         Ok(d)
     }
 }
 
-impl Instance {
-    fn call_error(&self, py: Python<'_>, e: vmm::CallError) -> PyResult<PyErr> {
+/// The `tenantvm.errors` exception for a failed call of a tenant with these limits.
+fn call_error(py: Python<'_>, e: vmm::CallError, timeout: f64, memory_mb: u64) -> PyResult<PyErr> {
+    {
         let kw = PyDict::new(py);
         kw.set_item("stdout", PyBytes::new(py, &e.stdout))?;
         kw.set_item("stderr", PyBytes::new(py, &e.stderr))?;
@@ -247,13 +350,8 @@ impl Instance {
                 guest_error(py, "RequestTooLarge", t.to_string(), &kw)
             }
             CallErrorKind::Timeout => {
-                kw.set_item("timeout", self.timeout)?;
-                guest_error(
-                    py,
-                    "GuestTimeout",
-                    format!("the request ran past its time limit of {} s", self.timeout),
-                    &kw,
-                )
+                kw.set_item("timeout", timeout)?;
+                guest_error(py, "GuestTimeout", format!("the request ran past its time limit of {timeout} s"), &kw)
             }
             CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what, size, limit }) => {
                 kw.set_item("what", what)?;
@@ -273,7 +371,7 @@ impl Instance {
                 guest_error(py, "GuestFault", f.to_string(), &kw)
             }
             CallErrorKind::OutOfMemory(why) => {
-                kw.set_item("memory_mb", self.memory_mb)?;
+                kw.set_item("memory_mb", memory_mb)?;
                 guest_error(py, "GuestOutOfMemory", format!("out of memory: {why}"), &kw)
             }
             CallErrorKind::NoResponse(why) => guest_error(py, "NoResponse", format!("no response: {why}"), &kw),

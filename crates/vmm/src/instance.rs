@@ -183,6 +183,11 @@ impl Instance {
         !matches!(self.state, State::Poisoned(_))
     }
 
+    /// The tenant's configuration.
+    pub fn config(&self) -> &crate::tenant::TenantConfig {
+        &self.snapshot.config
+    }
+
     /// Counters.
     pub fn stats(&self) -> InstanceStats {
         let mut s = self.stats.clone();

@@ -39,6 +39,7 @@ pub mod tenant;
 pub mod timer;
 pub mod vcpu;
 pub mod vm;
+pub mod worker;
 
 pub use error::{Error, GuestFault, Result};
 pub use instance::{CallError, CallErrorKind, CallResult, Instance, InstanceStats};
