@@ -22,6 +22,8 @@
 
 #define KDATA_VA (KBASE + GPA_KDATA)
 #define VCD_VA (KVCPU + VC_DATA)
+#define VB_VA (KVCPU + VC_BATCH)
+#define SNAP(reg) (KDATA_VA + KD_SNAP_REGS + 8 * (reg))
 
 	.code64
 	.text
@@ -54,8 +56,16 @@ to_user:
 	.globl syscall_entry
 syscall_entry:
 	cmp	$FAST_SYSCALLS, %rax
-	jae	forward
+	jae	1f
 	jmp	*(KBASE + GPA_FAST_TABLE)(,%rax,8)
+	/* respond / respond_and_wait during a batch: answered here (see batch_respond) */
+1:	cmp	$API_RESPOND, %rax
+	je	2f
+	cmp	$API_RESPOND_AND_WAIT, %rax
+	jne	forward
+2:	cmpq	$0, VB_VA + VB_ACTIVE
+	je	forward
+	jmp	fast_c
 
 	.globl forward
 forward:
@@ -71,7 +81,8 @@ fast_const:
 
 /* fast_c: switch to the kernel stack, save the caller-saved registers the C code may use,
  * call fast_syscall(frame).  It returns 0 with the result in frame->rax (and counts the call),
- * or 1 to forward the call unchanged. */
+ * 1 to forward the call unchanged, 2 to serve the next request of a batch (memory already
+ * reset), or 3 when the batch is over (memory already reset). */
 	.globl fast_c
 fast_c:
 	mov	%rsp, VCD_VA + VCD_USER_RSP
@@ -87,7 +98,7 @@ fast_c:
 	push	%r11
 	mov	%rsp, %rdi
 	call	fast_syscall
-	test	%eax, %eax		/* flags survive the pops and movs below */
+	mov	%eax, VCD_VA + VCD_CODE
 	pop	%r11
 	pop	%r10
 	pop	%r9
@@ -98,8 +109,35 @@ fast_c:
 	pop	%rcx
 	pop	%rax
 	mov	VCD_VA + VCD_USER_RSP, %rsp
-	jnz	forward
-	jmp	to_user
+	cmpl	$0, VCD_VA + VCD_CODE
+	je	to_user
+	cmpl	$1, VCD_VA + VCD_CODE
+	je	forward
+	cmpl	$2, VCD_VA + VCD_CODE
+	je	batch_next
+	out	%al, $PORT_BATCH_DONE	/* the batch is over and memory is back at the snapshot */
+	ud2
+
+/* batch_next: the snapshot's registers with rax = the next request, then what reset_entry
+ * does for the rest of the CPU state. */
+batch_next:
+	mov	SNAP(1), %rbx
+	mov	SNAP(2), %rcx
+	mov	SNAP(3), %rdx
+	mov	SNAP(4), %rsi
+	mov	SNAP(5), %rdi
+	mov	SNAP(6), %rsp
+	mov	SNAP(7), %rbp
+	mov	SNAP(8), %r8
+	mov	SNAP(9), %r9
+	mov	SNAP(10), %r10
+	mov	SNAP(11), %r11
+	mov	SNAP(12), %r12
+	mov	SNAP(13), %r13
+	mov	SNAP(14), %r14
+	mov	SNAP(15), %r15
+	mov	VCD_VA + VCD_NEXT_RAX, %rax
+	jmp	reset_entry
 
 /* ---- reset_entry: the VMM restored memory and loaded the snapshot's registers (with rax =
  * the value wait_for_request returns).  Reload what the registers do not cover. */

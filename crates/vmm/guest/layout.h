@@ -65,12 +65,25 @@
 #define KD_NWRANGES 0x20
 #define KD_WRANGES 0x40
 #define KD_MAX_WRANGES 8
+/* In-guest reset (batched requests): the snapshot's registers, in kvm_regs order (rax rbx rcx
+   rdx rsi rdi rsp rbp r8 .. r15 rip rflags), VA - GPA of the program's RAM, and the RAM-backed
+   writable ranges to reset ([lo, hi) pairs, page aligned, mapped with 4 KiB pages) */
+#define KD_SNAP_REGS 0x100
+#define KD_RAM_OFFSET 0x1a0
+#define KD_NRESET 0x1a8
+#define KD_RESET 0x1b0
+#define KD_MAX_RESET 8
+/* Readable user ranges ([lo, hi) pairs) for copying responses out */
+#define KD_NRRANGES 0x240
+#define KD_RRANGES 0x250
+#define KD_MAX_RRANGES 16
 
 /* slot 1: the vCPU area */
 #define GPA_VCPU 0x1000000000
 #define VC_VIF 0x0
 #define VC_DATA 0x1000
 #define VC_COUNTS 0x2000
+#define VC_BATCH 0x3000
 #define VC_KSTACK_TOP 0x8000
 #define VC_ISTACK_TOP 0xc000
 #define VC_REQUEST 0x10000
@@ -85,12 +98,40 @@
 #define VCD_USER_RSP 0x40
 #define VCD_SAVE_RAX 0x48
 #define VCD_SAVE_RDX 0x50
+#define VCD_CODE 0x58
+#define VCD_NEXT_RAX 0x60
 #define VCD_ENTROPY_POS 0x80
 #define VCD_ENTROPY 0x100
 #define VCD_ENTROPY_SIZE 0x100
 
+/* VC_BATCH fields: a batch of requests served in one KVM_RUN, reset in the guest between them */
+#define VB_ACTIVE 0x0
+#define VB_COUNT 0x8
+#define VB_NEXT 0x10
+#define VB_HOST_TOUCHED 0x18
+#define VB_RESP_OFF 0x20
+#define VB_RESP_SIZE 0x28
+#define VB_RESP_USED 0x30
+#define VB_STREAK_OFF 0x38
+#define VB_RESTORED 0x40
+#define VB_MAX_HEADERS 0x48
+#define VB_MAX_HEADER_BYTES 0x50
+#define VB_MAX_BODY 0x58
+#define VB_RESETS 0x60
+#define VB_REQS 0x100
+#define VB_RESP 0x200
+#define VB_RESP_RECORD 0x30
+#define VB_MAX 32
+/* Resets after which every hot page is re-protected (must earn its place again) */
+#define VB_DEMOTE_EVERY 64
+#define VB_HOT_AFTER 2
+
 /* slot 2 */
 #define GPA_SHARED 0x1800000000
+
+/* slot 3: the snapshot, read-only, in instances (the source of in-guest resets) */
+#define GPA_SNAPSHOT 0x2000000000
+#define KSNAP 0xffffc00000000000
 
 /* Fixed program-visible addresses */
 #define REQUEST_VA 0x7f0000000000
@@ -100,6 +141,7 @@
 /* Exits from the guest kernel to the VMM: `out %al, $port` */
 #define PORT_SYSCALL 0x10
 #define PORT_BOOTED 0x11
+#define PORT_BATCH_DONE 0x12
 #define PORT_EXCEPTION_BASE 0xe0
 
 /* Segment selectors (GDT layout) */
@@ -115,7 +157,8 @@
 
 /* Fast-path dispatch: syscalls below this number go through the fast table */
 #define FAST_SYSCALLS 512
-/* The fast path answers FAST_FORWARD when the host must handle the call after all */
-#define FAST_FORWARD 0x8000000000000000
+/* tenantvm API numbers the guest kernel looks at (see vmm::guest::api) */
+#define API_RESPOND 0x10001
+#define API_RESPOND_AND_WAIT 0x10002
 
 #endif

@@ -160,7 +160,9 @@ impl Instance {
         let mut ram = GuestMemory::from_snapshot(snapshot.ram.clone())?;
         ram.track_host_writes(true);
         let pages = ram.size() / crate::guest::PAGE_SIZE;
-        let vcpu_area = Mapping::anonymous(vm::vcpu_area_size(snapshot.request_area) as usize)?;
+        let kernel_pages = crate::loader::kernel_area(ram.size()) / crate::guest::PAGE_SIZE;
+        let vcpu_area =
+            Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area, snapshot.ram.size()).size as usize)?;
         let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), true)?;
         let cfg = &snapshot.config;
         let io = fresh_io(cfg.output_limit);
@@ -172,7 +174,7 @@ impl Instance {
             snapshot,
             state: State::AtSnapshot,
             stopped_abnormally: false,
-            tracker: ResetTracker::new(pages),
+            tracker: ResetTracker::new(pages, kernel_pages),
             stats,
             request_len: 0,
         })

@@ -21,9 +21,16 @@ use crate::memory::GuestMemory;
 use crate::paging::{LeafFlags, PageTables};
 use crate::stack::{self, ProcessInfo};
 use crate::syscalls::mem::MemoryState;
+use crate::vm::VcpuAreaLayout;
 
-/// Size of the kernel area at the bottom of RAM.
-pub const KERNEL_AREA: u64 = LARGE_PAGE_SIZE;
+/// The kernel area at the bottom of RAM: fixed structures, then the page-table pool, rounded
+/// up to 2 MiB.  The pool must hold a page table for every 2 MiB of program memory (writable
+/// memory is mapped with 4 KiB pages so that the guest kernel can track writes), the
+/// directories above them, and the tables of the kernel half.
+pub fn kernel_area(memory: u64) -> u64 {
+    let tables = memory.div_ceil(LARGE_PAGE_SIZE) + 2 * memory.div_ceil(1 << 30) + 64;
+    (GPA_PT_POOL + tables * PAGE_SIZE).next_multiple_of(LARGE_PAGE_SIZE)
+}
 /// Smallest arena accepted (room for brk and mmap after the image).
 pub const MIN_ARENA: u64 = 1 << 20;
 /// Most RAM a VM may have (slot 1 sits above it).
@@ -93,7 +100,7 @@ pub struct Window {
 
 /// Places the image in RAM of `memory` bytes with a stack of `stack_size`.
 pub fn window(image: &ElfImage, memory: u64, stack_size: u64) -> Result<Window> {
-    let user_base = KERNEL_AREA + image.start % LARGE_PAGE_SIZE;
+    let user_base = kernel_area(memory) + image.start % LARGE_PAGE_SIZE;
     let offset = image.start.wrapping_sub(user_base);
     let top = memory.wrapping_add(offset);
     let stack = top.wrapping_sub(stack_size);
@@ -217,6 +224,18 @@ fn write_fast_tables(ram: &mut GuestMemory, enabled: bool) -> Result<()> {
     Ok(())
 }
 
+/// The program's areas selected by `keep`, adjacent ones merged.
+fn ranges(map: &UserMap, keep: impl Fn(&Area) -> bool) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for a in map.areas().iter().filter(|a| keep(a)) {
+        match v.last_mut() {
+            Some(last) if last.1 == a.start => last.1 = a.end,
+            _ => v.push((a.start, a.end)),
+        }
+    }
+    v
+}
+
 /// Builds RAM for `image` (whose bytes are `file`).
 pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) -> Result<Loaded> {
     if cfg.memory % LARGE_PAGE_SIZE != 0 || cfg.memory < 4 * LARGE_PAGE_SIZE || cfg.memory > MAX_MEMORY {
@@ -258,7 +277,8 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
 
     // Page tables: the user half from the map, then the kernel half.
     {
-        let mut pt = PageTables::new(&mut ram, GPA_PT_POOL, KERNEL_AREA, pvm);
+        let kernel_area = kernel_area(cfg.memory);
+        let mut pt = PageTables::new(&mut ram, GPA_PT_POOL, kernel_area, pvm);
         let paging = |e: crate::paging::PagingError| Error::DoesNotFit(format!("page tables: {e}"));
         for a in map.areas() {
             let gpa = match a.backing {
@@ -268,17 +288,21 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
                         + (a.start - if other == Backing::Shared { SHARED_VA } else { REQUEST_VA })
                 }
             };
-            let flags = LeafFlags { write: a.perm.write, exec: a.perm.exec, user: true };
+            let track = a.perm.write && a.backing == Backing::Ram;
+            let flags = LeafFlags { write: a.perm.write, exec: a.perm.exec, user: true, track };
             pt.map(GPA_KPML4, a.start, gpa, a.end - a.start, flags).map_err(paging)?;
         }
-        let data = LeafFlags { write: true, exec: false, user: false };
-        let code = LeafFlags { write: false, exec: true, user: false };
+        let data = LeafFlags { write: true, exec: false, user: false, track: false };
+        let code = LeafFlags { write: false, exec: true, user: false, track: false };
+        let snapshot = LeafFlags { write: false, exec: false, user: false, track: false };
         pt.map(GPA_KPML4, KBASE, 0, GPA_KCODE, data).map_err(paging)?;
         pt.map(GPA_KPML4, KBASE + GPA_KCODE, GPA_KCODE, KCODE_SIZE, code).map_err(paging)?;
         let rest = GPA_KCODE + KCODE_SIZE;
-        pt.map(GPA_KPML4, KBASE + rest, rest, KERNEL_AREA - rest, data).map_err(paging)?;
-        let vcpu_len = crate::vm::vcpu_area_size(cfg.request_area);
-        pt.map(GPA_KPML4, KVCPU, GPA_VCPU, vcpu_len, data).map_err(paging)?;
+        pt.map(GPA_KPML4, KBASE + rest, rest, kernel_area - rest, data).map_err(paging)?;
+        let vcpu = VcpuAreaLayout::new(cfg.request_area, cfg.memory);
+        pt.map(GPA_KPML4, KVCPU, GPA_VCPU, vcpu.size, data).map_err(paging)?;
+        // The read-only view of the snapshot (slot 3, present in instances only).
+        pt.map(GPA_KPML4, KSNAP, GPA_SNAPSHOT, cfg.memory, snapshot).map_err(paging)?;
     }
     if pvm {
         // PVM runs the program on the page table at CR3 | 0x1000: the same lower half,
@@ -311,19 +335,31 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
     let st = stack::build(&info, win.top, limit).map_err(|e| Error::Config(e.to_string()))?;
     ram.write(map.ram_gpa(st.rsp), &st.bytes).map_err(oob)?;
 
-    // KDATA: platform flags and the writable ranges the fast path may store to.
-    let writable: Vec<(u64, u64)> = {
-        let mut v: Vec<(u64, u64)> = Vec::new();
-        for a in map.areas().iter().filter(|a| a.perm.write) {
-            match v.last_mut() {
-                Some(last) if last.1 == a.start => last.1 = a.end,
-                _ => v.push((a.start, a.end)),
-            }
+    // KDATA: platform flags and the writable ranges the fast path may store to (the largest
+    // ones if there are too many: a missing range only sends a call to the host).
+    let mut writable = ranges(&map, |a| a.perm.write);
+    writable.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
+    writable.truncate(KD_MAX_WRANGES as usize);
+    // What in-guest resets restore: every writable page of RAM (all of it, or resets would
+    // miss writes), and what responses may be copied from.
+    let reset = ranges(&map, |a| a.perm.write && a.backing == Backing::Ram);
+    if reset.len() > KD_MAX_RESET as usize {
+        return Err(Error::DoesNotFit(format!("{} writable memory ranges, at most {KD_MAX_RESET}", reset.len())));
+    }
+    let mut readable = ranges(&map, |a| a.perm.read);
+    readable.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
+    readable.truncate(KD_MAX_RRANGES as usize);
+    let put_ranges = |ram: &mut GuestMemory, count: u64, at: u64, list: &[(u64, u64)]| {
+        ram.write_u64(kdata(count), list.len() as u64)?;
+        for (i, (lo, hi)) in list.iter().enumerate() {
+            ram.write_u64(kdata(at) + 16 * i as u64, *lo)?;
+            ram.write_u64(kdata(at) + 16 * i as u64 + 8, *hi)?;
         }
-        v.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
-        v.truncate(KD_MAX_WRANGES as usize);
-        v
+        Ok(())
     };
+    put_ranges(&mut ram, KD_NRESET, KD_RESET, &reset).map_err(oob)?;
+    put_ranges(&mut ram, KD_NRRANGES, KD_RRANGES, &readable).map_err(oob)?;
+    ram.write_u64(kdata(KD_RAM_OFFSET), win.offset).map_err(oob)?;
     ram.write_u64(kdata(KD_PVM), u64::from(pvm)).map_err(oob)?;
     ram.write_u64(kdata(KD_FSGSBASE), u64::from(host.cpu.fsgsbase)).map_err(oob)?;
     ram.write_u64(kdata(KD_NWRANGES), writable.len() as u64).map_err(oob)?;

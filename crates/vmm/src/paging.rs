@@ -43,13 +43,19 @@ pub struct LeafFlags {
     pub exec: bool,
     /// Reachable from user mode.
     pub user: bool,
+    /// Map with 4 KiB pages only, Dirty clear: the guest kernel tracks writes to these pages
+    /// through their Dirty bits (in-guest resets), which needs one PTE per page.
+    pub track: bool,
 }
 
 impl LeafFlags {
     fn bits(self) -> u64 {
         let mut b = Pte::PRESENT | Pte::ACCESSED;
         if self.write {
-            b |= Pte::WRITABLE | Pte::DIRTY;
+            b |= Pte::WRITABLE;
+            if !self.track {
+                b |= Pte::DIRTY;
+            }
         }
         if !self.exec {
             b |= Pte::NO_EXEC;
@@ -148,7 +154,8 @@ impl<'a> PageTables<'a> {
             let idx = |shift: u32| (v >> shift) & 0x1ff;
             let pdpt = self.child(root, idx(39), flags.user)?;
             let pd = self.child(pdpt, idx(30), flags.user)?;
-            let large = v % LARGE_PAGE_SIZE == 0 && p % LARGE_PAGE_SIZE == 0 && len - off >= LARGE_PAGE_SIZE;
+            let large =
+                !flags.track && v % LARGE_PAGE_SIZE == 0 && p % LARGE_PAGE_SIZE == 0 && len - off >= LARGE_PAGE_SIZE;
             if large {
                 let slot = pd + idx(21) * 8;
                 if self.mem.read_u64(slot)? & Pte::PRESENT != 0 {
@@ -193,7 +200,7 @@ impl<'a> PageTables<'a> {
 mod tests {
     use super::*;
 
-    const RW_USER: LeafFlags = LeafFlags { write: true, exec: false, user: true };
+    const RW_USER: LeafFlags = LeafFlags { write: true, exec: false, user: true, track: false };
 
     #[test]
     fn maps_with_large_pages_where_aligned_and_small_pages_elsewhere() {
@@ -217,7 +224,7 @@ mod tests {
     fn read_only_executable_leaf_and_kernel_half() {
         let mut mem = GuestMemory::new(4 << 20).unwrap();
         let mut pt = PageTables::new(&mut mem, 0x1000, 0x8000, false);
-        let rx = LeafFlags { write: false, exec: true, user: false };
+        let rx = LeafFlags { write: false, exec: true, user: false, track: false };
         pt.map(0, 0xffff_ffff_8000_0000, 0x10_0000, 0x1000, rx).unwrap();
         let (_, bits) = PageTables::translate(&mem, 0, 0xffff_ffff_8000_0000).unwrap();
         assert_eq!(bits & (Pte::WRITABLE | Pte::NO_EXEC | Pte::USER | Pte::DIRTY), 0);

@@ -36,9 +36,10 @@ pub struct ResetReport {
     pub pages_restored: u64,
     /// Of those, pages the guest wrote (the rest the host wrote).
     pub guest_pages: u64,
-    /// Of those, pages of the kernel area.  The guest never stores there, but on hardware
-    /// KVM (seen with AMD-V nested paging) the page walk marks the guest's page tables dirty
-    /// on every request; they are restored like any hot page.
+    /// Pages of the kernel area reported dirty and left alone.  Nothing but the CPU's
+    /// Accessed/Dirty updates of the page tables (and the guest kernel's clearing of them for
+    /// in-guest resets) writes there after the snapshot: they are never restored (restoring a
+    /// page table behind PVM's shadow MMU would leave it stale) nor re-protected.
     pub kernel_pages: u64,
     /// Pages currently kept writable.
     pub hot_pages: u64,
@@ -54,17 +55,20 @@ pub struct ResetTracker {
     hot: PageBitmap,
     streak: Vec<u8>,
     resets: u64,
+    /// Bitmap words covering the kernel area (it is 2 MiB aligned: whole words).
+    kernel_words: usize,
 }
 
 impl ResetTracker {
-    /// A tracker for RAM of `pages` pages.
-    pub fn new(pages: u64) -> ResetTracker {
+    /// A tracker for RAM of `pages` pages whose first `kernel_pages` are the kernel area.
+    pub fn new(pages: u64, kernel_pages: u64) -> ResetTracker {
         ResetTracker {
             dirty: PageBitmap::new(pages),
             clear: PageBitmap::new(pages),
             hot: PageBitmap::new(pages),
             streak: vec![0; pages as usize],
             resets: 0,
+            kernel_words: (kernel_pages / 64) as usize,
         }
     }
 
@@ -86,6 +90,11 @@ impl ResetTracker {
         let words = self.dirty.words().len();
         for w in 0..words {
             let guest = self.dirty.words()[w];
+            if w < self.kernel_words {
+                report.kernel_pages += u64::from(guest.count_ones());
+                self.clear.words_mut()[w] = 0;
+                continue;
+            }
             let changed = guest | host.get(w).copied().unwrap_or(0);
             // Pages to re-protect: dirty ones that are not hot (all of them when demoting).
             let mut clear = guest;
@@ -126,9 +135,6 @@ impl ResetTracker {
                 bits &= bits - 1;
                 let offset = (w as u64 * 64 + b) * PAGE_SIZE;
                 ram.mapping().copy_from(snapshot, offset, PAGE_SIZE as usize).expect("page inside RAM");
-            }
-            if (w as u64 * 64) * PAGE_SIZE < crate::loader::KERNEL_AREA {
-                report.kernel_pages += u64::from(changed.count_ones());
             }
             report.pages_restored += u64::from(changed.count_ones());
             report.guest_pages += u64::from(guest.count_ones());

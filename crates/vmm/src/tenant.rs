@@ -194,7 +194,7 @@ impl Tenant {
             random,
         };
         let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
-        let vcpu_area = Mapping::anonymous(vm::vcpu_area_size(request_area) as usize)?;
+        let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(request_area, memory).size as usize)?;
         let vm = Vm::new(host, loaded.ram, vcpu_area, shared.clone(), false)?;
         let proc = new_process(loaded.mem_state, exe, stack, memory);
         let io = Io {

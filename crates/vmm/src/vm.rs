@@ -49,9 +49,35 @@ const EFER_SCE_LME_LMA_NXE: u64 = 0xd01;
 /// or AMX, which need kernel cooperation Linux gives only on request).
 const XCR0_ALLOWED: u64 = 0b1110_0111;
 
-/// Size of the vCPU area: fixed pages plus the request area.
-pub fn vcpu_area_size(request_area: u64) -> u64 {
-    VC_REQUEST + request_area.next_multiple_of(crate::guest::PAGE_SIZE)
+/// Where things are in the vCPU area (slot 1) past its fixed pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuAreaLayout {
+    /// Offset of the response area (batched responses copied out by the guest kernel).
+    pub response: u64,
+    /// Its size.
+    pub response_size: u64,
+    /// Offset of the hot-page streak counters (one byte per page of RAM).
+    pub streak: u64,
+    /// Total size.
+    pub size: u64,
+}
+
+/// Room for the responses of one batch; a response that does not fit goes to the host.
+pub const RESPONSE_AREA: u64 = 1 << 20;
+
+impl VcpuAreaLayout {
+    /// The layout for a request area of `request_area` bytes (0: not a tenant, nothing past
+    /// the fixed pages) and `memory` bytes of RAM.
+    pub fn new(request_area: u64, memory: u64) -> VcpuAreaLayout {
+        let page = crate::guest::PAGE_SIZE;
+        if request_area == 0 {
+            return VcpuAreaLayout { response: VC_REQUEST, response_size: 0, streak: VC_REQUEST, size: VC_REQUEST };
+        }
+        let response = VC_REQUEST + request_area.next_multiple_of(page);
+        let streak = response + RESPONSE_AREA;
+        let size = streak + (memory / page).next_multiple_of(page);
+        VcpuAreaLayout { response, response_size: RESPONSE_AREA, streak, size }
+    }
 }
 
 /// Shared memory of a tenant: one memfd mapped by every instance (and every process).
