@@ -38,6 +38,8 @@ class CallVariant:
     program: str
     ephemeral: bool
     request: tenantvm.Request
+    #: Requests per ``TenantVM.call_batch`` (1: plain ``call``s); times are per request.
+    batch: int = 1
 
 
 VARIANTS = [
@@ -62,6 +64,22 @@ VARIANTS = [
         True,
         tenantvm.Request("POST", "/echo", body=b"y" * 65536),
     ),
+    CallVariant(
+        "hello-batch32",
+        "hello, ephemeral, call_batch of 32 (per request)",
+        "hello",
+        True,
+        tenantvm.Request("GET", "/"),
+        batch=32,
+    ),
+    CallVariant(
+        "echo-1k-batch32",
+        "echo, 1 KiB body, call_batch of 32 (per request)",
+        "echo",
+        True,
+        tenantvm.Request("POST", "/echo", body=b"x" * 1024),
+        batch=32,
+    ),
 ]
 
 #: Pauses before a call: (key, label, mode, microseconds).
@@ -81,17 +99,28 @@ def measure_floor(exits: int, samples: int) -> float:
     return float(_native.measure_round_trip(exits, samples)["exit_us"])
 
 
-def time_calls(vm: tenantvm.TenantVM, request: tenantvm.Request, n: int) -> dict[str, Any]:
-    """N calls in a tight loop: per-call times and the stats deltas per call."""
-    call = vm.call
+def time_calls(vm: tenantvm.TenantVM, request: tenantvm.Request, n: int, batch: int = 1) -> dict[str, Any]:
+    """Per-request times and stats deltas of N calls in a tight loop.
+
+    With ``batch`` > 1: N/batch ``call_batch``es of ``batch`` requests, timed per request.
+    """
     clock = time.perf_counter_ns
+    if batch > 1:
+        requests = [request] * batch
+        call_batch = vm.call_batch
+        n = max(1, n // batch)
+
+        def call(_: tenantvm.Request) -> None:
+            call_batch(requests)
+    else:
+        call = vm.call
     times = [0] * n
     before = vm.stats()
     t_start = clock()
     for i in range(n):
         t0 = clock()
         call(request)
-        times[i] = clock() - t0
+        times[i] = (clock() - t0) // batch
     total = clock() - t_start
     after = vm.stats()
     calls = after.calls - before.calls
@@ -101,10 +130,13 @@ def time_calls(vm: tenantvm.TenantVM, request: tenantvm.Request, n: int) -> dict
         "p50_us": percentile(us, 50),
         "p99_us": percentile(us, 99),
         "mean_us": sum(us) / n,
-        "calls_per_s": n / (total / 1e9),
+        "calls_per_s": n * batch / (total / 1e9),
         "exits_per_call": (after.exits - before.exits) / calls,
-        "pages_per_call": (after.pages_restored - before.pages_restored) / calls,
-        "resets_per_call": resets / calls,
+        "pages_per_call": (
+            after.pages_restored + after.guest_pages_restored - before.pages_restored - before.guest_pages_restored
+        )
+        / calls,
+        "resets_per_call": (resets + after.guest_resets - before.guest_resets) / calls,
         "reset_us": (after.reset_time - before.reset_time) / resets * 1e6 if resets else None,
         "samples_us": [round(t / 1000, 1) for t in times],
     }
@@ -166,8 +198,8 @@ def run(rounds: int = 7, calls: int = 3000, pause_calls: int = 60, quick: bool =
         if key not in tenants:
             tenants[key] = tenantvm.Tenant(APPS_BUILD / v.program, memory_mb=16, ephemeral=v.ephemeral, timeout=1.0)
         vms[v.key] = vm = tenants[key].instance()
-        for _ in range(min(500, calls)):  # warm: copy-on-write faults, hot pages, caches
-            vm.call(v.request)
+        for _ in range(min(500, calls) // v.batch):  # warm: copy-on-write faults, hot pages, caches
+            vm.call_batch([v.request] * v.batch) if v.batch > 1 else vm.call(v.request)
     pause_vm = tenants[("hello", True)].instance()
     hello = tenantvm.Request("GET", "/")
     for _ in range(200):
@@ -186,7 +218,7 @@ def run(rounds: int = 7, calls: int = 3000, pause_calls: int = 60, quick: bool =
         out["floor_us"].append(floor)
         line = [f"floor {floor:.1f}"]
         for v in VARIANTS:
-            res = time_calls(vms[v.key], v.request, calls)
+            res = time_calls(vms[v.key], v.request, calls, v.batch)
             res["ratio_p50_floor"] = res["p50_us"] / floor
             out["variants"][v.key]["rounds"].append(res)
             line.append(f"{v.key} {res['p50_us']:.1f}")

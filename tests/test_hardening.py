@@ -82,6 +82,33 @@ ATTACKS: dict[str, tuple[str, type[Exception] | str]] = {
 }
 
 
+def respond_code(body: int, body_len: int, headers: int = 0, count: int = 0) -> str:
+    """Machine code calling respond(200, headers, count, body, body_len) directly."""
+
+    def q(v: int) -> str:
+        return struct.pack("<Q", v % (1 << 64)).hex()
+
+    # mov rax, 0x10001; mov edi, 200; movabs rsi/rdx/r10/r8; syscall; ret
+    return "48c7c001000100bfc8000000" + f"48be{q(headers)}48ba{q(count)}49ba{q(body)}49b8{q(body_len)}" + "0f05c3"
+
+
+KSNAP = 0xFFFF_C000_0000_0000  # the guest kernel's read-only view of the snapshot
+# respond() pointed at memory the program must not read, through the path a batch takes
+# (the guest kernel copies responses out itself there).
+RESPOND_ATTACKS: dict[str, tuple[str, type[Exception] | str]] = {
+    "respond from the snapshot window": (respond_code(KSNAP, 4096), tenantvm.GuestFault),
+    "respond from the batch block": (respond_code(KVCPU + 0x3000, 64), tenantvm.GuestFault),
+    "respond from kernel data": (respond_code(KBASE + 0x5000, 64), tenantvm.GuestFault),
+    "respond from the kernel stack": (respond_code(KVCPU + 0x7000, 4096), tenantvm.GuestFault),
+    "respond with headers in the kernel": (respond_code(0, 0, KBASE, 1), tenantvm.GuestFault),
+    "respond with a header table wrapping around": (respond_code(0, 0, (1 << 64) - 32, 2), tenantvm.GuestFault),
+    "respond with a body wrapping around": (respond_code((1 << 64) - 16, 64), tenantvm.GuestFault),
+    "respond with a huge header count": (respond_code(0, 0, 0, 1 << 40), tenantvm.ResponseTooLarge),
+    "respond with a huge body": (respond_code(0, 1 << 62), tenantvm.ResponseTooLarge),
+    "respond with an empty body anywhere": (respond_code(0xDEAD_0000_0000, 0), "responded"),
+}
+
+
 @pytest.fixture(scope="module")
 def probe(apps: Path) -> Tenant:
     return Tenant(apps / "isolate", timeout=0.3)
@@ -109,6 +136,42 @@ def test_attack_is_contained_and_leaves_nothing_behind(vm: TenantVM, clean: byte
             vm.call(request)
     assert vm.call(Request()).body == clean
     assert vm.usable
+
+
+def outcome(result: tenantvm.Response | Exception) -> tuple[str, str]:
+    if isinstance(result, Exception):
+        return type(result).__name__, str(result)
+    return "Response", f"{result.status} {result.body[:64]!r}"
+
+
+def test_attacks_in_a_batch_end_as_alone_and_leave_nothing_behind(probe: Tenant, clean: bytes) -> None:
+    """Batched, each attack ends exactly as it does alone, and the next request starts clean."""
+    attacks = {**ATTACKS, **RESPOND_ATTACKS}
+    single = probe.instance()
+    alone = {}
+    for name, (code, expected) in attacks.items():
+        try:
+            alone[name] = outcome(single.call(Request(method="POST", path="/code", body=bytes.fromhex(code))))
+        except tenantvm.TenantVMError as e:
+            alone[name] = outcome(e)
+        if isinstance(expected, type):
+            assert alone[name][0] == expected.__name__, (name, alone[name])
+    clean_memory = single.call(Request(method="POST", query="mem")).body
+    requests = []
+    memory_probe = Request(method="POST", query="mem")
+    for code, _ in attacks.values():
+        requests += [Request(method="POST", path="/code", body=bytes.fromhex(code)), memory_probe]
+    vm = probe.instance()
+    for _ in range(2):
+        results = vm.call_batch(requests)
+        for i, name in enumerate(attacks):
+            assert outcome(results[2 * i]) == alone[name], name
+            probe_after = results[2 * i + 1]
+            assert isinstance(probe_after, tenantvm.Response), (name, probe_after)
+            assert probe_after.body == clean_memory, f"{name} left something behind"
+    assert vm.usable
+    assert vm.call(Request()).body == clean
+    assert vm.stats().guest_resets > 0
 
 
 def test_exhausting_brk_and_mmap_leaves_nothing_behind(vm: TenantVM, clean: bytes) -> None:

@@ -22,7 +22,7 @@ def test_hello_one_exit_per_request(apps: Path) -> None:
     assert stats.last_call_exits == 1
     assert stats.resets == 100
     assert stats.syscalls == {"tenantvm_respond": 100}
-    assert stats.last_reset["pages_restored"] - stats.last_reset["kernel_pages"] <= 4
+    assert stats.last_reset["pages_restored"] <= 4  # kernel-area pages are counted apart
 
 
 def test_state_is_reset_in_ephemeral_mode_and_kept_in_stateful_mode(apps: Path) -> None:

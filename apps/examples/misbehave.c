@@ -6,6 +6,7 @@
  *   /big        a response body over the limit        /badptr    respond with a wild body pointer
  *   /oom        allocate until malloc fails, then abort
  *   /sleep?ms=N sleep N milliseconds, then answer
+ *   /busy?ms=N  compute for N milliseconds (reading the clock only), then answer
  *   /dirty?kb=N write N KiB of the heap, then answer ("ok")
  *   /count      a global counter (shows state persistence in stateful mode)
  *   /crash-odd  fault on every odd-numbered request of this instance's life (stateful), else ok
@@ -70,6 +71,13 @@ int main(void)
 			long ms = qnum(&req, "ms");
 			struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
 			nanosleep(&ts, 0);
+		} else if (is(&req, "/busy")) {
+			struct timespec t0, t;
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			long ns = qnum(&req, "ms") * 1000000;
+			do
+				clock_gettime(CLOCK_MONOTONIC, &t);
+			while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < ns);
 		} else if (is(&req, "/dirty")) {
 			long kb = qnum(&req, "kb");
 			if (kb > (long)(sizeof heap_area >> 10))

@@ -275,6 +275,25 @@ impl Instance {
         }
     }
 
+    /// Serves `requests` (each `(method, path, query, headers, body)`) in order, with the
+    /// memory resets between them done inside the VM (see `vmm::batch`).  Returns one item per
+    /// request: the result tuple of [`Instance::call`], or the exception it would have raised
+    /// (not raised).
+    fn call_batch<'py>(&self, py: Python<'py>, requests: Vec<BatchedRequest>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let requests: Vec<Request> = requests
+            .into_iter()
+            .map(|(method, path, query, headers, body)| Request { method, path, query, headers, body })
+            .collect();
+        let results = py.detach(|| self.lock().call_batch(&requests));
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(r) => Ok(result_tuple(py, &r)?.into_any()),
+                Err(e) => Ok(call_error(py, e, self.timeout, self.memory_mb)?.into_value(py).into_bound(py).into_any()),
+            })
+            .collect()
+    }
+
     /// Restores the snapshot now.
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.lock().reset()).map(|_| ()).map_err(|e| host_error(py, e))
@@ -292,6 +311,9 @@ impl Instance {
         stats_dict(py, &self.lock().stats())
     }
 }
+
+/// One request of a batch: `(method, path, query, headers, body)`.
+type BatchedRequest = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
 
 /// A successful call as `(status, headers, body, stdout, stderr, exits)`.
 fn result_tuple<'py>(py: Python<'py>, r: &vmm::CallResult) -> PyResult<Bound<'py, PyTuple>> {
@@ -332,6 +354,9 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         d.set_item("syscalls", &s.syscalls.handled)?;
         d.set_item("unsupported_syscalls", &s.syscalls.unsupported)?;
         d.set_item("create_time", s.create_time.as_secs_f64())?;
+        d.set_item("batches", s.batches)?;
+        d.set_item("guest_resets", s.guest_resets)?;
+        d.set_item("guest_pages_restored", s.guest_pages_restored)?;
         Ok(d)
     }
 }

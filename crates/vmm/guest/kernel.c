@@ -281,7 +281,10 @@ static u64 reset_memory(void)
 				if (demote)
 					streak[page] = 0;
 			}
-			if (!hot_here) {
+			/* Clearing the directory entry's Accessed bit (to skip this table next time) is
+			 * another trapped page-table write plus a page walk under PVM: worth it only
+			 * for tables that went quiet, so it is done at demotions only. */
+			if (!hot_here && demote) {
 				*pde &= ~PTE_A;
 				flush = 1;
 			}
@@ -366,7 +369,7 @@ static int batch_respond(struct frame *f)
 	rec[5] = 1; /* answered here */
 	VB(VB_RESP_USED) = at + body_len;
 	reset_memory();
-	VB(VB_NEXT) = i + 1;
+	VB(VB_NEXT) = i + 1; /* the host times request i + 1 from when it first sees this */
 	if (i + 1 < VB(VB_COUNT)) {
 		VCD(VCD_NEXT_RAX) = VB(VB_REQS + 8 * (i + 1));
 		return NEXT_REQUEST;

@@ -27,11 +27,19 @@
  *               | VIF page           0x00000 |  PVM per-vCPU page (the hypervisor writes it)
  *               | VCD                0x01000 |  clock anchor, scratch, entropy pool
  *               | counters           0x02000 |  in-guest syscall counts, 512 x u64
+ *               | VC_BATCH           0x03000 |  batch control block and response records
  *               | kernel stack       0x04000 |  .. 0x08000 (top)
  *               | exception stack    0x08000 |  .. 0x0c000 (top, IST1 on hardware KVM)
  *               | request area       0x10000 |  mapped read-only at REQUEST_VA for the program
+ *               | response area              |  1 MiB, page aligned after the request area:
+ *               |                            |  batched responses, copied out by the kernel
+ *               | streak counters            |  one byte per page of RAM (hot-page detection)
+ *               (offsets past the request area: vmm::vm::VcpuAreaLayout)
  *
  *   slot 2  tenant shared memory at GPA_SHARED (MAP_SHARED, never reset), RW at SHARED_VA
+ *
+ *   slot 3  the tenant's snapshot at GPA_SNAPSHOT (instances only, read-only): the source
+ *           of the guest kernel's own resets between batched requests, mapped at KSNAP
  *
  * Virtual addresses: the kernel lives in the top 2 GiB (KBASE + GPA for slot 0's kernel
  * area, KVCPU + offset for slot 1), reachable with 32-bit sign-extended absolute addressing.

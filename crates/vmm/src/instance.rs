@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch::{BatchBlock, MAX_BATCH};
 use crate::error::{Error, GuestFault};
 use crate::guest::layout::*;
 use crate::guest::vcd;
@@ -25,7 +26,7 @@ use crate::machine::{Machine, RunEnd};
 use crate::memory::{GuestMemory, Mapping};
 use crate::program::ExitKind;
 use crate::reset::{ResetReport, ResetTracker};
-use crate::syscalls::api::{encode_request, Request, RequestTooLarge, Response};
+use crate::syscalls::api::{encode_request, encode_request_at, Request, RequestTooLarge, Response};
 use crate::syscalls::fs::Io;
 use crate::syscalls::process::fill_random;
 use crate::syscalls::{Input, Output, Stop, SyscallCounts};
@@ -113,6 +114,12 @@ pub struct InstanceStats {
     pub syscalls: SyscallCounts,
     /// Time to create the instance (VM, memory, kernel start).
     pub create_time: Duration,
+    /// Batches run ([`Instance::call_batch`] with more than one request).
+    pub batches: u64,
+    /// Resets done by the guest kernel between batched requests.
+    pub guest_resets: u64,
+    /// Pages those restored.
+    pub guest_pages_restored: u64,
 }
 
 /// One VM serving a tenant's requests.
@@ -163,7 +170,7 @@ impl Instance {
         let kernel_pages = crate::loader::kernel_area(ram.size()) / crate::guest::PAGE_SIZE;
         let vcpu_area =
             Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area, snapshot.ram.size()).size as usize)?;
-        let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), true)?;
+        let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), Some(snapshot.ram_view.clone()), true)?;
         let cfg = &snapshot.config;
         let io = fresh_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map.clone(), snapshot.proc.clone(), io, Some(cfg.limits));
@@ -196,6 +203,9 @@ impl Instance {
         s.entries = self.machine.stats.entries;
         s.exits = self.machine.stats.exits;
         s.syscalls = self.machine.syscall_counts();
+        let block = BatchBlock::new(&self.machine.vm.vcpu_area);
+        s.guest_resets = block.get(VB_RESETS);
+        s.guest_pages_restored = block.get(VB_RESTORED);
         s
     }
 
@@ -249,6 +259,184 @@ impl Instance {
                 self.stats.errors += 1;
                 Err(CallError { kind, stdout, stderr })
             }
+        }
+    }
+
+    /// Serves `requests` in order, as separate calls would (each from the snapshot, each with
+    /// its own time limit and result), but with the memory resets done by the guest kernel:
+    /// a batch of requests that only compute and respond costs one exit in all.
+    ///
+    /// Stateful tenants and single requests go through [`Instance::call`] one by one.  At most [`MAX_BATCH`] requests, and as many as fit the
+    /// request area together, run per `KVM_RUN`.
+    pub fn call_batch(&mut self, requests: &[Request]) -> Vec<Result<CallResult, CallError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        let mut rest = requests;
+        while let Some(first) = rest.first() {
+            let packed = if self.can_batch() { self.pack(rest) } else { Vec::new() };
+            if packed.len() < 2 {
+                results.push(self.call(first));
+                rest = &rest[1..];
+                continue;
+            }
+            self.stats.calls += packed.len() as u64;
+            self.stats.batches += 1;
+            let n = packed.len();
+            self.run_batch(packed, &mut results);
+            rest = &rest[n..];
+        }
+        results
+    }
+
+    fn can_batch(&mut self) -> bool {
+        self.snapshot.config.ephemeral && self.state == State::AtSnapshot
+    }
+
+    /// Encodes as many of `requests` as fit the request area together (up to [`MAX_BATCH`]),
+    /// each at its place in it.
+    fn pack(&self, requests: &[Request]) -> Vec<(u64, Vec<u8>)> {
+        let area = self.snapshot.request_area as usize;
+        let mut packed = Vec::new();
+        let mut used = 0usize;
+        for req in requests.iter().take(MAX_BATCH) {
+            let mut entropy = [0u8; 32];
+            fill_random(&mut entropy);
+            let Ok(bytes) = encode_request_at(req, &entropy, area - used, REQUEST_VA + used as u64) else { break };
+            let at = used as u64;
+            used = (used + bytes.len()).next_multiple_of(8).min(area);
+            packed.push((at, bytes));
+        }
+        packed
+    }
+
+    /// Runs packed requests, pushing one result per request onto `results`.
+    fn run_batch(&mut self, packed: Vec<(u64, Vec<u8>)>, results: &mut Vec<Result<CallResult, CallError>>) {
+        let n = packed.len();
+        let area = &self.machine.vm.vcpu_area;
+        let mut end_of_requests = 0;
+        for (at, bytes) in &packed {
+            area.write(VC_REQUEST + at, bytes);
+            end_of_requests = at + bytes.len() as u64;
+        }
+        if self.request_len as u64 > end_of_requests {
+            area.fill(VC_REQUEST + end_of_requests, self.request_len - end_of_requests as usize, 0);
+        }
+        self.request_len = end_of_requests as usize;
+        let layout = vm::VcpuAreaLayout::new(self.snapshot.request_area, self.snapshot.ram.size());
+        let addresses: Vec<u64> = packed.iter().map(|(at, _)| REQUEST_VA + at).collect();
+        let block = BatchBlock::new(area);
+        block.start(&addresses, (layout.response, layout.response_size), layout.streak, &self.snapshot.config.limits);
+        let timeout = self.snapshot.config.timeout;
+        let check = (timeout / 8).max(Duration::from_millis(1));
+        let mut next = 0;
+        while next < n {
+            // Request `next` starts from the snapshot's registers (the guest kernel starts the
+            // ones after it itself).
+            let exits_before = self.machine.stats.exits;
+            // The guest kernel starts the requests after `next` without telling the host, so
+            // the host looks every `CHECK` which one runs: a request's time counts from the
+            // first look that saw it running (it may overrun its limit by up to one `CHECK`).
+            let mut running = (next as u64, Instant::now());
+            let end = self.start_batched(next).and_then(|()| {
+                self.machine.run_until(Some(check), |m| {
+                    let now_running = BatchBlock::new(&m.vm.vcpu_area).get(VB_NEXT);
+                    if now_running != running.0 {
+                        running = (now_running, Instant::now());
+                    }
+                    running.1 + timeout
+                })
+            });
+            self.stopped_abnormally = !matches!(end, Ok(RunEnd::Stopped(_)));
+            let exits = self.machine.stats.exits - exits_before;
+            let block = BatchBlock::new(&self.machine.vm.vcpu_area);
+            // Requests the guest kernel answered (and reset after).
+            let stopped_at = (block.get(VB_NEXT) as usize).min(n);
+            for i in next..stopped_at {
+                let result = match block.response(i) {
+                    Some(Ok(response)) => Ok(CallResult { response, stdout: Vec::new(), stderr: Vec::new(), exits: 0 }),
+                    Some(Err(why)) => Err(CallErrorKind::Fault(GuestFault::Vm(why))),
+                    None => Err(CallErrorKind::Fault(GuestFault::Vm(format!("batched request {i} has no response")))),
+                };
+                results.push(result.map_err(|kind| {
+                    self.stats.errors += 1;
+                    CallError { kind, stdout: Vec::new(), stderr: Vec::new() }
+                }));
+            }
+            next = stopped_at;
+            match end {
+                Ok(RunEnd::Stopped(Stop::BatchDone)) if next == n => {
+                    if let Some(Ok(last)) = results.last_mut() {
+                        last.exits = exits;
+                    }
+                    self.stats.last_call_exits = exits;
+                }
+                Ok(RunEnd::Stopped(Stop::BatchDone)) => {
+                    // Cannot happen with a correct guest kernel; never loop on it.
+                    self.poison("the guest kernel ended a batch before its last request".into(), n - next, results);
+                    return;
+                }
+                Err(e) => {
+                    self.poison(e.to_string(), n - next, results);
+                    return;
+                }
+                Ok(end) => {
+                    // The host finishes request `next`, as `call` would.
+                    let stdout = take_output(&mut self.machine.io.stdout);
+                    let stderr = take_output(&mut self.machine.io.stderr);
+                    self.stats.last_call_exits = exits;
+                    let result = match end {
+                        RunEnd::Stopped(Stop::Responded(response) | Stop::RespondedAndWaiting(response)) => {
+                            Ok(CallResult { response, stdout, stderr, exits })
+                        }
+                        end => {
+                            self.stats.errors += 1;
+                            Err(CallError { kind: self.classify(end), stdout, stderr })
+                        }
+                    };
+                    results.push(result);
+                    next += 1;
+                    if let Err(e) = self.reset() {
+                        self.poison(e.to_string(), n - next, results);
+                        return;
+                    }
+                }
+            }
+        }
+        BatchBlock::new(&self.machine.vm.vcpu_area).set(VB_ACTIVE, 0);
+    }
+
+    /// Points the vCPU at the start of batched request `i`, from the snapshot's registers.
+    fn start_batched(&mut self, i: usize) -> crate::Result<()> {
+        let block = BatchBlock::new(&self.machine.vm.vcpu_area);
+        block.set(VB_NEXT, i as u64);
+        block.set(VB_HOST_TOUCHED, 0);
+        block.set(VB_ACTIVE, 1);
+        let request = block.get(VB_REQS + 8 * i as u64);
+        let mut pos = [0u8; 8];
+        self.machine.vm.vcpu_area.read(vcd(VCD_ENTROPY_POS), &mut pos);
+        if u64::from_le_bytes(pos) != 0 {
+            self.machine.refill_entropy();
+        }
+        if std::mem::take(&mut self.stopped_abnormally) {
+            self.machine.restart_kernel()?;
+        }
+        let regs = self.machine.vm.regs();
+        *regs = self.snapshot.regs;
+        regs.rax = request;
+        self.machine.vm.regs_changed();
+        Ok(())
+    }
+
+    /// A host failure in a batch: the instance is poisoned and the `left` requests not yet
+    /// answered fail with it.
+    fn poison(&mut self, why: String, left: usize, results: &mut Vec<Result<CallResult, CallError>>) {
+        self.state = State::Poisoned(why.clone());
+        self.stats.errors += left as u64;
+        for _ in 0..left {
+            results.push(Err(CallError {
+                kind: CallErrorKind::Host(why.clone()),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            }));
         }
     }
 
@@ -308,6 +496,9 @@ impl Instance {
             RunEnd::Stopped(Stop::Exited(c)) => CallErrorKind::NoResponse(ExitKind::Exited(c).to_string()),
             RunEnd::Stopped(Stop::Signaled(s)) => CallErrorKind::NoResponse(ExitKind::Signaled(s).to_string()),
             RunEnd::Stopped(Stop::Deadlock(why)) => CallErrorKind::NoResponse(format!("deadlock: {why}")),
+            RunEnd::Stopped(Stop::BatchDone) => {
+                CallErrorKind::Fault(GuestFault::Vm("the guest kernel ended a batch early".into()))
+            }
             RunEnd::Stopped(Stop::Responded(_) | Stop::RespondedAndWaiting(_)) => unreachable!("handled by the caller"),
         }
     }

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod batch;
 pub mod doctor;
 pub mod elf;
 pub mod error;

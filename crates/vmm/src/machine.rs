@@ -248,28 +248,53 @@ impl Machine {
 
     /// Runs the program until a handler stops it, it faults, or `deadline` passes.
     pub fn run(&mut self, deadline: Instant) -> Result<RunEnd> {
+        self.run_until(None, |_| deadline)
+    }
+
+    /// Like [`Machine::run`], with a deadline that may move while the guest runs (a batch
+    /// gives each request its own): `deadline` is asked again every `check_every` (and when
+    /// the current deadline arrives).
+    pub fn run_until(
+        &mut self,
+        check_every: Option<Duration>,
+        mut deadline: impl FnMut(&Machine) -> Instant,
+    ) -> Result<RunEnd> {
         if let Some(clock) = self.clock.as_mut() {
             clock.refresh(&self.vm.vcpu_area);
         }
-        let guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), deadline)?;
+        let alarm = |deadline: Instant| match check_every {
+            Some(every) => deadline.min(Instant::now() + every),
+            None => deadline,
+        };
+        let mut current = alarm(deadline(self));
+        let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), current)?;
         loop {
             self.stats.entries += 1;
             let exit = vcpu::run(&mut self.vm)?;
             self.stats.exits += 1;
             match exit {
                 Exit::Io { port } if u64::from(port) == PORT_SYSCALL => {
-                    if let Some(stop) = self.syscall(deadline) {
+                    if let Some(stop) = self.syscall(current) {
                         return Ok(RunEnd::Stopped(stop));
                     }
                 }
+                Exit::Io { port } if u64::from(port) == PORT_BATCH_DONE => return Ok(RunEnd::Stopped(Stop::BatchDone)),
                 Exit::Io { port } if (PORT_EXCEPTION_BASE..PORT_EXCEPTION_BASE + 32).contains(&u64::from(port)) => {
                     return Ok(RunEnd::Fault(self.exception(u64::from(port) - PORT_EXCEPTION_BASE)));
                 }
                 Exit::Interrupted => {
-                    if Instant::now() >= deadline {
+                    let due = deadline(self);
+                    if Instant::now() >= due {
                         return Ok(RunEnd::Timeout);
                     }
-                    guard.rearm_after_interrupt();
+                    let next = alarm(due);
+                    if next != current {
+                        drop(guard);
+                        current = next;
+                        guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), current)?;
+                    } else {
+                        guard.rearm_after_interrupt();
+                    }
                 }
                 Exit::Shutdown => return Ok(RunEnd::Fault(GuestFault::TripleFault { rip: self.vm.regs().rip })),
                 other => {
@@ -284,7 +309,12 @@ impl Machine {
     fn syscall(&mut self, deadline: Instant) -> Option<Stop> {
         let r = *self.vm.regs();
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
-        self.proc_touched |= !(crate::guest::api::BASE..=crate::guest::api::NOP).contains(&r.rax);
+        if !(crate::guest::api::BASE..=crate::guest::api::NOP).contains(&r.rax) {
+            self.proc_touched = true;
+            // A batch must not go on in the guest after the host answered a system call: the
+            // host may have written memory the guest's Dirty bits do not show.
+            self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
+        }
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {
             mem: UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) },

@@ -176,6 +176,34 @@ impl<'a> PageTables<'a> {
         Ok(())
     }
 
+    /// Clears the Dirty bit of every 4 KiB leaf mapping `[lo, hi)` under `root` (before any
+    /// vCPU uses the tables: a snapshot's tables, so that in-guest resets start clean).
+    pub fn clear_dirty(mem: &mut GuestMemory, root: u64, lo: u64, hi: u64) -> Result<u64, OutOfRange> {
+        let mut cleared = 0;
+        let mut va = lo;
+        while va < hi {
+            let mut table = root;
+            let mut leaf = None;
+            for shift in [39u32, 30, 21, 12] {
+                let slot = table + ((va >> shift) & 0x1ff) * 8;
+                let entry = mem.read_u64(slot)?;
+                if entry & Pte::PRESENT == 0 || (shift != 12 && entry & Pte::LARGE != 0) {
+                    break;
+                }
+                if shift == 12 {
+                    leaf = Some((slot, entry));
+                }
+                table = entry & Pte::ADDRESS_MASK;
+            }
+            if let Some((slot, entry)) = leaf.filter(|(_, e)| e & Pte::DIRTY != 0) {
+                mem.write_u64(slot, entry & !Pte::DIRTY)?;
+                cleared += 1;
+            }
+            va += PAGE_SIZE;
+        }
+        Ok(cleared)
+    }
+
     /// Walks the tables under `root` like the CPU would: the GPA and leaf bits of `va`.
     pub fn translate(mem: &GuestMemory, root: u64, va: u64) -> Option<(u64, u64)> {
         let mut table = root;

@@ -222,7 +222,7 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
     };
     let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
     let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(0, memory).size as usize)?;
-    let vm = Vm::new(host, loaded.ram, vcpu_area, None, false)?;
+    let vm = Vm::new(host, loaded.ram, vcpu_area, None, None, false)?;
     let proc = new_process(loaded.mem_state, exe, stack, memory);
     let io = Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr };
     let mut machine = Machine::new(vm, loaded.map, proc, io, None);

@@ -118,8 +118,9 @@ impl std::fmt::Display for ExitKind {
 pub struct Snapshot {
     /// RAM contents.
     pub ram: Arc<Memfd>,
-    /// Read-only view of `ram`, the source of resets.
-    pub ram_view: Mapping,
+    /// Read-only view of `ram`: the source of host resets, and slot 3 of every instance (the
+    /// source of in-guest resets).
+    pub ram_view: Arc<Mapping>,
     /// Registers at the freeze (rip = the kernel's reset entry).
     pub regs: kvm_regs,
     /// The emulated process at the freeze.
@@ -195,7 +196,7 @@ impl Tenant {
         };
         let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
         let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(request_area, memory).size as usize)?;
-        let vm = Vm::new(host, loaded.ram, vcpu_area, shared.clone(), false)?;
+        let vm = Vm::new(host, loaded.ram, vcpu_area, shared.clone(), None, false)?;
         let proc = new_process(loaded.mem_state, exe, stack, memory);
         let io = Io {
             stdin: Input::Bytes { data: Vec::new(), pos: 0 },
@@ -265,8 +266,24 @@ fn freeze(
     m.vm.ram.write(GPA_XSAVE, &image[..image.len().min(XSAVE_SIZE as usize)]).map_err(oob)?;
     m.vm.ram.write_u64(kdata(KD_SNAP_FS), sregs.fs.base).map_err(oob)?;
     m.vm.ram.write_u64(kdata(KD_SNAP_GS), sregs.gs.base).map_err(oob)?;
+    // For in-guest resets: the registers to start each batched request from, and page tables
+    // whose Dirty bits say "changed since the snapshot".
+    let r = m.vm.regs();
+    let snap_regs = [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+        r.rip, r.rflags,
+    ];
+    for (i, v) in snap_regs.into_iter().enumerate() {
+        m.vm.ram.write_u64(kdata(KD_SNAP_REGS) + 8 * i as u64, v).map_err(oob)?;
+    }
+    let nreset = m.vm.ram.read_u64(kdata(KD_NRESET)).map_err(oob)?;
+    for i in 0..nreset.min(KD_MAX_RESET) {
+        let lo = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i).map_err(oob)?;
+        let hi = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i + 8).map_err(oob)?;
+        crate::paging::PageTables::clear_dirty(&mut m.vm.ram, GPA_KPML4, lo, hi).map_err(oob)?;
+    }
     let ram = m.vm.ram.file().clone();
-    let ram_view = Mapping::shared(&ram, ram.size() as usize, false)?;
+    let ram_view = Arc::new(Mapping::shared(&ram, ram.size() as usize, false)?);
     let resident_pages = resident_pages(&ram_view);
     Ok(Snapshot {
         ram,

@@ -35,8 +35,9 @@ fn hello_serves_with_one_exit_per_request() {
     let s = inst.stats();
     assert_eq!(s.last_call_exits, 1, "steady-state ephemeral hello must exit exactly once");
     assert_eq!(s.resets, 200);
-    let program_pages = s.last_reset.pages_restored - s.last_reset.kernel_pages;
-    assert!(program_pages <= 4, "a hello request touches a few pages, not {:?}", s.last_reset);
+    // Kernel-area pages (page tables whose Accessed/Dirty bits the CPU set) are counted
+    // apart and never restored.
+    assert!(s.last_reset.pages_restored <= 4, "a hello request touches a few pages, not {:?}", s.last_reset);
 }
 
 #[test]

@@ -101,13 +101,23 @@ pub fn encoded_len(req: &Request) -> usize {
 
 /// Lays out `req` for the program, as it will appear at `REQUEST_VA`.
 pub fn encode_request(req: &Request, random: &[u8; 32], limit: usize) -> Result<Vec<u8>, RequestTooLarge> {
+    encode_request_at(req, random, limit, REQUEST_VA)
+}
+
+/// Lays out `req` as it will appear at `base` (a batch puts several in the request area).
+pub fn encode_request_at(
+    req: &Request,
+    random: &[u8; 32],
+    limit: usize,
+    base: u64,
+) -> Result<Vec<u8>, RequestTooLarge> {
     let size = encoded_len(req);
     if size > limit {
         return Err(RequestTooLarge { size, limit });
     }
     let mut out = vec![0u8; REQUEST_HEADER + req.headers.len() * HEADER_ENTRY];
     let put = |out: &mut Vec<u8>, bytes: &[u8]| -> u64 {
-        let at = REQUEST_VA + out.len() as u64;
+        let at = base + out.len() as u64;
         out.extend_from_slice(bytes);
         out.push(0);
         at
@@ -131,7 +141,7 @@ pub fn encode_request(req: &Request, random: &[u8; 32], limit: usize) -> Result<
     w(&mut out, 32, req.path.len() as u64);
     w(&mut out, 40, query);
     w(&mut out, 48, req.query.len() as u64);
-    w(&mut out, 56, REQUEST_VA + REQUEST_HEADER as u64);
+    w(&mut out, 56, base + REQUEST_HEADER as u64);
     w(&mut out, 64, body);
     w(&mut out, 72, req.body.len() as u64);
     out[80..112].copy_from_slice(random);

@@ -211,6 +211,8 @@ pub enum Stop {
     ApiFault(crate::error::GuestFault),
     /// A call would block forever (futex wait with no other thread).
     Deadlock(&'static str),
+    /// A batch of requests was served entirely in the guest (see `Instance::call_batch`).
+    BatchDone,
 }
 
 /// The emulated process: everything about the program the host keeps between calls.

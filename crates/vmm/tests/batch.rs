@@ -1,0 +1,217 @@
+//! Batched requests: several requests per `KVM_RUN`, memory reset by the guest kernel between
+//! them.  Every result must be what separate calls would give.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{app, args, kvm_or_skip};
+use vmm::{CallErrorKind, CallResult, Instance, Request, Tenant, TenantConfig};
+
+fn tenant(name: &str, f: impl FnOnce(&mut TenantConfig)) -> Tenant {
+    let mut cfg = TenantConfig::new(args(&[name]));
+    f(&mut cfg);
+    Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn req(path: &str) -> Request {
+    let (p, q) = path.split_once('?').unwrap_or((path, ""));
+    Request { method: b"GET".to_vec(), path: p.as_bytes().to_vec(), query: q.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn text(r: &CallResult) -> String {
+    String::from_utf8(r.response.body.clone()).unwrap()
+}
+
+fn batch_bodies(inst: &mut Instance, reqs: &[Request]) -> Vec<String> {
+    inst.call_batch(reqs).iter().map(|r| text(r.as_ref().expect("call failed"))).collect()
+}
+
+#[test]
+fn a_batch_of_hello_requests_costs_one_exit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("hello", |_| {});
+    let mut inst = t.instance().unwrap();
+    inst.call(&req("/")).unwrap();
+    for _ in 0..5 {
+        let exits = inst.stats().exits;
+        let results = inst.call_batch(&vec![req("/"); 32]);
+        assert_eq!(results.len(), 32);
+        for r in &results {
+            let r = r.as_ref().unwrap();
+            assert_eq!(r.response.status, 200);
+            assert_eq!(r.response.body, b"Hello World!");
+            assert_eq!(r.response.headers, vec![(b"content-type".to_vec(), b"text/plain".to_vec())]);
+        }
+        assert_eq!(inst.stats().exits - exits, 1, "32 hello requests, one exit");
+    }
+    let s = inst.stats();
+    assert_eq!(s.batches, 5);
+    assert_eq!(s.guest_resets, 5 * 32);
+    assert_eq!(s.calls, 1 + 5 * 32);
+    assert_eq!(s.errors, 0);
+    // More than fits one batch: split, in order.
+    let many: Vec<Request> = (0..70).map(|_| req("/")).collect();
+    assert!(inst.call_batch(&many).iter().all(|r| r.as_ref().unwrap().response.body == b"Hello World!"));
+    assert_eq!(inst.stats().batches, 8);
+}
+
+#[test]
+fn batched_requests_start_from_the_snapshot() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut eph = tenant("misbehave", |_| {}).instance().unwrap();
+    let got = batch_bodies(&mut eph, &vec![req("/count"); 20]);
+    assert_eq!(got, vec!["1"; 20]);
+    // Requests that write many pages are restored as completely.
+    let reqs: Vec<Request> =
+        [64, 0, 512, 0, 2048, 0].iter().flat_map(|kb| [req(&format!("/dirty?kb={kb}")), req("/count")]).collect();
+    let got = batch_bodies(&mut eph, &reqs);
+    assert!(got.iter().step_by(2).all(|b| b == "ok"));
+    assert!(got.iter().skip(1).step_by(2).all(|b| b == "1"), "{got:?}");
+    assert!(eph.stats().guest_pages_restored >= (64 + 512 + 2048) / 4);
+    // Stateful tenants run their calls one after the other: state carries over.
+    let mut st = tenant("misbehave", |c| c.ephemeral = false).instance().unwrap();
+    assert_eq!(batch_bodies(&mut st, &vec![req("/count"); 3]), ["1", "2", "3"]);
+    assert_eq!(st.stats().batches, 0);
+}
+
+#[test]
+fn failures_in_a_batch_are_per_request() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("misbehave", |c| {
+        c.memory = 64 << 20;
+        c.timeout = Duration::from_millis(300);
+    });
+    let mut inst = t.instance().unwrap();
+    type Check = fn(&CallErrorKind) -> bool;
+    let cases: Vec<(&str, Check)> = vec![
+        ("/fault", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
+        ("/illegal", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
+        ("/spin", |k| matches!(k, CallErrorKind::Timeout)),
+        ("/exit", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("status 3"))),
+        ("/abort", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("signal 6"))),
+        ("/wait", |k| matches!(k, CallErrorKind::NoResponse(_))),
+        ("/big", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
+        ("/badptr", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
+        ("/oom", |k| matches!(k, CallErrorKind::OutOfMemory(_))),
+    ];
+    // Each failure between two good requests, all in one batch.
+    let mut reqs = vec![req("/count")];
+    for (path, _) in &cases {
+        reqs.push(req(path));
+        reqs.push(req("/count"));
+    }
+    let results = inst.call_batch(&reqs);
+    assert_eq!(results.len(), reqs.len());
+    for (i, r) in results.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(text(r.as_ref().unwrap()), "1", "request {i}");
+        } else {
+            let (path, expected) = &cases[i / 2];
+            let err = r.as_ref().unwrap_err();
+            assert!(expected(&err.kind), "{path}: {:?}", err.kind);
+        }
+    }
+    assert!(inst.usable());
+    assert_eq!(inst.stats().errors, cases.len() as u64);
+    assert_eq!(batch_bodies(&mut inst, &vec![req("/count"); 4]), vec!["1"; 4]);
+}
+
+#[test]
+fn every_batched_request_gets_its_own_time_limit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("misbehave", |c| c.timeout = Duration::from_millis(250));
+    let mut inst = t.instance().unwrap();
+    // Six requests of 100 ms: the batch runs 600 ms, each request well inside 250 ms.
+    let results = inst.call_batch(&vec![req("/busy?ms=100"); 6]);
+    assert!(results.iter().all(|r| r.as_ref().map(text).as_deref() == Ok("ok")), "{results:?}");
+    assert_eq!(inst.stats().batches, 1);
+    // One over the limit fails alone.
+    let results = inst.call_batch(&[req("/busy?ms=100"), req("/busy?ms=400"), req("/busy?ms=100")]);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1].as_ref().unwrap_err().kind, CallErrorKind::Timeout));
+}
+
+#[test]
+fn requests_that_call_the_host_still_come_out_right() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // Output, sleeping and file descriptors are host system calls: such a request is finished
+    // by the host, which resets and restarts the batch after it.
+    let t = tenant("misbehave", |_| {});
+    let mut inst = t.instance().unwrap();
+    let reqs =
+        [req("/count"), req("/sleep?ms=1"), req("/count"), req("/sleep?ms=2"), req("/sleep?ms=1"), req("/count")];
+    assert_eq!(batch_bodies(&mut inst, &reqs), ["1", "ok", "1", "ok", "ok", "1"]);
+    // A request too large for the area fails alone; the rest are served.
+    let big = Request { body: vec![b'x'; 2 << 20], ..req("/count") };
+    let results = inst.call_batch(&[req("/count"), big, req("/count")]);
+    assert!(matches!(results[1].as_ref().unwrap_err().kind, CallErrorKind::RequestTooLarge(_)));
+    assert_eq!(text(results[0].as_ref().unwrap()), "1");
+    assert_eq!(text(results[2].as_ref().unwrap()), "1");
+}
+
+/// A deterministic stream of isolation-probe requests (the op format of apps/examples/isolate.c).
+fn probe_requests(seed: u64, count: usize) -> Vec<Request> {
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..count)
+        .map(|_| {
+            let mut body = Vec::new();
+            for _ in 0..next() % 6 {
+                // Mostly memory and register changes; now and then a system call.
+                let kind = if next() % 4 == 0 {
+                    (next() % 16 + 1) as u8
+                } else {
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 14][(next() % 10) as usize]
+                };
+                let len = (next() % 8 + 1) as u8;
+                let off = (next() % 8192) as u16;
+                body.push(kind);
+                body.extend_from_slice(&off.to_le_bytes());
+                body.push(len);
+                body.extend((0..len).map(|_| next() as u8));
+            }
+            // Half the requests digest memory and registers only ("mem": no system calls, so
+            // the guest kernel resets them), half everything (the host does).
+            let query = if next() % 2 == 0 { b"mem".to_vec() } else { Vec::new() };
+            Request { method: b"POST".to_vec(), path: b"/".to_vec(), query, body, ..Default::default() }
+        })
+        .collect()
+}
+
+#[test]
+fn batched_probe_requests_answer_as_on_a_fresh_vm() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("isolate", |_| {});
+    let mut batched = t.instance().unwrap();
+    let mut fresh = t.instance().unwrap();
+    for seed in 1..=6u64 {
+        let reqs = probe_requests(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 40);
+        let got = batch_bodies(&mut batched, &reqs);
+        for (i, r) in reqs.iter().enumerate() {
+            // `fresh` is reset after every call; a brand-new instance answers the same.
+            let want = text(&fresh.call(r).unwrap());
+            assert_eq!(got[i], want, "seed {seed}, request {i}: {:?}", r.body);
+        }
+    }
+    let s = batched.stats();
+    eprintln!("probe batches: {} calls, {} reset in the guest, {} by the host", s.calls, s.guest_resets, s.resets);
+    assert!(s.guest_resets >= s.calls / 4, "a good share of the probe requests must be reset in the guest: {s:?}");
+}
