@@ -57,6 +57,11 @@ program = "{apps}/echo"
 timeout_ms = 2000
 max_request_bytes = 16384
 
+[tenants.echo_fast]
+group = "fast"
+hosts = ["echo-fast.test"]
+program = "{apps}/echo"
+
 [tenants.calc]
 group = "fast"
 hosts = ["calc.test"]
@@ -362,6 +367,23 @@ def test_crashes_interleaved_across_threads(server: Server) -> None:
     assert {s for k, s in results if k == "fault"} == {502}
 
 
+def test_concurrent_requests_batched_on_the_loop_each_get_their_own_answer(server: Server) -> None:
+    """Inline calls that arrive together run as batches: no answer may go to another request."""
+
+    def one(i: int) -> tuple[int, str, bytes, bytes]:
+        body = f"request {i} ".encode() * (1 + i % 7)
+        r = server.fresh("POST", f"/item/{i}", host="echo-fast.test", content=body)
+        return i, r.headers.get("x-echo-path", ""), r.content, body
+
+    with ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(one, range(240)))
+    for i, path, got, sent in results:
+        assert (path, got) == (f"/item/{i}", sent)
+    text = server.get("/_tenantvm/metrics").text
+    served = parse_metric(text, "tenantvm_batch_size_sum", {"tenant": "echo_fast"})
+    assert served >= 240, "every request went through the batcher"
+
+
 # --- observability and the reserved prefix --------------------------------------------------
 
 
@@ -386,7 +408,7 @@ def test_metrics_endpoint(server: Server) -> None:
 def test_health_endpoint(server: Server) -> None:
     data = health(server)
     assert data["ok"] is True
-    assert set(data["tenants"]) == {"hello", "counter", "echo", "calc", "misbehave", "inline", "slow"}
+    assert set(data["tenants"]) == {"hello", "counter", "echo", "echo_fast", "calc", "misbehave", "inline", "slow"}
     counter = data["tenants"]["counter"]
     assert (counter["size"], counter["mode"], counter["hosts"]) == (3, "stateful", ["counter.test"])
     assert counter["idle"] + counter["busy"] == 3

@@ -45,6 +45,7 @@ from starlette.routing import Route
 from tenantvm import config as tconfig
 from tenantvm import rundir
 from tenantvm.aio import AsyncTenantVM, CompletionQueue
+from tenantvm.batcher import Batcher, NoInstance
 from tenantvm.errors import (
     GuestError,
     GuestFault,
@@ -137,6 +138,7 @@ class TenantRuntime:
     inline_blocked_until: float = 0.0
     served: int = 0
     limiter: Any = None
+    batcher: Batcher | None = None
     _by_status: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +147,7 @@ class TenantRuntime:
         self.latency = self.metrics.latency.labels(name)
         self.resets = self.metrics.resets.labels(name)
         self.busy = self.metrics.pool_busy.labels(name)
+        self.batch_size = self.metrics.batch_size.labels(name)
         self.queue_timeout = self.config.queue_timeout_ms / 1000
 
     def count(self, status: int, started: float) -> None:
@@ -154,6 +157,16 @@ class TenantRuntime:
             child = self._by_status[status] = self.metrics.requests.labels(self.config.name, str(status))
         child.inc()
         self.latency.observe(time.perf_counter() - started)
+
+    def batch_started(self) -> None:
+        """A batch of inline calls is about to run (on the loop thread)."""
+        _restrict_once()
+        self.busy.inc()
+
+    def batch_ended(self, served: int) -> None:
+        """A batch of inline calls served ``served`` requests."""
+        self.busy.dec()
+        self.batch_size.observe(served)
 
     def runs_inline(self) -> bool:
         """Whether the next call runs on the event loop (see ``docs/http.md``)."""
@@ -230,6 +243,9 @@ class TenantServer:
                 replacements = metrics.replacements.labels(tc.name)
                 pool = Pool(tc.name, make, tc.pool_size, instances, on_replace=replacements.inc)
                 rt = TenantRuntime(tc, tenant, pool, inline, metrics)
+                if inline and tc.ephemeral and cfg.server.batch_budget_us:
+                    budget = cfg.server.batch_budget_us / 1e6
+                    rt.batcher = Batcher(pool, budget, rt.batch_started, rt.batch_ended, rt.runs_inline)
                 tenants[tc.name] = rt
                 metrics.pool_instances.labels(tc.name).set(tc.pool_size)
                 metrics.pool_busy.labels(tc.name).set(0)
@@ -454,6 +470,38 @@ class TenantEndpoint:
         method = scope["method"]
         request = Request(method, scope.get("raw_path") or scope["path"], scope["query_string"], scope["headers"], body)
 
+        if rt.batcher is not None and rt.runs_inline():
+            await self._batched(rt, request, scope, send, started)
+            return
+        await self._call(rt, request, scope, send, started)
+
+    async def _batched(self, rt: TenantRuntime, request: Request, scope: Scope, send: Send, started: float) -> None:
+        """An inline call of an ephemeral tenant, in a batch with those of the same loop turn."""
+        assert rt.batcher is not None
+        rt.served += 1
+        try:
+            response = await rt.batcher.call(request)
+        except NoInstance:
+            await self._call(rt, request, scope, send, started)
+            return
+        except Exception as e:
+            await self._answer_error(rt, e, not isinstance(e, HostError), scope, send, started, True)
+            return
+        rt.resets.inc()
+        try:
+            if not 200 <= response.status <= 599:
+                raise BadResponse(f"status {response.status} (a final response must be 200-599)")
+            headers = _response_headers(response.headers)
+        except BadResponse as e:
+            await self._answer_error(rt, e, True, scope, send, started, True)
+            return
+        await self._send(rt, response.status, headers, response.body, send, started)
+
+    async def _call(self, rt: TenantRuntime, request: Request, scope: Scope, send: Send, started: float) -> None:
+        """One call on an instance of the pool: inline, in a thread, or on a vCPU thread."""
+        server = self.server
+        assert server is not None
+        name = rt.config.name
         pool = rt.pool
         vm: Any = pool.try_acquire()
         if vm is None:
@@ -508,19 +556,30 @@ class TenantEndpoint:
             if not released:
                 rt.busy.dec()
                 pool.release(vm)
-        if isinstance(error, RequestTooLarge):
-            rt.metrics.rejected.labels(name, "too_large").inc()
-            log.info("tenant %s: %s (413)", name, error)
-            await _plain(send, 413, f"tenantvm: the request is over this tenant's limit ({error.limit} bytes)\n")
-            rt.count(413, started)
-            return
         if error is not None:
-            await self._failed(rt, usable, error, scope, send, started, inline)
+            await self._answer_error(rt, error, usable, scope, send, started, inline)
             return
+        await self._send(rt, status, headers, body, send, started)
+
+    @staticmethod
+    async def _send(
+        rt: TenantRuntime, status: int, headers: list[tuple[bytes, bytes]], body: bytes, send: Send, started: float
+    ) -> None:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         rt.count(status, started)
+
+    async def _answer_error(
+        self, rt: TenantRuntime, error: Exception, usable: bool, scope: Scope, send: Send, started: float, inline: bool
+    ) -> None:
+        if isinstance(error, RequestTooLarge):
+            rt.metrics.rejected.labels(rt.config.name, "too_large").inc()
+            log.info("tenant %s: %s (413)", rt.config.name, error)
+            await _plain(send, 413, f"tenantvm: the request is over this tenant's limit ({error.limit} bytes)\n")
+            rt.count(413, started)
+            return
+        await self._failed(rt, usable, error, scope, send, started, inline)
 
     async def _failed(
         self, rt: TenantRuntime, usable: bool, e: Exception, scope: Scope, send: Send, started: float, inline: bool

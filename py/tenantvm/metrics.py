@@ -69,6 +69,13 @@ class Metrics:
             buckets=BUCKETS,
             registry=reg,
         )
+        self.batch_size = Histogram(
+            "tenantvm_batch_size",
+            "Requests per batch of inline calls (one VM entry for the lot).",
+            ["tenant"],
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=reg,
+        )
         self.resets = Counter("tenantvm_resets", "Resets of an instance to the snapshot.", ["tenant"], registry=reg)
         self.guest_errors = Counter(
             "tenantvm_guest_errors", "Failed calls, by kind of failure.", ["tenant", "error"], registry=reg

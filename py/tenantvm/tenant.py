@@ -278,7 +278,7 @@ class TenantVM:
         status, headers, body, stdout, stderr, exits = self._native.call(*request._native_args())
         return Response(status, headers, body, stdout, stderr, exits)
 
-    def call_batch(self, requests: Sequence[Request]) -> list[Response | TenantVMError]:
+    def call_batch(self, requests: Sequence[Request], budget: float | None = None) -> list[Response | TenantVMError]:
         """Serves ``requests`` in order, each exactly as :meth:`call` would, with fewer exits.
 
         For an ephemeral tenant the requests run up to 32 per ``KVM_RUN``: the guest kernel
@@ -288,12 +288,21 @@ class TenantVM:
         it.  Each request keeps its own time limit.  Stateful tenants are served one call at
         a time.
 
+        Args:
+            requests: The requests, served in this order.
+            budget: Seconds after which no further request starts (at least one always
+                does): the returned list is then shorter, and the requests past its end did
+                not run.  None: serve them all.
+
         Returns:
-            One item per request, in order: its :class:`Response`, or the exception
+            One item per request served, in order: its :class:`Response`, or the exception
             :meth:`call` would have raised for it (returned, not raised).
+
+        Raises:
+            ValueError: ``budget`` is negative or not finite.
         """
         out: list[Response | TenantVMError] = []
-        for item in self._native.call_batch([r._native_args() for r in requests]):
+        for item in self._native.call_batch([r._native_args() for r in requests], budget):
             if isinstance(item, TenantVMError):
                 out.append(item)
             else:

@@ -278,13 +278,26 @@ impl Instance {
     /// Serves `requests` (each `(method, path, query, headers, body)`) in order, with the
     /// memory resets between them done inside the VM (see `vmm::batch`).  Returns one item per
     /// request: the result tuple of [`Instance::call`], or the exception it would have raised
-    /// (not raised).
-    fn call_batch<'py>(&self, py: Python<'py>, requests: Vec<BatchedRequest>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    /// (not raised).  With `budget` (seconds), no request starts after it has passed: the list
+    /// is then shorter than `requests` (the rest did not run).
+    #[pyo3(signature = (requests, budget=None))]
+    fn call_batch<'py>(
+        &self,
+        py: Python<'py>,
+        requests: Vec<BatchedRequest>,
+        budget: Option<f64>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let budget = match budget {
+            Some(b) if !(b.is_finite() && b >= 0.0) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!("budget must be >= 0 seconds, not {b}")))
+            }
+            b => b.map(Duration::from_secs_f64),
+        };
         let requests: Vec<Request> = requests
             .into_iter()
             .map(|(method, path, query, headers, body)| Request { method, path, query, headers, body })
             .collect();
-        let results = py.detach(|| self.lock().call_batch(&requests));
+        let results = py.detach(|| self.lock().call_batch_within(&requests, budget));
         results
             .into_iter()
             .map(|r| match r {

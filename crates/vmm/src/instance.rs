@@ -269,20 +269,35 @@ impl Instance {
     /// Stateful tenants and single requests go through [`Instance::call`] one by one.  At most [`MAX_BATCH`] requests, and as many as fit the
     /// request area together, run per `KVM_RUN`.
     pub fn call_batch(&mut self, requests: &[Request]) -> Vec<Result<CallResult, CallError>> {
+        self.call_batch_within(requests, None)
+    }
+
+    /// [`Instance::call_batch`] that starts no request once `budget` has passed (for callers
+    /// that must not be held up long, like an event loop): returns fewer results than
+    /// requests then, one per request served, in order; the rest did not run.  At least one
+    /// request is always served.
+    pub fn call_batch_within(
+        &mut self,
+        requests: &[Request],
+        budget: Option<Duration>,
+    ) -> Vec<Result<CallResult, CallError>> {
+        let stop_at = budget.map(|b| Instant::now() + b);
         let mut results = Vec::with_capacity(requests.len());
         let mut rest = requests;
         while let Some(first) = rest.first() {
+            if !results.is_empty() && stop_at.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
             let packed = if self.can_batch() { self.pack(rest) } else { Vec::new() };
             if packed.len() < 2 {
                 results.push(self.call(first));
                 rest = &rest[1..];
                 continue;
             }
-            self.stats.calls += packed.len() as u64;
+            let before = results.len();
             self.stats.batches += 1;
-            let n = packed.len();
-            self.run_batch(packed, &mut results);
-            rest = &rest[n..];
+            self.run_batch(packed, stop_at, &mut results);
+            rest = &rest[results.len() - before..];
         }
         results
     }
@@ -309,7 +324,12 @@ impl Instance {
     }
 
     /// Runs packed requests, pushing one result per request onto `results`.
-    fn run_batch(&mut self, packed: Vec<(u64, Vec<u8>)>, results: &mut Vec<Result<CallResult, CallError>>) {
+    fn run_batch(
+        &mut self,
+        packed: Vec<(u64, Vec<u8>)>,
+        stop_at: Option<Instant>,
+        results: &mut Vec<Result<CallResult, CallError>>,
+    ) {
         let n = packed.len();
         let area = &self.machine.vm.vcpu_area;
         let mut end_of_requests = 0;
@@ -326,9 +346,15 @@ impl Instance {
         let block = BatchBlock::new(area);
         block.start(&addresses, (layout.response, layout.response_size), layout.streak, &self.snapshot.config.limits);
         let timeout = self.snapshot.config.timeout;
-        let check = (timeout / 8).max(Duration::from_millis(1));
+        let mut check = (timeout / 8).max(Duration::from_millis(1));
+        if let Some(t) = stop_at {
+            check = check.min(t.saturating_duration_since(Instant::now()).max(Duration::from_micros(200)));
+        }
         let mut next = 0;
         while next < n {
+            if next > 0 && stop_at.is_some_and(|t| Instant::now() >= t) {
+                break; // over the caller's budget: the rest do not run
+            }
             // Request `next` starts from the snapshot's registers (the guest kernel starts the
             // ones after it itself).
             let exits_before = self.machine.stats.exits;
@@ -338,9 +364,15 @@ impl Instance {
             let mut running = (next as u64, Instant::now());
             let end = self.start_batched(next).and_then(|()| {
                 self.machine.run_until(Some(check), |m| {
-                    let now_running = BatchBlock::new(&m.vm.vcpu_area).get(VB_NEXT);
+                    let block = BatchBlock::new(&m.vm.vcpu_area);
+                    let now_running = block.get(VB_NEXT);
                     if now_running != running.0 {
                         running = (now_running, Instant::now());
+                    }
+                    if stop_at.is_some_and(|t| Instant::now() >= t) {
+                        // Over budget: the batch ends after the request that runs (the vCPU
+                        // is stopped while this runs, so the guest kernel sees it next time).
+                        block.set(VB_COUNT, block.get(VB_COUNT).min(now_running + 1));
                     }
                     running.1 + timeout
                 })
@@ -349,7 +381,9 @@ impl Instance {
             let exits = self.machine.stats.exits - exits_before;
             let block = BatchBlock::new(&self.machine.vm.vcpu_area);
             // Requests the guest kernel answered (and reset after).
-            let stopped_at = (block.get(VB_NEXT) as usize).min(n);
+            let count = (block.get(VB_COUNT) as usize).min(n);
+            let stopped_at = (block.get(VB_NEXT) as usize).min(count);
+            self.stats.calls += (stopped_at - next) as u64;
             for i in next..stopped_at {
                 let result = match block.response(i) {
                     Some(Ok(response)) => Ok(CallResult { response, stdout: Vec::new(), stderr: Vec::new(), exits: 0 }),
@@ -363,7 +397,7 @@ impl Instance {
             }
             next = stopped_at;
             match end {
-                Ok(RunEnd::Stopped(Stop::BatchDone)) if next == n => {
+                Ok(RunEnd::Stopped(Stop::BatchDone)) if next == count => {
                     if let Some(Ok(last)) = results.last_mut() {
                         last.exits = exits;
                     }
@@ -380,6 +414,7 @@ impl Instance {
                 }
                 Ok(end) => {
                     // The host finishes request `next`, as `call` would.
+                    self.stats.calls += 1;
                     let stdout = take_output(&mut self.machine.io.stdout);
                     let stderr = take_output(&mut self.machine.io.stderr);
                     self.stats.last_call_exits = exits;
@@ -430,6 +465,7 @@ impl Instance {
     /// answered fail with it.
     fn poison(&mut self, why: String, left: usize, results: &mut Vec<Result<CallResult, CallError>>) {
         self.state = State::Poisoned(why.clone());
+        self.stats.calls += left as u64;
         self.stats.errors += left as u64;
         for _ in 0..left {
             results.push(Err(CallError {

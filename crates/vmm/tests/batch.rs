@@ -215,3 +215,20 @@ fn batched_probe_requests_answer_as_on_a_fresh_vm() {
     eprintln!("probe batches: {} calls, {} reset in the guest, {} by the host", s.calls, s.guest_resets, s.resets);
     assert!(s.guest_resets >= s.calls / 4, "a good share of the probe requests must be reset in the guest: {s:?}");
 }
+
+#[test]
+fn a_budget_stops_a_batch_between_requests() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("misbehave", |c| c.timeout = Duration::from_millis(500));
+    let mut inst = t.instance().unwrap();
+    let reqs = vec![req("/busy?ms=20"); 8];
+    let done = inst.call_batch_within(&reqs, Some(Duration::from_millis(30)));
+    assert!((1..8).contains(&done.len()), "a 30 ms budget serves some of eight 20 ms requests, not {}", done.len());
+    assert!(done.iter().all(|r| r.as_ref().map(text).as_deref() == Ok("ok")));
+    assert_eq!(inst.stats().calls, done.len() as u64);
+    // An expired budget still serves one request, and the instance goes on normally.
+    assert_eq!(inst.call_batch_within(&reqs, Some(Duration::ZERO)).len(), 1);
+    assert_eq!(batch_bodies(&mut inst, &vec![req("/count"); 5]), vec!["1"; 5]);
+}

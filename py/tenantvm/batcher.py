@@ -1,0 +1,143 @@
+"""Inline calls of an ephemeral tenant gathered into batches.
+
+Under load, several requests for the same tenant become ready in one turn of the event loop.
+Run one by one, each costs a VM entry and exit (~25 µs on PVM hosts) on the loop's thread; a
+:class:`Batcher` collects those that arrive in the same turn and runs them as one
+:meth:`TenantVM.call_batch` (one exit for the lot when they make no host system calls).  While
+requests come one at a time they run at once (waiting a turn would only add latency).
+
+A batch runs on the event loop, like any inline call, so it is bounded: it stops starting
+requests once ``budget`` seconds have passed (the rest go into the next batch), and inline
+tenants have short time limits (see ``docs/http.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tenantvm.errors import HostError
+from tenantvm.pool import Pool
+from tenantvm.tenant import Request, Response, TenantVM
+
+#: Most requests per batch (the VMM's limit).
+MAX_BATCH = 32
+#: While batches are lone, one request in this many still waits a turn for company.
+PROBE_EVERY = 8
+
+
+class NoInstance(Exception):
+    """Nothing ran: the caller takes the ordinary path.
+
+    No instance was free, or the tenant's calls may no longer run on the event loop.
+    """
+
+
+class Batcher:
+    """Runs the inline calls of one ephemeral tenant in batches, one batch per loop turn."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        budget: float,
+        before: Callable[[], None] = lambda: None,
+        after: Callable[[int], None] = lambda n: None,
+        allowed: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """A batcher drawing instances from ``pool``.
+
+        Args:
+            pool: The tenant's instances (:class:`TenantVM`).
+            budget: Seconds after which a batch starts no more requests.
+            before: Called on the loop thread before each batch (the server installs its
+                seccomp filter and counts the instance busy there).
+            after: Called after each batch with the number of requests it served (also
+                when the host failed).
+            allowed: Whether calls may still run on the loop; when it turns false (the
+                server moves a tenant that timed out to threads), queued requests get
+                :class:`NoInstance` and take the ordinary path.
+        """
+        self._pool = pool
+        self._budget = budget
+        self._before = before
+        self._after = after
+        self._allowed = allowed
+        self._pending: list[tuple[Request, asyncio.Future[Response | Exception]]] = []
+        self._scheduled = False
+        self._crowded = False
+        self._lone = 0
+
+    async def call(self, request: Request) -> Response:
+        """Serves ``request`` in the next batch, or at once when batches have been lone.
+
+        Waiting a loop turn for company costs a lone request more than batching saves, so
+        while the last batch held one request, requests run at once, and only every
+        :data:`PROBE_EVERY`-th waits a turn to see whether load has come back.
+
+        Raises:
+            NoInstance: No instance was free (nothing ran).
+            TenantVMError: What :meth:`TenantVM.call` would raise.
+        """
+        if not self._pending and not self._crowded:
+            self._lone += 1
+            if self._lone % PROBE_EVERY:
+                return self._call_now(request)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response | Exception] = loop.create_future()
+        self._pending.append((request, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _call_now(self, request: Request) -> Response:
+        vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
+        if vm is None:
+            raise NoInstance
+        served = 0
+        try:
+            self._before()
+            served = 1
+            return vm.call(request)
+        finally:
+            self._pool.release(vm)
+            self._after(served)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch = [(r, f) for r, f in self._pending[:MAX_BATCH] if not f.cancelled()]
+        del self._pending[:MAX_BATCH]
+        if self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if not batch:
+            return
+        self._crowded = len(batch) > 1
+        vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
+        if vm is None:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(NoInstance())
+            return
+        results: list[Response | Exception] = []
+        try:
+            self._before()
+            results = list(vm.call_batch([r for r, _ in batch], budget=self._budget))
+        except Exception as e:  # the host failed: every request of the batch fails with it
+            results = [e if isinstance(e, HostError) else HostError(repr(e))] * len(batch)
+        finally:
+            self._pool.release(vm)
+            self._after(len(results))
+        for (_, future), result in zip(batch[: len(results)], results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        # Requests the budget left unstarted go first in the next batch.
+        rest = batch[len(results) :]
+        if rest:
+            self._pending[:0] = rest
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)

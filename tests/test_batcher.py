@@ -1,0 +1,152 @@
+"""The event loop's batcher (tenantvm.batcher): inline calls gathered per loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tenantvm import GuestFault, GuestTimeout, Request, Response, Tenant
+from tenantvm.batcher import PROBE_EVERY, Batcher, NoInstance
+from tenantvm.pool import Pool
+
+pytestmark = pytest.mark.usefixtures("kvm")
+
+
+@pytest.fixture(scope="module")
+def misbehave(apps: Path) -> Tenant:
+    return Tenant(apps / "misbehave", timeout=0.2, memory_mb=32)
+
+
+class Recorder:
+    """before/after hooks that record the batches."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.open = 0
+
+    def before(self) -> None:
+        self.open += 1
+
+    def after(self, n: int) -> None:
+        self.open -= 1
+        self.sizes.append(n)
+
+
+def make(tenant: Tenant, size: int = 1, budget: float = 1.0) -> tuple[Batcher, Pool, Recorder]:
+    pool = Pool("t", tenant.instance, size)
+    rec = Recorder()
+    return Batcher(pool, budget, rec.before, rec.after), pool, rec
+
+
+def path(p: str) -> Request:
+    head, _, query = p.partition("?")
+    return Request(path=head, query=query)
+
+
+async def gather(batcher: Batcher, requests: list[Request]) -> list[Response | BaseException]:
+    return await asyncio.gather(*(batcher.call(r) for r in requests), return_exceptions=True)
+
+
+def test_requests_of_one_loop_turn_run_as_one_batch(misbehave: Tenant) -> None:
+    batcher, pool, rec = make(misbehave)
+
+    async def main() -> None:
+        # While idle, requests run at once until a probe waits a turn and finds company...
+        results = await gather(batcher, [path("/count") for _ in range(20)])
+        assert [r.body for r in results] == [b"1"] * 20  # type: ignore[union-attr]
+        assert rec.sizes == [1] * (PROBE_EVERY - 1) + [20 - (PROBE_EVERY - 1)]
+        # ...and from then on, a turn's requests run as one batch.
+        results = await gather(batcher, [path("/count") for _ in range(20)])
+        assert [r.body for r in results] == [b"1"] * 20  # type: ignore[union-attr]
+
+    asyncio.run(main())
+    assert rec.sizes[-1] == 20
+    assert rec.open == 0
+    assert (pool.idle, pool.busy) == (1, 0)
+    vm = pool.try_acquire()
+    assert vm is not None
+    assert vm.stats().batches == 2  # type: ignore[attr-defined]
+
+
+def test_failures_in_a_batch_raise_in_their_own_request(misbehave: Tenant) -> None:
+    batcher, pool, _ = make(misbehave)
+    requests = [path(p) for p in ["/count", "/fault", "/count", "/spin", "/count", "/illegal", "/count"]]
+    results = asyncio.run(gather(batcher, requests))
+    assert isinstance(results[1], GuestFault)
+    assert isinstance(results[3], GuestTimeout)
+    assert isinstance(results[5], GuestFault)
+    assert [r.body for r in results[::2]] == [b"1"] * 4  # type: ignore[union-attr]
+    assert pool.idle == 1
+
+
+def test_the_budget_moves_the_rest_to_the_next_batch(misbehave: Tenant) -> None:
+    batcher, _, rec = make(misbehave, budget=0.005)
+
+    async def main() -> list[Response | BaseException]:
+        await gather(batcher, [path("/count") for _ in range(20)])  # crowded: calls wait a turn
+        del rec.sizes[:]
+        return await gather(batcher, [path("/busy?ms=3") for _ in range(6)])
+
+    results = asyncio.run(main())
+    assert [r.body for r in results] == [b"ok"] * 6  # type: ignore[union-attr]
+    assert sum(rec.sizes) == 6
+    assert len(rec.sizes) >= 2, f"a 5 ms budget cannot hold six 3 ms requests in one batch: {rec.sizes}"
+
+
+def test_no_free_instance_sends_every_waiting_request_elsewhere(misbehave: Tenant) -> None:
+    batcher, pool, rec = make(misbehave)
+
+    async def main() -> list[Response | BaseException]:
+        held = pool.try_acquire()
+        try:
+            return await gather(batcher, [path("/count") for _ in range(3)])
+        finally:
+            assert held is not None
+            pool.release(held)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, NoInstance) for r in results)
+    assert rec.sizes == []
+
+
+def test_lone_requests_run_at_once_and_probe_for_company(misbehave: Tenant) -> None:
+    batcher, _, rec = make(misbehave)
+
+    async def main() -> None:
+        for _ in range(PROBE_EVERY * 3):
+            assert (await batcher.call(path("/count"))).body == b"1"
+
+    asyncio.run(main())
+    assert rec.sizes == [1] * (PROBE_EVERY * 3)
+
+
+def test_a_cancelled_request_is_not_run(misbehave: Tenant) -> None:
+    batcher, _, rec = make(misbehave)
+
+    async def main() -> None:
+        await gather(batcher, [path("/count") for _ in range(20)])  # crowded: calls wait a turn
+        task = asyncio.ensure_future(batcher.call(path("/count")))
+        other = asyncio.ensure_future(batcher.call(path("/count")))
+        await asyncio.sleep(0)  # both queued, the flush not yet run
+        task.cancel()
+        assert (await other).body == b"1"
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert rec.sizes[-1] == 1
+
+
+def test_queued_requests_leave_the_loop_once_calls_are_not_allowed_there(misbehave: Tenant) -> None:
+    pool = Pool("t", misbehave.instance, 1)
+    allowed = [True]
+    batcher = Batcher(pool, 1.0, allowed=lambda: allowed[0])
+
+    async def main() -> list[Response | BaseException]:
+        await gather(batcher, [path("/count") for _ in range(20)])  # crowded
+        allowed[0] = False
+        return await gather(batcher, [path("/count") for _ in range(3)])
+
+    assert all(isinstance(r, NoInstance) for r in asyncio.run(main()))
