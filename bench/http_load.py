@@ -7,7 +7,8 @@ Variants, all ``python -m granian --interface asgi --workers W`` with the same f
 - ``b`` starlette: a plain Starlette hello world, no isolation (``bench/apps/starlette_hello``);
 - ``c`` wasmtime: Starlette + a fresh wasmtime store and instance per request
   (``bench/apps/wasm_hello``);
-- ``d`` fork: Starlette + ``os.fork()`` per request (``bench/apps/fork_hello``).
+- ``d`` fork: Starlette + ``os.fork()`` per request (``bench/apps/fork_hello``);
+- ``e`` tenantvm with batching off (``batch_budget_us = 0``): every request its own VM entry.
 
 Each round measures the floor, then runs every variant in turn (the order rotates from round
 to round): start a fresh server, check its answer, warm up, ``wrk -t1 -c1`` (latency), then
@@ -45,12 +46,14 @@ VARIANTS = [
     HttpVariant("b", "starlette", "Starlette hello world (no isolation)", "starlette_hello:app"),
     HttpVariant("c", "wasmtime", "Starlette + fresh wasmtime instance per request", "wasm_hello:app"),
     HttpVariant("d", "fork", "Starlette + os.fork() per request", "fork_hello:app"),
+    HttpVariant("e", "tenantvm-unbatched", "tenantvm, batches off (batch_budget_us = 0)", "tenantvm.app:app"),
 ]
 
 HELLO_TENANTS = """\
 # Written by bench/http_load.py: the hello tenant alone, ephemeral, calls inline.
 [server]
 default_tenant = "hello"
+batch_budget_us = {batch_budget_us}
 
 [tenants.hello]
 hosts = ["127.0.0.1", "localhost"]
@@ -62,9 +65,10 @@ pool_size = {pool_size}
 
 
 @contextlib.contextmanager
-def hello_tenants(pool_size: int = 4) -> Iterator[Path]:
+def hello_tenants(pool_size: int = 4, batch_budget_us: int = 2000) -> Iterator[Path]:
     """A temporary tenants file serving ``apps/build/hello`` for every host."""
-    with tenants_file(HELLO_TENANTS.format(program=APPS_BUILD / "hello", pool_size=pool_size)) as path:
+    text = HELLO_TENANTS.format(program=APPS_BUILD / "hello", pool_size=pool_size, batch_budget_us=batch_budget_us)
+    with tenants_file(text) as path:
         yield path
 
 
@@ -72,7 +76,7 @@ def measure_variant(
     variant: HttpVariant, config: Path, *, workers: int, seconds: float, warmup: float
 ) -> dict[str, Any]:
     """One fresh server of ``variant``: answer check, warm-up, wrk -c1, wrk -c16."""
-    env = {"TENANTVM_CONFIG": str(config)} if variant.key == "a" else {}
+    env = {"TENANTVM_CONFIG": str(config)} if variant.target.startswith("tenantvm") else {}
     with Server(variant.name, variant.target, workers=workers, env=env) as server:
         status, body = http_get(server.port, "/")
         if status != 200 or body != b"Hello World!":
@@ -101,21 +105,24 @@ def run(
         "floor_us": [],
         "rounds_data": [],
     }
-    with hello_tenants() as config:
+    with hello_tenants() as config, hello_tenants(batch_budget_us=0) as unbatched:
         for r in range(rounds):
             floor = measure_floor(2000, 5)
             out["floor_us"].append(floor)
             order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
             data: dict[str, Any] = {"floor_us": floor, "order": [v.key for v in order]}
             for v in order:
-                data[v.key] = measure_variant(v, config, workers=workers, seconds=seconds, warmup=warmup)
+                cfg = unbatched if v.key == "e" else config
+                data[v.key] = measure_variant(v, cfg, workers=workers, seconds=seconds, warmup=warmup)
                 c1, c16 = data[v.key]["c1"], data[v.key]["c16"]
                 log(
                     f"http round {r + 1}/{rounds} {v.name}: c1 {c1['rps']:.0f} req/s p50 {c1['p50_us']:.0f} µs, "
                     f"c16 {c16['rps']:.0f} req/s p50 {c16['p50_us']:.0f} µs"
                 )
-            a, b, c, d = (data[k] for k in "abcd")
+            a, b, c, d, e = (data[k] for k in "abcde")
             data["ratios"] = {
+                "a/e c16": a["c16"]["rps"] / e["c16"]["rps"],
+                "a/e c1": a["c1"]["rps"] / e["c1"]["rps"],
                 "a/b c16": a["c16"]["rps"] / b["c16"]["rps"],
                 "a/c c16": a["c16"]["rps"] / c["c16"]["rps"],
                 "a/d c16": a["c16"]["rps"] / d["c16"]["rps"],

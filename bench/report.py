@@ -179,7 +179,9 @@ def _calls(calls: dict[str, Any]) -> list[str]:
                 _spread(rd, lambda r: r["ratio_p50_floor"]).fmt(".2f", TIMES),
                 _spread(rd, lambda r: r["exits_per_call"]).fmt(".2f"),
                 _spread(rd, lambda r: r["pages_per_call"]).fmt(".1f"),
-                reset.fmt(".1f") if reset.n else "no reset (stateful)",
+                reset.fmt(".1f")
+                if reset.n
+                else ("in the guest" if "call_batch" in v["label"] else "no reset (stateful)"),
             ]
         )
     lines += _table(
@@ -241,7 +243,9 @@ def _http(http: dict[str, Any]) -> list[str]:
     )
     lines += ["", "Ratios of req/s, each taken within one round:", ""]
     ratio_rows = []
-    for name in ("a/b", "a/c", "a/d"):
+    for name in ("a/b", "a/c", "a/d", "a/e"):
+        if f"{name} c1" not in rd[0]["ratios"]:
+            continue
         ratio_rows.append(
             [
                 name,
@@ -376,7 +380,8 @@ def _profile(profile: dict[str, Any], tight_p50: float | None = None) -> list[st
         lines += [
             "",
             "**One hello call inside the server** (`bench/apps/timed_tenantvm.py`: the same application with "
-            "`TenantVM.call` timed), by load:",
+            "`TenantVM.call` timed; a request served in a batch counts an equal share of the batch's time "
+            "and exits), by load:",
             "",
         ]
         rows = [

@@ -1,6 +1,7 @@
 """Diagnostics: ``tenantvm.app:app`` with every ``TenantVM.call`` timed (benchmarks only).
 
-Wraps ``TenantVM.call`` to record each call's wall time and VM exits, and answers
+Wraps ``TenantVM.call`` to record each call's wall time and VM exits (and
+``TenantVM.call_batch``: each request of a batch gets an equal share of its time and exits), and answers
 ``GET /_bench/calls`` with what was recorded since the last such request (then forgets it).
 Everything else goes to the tenantvm application unchanged.  Used by ``bench/profiling.py``
 to see what a VM call costs inside the server under different loads.
@@ -23,7 +24,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_calls: list[tuple[int, int]] = []  # (ns, exits)
+_calls: list[tuple[int, float]] = []  # (ns, exits)
 _call = TenantVM.call
 
 
@@ -34,7 +35,21 @@ def _timed_call(self: TenantVM, request: Request) -> Response:
     return response
 
 
+_call_batch = TenantVM.call_batch
+
+
+def _timed_call_batch(self: TenantVM, requests: Any, budget: float | None = None) -> list[Any]:
+    t0 = time.perf_counter_ns()
+    results = _call_batch(self, requests, budget)
+    if results:
+        share = (time.perf_counter_ns() - t0) // len(results)
+        exits = sum(r.exits for r in results if isinstance(r, Response)) / len(results)
+        _calls.extend((share, exits) for _ in results)  # type: ignore[misc]
+    return results
+
+
 TenantVM.call = _timed_call  # type: ignore[method-assign]
+TenantVM.call_batch = _timed_call_batch  # type: ignore[method-assign]
 _inner = tenantvm_app.app
 
 
