@@ -21,6 +21,11 @@ from tenantvm import Request, Response, Tenant, TenantVM
 pytestmark = pytest.mark.usefixtures("kvm")
 
 EXAMPLES = int(os.environ.get("TENANTVM_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # kind, offset, data: see the op list at the top of isolate.c (kinds 1..16).
 op = st.tuples(st.integers(1, 16), st.integers(0, 0xFFFF), st.binary(min_size=0, max_size=24))
@@ -47,11 +52,7 @@ def test_a_fresh_boot_and_a_fresh_instance_agree(apps: Path, isolate: Tenant) ->
 
 
 @pytest.mark.fuzz
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ
 @given(bodies=st.lists(request_body, min_size=1, max_size=6))
 def test_every_response_equals_a_fresh_vms(isolate: Tenant, long_lived: TenantVM, bodies: list[bytes]) -> None:
     for body in bodies:
@@ -82,11 +83,7 @@ probe_request = st.tuples(st.one_of(memory_body, request_body), st.booleans()).m
 
 
 @pytest.mark.fuzz
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ
 @given(requests=st.lists(probe_request, min_size=2, max_size=12))
 def test_every_batched_response_equals_a_fresh_vms(
     isolate: Tenant, long_lived: TenantVM, requests: list[Request]

@@ -5,14 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{app, args, kvm_or_skip};
-use vmm::{CallErrorKind, CallResult, Instance, Request, Tenant, TenantConfig};
-
-fn tenant(name: &str, f: impl FnOnce(&mut TenantConfig)) -> Tenant {
-    let mut cfg = TenantConfig::new(args(&[name]));
-    f(&mut cfg);
-    Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+use common::{kvm_or_skip, tenant};
+use vmm::{CallErrorKind, CallResult, Instance, Request};
 
 fn req(path: &str) -> Request {
     let (p, q) = path.split_once('?').unwrap_or((path, ""));

@@ -2,14 +2,8 @@
 
 mod common;
 
-use common::{app, args, kvm_or_skip};
-use vmm::{CallErrorKind, Request, Tenant, TenantConfig};
-
-fn tenant(name: &str, f: impl FnOnce(&mut TenantConfig)) -> Tenant {
-    let mut cfg = TenantConfig::new(args(&[name]));
-    f(&mut cfg);
-    Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+use common::{kvm_or_skip, tenant};
+use vmm::{CallErrorKind, Request};
 
 fn get(path: &str) -> Request {
     Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() }

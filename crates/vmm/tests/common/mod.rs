@@ -37,3 +37,10 @@ pub fn kvm_or_skip() -> bool {
 pub fn args(list: &[&str]) -> Vec<Vec<u8>> {
     list.iter().map(|s| s.as_bytes().to_vec()).collect()
 }
+
+/// Boots the tenant `name` (a program of the apps directory) with its config adjusted by `f`.
+pub fn tenant(name: &str, f: impl FnOnce(&mut vmm::TenantConfig)) -> vmm::Tenant {
+    let mut cfg = vmm::TenantConfig::new(args(&[name]));
+    f(&mut cfg);
+    vmm::Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
