@@ -436,6 +436,12 @@ def test_reserved_prefix_cannot_be_shadowed(server: Server, host: str) -> None:
     assert "x-echo-method" not in r.headers
 
 
+def test_paths_that_only_start_like_the_reserved_prefix_reach_the_tenant(server: Server) -> None:
+    for path in ("/_tenantvmx", "/_tenantvm.metrics", "/_TENANTVM/metrics"):
+        r = server.get(path, host="echo.test")
+        assert (r.status_code, r.headers.get("x-echo-path")) == (200, path)
+
+
 # --- several workers --------------------------------------------------------------------------
 
 

@@ -72,6 +72,28 @@ def test_echo_round_trips_every_part_binary_safe(apps: Path) -> None:
     assert vm.call(Request(body=b"z")).body == b"z"
 
 
+HEADER_FORMS = [
+    [("X-One", "1"), (b"X-Two", "2")],  # str among bytes: converted
+    ((b"X-One", b"1"), (b"X-Two", b"2")),  # a tuple of bytes pairs: passed as it is
+    {"X-One": "1", b"X-Two": bytearray(b"2")},
+    [(b"X-One", memoryview(b"1")), (b"X-Two", b"2")],
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_FORMS)
+def test_every_header_form_reaches_the_guest_alike(apps: Path, headers: object) -> None:
+    vm = Tenant(apps / "echo").instance()
+    request = Request("GET", "/", "", headers, b"")  # type: ignore[arg-type]
+    for r in [vm.call(request), *vm.call_batch([request, request])]:
+        assert isinstance(r, tenantvm.Response)
+        assert (r.header("x-echo-h-X-One"), r.header("x-echo-h-X-Two")) == (b"1", b"2")
+    with pytest.raises(tenantvm.ConfigError, match="not int"):
+        vm.call(Request(headers=[(b"X-One", 1)]))  # type: ignore[list-item]
+    with pytest.raises(tenantvm.ConfigError, match="not int"):
+        vm.call_batch([request, Request(headers=[(b"X-One", 1)])])  # type: ignore[list-item]
+    assert vm.call(request).status == 200, "nothing ran for the refused requests"
+
+
 @pytest.mark.parametrize("ephemeral", [True, False])
 def test_every_failure_is_typed_and_leaves_the_instance_ready(apps: Path, ephemeral: bool) -> None:
     vm = Tenant(apps / "misbehave", ephemeral=ephemeral, timeout=0.5).instance()

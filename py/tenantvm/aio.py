@@ -103,8 +103,11 @@ class AsyncTenantVM:
 
     async def call(self, request: Request) -> Response:
         """Serves ``request`` (see :meth:`TenantVM.call` for the exceptions)."""
-        status, headers, body, stdout, stderr, exits = await self.call_raw(*request._native_args())
-        return Response(status, headers, body, stdout, stderr, exits)
+        try:
+            future = self.call_raw(*request._native_args())
+        except TypeError:  # headers that are not pairs of bytes (nothing was submitted)
+            future = self.call_raw(*request._strict_native_args())
+        return Response(*await future)
 
     @property
     def usable(self) -> bool:

@@ -26,12 +26,15 @@ process only.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE", "Metrics", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE", "LoopBuffer", "Metrics", "multiprocess_dir"]
 
 #: Content type of :meth:`Metrics.render`.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -107,9 +110,14 @@ class Metrics:
             registry=reg,
         )
         self.workers = Gauge("tenantvm_workers", "Live worker processes.", multiprocess_mode="livesum", registry=reg)
+        #: Where the event loop records its updates (see :class:`LoopBuffer`).
+        self.buffer = LoopBuffer()
 
     def render(self) -> bytes:
-        """The metrics of the whole server (every worker), in Prometheus text format."""
+        """The metrics of the whole server (every worker), in Prometheus text format.
+
+        Call :meth:`LoopBuffer.flush` on the loop first for this worker's latest updates.
+        """
         if self._registry is not None:
             return generate_latest(self._registry)
         registry = CollectorRegistry()
@@ -120,3 +128,94 @@ class Metrics:
         """Removes this process's live gauges (call when the worker stops)."""
         if self._dir:
             multiprocess.mark_process_dead(os.getpid(), self._dir)
+
+
+class _Observations:
+    """Observations of one histogram child, counted per bucket until they are written."""
+
+    __slots__ = ("bounds", "counts", "total", "values")
+
+    def __init__(self, child: Any) -> None:
+        # The child's buckets, to write a whole turn's observations with one update per
+        # bucket.  Private attributes of prometheus-client: without them (another version),
+        # the observations are kept and written one by one.
+        self.bounds: list[float] | None = getattr(child, "_upper_bounds", None)
+        if not (self.bounds and hasattr(child, "_buckets") and hasattr(child, "_sum")):
+            self.bounds = None
+        self.counts = [0] * len(self.bounds or ())
+        self.total = 0.0
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        if self.bounds is None:
+            self.values.append(value)
+            return
+        # Histogram.observe counts a value in the first bucket whose bound is >= it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def write(self, child: Any) -> None:
+        if self.bounds is None:
+            for value in self.values:
+                child.observe(value)
+            return
+        child._sum.inc(self.total)
+        for bucket, n in zip(child._buckets, self.counts, strict=True):
+            if n:
+                bucket.inc(n)
+
+
+class LoopBuffer:
+    """Metric updates of the event loop's thread, written to the metrics once per loop turn.
+
+    In multiprocess mode every update of a value is a locked write into a memory-mapped file
+    (about 1 µs; 2 µs for a histogram observation), and a request makes five or more of them.
+    The updates of one loop turn are summed here instead and written by a callback at the
+    end of the turn, after the turn's responses went out: under load one write per value for
+    many requests, and never on a request's own path.  A scrape may thus miss the updates of
+    the turn in progress (a few hundred microseconds), never more.
+
+    Only for the event loop's thread (not thread-safe).  Counters and histograms, and gauges
+    (a gauge's net change over the turn is written, nothing when it balances).
+    """
+
+    def __init__(self) -> None:
+        """An empty buffer."""
+        self._counts: dict[Any, float] = {}
+        self._observations: dict[Any, _Observations] = {}
+        self._scheduled = False
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        """Adds ``amount`` to a counter or gauge child (a gauge's amount may be negative)."""
+        self._counts[child] = self._counts.get(child, 0.0) + amount
+        if not self._scheduled:
+            self._schedule()
+
+    def observe(self, child: Any, value: float) -> None:
+        """Records an observation of a histogram child."""
+        obs = self._observations.get(child)
+        if obs is None:
+            obs = self._observations[child] = _Observations(child)
+        obs.add(value)
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an event loop: nothing would flush later
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Writes what was recorded (done at the end of each loop turn, and before a scrape)."""
+        self._scheduled = False
+        counts, self._counts = self._counts, {}
+        observations, self._observations = self._observations, {}
+        for child, amount in counts.items():
+            if amount:
+                child.inc(amount)
+        for child, obs in observations.items():
+            obs.write(child)

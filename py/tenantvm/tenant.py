@@ -67,9 +67,28 @@ class Request:
     headers: Headers = ()
     body: bytes = b""
 
-    def _native_args(self) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+    def _native_args(self) -> tuple[bytes, bytes, bytes, Any, bytes]:
+        """The arguments of the native call, converted as little as possible.
+
+        A list or tuple of headers is passed as it is: the native side takes pairs of bytes
+        and refuses anything else with TypeError, after which the caller converts them with
+        :meth:`_strict_native_args` (which raises ConfigError for values of no usable type).
+        """
+        m, p, q, h, body = self.method, self.path, self.query, self.headers, self.body
+        return (
+            m if type(m) is bytes else _b(m),
+            p if type(p) is bytes else _b(p),
+            q if type(q) is bytes else _b(q),
+            h if type(h) is list or type(h) is tuple else self._headers(),
+            body if type(body) is bytes else _b(body),
+        )
+
+    def _strict_native_args(self) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+        return (_b(self.method), _b(self.path), _b(self.query), self._headers(), _b(self.body))
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
         items = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
-        return (_b(self.method), _b(self.path), _b(self.query), [(_b(k), _b(v)) for k, v in items], _b(self.body))
+        return [(_b(k), _b(v)) for k, v in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +244,7 @@ class Tenant:
             max_response_body=_positive_int(max_response_bytes, "max_response_bytes", minimum=0),
             max_response_headers=_positive_int(max_response_headers, "max_response_headers", minimum=0),
             max_response_header_bytes=_positive_int(max_response_header_bytes, "max_response_header_bytes", minimum=0),
-            warmup=[r._native_args() for r in warmup],
+            warmup=[r._strict_native_args() for r in warmup],
             output_limit=_positive_int(output_limit, "output_limit", minimum=0),
         )
 
@@ -275,8 +294,11 @@ class TenantVM:
 
         After any of these but HostError the instance is back at the snapshot and ready.
         """
-        status, headers, body, stdout, stderr, exits = self._native.call(*request._native_args())
-        return Response(status, headers, body, stdout, stderr, exits)
+        try:
+            result = self._native.call(*request._native_args())
+        except TypeError:  # headers that are not pairs of bytes (nothing ran)
+            result = self._native.call(*request._strict_native_args())
+        return Response(*result)
 
     def call_batch(self, requests: Sequence[Request], budget: float | None = None) -> list[Response | TenantVMError]:
         """Serves ``requests`` in order, each exactly as :meth:`call` would, with fewer exits.
@@ -302,7 +324,11 @@ class TenantVM:
             ValueError: ``budget`` is negative or not finite.
         """
         out: list[Response | TenantVMError] = []
-        for item in self._native.call_batch([r._native_args() for r in requests], budget):
+        try:
+            items = self._native.call_batch([r._native_args() for r in requests], budget)
+        except TypeError:  # headers that are not pairs of bytes (nothing ran)
+            items = self._native.call_batch([r._strict_native_args() for r in requests], budget)
+        for item in items:
             if isinstance(item, TenantVMError):
                 out.append(item)
             else:
