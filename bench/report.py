@@ -330,6 +330,27 @@ def _scale(scale: dict[str, Any]) -> list[str]:
         )
         + "."
     )
+    source_keys = sorted(
+        {k for res in big for k in res["per_instance_kib"] if k.startswith("idle_source_")},
+        key=lambda k: -_spread(big, lambda r, kk=k: r["per_instance_kib"].get(kk, 0.0)).median,  # type: ignore[misc]
+    )
+    if source_keys:
+        kernel_total = _spread(big, lambda r: r["per_instance_kib"]["idle_kernel_kib"]).median
+        rows = []
+        for k in source_keys:
+            v = _spread(big, lambda r, kk=k: r["per_instance_kib"].get(kk, 0.0)).median  # type: ignore[misc]
+            rows.append([k.removeprefix("idle_source_").removesuffix("_kib"), f"{v:.0f}"])
+            kernel_total -= v
+        rows.append(["other (kmalloc caches, dentries, file objects, ...)", f"{kernel_total:.0f}"])
+        lines += [
+            "",
+            f"The same kernel memory by source (`/proc/vmallocinfo` callers, `/proc/slabinfo` caches), per "
+            f"instance at {scale['sizes'][-1]} instances. *Memory slots* scale with the guest memory "
+            "(KVM's reverse map and write tracking: 2.5 KiB per MiB, per slot) plus about 20 KiB per slot "
+            "(RAM, vCPU area, snapshot view); the rest is paid by any KVM VM with one vCPU on this kernel.",
+            "",
+        ]
+        lines += _table(["source", "KiB per instance"], rows)
     boots = [b for size in scale["results"].values() for res in size for b in res["boot_us"]]
     creates = [c for size in scale["results"].values() for res in size for c in res["create_us"]]
     walls = [c for size in scale["results"].values() for res in size for c in res["create_wall_us"]]

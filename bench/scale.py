@@ -7,10 +7,12 @@ on each instance.  The parent runs the sizes interleaved over several rounds.  T
 instance wrote (``last_reset.pages_restored``, the pages a request dirties and a reset copies
 back) is recorded, since the target is "256 KiB plus what it wrote".
 
-KVM's own memory for a VM (vCPU structures, PVM shadow page tables, dirty bitmaps) is kernel
-memory and not in any process's RSS: the change of ``/proc/meminfo``'s kernel counters
-(Slab, PageTables, SecPageTables, KernelStack, VmallocUsed) is recorded too, as an indication
-only (the machine is shared).
+KVM's own memory for a VM (vCPU structures, PVM shadow page tables, memory-slot metadata) is
+kernel memory and not in any process's RSS: the change of ``/proc/meminfo``'s kernel counters
+(Slab, PageTables, SecPageTables, VmallocUsed) is recorded too, as an indication only (the
+machine is shared), and split by source from ``/proc/vmallocinfo`` and ``/proc/slabinfo``.
+KernelStack is not added: with vmapped stacks (CONFIG_VMAP_STACK, the x86-64 default) thread
+stacks are already in VmallocUsed.
 
 Boot time (``tenant.boot_time``, five boots per process) and instance creation time
 (``stats().create_time`` of every instance, and the wall time around ``tenant.instance()``)
@@ -27,10 +29,10 @@ import sys
 import time
 from typing import Any
 
-from common import APPS_BUILD, log, meminfo, rss_kib, run_json_child, smaps_rollup
+from common import APPS_BUILD, kernel_sources, log, meminfo, rss_kib, run_json_child, smaps_rollup
 
 SIZES = (1, 8, 64)
-KERNEL_COUNTERS = ("Slab", "PageTables", "SecPageTables", "KernelStack", "VmallocUsed")
+KERNEL_COUNTERS = ("Slab", "PageTables", "SecPageTables", "VmallocUsed")
 
 
 def _memory() -> dict[str, Any]:
@@ -43,6 +45,7 @@ def _memory() -> dict[str, Any]:
         "anonymous_kib": roll.get("Anonymous", 0),
         "kernel_kib": sum(info.get(k, 0) for k in KERNEL_COUNTERS),
         "kernel": {k: info.get(k, 0) for k in KERNEL_COUNTERS},
+        "kernel_sources": kernel_sources(),
         "mem_available_kib": info.get("MemAvailable", 0),
     }
 
@@ -109,6 +112,9 @@ def per_instance(result: dict[str, Any]) -> dict[str, float]:
     kernel = result["idle"]["kernel"]
     for name, value in kernel.items():
         out[f"idle_kernel_{name}_kib"] = (value - result["booted"]["kernel"][name]) / n
+    booted = result["booted"].get("kernel_sources", {})
+    for name, value in result["idle"].get("kernel_sources", {}).items():
+        out[f"idle_source_{name}_kib"] = (value - booted.get(name, 0)) / n
     return out
 
 

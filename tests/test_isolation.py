@@ -27,8 +27,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# kind, offset, data: see the op list at the top of isolate.c (kinds 1..16).
-op = st.tuples(st.integers(1, 16), st.integers(0, 0xFFFF), st.binary(min_size=0, max_size=24))
+# kind, offset, data: see the op list at the top of isolate.c (kinds 1..17).
+op = st.tuples(st.integers(1, 17), st.integers(0, 0xFFFF), st.binary(min_size=0, max_size=24))
 request_body = st.lists(op, max_size=12).map(
     lambda ops: b"".join(bytes([k, off & 0xFF, off >> 8, len(d)]) + d for k, off, d in ops)
 )
@@ -65,7 +65,7 @@ def test_the_probe_can_see_state_when_it_is_kept(isolate: Tenant, apps: Path) ->
     """Stateful mode keeps state, so the probe must notice: the property above is not vacuous."""
     stateful = Tenant(apps / "isolate", ephemeral=False).instance()
     clean = stateful.call(Request()).body
-    for kind in range(1, 17):
+    for kind in range(1, 18):
         stateful.reset()
         stateful.call(Request(body=bytes([kind, 5, 0, 3, 1, 2, 3])))
         assert stateful.call(Request()).body != clean, f"state kind {kind} was not visible to the next request"
@@ -73,7 +73,9 @@ def test_the_probe_can_see_state_when_it_is_kept(isolate: Tenant, apps: Path) ->
 
 # Operations that change memory and registers only (no system calls): with the query "mem"
 # the probe makes none either, so the guest kernel itself resets such requests in a batch.
-memory_op = st.tuples(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 14]), st.integers(0, 0xFFFF), st.binary(max_size=24))
+memory_op = st.tuples(
+    st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17]), st.integers(0, 0xFFFF), st.binary(max_size=24)
+)
 memory_body = st.lists(memory_op, max_size=12).map(
     lambda ops: b"".join(bytes([k, off & 0xFF, off >> 8, len(d)]) + d for k, off, d in ops)
 )

@@ -27,6 +27,7 @@
  *    10 dup(1) (fd left open)  11 malloc(len) left allocated   12 mmap(4 pages) left mapped
  *    13 sbrk(4096 * (1 + data[0] % 8))                       14 ymm0 upper half (if AVX)
  *    15 block signal data[0] % 30 + 1                        16 close(data[0] % 8 + 3)
+ *    17 zeroed array (never written at start-up: all zero at the snapshot)
  * Offsets wrap inside each area.
  */
 #define _GNU_SOURCE
@@ -49,6 +50,7 @@
 #define AREA 8192
 
 static uint8_t globals[AREA];
+static uint8_t zeroed[AREA] __attribute__((aligned(4096)));
 /* Request-supplied code runs from here: a writable and executable section (the only one). */
 static uint8_t code_area[1 << 16] __attribute__((section(".rwx_code,\"awx\",@progbits#"), aligned(4096)));
 static uint8_t scratch[1 << 16] __attribute__((aligned(4096)));
@@ -105,6 +107,7 @@ static uint64_t digest(int memory_only)
 	h = fnv(h, &mxcsr, sizeof mxcsr);
 	h = fnv(h, &fcw, sizeof fcw);
 	h = fnv(h, globals, AREA);
+	h = fnv(h, zeroed, AREA);
 	h = fnv(h, tls, AREA);
 	h = fnv(h, heap, AREA);
 	h = fnv(h, brk_area, AREA);
@@ -149,6 +152,7 @@ static void apply(const uint8_t *p, size_t len)
 		case 3: area = brk_area; break;
 		case 4: area = mmap_area; break;
 		case 6: area = tls; break;
+		case 17: area = zeroed; break;
 		case 5: write_stack(off, d, n); break;
 		case 7: {
 			uint8_t regs[256] = { 0 };

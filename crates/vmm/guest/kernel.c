@@ -234,6 +234,23 @@ static void copy_page(u64 dst, u64 src)
 	__asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n)::"memory");
 }
 
+static void zero_page(u64 dst)
+{
+	u64 n = 4096;
+	__asm__ volatile("rep stosb" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
+}
+
+/* Puts back the snapshot's contents of RAM page `page` at `va`, from the restore view: its
+ * index says which view page holds them, or 0 for a page that was zero. */
+static void restore_page(u64 va, u64 page)
+{
+	u32 src = ((const volatile u32 *)KSNAP)[page];
+	if (src)
+		copy_page(va, KSNAP + ((u64)src << 12));
+	else
+		zero_page(va);
+}
+
 /* Restores every page the last request wrote; returns how many. */
 static u64 reset_memory(void)
 {
@@ -267,7 +284,7 @@ static u64 reset_memory(void)
 					streak[page] = 0;
 					continue;
 				}
-				copy_page(va, KSNAP + (va - offset));
+				restore_page(va, page);
 				restored++;
 				u8 s = streak[page];
 				if (s < 255)

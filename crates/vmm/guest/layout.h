@@ -38,8 +38,10 @@
  *
  *   slot 2  tenant shared memory at GPA_SHARED (MAP_SHARED, never reset), RW at SHARED_VA
  *
- *   slot 3  the tenant's snapshot at GPA_SNAPSHOT (instances only, read-only): the source
- *           of the guest kernel's own resets between batched requests, mapped at KSNAP
+ *   slot 3  the tenant's restore view at GPA_SNAPSHOT (instances only, read-only), mapped
+ *           at KSNAP: the source of the guest kernel's own resets between batched requests.
+ *           A u32 per page of RAM (0: the page was zero at the snapshot, else the view page
+ *           holding its snapshot contents), then those pages (vmm::restore_view)
  *
  * Virtual addresses: the kernel lives in the top 2 GiB (KBASE + GPA for slot 0's kernel
  * area, KVCPU + offset for slot 1), reachable with 32-bit sign-extended absolute addressing.
@@ -137,7 +139,7 @@
 /* slot 2 */
 #define GPA_SHARED 0x1800000000
 
-/* slot 3: the snapshot, read-only, in instances (the source of in-guest resets) */
+/* slot 3: the restore view, read-only, in instances (the source of in-guest resets) */
 #define GPA_SNAPSHOT 0x2000000000
 #define KSNAP 0xffffc00000000000
 

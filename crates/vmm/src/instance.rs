@@ -170,7 +170,7 @@ impl Instance {
         let kernel_pages = crate::loader::kernel_area(ram.size()) / crate::guest::PAGE_SIZE;
         let vcpu_area =
             Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area, snapshot.ram.size()).size as usize)?;
-        let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), Some(snapshot.ram_view.clone()), true)?;
+        let vm = Vm::new(host, ram, vcpu_area, snapshot.shared.clone(), Some(snapshot.restore_view.clone()), true)?;
         let cfg = &snapshot.config;
         let io = fresh_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map.clone(), snapshot.proc.clone(), io, Some(cfg.limits));

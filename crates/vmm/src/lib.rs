@@ -33,6 +33,7 @@ pub mod memory;
 pub mod paging;
 pub mod program;
 pub mod reset;
+pub mod restore_view;
 pub mod sandbox;
 pub mod stack;
 pub mod syscalls;

@@ -301,8 +301,9 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         pt.map(GPA_KPML4, KBASE + rest, rest, kernel_area - rest, data).map_err(paging)?;
         let vcpu = VcpuAreaLayout::new(cfg.request_area, cfg.memory);
         pt.map(GPA_KPML4, KVCPU, GPA_VCPU, vcpu.size, data).map_err(paging)?;
-        // The read-only view of the snapshot (slot 3, present in instances only).
-        pt.map(GPA_KPML4, KSNAP, GPA_SNAPSHOT, cfg.memory, snapshot).map_err(paging)?;
+        // The restore view (slot 3, present in instances only), as large as it can get.
+        let view = crate::restore_view::max_size(cfg.memory);
+        pt.map(GPA_KPML4, KSNAP, GPA_SNAPSHOT, view, snapshot).map_err(paging)?;
     }
     if pvm {
         // PVM runs the program on the page table at CR3 | 0x1000: the same lower half,

@@ -118,9 +118,10 @@ impl std::fmt::Display for ExitKind {
 pub struct Snapshot {
     /// RAM contents.
     pub ram: Arc<Memfd>,
-    /// Read-only view of `ram`: the source of host resets, and slot 3 of every instance (the
-    /// source of in-guest resets).
+    /// Read-only view of `ram`: the source of host resets.
     pub ram_view: Arc<Mapping>,
+    /// What in-guest resets copy back (slot 3 of every instance, see [`crate::restore_view`]).
+    pub restore_view: Arc<Mapping>,
     /// Registers at the freeze (rip = the kernel's reset entry).
     pub regs: kvm_regs,
     /// The emulated process at the freeze.
@@ -277,17 +278,24 @@ fn freeze(
         m.vm.ram.write_u64(kdata(KD_SNAP_REGS) + 8 * i as u64, v).map_err(oob)?;
     }
     let nreset = m.vm.ram.read_u64(kdata(KD_NRESET)).map_err(oob)?;
+    let ram_offset = m.vm.ram.read_u64(kdata(KD_RAM_OFFSET)).map_err(oob)?;
+    let mut writable = Vec::new();
     for i in 0..nreset.min(KD_MAX_RESET) {
         let lo = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i).map_err(oob)?;
         let hi = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i + 8).map_err(oob)?;
         crate::paging::PageTables::clear_dirty(&mut m.vm.ram, GPA_KPML4, lo, hi).map_err(oob)?;
+        writable.push((lo.wrapping_sub(ram_offset), hi.wrapping_sub(ram_offset)));
     }
     let ram = m.vm.ram.file().clone();
     let ram_view = Arc::new(Mapping::shared(&ram, ram.size() as usize, false)?);
-    let resident_pages = resident_pages(&ram_view);
+    let residency = residency(&ram_view);
+    let resident_pages = residency.as_ref().map_or(0, |r| r.iter().filter(|&&b| b & 1 != 0).count() as u64);
+    let resident = |page: u64| residency.as_ref().is_none_or(|r| r.get(page as usize).is_some_and(|&b| b & 1 != 0));
+    let restore_view = Arc::new(crate::restore_view::build(&ram_view, &writable, resident)?.map);
     Ok(Snapshot {
         ram,
         ram_view,
+        restore_view,
         regs,
         proc: m.proc.clone(),
         map: m.map.clone(),
@@ -299,12 +307,8 @@ fn freeze(
     })
 }
 
-/// Pages of a shared mapping that are backed by memory (mincore).
-fn resident_pages(view: &Mapping) -> u64 {
-    let pages = view.len() / PAGE_SIZE as usize;
-    let mut vec = vec![0u8; pages];
-    if view.residency(&mut vec).is_err() {
-        return 0;
-    }
-    vec.iter().filter(|&&b| b & 1 != 0).count() as u64
+/// Which pages of a shared mapping are backed by memory (mincore: bit 0 of each byte).
+fn residency(view: &Mapping) -> Option<Vec<u8>> {
+    let mut vec = vec![0u8; view.len() / PAGE_SIZE as usize];
+    view.residency(&mut vec).ok().map(|()| vec)
 }

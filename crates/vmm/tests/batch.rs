@@ -169,9 +169,9 @@ fn probe_requests(seed: u64, count: usize) -> Vec<Request> {
             for _ in 0..next() % 6 {
                 // Mostly memory and register changes; now and then a system call.
                 let kind = if next() % 4 == 0 {
-                    (next() % 16 + 1) as u8
+                    (next() % 17 + 1) as u8
                 } else {
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 14][(next() % 10) as usize]
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17][(next() % 11) as usize]
                 };
                 let len = (next() % 8 + 1) as u8;
                 let off = (next() % 8192) as u16;
