@@ -271,8 +271,8 @@ def _scale(scale: dict[str, Any]) -> list[str]:
         "",
         f"Each size in a fresh process, {_rounds(scale['rounds'])}, sizes interleaved; `hello` (16 MiB, ephemeral). "
         "Per instance = (process after - process with the booted tenant) / N. *Kernel* is the change of "
-        "/proc/meminfo's Slab + PageTables + SecPageTables + KernelStack + VmallocUsed (KVM's memory for the "
-        "VMs, not in any RSS; machine-wide, so indicative).",
+        "/proc/meminfo's Slab + PageTables + SecPageTables + VmallocUsed (KVM's memory for the VMs, not in any "
+        "RSS; machine-wide, so indicative; KernelStack is left out: with vmapped stacks it is inside VmallocUsed).",
         "",
     ]
     rows = []
