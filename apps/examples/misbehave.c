@@ -6,7 +6,8 @@
  *   /big        a response body over the limit        /badptr    respond with a wild body pointer
  *   /oom        allocate until malloc fails, then abort
  *   /sleep?ms=N sleep N milliseconds, then answer
- *   /busy?ms=N  compute for N milliseconds (reading the clock only), then answer
+ *   /busy?ms=N  compute for N milliseconds (reading the clock only), then answer;
+ *               with &sleep=S, sleep S milliseconds first
  *   /dirty?kb=N write N KiB of the heap, then answer ("ok")
  *   /count      a global counter (shows state persistence in stateful mode)
  *   /crash-odd  fault on every odd-numbered request of this instance's life (stateful), else ok
@@ -72,7 +73,10 @@ int main(void)
 			struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
 			nanosleep(&ts, 0);
 		} else if (is(&req, "/busy")) {
-			struct timespec t0, t;
+			long nap = qnum(&req, "sleep");
+			struct timespec ts = { nap / 1000, (nap % 1000) * 1000000 }, t0, t;
+			if (nap > 0)
+				nanosleep(&ts, 0);
 			clock_gettime(CLOCK_MONOTONIC, &t0);
 			long ns = qnum(&req, "ms") * 1000000;
 			do

@@ -25,7 +25,7 @@ use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::Io;
 use crate::syscalls::{self, Ctx, Process, Stop, SyscallCounts, UserMemory};
-use crate::timer::Deadline;
+use crate::timer::{thread_cpu_time, Deadline};
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
 
@@ -49,7 +49,14 @@ pub struct MachineStats {
     pub exits: u64,
     /// System calls answered by the host.
     pub host_syscalls: SyscallCounts,
+    /// Time the host spent waiting on the program's behalf (its sleeps, its input).
+    pub blocked: Duration,
+    /// Deadlines moved because the thread had been kept waiting for a CPU.
+    pub starvation_grants: u64,
 }
+
+/// Most time a run is given back for having waited for a CPU (see [`Machine::run_until`]).
+pub const MAX_STARVATION_GRACE: Duration = Duration::from_millis(250);
 
 /// The TSC → nanoseconds conversion the guest kernel uses for its clocks.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +261,14 @@ impl Machine {
     /// Like [`Machine::run`], with a deadline that may move while the guest runs (a batch
     /// gives each request its own): `deadline` is asked again every `check_every` (and when
     /// the current deadline arrives).
+    ///
+    /// A time limit charges the program for the time it runs and the time it sleeps, not
+    /// for time the host kept its thread waiting for a CPU: when the deadline arrives, the
+    /// part of the run's wall time that was neither CPU time of this thread (the guest's
+    /// included) nor a wait on the program's behalf is added to it, up to
+    /// [`MAX_STARVATION_GRACE`].  A program cannot make that time itself: spinning, faulting
+    /// and host calls all run on this thread, and its sleeps are counted.  Without a readable
+    /// thread CPU clock there is no grace.
     pub fn run_until(
         &mut self,
         check_every: Option<Duration>,
@@ -266,6 +281,9 @@ impl Machine {
             Some(every) => deadline.min(Instant::now() + every),
             None => deadline,
         };
+        let started = Instant::now();
+        let cpu_started = thread_cpu_time();
+        let blocked_before = self.stats.blocked;
         let mut current = alarm(deadline(self));
         let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), current)?;
         loop {
@@ -283,9 +301,15 @@ impl Machine {
                     return Ok(RunEnd::Fault(self.exception(u64::from(port) - PORT_EXCEPTION_BASE)));
                 }
                 Exit::Interrupted => {
-                    let due = deadline(self);
-                    if Instant::now() >= due {
-                        return Ok(RunEnd::Timeout);
+                    let mut due = deadline(self);
+                    let now = Instant::now();
+                    if now >= due {
+                        let waited = self.waited_for_cpu(now - started, cpu_started, blocked_before);
+                        due += waited.min(MAX_STARVATION_GRACE);
+                        if now >= due {
+                            return Ok(RunEnd::Timeout);
+                        }
+                        self.stats.starvation_grants += 1;
                     }
                     let next = alarm(due);
                     if next != current {
@@ -303,6 +327,16 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Of `elapsed` wall time since a run started, the part this thread spent neither
+    /// running (CPU time since `cpu_started`) nor waiting on the program's behalf.
+    fn waited_for_cpu(&self, elapsed: Duration, cpu_started: Option<Duration>, blocked_before: Duration) -> Duration {
+        let (Some(before), Some(now)) = (cpu_started, thread_cpu_time()) else {
+            return Duration::ZERO;
+        };
+        let charged = now.saturating_sub(before) + self.stats.blocked.saturating_sub(blocked_before);
+        elapsed.saturating_sub(charged)
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.
@@ -324,9 +358,11 @@ impl Machine {
             api: self.api.as_ref(),
             stop: None,
             memory_exhausted: false,
+            blocked: Duration::ZERO,
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
         let (stop, exhausted) = (ctx.stop.take(), ctx.memory_exhausted);
+        self.stats.blocked += ctx.blocked;
         self.memory_exhausted |= exhausted;
         self.vm.regs().rax = rax;
         self.vm.regs_changed();

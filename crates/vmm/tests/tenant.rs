@@ -236,3 +236,54 @@ fn a_seccomp_restricted_thread_still_serves_requests() {
     .join()
     .unwrap();
 }
+
+// --- time limits and a starved host thread ----------------------------------------------------
+
+fn timed(inst: &mut vmm::Instance, url: &str) -> (Result<vmm::CallResult, vmm::CallError>, std::time::Duration) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let req = Request { query: query.as_bytes().to_vec(), ..get(path) };
+    let t = std::time::Instant::now();
+    let r = inst.call(&req);
+    (r, t.elapsed())
+}
+
+fn ok(r: Result<vmm::CallResult, vmm::CallError>) -> Vec<u8> {
+    r.unwrap().response.body
+}
+
+#[test]
+fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let ms = std::time::Duration::from_millis;
+    let t = tenant("misbehave", |c| c.timeout = ms(20));
+    let mut inst = t.instance().unwrap();
+    assert_eq!(ok(timed(&mut inst, "/busy?ms=1").0), b"ok");
+    // 10 ms of work, during which a real-time thread takes this thread's CPU for 60 ms.
+    let Some(hog) = common::hog::Hog::start(ms(2), ms(60)) else { return };
+    let (r, took) = timed(&mut inst, "/busy?ms=10");
+    drop(hog);
+    assert!(took > ms(50), "the thread was not starved ({took:?}): the test proves nothing");
+    assert_eq!(ok(r), b"ok", "starved for {took:?}");
+    // A program that spins is still stopped: it is charged every moment it runs.
+    let Some(hog) = common::hog::Hog::start(ms(2), ms(60)) else { return };
+    let (r, took) = timed(&mut inst, "/spin");
+    drop(hog);
+    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout));
+    assert!(took < ms(20 + 60) + vmm::machine::MAX_STARVATION_GRACE, "took {took:?}");
+    assert_eq!(body(&mut inst, &get("/count")), "1");
+}
+
+#[test]
+fn sleeping_is_charged_like_running() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(20));
+    let mut inst = t.instance().unwrap();
+    // 12 ms asleep, then 12 ms of work: over the limit, though only 12 ms ran.
+    let (r, took) = timed(&mut inst, "/busy?ms=12&sleep=12");
+    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout), "took {took:?}");
+    assert_eq!(ok(timed(&mut inst, "/busy?ms=5&sleep=5").0), b"ok");
+}

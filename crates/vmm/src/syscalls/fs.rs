@@ -208,8 +208,10 @@ fn read_to_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysRe
                 let ms =
                     deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128);
                 let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+                let waiting = std::time::Instant::now();
                 // SAFETY: polls one pollfd that lives on this stack frame.
                 let ready = unsafe { libc::poll(&mut pfd, 1, ms as i32) };
+                ctx.blocked += waiting.elapsed();
                 if ready == 0 {
                     ctx.stop = Some(super::Stop::Timeout);
                     return Ok(0);

@@ -247,6 +247,9 @@ pub struct Ctx<'a> {
     pub stop: Option<Stop>,
     /// Set when a memory request failed for lack of guest memory.
     pub memory_exhausted: bool,
+    /// Time a handler waited on the program's behalf (a sleep, input): charged to its time
+    /// limit like running time.
+    pub blocked: std::time::Duration,
 }
 
 /// Runs system call `nr` with arguments `a` and returns the value for rax.

@@ -95,7 +95,8 @@ fn read_timespec(ctx: &Ctx<'_>, va: u64) -> Result<Duration, Errno> {
 
 /// Sleeps for `duration`, or stops the run as a timeout if that would pass the deadline.
 pub fn sleep_for(ctx: &mut Ctx<'_>, duration: Duration) -> SysResult {
-    let wake = Instant::now().checked_add(duration);
+    let start = Instant::now();
+    let wake = start.checked_add(duration);
     match (wake, ctx.deadline) {
         (Some(wake), Some(deadline)) if wake <= deadline => std::thread::sleep(duration),
         (_, Some(_)) | (None, None) => {
@@ -104,6 +105,7 @@ pub fn sleep_for(ctx: &mut Ctx<'_>, duration: Duration) -> SysResult {
         }
         (Some(_), None) => std::thread::sleep(duration),
     }
+    ctx.blocked += start.elapsed();
     Ok(0)
 }
 

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub mod hog;
+
 pub fn apps_dir() -> PathBuf {
     match std::env::var_os("TENANTVM_APPS") {
         Some(d) => PathBuf::from(d),
