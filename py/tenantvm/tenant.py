@@ -141,6 +141,8 @@ class InstanceStats:
         batches: Batches run by :meth:`TenantVM.call_batch`.
         guest_resets: Resets done inside the VM between batched requests.
         guest_pages_restored: Pages those copied back.
+        starvation_grants: Time limits moved because a light request's thread had waited for
+            a CPU (the host was busy), see ``docs/platform.md``.
     """
 
     calls: int
@@ -158,6 +160,7 @@ class InstanceStats:
     batches: int = 0
     guest_resets: int = 0
     guest_pages_restored: int = 0
+    starvation_grants: int = 0
 
 
 def _positive_int(value: int, what: str, *, minimum: int = 1) -> int:
@@ -367,6 +370,7 @@ class TenantVM:
             batches=s["batches"],
             guest_resets=s["guest_resets"],
             guest_pages_restored=s["guest_pages_restored"],
+            starvation_grants=s["starvation_grants"],
         )
 
     def __repr__(self) -> str:

@@ -370,6 +370,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         d.set_item("batches", s.batches)?;
         d.set_item("guest_resets", s.guest_resets)?;
         d.set_item("guest_pages_restored", s.guest_pages_restored)?;
+        d.set_item("starvation_grants", s.starvation_grants)?;
         Ok(d)
     }
 }

@@ -120,6 +120,9 @@ pub struct InstanceStats {
     pub guest_resets: u64,
     /// Pages those restored.
     pub guest_pages_restored: u64,
+    /// Deadlines moved because a light request's thread had waited for a CPU (see
+    /// [`crate::machine::Machine::run_until`]).
+    pub starvation_grants: u64,
 }
 
 /// One VM serving a tenant's requests.
@@ -202,6 +205,7 @@ impl Instance {
         let mut s = self.stats.clone();
         s.entries = self.machine.stats.entries;
         s.exits = self.machine.stats.exits;
+        s.starvation_grants = self.machine.stats.starvation_grants;
         s.syscalls = self.machine.syscall_counts();
         let block = BatchBlock::new(&self.machine.vm.vcpu_area);
         s.guest_resets = block.get(VB_RESETS);

@@ -57,6 +57,8 @@ pub struct MachineStats {
 
 /// Most time a run is given back for having waited for a CPU (see [`Machine::run_until`]).
 pub const MAX_STARVATION_GRACE: Duration = Duration::from_millis(250);
+/// Only a run charged for less than 1/LIGHT_SHARE of its time limit gets that grace.
+pub const LIGHT_SHARE: u32 = 4;
 
 /// The TSC → nanoseconds conversion the guest kernel uses for its clocks.
 #[derive(Debug, Clone, Copy)]
@@ -262,13 +264,15 @@ impl Machine {
     /// gives each request its own): `deadline` is asked again every `check_every` (and when
     /// the current deadline arrives).
     ///
-    /// A time limit charges the program for the time it runs and the time it sleeps, not
-    /// for time the host kept its thread waiting for a CPU: when the deadline arrives, the
-    /// part of the run's wall time that was neither CPU time of this thread (the guest's
-    /// included) nor a wait on the program's behalf is added to it, up to
-    /// [`MAX_STARVATION_GRACE`].  A program cannot make that time itself: spinning, faulting
-    /// and host calls all run on this thread, and its sleeps are counted.  Without a readable
-    /// thread CPU clock there is no grace.
+    /// A light request is not stopped for time the host kept its thread waiting for a CPU:
+    /// when the deadline arrives and the run has been charged (CPU time of this thread, the
+    /// guest's included, plus waits on the program's behalf, its sleeps) for less than
+    /// 1/[`LIGHT_SHARE`] of its limit, the rest of its wall time, the wait for a CPU, is
+    /// added to the deadline, up to [`MAX_STARVATION_GRACE`].  A program cannot make that
+    /// time itself: spinning, faulting and host calls all run on this thread.  Heavier runs
+    /// stop at the deadline, so on an overloaded host wall time still bounds a program that
+    /// spins, and it cannot take more CPU from the others than their share.  Without a
+    /// readable thread CPU clock there is no grace.
     pub fn run_until(
         &mut self,
         check_every: Option<Duration>,
@@ -304,8 +308,12 @@ impl Machine {
                     let mut due = deadline(self);
                     let now = Instant::now();
                     if now >= due {
-                        let waited = self.waited_for_cpu(now - started, cpu_started, blocked_before);
-                        due += waited.min(MAX_STARVATION_GRACE);
+                        let limit = due.saturating_duration_since(started);
+                        if let Some(charged) = self.charged_since(cpu_started, blocked_before) {
+                            if charged * LIGHT_SHARE < limit {
+                                due += (now - started).saturating_sub(charged).min(MAX_STARVATION_GRACE);
+                            }
+                        }
                         if now >= due {
                             return Ok(RunEnd::Timeout);
                         }
@@ -329,14 +337,11 @@ impl Machine {
         }
     }
 
-    /// Of `elapsed` wall time since a run started, the part this thread spent neither
-    /// running (CPU time since `cpu_started`) nor waiting on the program's behalf.
-    fn waited_for_cpu(&self, elapsed: Duration, cpu_started: Option<Duration>, blocked_before: Duration) -> Duration {
-        let (Some(before), Some(now)) = (cpu_started, thread_cpu_time()) else {
-            return Duration::ZERO;
-        };
-        let charged = now.saturating_sub(before) + self.stats.blocked.saturating_sub(blocked_before);
-        elapsed.saturating_sub(charged)
+    /// Time to charge a run that started at thread CPU time `cpu_started`: the CPU time
+    /// since, and the waits on the program's behalf since `blocked_before`.
+    fn charged_since(&self, cpu_started: Option<Duration>, blocked_before: Duration) -> Option<Duration> {
+        let cpu = thread_cpu_time()?.checked_sub(cpu_started?)?;
+        Some(cpu + self.stats.blocked.saturating_sub(blocked_before))
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.

@@ -266,6 +266,7 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
     drop(hog);
     assert!(took > ms(50), "the thread was not starved ({took:?}): the test proves nothing");
     assert_eq!(ok(r), b"ok", "starved for {took:?}");
+    assert_eq!(inst.stats().starvation_grants, 1);
     // A program that spins is still stopped: it is charged every moment it runs.
     let Some(hog) = common::hog::Hog::start(ms(2), ms(60)) else { return };
     let (r, took) = timed(&mut inst, "/spin");
@@ -273,6 +274,24 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
     assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout));
     assert!(took < ms(20 + 60) + vmm::machine::MAX_STARVATION_GRACE, "took {took:?}");
     assert_eq!(body(&mut inst, &get("/count")), "1");
+}
+
+#[test]
+fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // It gets about half the CPU: charged for well over a quarter of its limit, no grace, so
+    // on an overloaded host wall time still bounds what a spinning tenant takes from others.
+    let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(20));
+    let mut inst = t.instance().unwrap();
+    let Some(hog) = common::hog::Hog::share(std::time::Duration::ZERO, std::time::Duration::from_millis(100)) else {
+        return;
+    };
+    let (r, took) = timed(&mut inst, "/spin");
+    drop(hog);
+    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout), "took {took:?}");
+    assert_eq!(inst.stats().starvation_grants, 0, "took {took:?}");
 }
 
 #[test]

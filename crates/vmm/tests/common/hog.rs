@@ -31,6 +31,15 @@ impl Hog {
     /// that sleeps `delay`, then spins for `spin`: meanwhile the caller gets no CPU at all.
     /// None where real-time scheduling is not allowed (not root, no CAP_SYS_NICE).
     pub fn start(delay: Duration, spin: Duration) -> Option<Hog> {
+        Hog::spawn(delay, spin, true)
+    }
+
+    /// Like [`Hog::start`] with an ordinary thread: the two share the CPU.
+    pub fn share(delay: Duration, spin: Duration) -> Option<Hog> {
+        Hog::spawn(delay, spin, false)
+    }
+
+    fn spawn(delay: Duration, spin: Duration, realtime: bool) -> Option<Hog> {
         // SAFETY: sched_getcpu has no arguments.
         let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
         let saved = pin_to(cpu).ok()?;
@@ -38,7 +47,8 @@ impl Hog {
         let thread = std::thread::spawn(move || {
             let param = libc::sched_param { sched_priority: 1 };
             // SAFETY: sets this thread's policy from a sched_param on this frame.
-            let rt = pin_to(cpu).is_ok() && unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0;
+            let rt = pin_to(cpu).is_ok()
+                && (!realtime || unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0);
             ready.send(rt).unwrap();
             if rt {
                 std::thread::sleep(delay);
