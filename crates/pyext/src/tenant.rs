@@ -347,77 +347,73 @@ fn result_tuple<'py>(py: Python<'py>, r: &vmm::CallResult) -> PyResult<Bound<'py
 
 /// Instance counters as a dict (see `Instance.stats`).
 fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'py, PyDict>> {
-    {
-        let d = PyDict::new(py);
-        d.set_item("calls", s.calls)?;
-        d.set_item("errors", s.errors)?;
-        d.set_item("entries", s.entries)?;
-        d.set_item("exits", s.exits)?;
-        d.set_item("last_call_exits", s.last_call_exits)?;
-        d.set_item("resets", s.resets)?;
-        d.set_item("pages_restored", s.pages_restored)?;
-        d.set_item("reset_time", s.reset_time.as_secs_f64())?;
-        let last = PyDict::new(py);
-        last.set_item("pages_restored", s.last_reset.pages_restored)?;
-        last.set_item("guest_pages", s.last_reset.guest_pages)?;
-        last.set_item("kernel_pages", s.last_reset.kernel_pages)?;
-        last.set_item("hot_pages", s.last_reset.hot_pages)?;
-        last.set_item("duration", s.last_reset.duration.as_secs_f64())?;
-        d.set_item("last_reset", last)?;
-        d.set_item("syscalls", &s.syscalls.handled)?;
-        d.set_item("unsupported_syscalls", &s.syscalls.unsupported)?;
-        d.set_item("create_time", s.create_time.as_secs_f64())?;
-        d.set_item("batches", s.batches)?;
-        d.set_item("guest_resets", s.guest_resets)?;
-        d.set_item("guest_pages_restored", s.guest_pages_restored)?;
-        d.set_item("starvation_grants", s.starvation_grants)?;
-        Ok(d)
-    }
+    let d = PyDict::new(py);
+    d.set_item("calls", s.calls)?;
+    d.set_item("errors", s.errors)?;
+    d.set_item("entries", s.entries)?;
+    d.set_item("exits", s.exits)?;
+    d.set_item("last_call_exits", s.last_call_exits)?;
+    d.set_item("resets", s.resets)?;
+    d.set_item("pages_restored", s.pages_restored)?;
+    d.set_item("reset_time", s.reset_time.as_secs_f64())?;
+    let last = PyDict::new(py);
+    last.set_item("pages_restored", s.last_reset.pages_restored)?;
+    last.set_item("guest_pages", s.last_reset.guest_pages)?;
+    last.set_item("kernel_pages", s.last_reset.kernel_pages)?;
+    last.set_item("hot_pages", s.last_reset.hot_pages)?;
+    last.set_item("duration", s.last_reset.duration.as_secs_f64())?;
+    d.set_item("last_reset", last)?;
+    d.set_item("syscalls", &s.syscalls.handled)?;
+    d.set_item("unsupported_syscalls", &s.syscalls.unsupported)?;
+    d.set_item("create_time", s.create_time.as_secs_f64())?;
+    d.set_item("batches", s.batches)?;
+    d.set_item("guest_resets", s.guest_resets)?;
+    d.set_item("guest_pages_restored", s.guest_pages_restored)?;
+    d.set_item("starvation_grants", s.starvation_grants)?;
+    Ok(d)
 }
 
 /// The `tenantvm.errors` exception for a failed call of a tenant with these limits.
 fn call_error(py: Python<'_>, e: vmm::CallError, timeout: f64, memory_mb: u64) -> PyResult<PyErr> {
-    {
-        let kw = PyDict::new(py);
-        kw.set_item("stdout", PyBytes::new(py, &e.stdout))?;
-        kw.set_item("stderr", PyBytes::new(py, &e.stderr))?;
-        Ok(match e.kind {
-            CallErrorKind::RequestTooLarge(t) => {
-                let kw = PyDict::new(py);
-                kw.set_item("size", t.size)?;
-                kw.set_item("limit", t.limit)?;
-                guest_error(py, "RequestTooLarge", t.to_string(), &kw)
+    let kw = PyDict::new(py);
+    kw.set_item("stdout", PyBytes::new(py, &e.stdout))?;
+    kw.set_item("stderr", PyBytes::new(py, &e.stderr))?;
+    Ok(match e.kind {
+        CallErrorKind::RequestTooLarge(t) => {
+            let kw = PyDict::new(py);
+            kw.set_item("size", t.size)?;
+            kw.set_item("limit", t.limit)?;
+            guest_error(py, "RequestTooLarge", t.to_string(), &kw)
+        }
+        CallErrorKind::Timeout => {
+            kw.set_item("timeout", timeout)?;
+            guest_error(py, "GuestTimeout", format!("the request ran past its time limit of {timeout} s"), &kw)
+        }
+        CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what, size, limit }) => {
+            kw.set_item("what", what)?;
+            kw.set_item("size", size)?;
+            kw.set_item("limit", limit)?;
+            let message = vmm::GuestFault::ResponseTooLarge { what, size, limit }.to_string();
+            guest_error(py, "ResponseTooLarge", message, &kw)
+        }
+        CallErrorKind::Fault(f) => {
+            let details = fault_dict(py, &f)?;
+            for (k, v) in details.iter() {
+                kw.set_item(k, v)?;
             }
-            CallErrorKind::Timeout => {
-                kw.set_item("timeout", timeout)?;
-                guest_error(py, "GuestTimeout", format!("the request ran past its time limit of {timeout} s"), &kw)
-            }
-            CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what, size, limit }) => {
-                kw.set_item("what", what)?;
-                kw.set_item("size", size)?;
-                kw.set_item("limit", limit)?;
-                let message = vmm::GuestFault::ResponseTooLarge { what, size, limit }.to_string();
-                guest_error(py, "ResponseTooLarge", message, &kw)
-            }
-            CallErrorKind::Fault(f) => {
-                let details = fault_dict(py, &f)?;
-                for (k, v) in details.iter() {
-                    kw.set_item(k, v)?;
-                }
-                kw.del_item("message")?;
-                strip_fault_extras(&kw)?;
-                kw.set_item("details", details)?;
-                guest_error(py, "GuestFault", f.to_string(), &kw)
-            }
-            CallErrorKind::OutOfMemory(why) => {
-                kw.set_item("memory_mb", memory_mb)?;
-                guest_error(py, "GuestOutOfMemory", format!("out of memory: {why}"), &kw)
-            }
-            CallErrorKind::NoResponse(why) => guest_error(py, "NoResponse", format!("no response: {why}"), &kw),
-            CallErrorKind::Host(why) => {
-                let kw = PyDict::new(py);
-                guest_error(py, "HostError", format!("the instance failed on the host and is unusable: {why}"), &kw)
-            }
-        })
-    }
+            kw.del_item("message")?;
+            strip_fault_extras(&kw)?;
+            kw.set_item("details", details)?;
+            guest_error(py, "GuestFault", f.to_string(), &kw)
+        }
+        CallErrorKind::OutOfMemory(why) => {
+            kw.set_item("memory_mb", memory_mb)?;
+            guest_error(py, "GuestOutOfMemory", format!("out of memory: {why}"), &kw)
+        }
+        CallErrorKind::NoResponse(why) => guest_error(py, "NoResponse", format!("no response: {why}"), &kw),
+        CallErrorKind::Host(why) => {
+            let kw = PyDict::new(py);
+            guest_error(py, "HostError", format!("the instance failed on the host and is unusable: {why}"), &kw)
+        }
+    })
 }

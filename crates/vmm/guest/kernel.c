@@ -41,19 +41,37 @@ enum { ANSWERED = 0, FORWARD = 1, NEXT_REQUEST = 2, BATCH_DONE = 3 };
 #define GRND_ALL_FLAGS 0x7
 #define EPERM 1
 
-/* Is [p, p + n) inside one of the writable user ranges the VMM published?  Anything else
- * (unmapped, read-only, kernel, overflow) is left to the VMM, which answers EFAULT. */
-static int user_writable(u64 p, u64 n)
+/* Is [p, p + n) inside one of the `max` ranges of the table at KDATA offset `table`, whose
+ * count is at `count_field`? */
+static int in_ranges(u64 p, u64 n, u64 count_field, u64 table, u64 max)
 {
-	u64 count = KD(KD_NWRANGES);
+	u64 count = KD(count_field);
 	if (p + n < p)
 		return 0;
-	for (u64 i = 0; i < count && i < KD_MAX_WRANGES; i++) {
-		u64 lo = KD(KD_WRANGES + 16 * i), hi = KD(KD_WRANGES + 16 * i + 8);
+	for (u64 i = 0; i < count && i < max; i++) {
+		u64 lo = KD(table + 16 * i), hi = KD(table + 16 * i + 8);
 		if (p >= lo && p + n <= hi)
 			return 1;
 	}
 	return 0;
+}
+
+/* Is [p, p + n) inside one of the writable user ranges the VMM published?  Anything else
+ * (unmapped, read-only, kernel, overflow) is left to the VMM, which answers EFAULT. */
+static int user_writable(u64 p, u64 n)
+{
+	return in_ranges(p, n, KD_NWRANGES, KD_WRANGES, KD_MAX_WRANGES);
+}
+
+/* Is [p, p + n) inside one of the readable user ranges?  (An empty range always is.) */
+static int user_readable(u64 p, u64 n)
+{
+	return n == 0 || in_ranges(p, n, KD_NRRANGES, KD_RRANGES, KD_MAX_RRANGES);
+}
+
+static void copy_bytes(u64 dst, u64 src, u64 n)
+{
+	__asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n)::"memory");
 }
 
 static inline u64 rdtsc(void)
@@ -228,12 +246,6 @@ static u64 *table(u64 entry) { return (u64 *)(KBASE + (entry & PTE_ADDR)); }
 
 static void invlpg(u64 va) { __asm__ volatile("invlpg (%0)" ::"r"(va) : "memory"); }
 
-static void copy_page(u64 dst, u64 src)
-{
-	u64 n = 4096;
-	__asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n)::"memory");
-}
-
 static void zero_page(u64 dst)
 {
 	u64 n = 4096;
@@ -246,7 +258,7 @@ static void restore_page(u64 va, u64 page)
 {
 	u32 src = ((const volatile u32 *)KSNAP)[page];
 	if (src)
-		copy_page(va, KSNAP + ((u64)src << 12));
+		copy_bytes(va, KSNAP + ((u64)src << 12), 4096);
 	else
 		zero_page(va);
 }
@@ -318,26 +330,6 @@ static u64 reset_memory(void)
 	return restored;
 }
 
-/* Is [p, p + n) inside one of the readable user ranges? */
-static int user_readable(u64 p, u64 n)
-{
-	u64 count = KD(KD_NRRANGES);
-	if (p + n < p)
-		return 0;
-	if (n == 0)
-		return 1;
-	for (u64 i = 0; i < count && i < KD_MAX_RRANGES; i++) {
-		u64 lo = KD(KD_RRANGES + 16 * i), hi = KD(KD_RRANGES + 16 * i + 8);
-		if (p >= lo && p + n <= hi)
-			return 1;
-	}
-	return 0;
-}
-
-static void copy_bytes(u64 dst, u64 src, u64 n)
-{
-	__asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n)::"memory");
-}
 
 /* respond / respond_and_wait inside a batch. */
 static int batch_respond(struct frame *f)

@@ -5,7 +5,7 @@
 //! ```text
 //!   host: requests packed into the request area, VC_BATCH filled, VB_ACTIVE = 1
 //!   guest: request 0 .. respond -> response copied to the response area, written pages
-//!          restored from the snapshot (slot 3), registers from KD_SNAP_REGS -> request 1 ..
+//!          restored from the restore view (slot 3), registers from KD_SNAP_REGS -> request 1 ..
 //!          ... after the last one: one exit (PORT_BATCH_DONE)
 //! ```
 //!

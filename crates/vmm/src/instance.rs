@@ -316,10 +316,11 @@ impl Instance {
         let area = self.snapshot.request_area as usize;
         let mut packed = Vec::new();
         let mut used = 0usize;
-        for req in requests.iter().take(MAX_BATCH) {
-            let mut entropy = [0u8; 32];
-            fill_random(&mut entropy);
-            let Ok(bytes) = encode_request_at(req, &entropy, area - used, REQUEST_VA + used as u64) else { break };
+        // Each request's own entropy, drawn from the host with one system call for the lot.
+        let mut entropy = [[0u8; 32]; MAX_BATCH];
+        fill_random(entropy.as_flattened_mut());
+        for (req, entropy) in requests.iter().take(MAX_BATCH).zip(&entropy) {
+            let Ok(bytes) = encode_request_at(req, entropy, area - used, REQUEST_VA + used as u64) else { break };
             let at = used as u64;
             used = (used + bytes.len()).next_multiple_of(8).min(area);
             packed.push((at, bytes));
@@ -335,16 +336,12 @@ impl Instance {
         results: &mut Vec<Result<CallResult, CallError>>,
     ) {
         let n = packed.len();
-        let area = &self.machine.vm.vcpu_area;
-        let mut end_of_requests = 0;
         for (at, bytes) in &packed {
-            area.write(VC_REQUEST + at, bytes);
-            end_of_requests = at + bytes.len() as u64;
+            self.machine.vm.vcpu_area.write(VC_REQUEST + at, bytes);
         }
-        if self.request_len as u64 > end_of_requests {
-            area.fill(VC_REQUEST + end_of_requests, self.request_len - end_of_requests as usize, 0);
-        }
-        self.request_len = end_of_requests as usize;
+        let (at, last) = packed.last().expect("a batch has requests");
+        self.end_requests_at(*at as usize + last.len());
+        let area = &self.machine.vm.vcpu_area;
         let layout = vm::VcpuAreaLayout::new(self.snapshot.request_area, self.snapshot.ram.size());
         let addresses: Vec<u64> = packed.iter().map(|(at, _)| REQUEST_VA + at).collect();
         let block = BatchBlock::new(area);
@@ -450,19 +447,7 @@ impl Instance {
         block.set(VB_HOST_TOUCHED, 0);
         block.set(VB_ACTIVE, 1);
         let request = block.get(VB_REQS + 8 * i as u64);
-        let mut pos = [0u8; 8];
-        self.machine.vm.vcpu_area.read(vcd(VCD_ENTROPY_POS), &mut pos);
-        if u64::from_le_bytes(pos) != 0 {
-            self.machine.refill_entropy();
-        }
-        if std::mem::take(&mut self.stopped_abnormally) {
-            self.machine.restart_kernel()?;
-        }
-        let regs = self.machine.vm.regs();
-        *regs = self.snapshot.regs;
-        regs.rax = request;
-        self.machine.vm.regs_changed();
-        Ok(())
+        self.start_from_snapshot(request)
     }
 
     /// A host failure in a batch: the instance is poisoned and the `left` requests not yet
@@ -492,30 +477,47 @@ impl Instance {
                 other => return Ok(other),
             }
         }
-        let area = &self.machine.vm.vcpu_area;
-        area.write(VC_REQUEST, request);
-        if self.request_len > request.len() {
-            // Never let a request see the tail of a longer one before it.
-            area.fill(VC_REQUEST + request.len() as u64, self.request_len - request.len(), 0);
+        self.machine.vm.vcpu_area.write(VC_REQUEST, request);
+        self.end_requests_at(request.len());
+        if self.state == State::AtSnapshot {
+            self.start_from_snapshot(REQUEST_VA)?;
+        } else {
+            self.refill_entropy_if_used();
         }
-        self.request_len = request.len();
+        self.machine.run(deadline)
+    }
+
+    /// The request area now holds `len` bytes of requests: zeroes the tail of longer ones
+    /// before them, so that no request ever sees another's bytes.
+    fn end_requests_at(&mut self, len: usize) {
+        if self.request_len > len {
+            self.machine.vm.vcpu_area.fill(VC_REQUEST + len as u64, self.request_len - len, 0);
+        }
+        self.request_len = len;
+    }
+
+    fn refill_entropy_if_used(&mut self) {
         let mut pos = [0u8; 8];
-        area.read(vcd(VCD_ENTROPY_POS), &mut pos);
+        self.machine.vm.vcpu_area.read(vcd(VCD_ENTROPY_POS), &mut pos);
         if u64::from_le_bytes(pos) != 0 {
             self.machine.refill_entropy();
         }
-        if self.state == State::AtSnapshot {
-            if std::mem::take(&mut self.stopped_abnormally) {
-                // Interrupted in user mode, or stopped in an exception handler: bring the vCPU
-                // back to the guest kernel's entry state before loading the snapshot's registers.
-                self.machine.restart_kernel()?;
-            }
-            let regs = self.machine.vm.regs();
-            *regs = self.snapshot.regs;
-            regs.rax = REQUEST_VA;
-            self.machine.vm.regs_changed();
+    }
+
+    /// Points the vCPU at the start of a request (its address in `rax`) from the snapshot's
+    /// registers, with a full entropy pool.
+    fn start_from_snapshot(&mut self, request: u64) -> crate::Result<()> {
+        self.refill_entropy_if_used();
+        if std::mem::take(&mut self.stopped_abnormally) {
+            // Interrupted in user mode, or stopped in an exception handler: bring the vCPU
+            // back to the guest kernel's entry state before loading the snapshot's registers.
+            self.machine.restart_kernel()?;
         }
-        self.machine.run(deadline)
+        let regs = self.machine.vm.regs();
+        *regs = self.snapshot.regs;
+        regs.rax = request;
+        self.machine.vm.regs_changed();
+        Ok(())
     }
 
     fn classify(&self, end: RunEnd) -> CallErrorKind {

@@ -25,7 +25,7 @@ use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::Io;
 use crate::syscalls::{self, Ctx, Process, Stop, SyscallCounts, UserMemory};
-use crate::timer::{thread_cpu_time, Deadline};
+use crate::timer::Deadline;
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
 
@@ -85,6 +85,12 @@ fn now_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime writes into the local `ts`.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time the calling thread has used, guest time included (KVM accounts the time a vCPU
+/// runs to the thread that runs it).
+fn thread_cpu_time() -> Duration {
+    Duration::from_nanos(now_ns(libc::CLOCK_THREAD_CPUTIME_ID))
 }
 
 impl Clock {
@@ -271,8 +277,7 @@ impl Machine {
     /// added to the deadline, up to [`MAX_STARVATION_GRACE`].  A program cannot make that
     /// time itself: spinning, faulting and host calls all run on this thread.  Heavier runs
     /// stop at the deadline, so on an overloaded host wall time still bounds a program that
-    /// spins, and it cannot take more CPU from the others than their share.  Without a
-    /// readable thread CPU clock there is no grace.
+    /// spins, and it cannot take more CPU from the others than their share.
     pub fn run_until(
         &mut self,
         check_every: Option<Duration>,
@@ -309,10 +314,10 @@ impl Machine {
                     let now = Instant::now();
                     if now >= due {
                         let limit = due.saturating_duration_since(started);
-                        if let Some(charged) = self.charged_since(cpu_started, blocked_before) {
-                            if charged * LIGHT_SHARE < limit {
-                                due += (now - started).saturating_sub(charged).min(MAX_STARVATION_GRACE);
-                            }
+                        let charged = (thread_cpu_time().saturating_sub(cpu_started))
+                            + (self.stats.blocked.saturating_sub(blocked_before));
+                        if charged * LIGHT_SHARE < limit {
+                            due += (now - started).saturating_sub(charged).min(MAX_STARVATION_GRACE);
                         }
                         if now >= due {
                             return Ok(RunEnd::Timeout);
@@ -337,13 +342,6 @@ impl Machine {
         }
     }
 
-    /// Time to charge a run that started at thread CPU time `cpu_started`: the CPU time
-    /// since, and the waits on the program's behalf since `blocked_before`.
-    fn charged_since(&self, cpu_started: Option<Duration>, blocked_before: Duration) -> Option<Duration> {
-        let cpu = thread_cpu_time()?.checked_sub(cpu_started?)?;
-        Some(cpu + self.stats.blocked.saturating_sub(blocked_before))
-    }
-
     /// Handles a forwarded system call; `Some` when a handler stopped the run.
     fn syscall(&mut self, deadline: Instant) -> Option<Stop> {
         let r = *self.vm.regs();
@@ -352,7 +350,7 @@ impl Machine {
             self.proc_touched = true;
             // A batch must not go on in the guest after the host answered a system call: the
             // host may have written memory the guest's Dirty bits do not show.
-            self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
+            crate::batch::BatchBlock::new(&self.vm.vcpu_area).set(VB_HOST_TOUCHED, 1);
         }
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {

@@ -110,15 +110,6 @@ impl Drop for ThreadTimer {
     }
 }
 
-/// CPU time the calling thread has used, guest time included (KVM accounts the time a vCPU
-/// runs to the thread that runs it); None if the clock cannot be read.
-pub fn thread_cpu_time() -> Option<std::time::Duration> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    (ok && ts.tv_sec >= 0).then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
-
 /// An armed deadline for one vCPU on the current thread; disarmed on drop.
 pub struct Deadline {
     run: *mut kvm_run,

@@ -30,7 +30,7 @@ pub mod slot {
     pub const VCPU_AREA: u32 = 1;
     /// Tenant shared memory.
     pub const SHARED: u32 = 2;
-    /// The snapshot, read-only (instances: the source of in-guest resets).
+    /// The tenant's restore view, read-only (instances: the source of in-guest resets).
     pub const SNAPSHOT: u32 = 3;
 }
 
@@ -101,8 +101,8 @@ pub struct Vm {
     pub vcpu_area: Mapping,
     /// Tenant shared memory (slot 2).
     pub shared: Option<Arc<SharedRegion>>,
-    /// The snapshot's read-only view (slot 3), kept alive as long as the VM.
-    _snapshot: Option<Arc<Mapping>>,
+    /// The restore view (slot 3, see [`crate::restore_view`]), kept alive as long as the VM.
+    _restore_view: Option<Arc<Mapping>>,
     host: &'static Host,
     dirty_log: bool,
 }
@@ -149,7 +149,7 @@ impl Vm {
         ram: GuestMemory,
         vcpu_area: Mapping,
         shared: Option<Arc<SharedRegion>>,
-        snapshot: Option<Arc<Mapping>>,
+        restore_view: Option<Arc<Mapping>>,
         dirty_log: bool,
     ) -> Result<Vm> {
         let vm = host.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
@@ -169,7 +169,7 @@ impl Vm {
             Some(region(slot::RAM, 0, ram.mapping(), log)),
             Some(region(slot::VCPU_AREA, GPA_VCPU, &vcpu_area, 0)),
             shared.as_ref().map(|s| region(slot::SHARED, GPA_SHARED, &s.map, 0)),
-            snapshot.as_ref().map(|m| region(slot::SNAPSHOT, GPA_SNAPSHOT, m, kvm_bindings::KVM_MEM_READONLY)),
+            restore_view.as_ref().map(|m| region(slot::SNAPSHOT, GPA_SNAPSHOT, m, kvm_bindings::KVM_MEM_READONLY)),
         ];
         for r in regions.into_iter().flatten() {
             // SAFETY: each region describes a live host mapping owned by the returned `Vm`
@@ -181,7 +181,7 @@ impl Vm {
         vcpu.set_cpuid2(&host.cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
         Self::set_system_registers(host, &vcpu)?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
-        Ok(Vm { vcpu, vm, ram, vcpu_area, shared, _snapshot: snapshot, host, dirty_log })
+        Ok(Vm { vcpu, vm, ram, vcpu_area, shared, _restore_view: restore_view, host, dirty_log })
     }
 
     fn set_system_registers(host: &Host, vcpu: &VcpuFd) -> Result<()> {
