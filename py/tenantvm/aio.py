@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from tenantvm import _native
-from tenantvm.tenant import InstanceStats, Request, Response, Tenant, TenantVM
+from tenantvm.tenant import InstanceStats, Request, Response, Tenant, TenantVM, with_native_args
 
 __all__ = ["AsyncTenantVM", "CompletionQueue"]
 
@@ -103,10 +103,7 @@ class AsyncTenantVM:
 
     async def call(self, request: Request) -> Response:
         """Serves ``request`` (see :meth:`TenantVM.call` for the exceptions)."""
-        try:
-            future = self.call_raw(*request._native_args())
-        except TypeError:  # headers that are not pairs of bytes (nothing was submitted)
-            future = self.call_raw(*request._strict_native_args())
+        future = with_native_args(lambda args: self.call_raw(*args(request)))
         return Response(*await future)
 
     @property

@@ -58,7 +58,7 @@ from tenantvm.errors import (
 )
 from tenantvm.pool import Pool, PoolBusy, PoolClosed
 from tenantvm.sandbox import restrict_current_thread
-from tenantvm.tenant import Request, Tenant, TenantVM
+from tenantvm.tenant import Request, Tenant, TenantVM, with_native_args
 from tenantvm.tenant import Response as GuestResponse
 
 if TYPE_CHECKING:
@@ -382,6 +382,13 @@ def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return out
 
 
+def _final_response(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The guest's headers made safe to send with ``status``; raises BadResponse."""
+    if not 200 <= status <= 599:
+        raise BadResponse(f"status {status} (a final response must be 200-599)")
+    return _response_headers(headers)
+
+
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (GuestTimeout, 504, "timeout"),
     (GuestFault, 502, "fault"),
@@ -499,9 +506,7 @@ class TenantEndpoint:
             return
         rt.buffer.inc(rt.resets)
         try:
-            if not 200 <= response.status <= 599:
-                raise BadResponse(f"status {response.status} (a final response must be 200-599)")
-            headers = _response_headers(response.headers)
+            headers = _final_response(response.status, response.headers)
         except BadResponse as e:
             await self._answer_error(rt, e, True, scope, send, started, True)
             return
@@ -540,7 +545,7 @@ class TenantEndpoint:
                 # On the instance's vCPU thread: the loop only waits.  If this task is
                 # cancelled (the client went away) the call still runs to its end, and the
                 # instance goes back to the pool only then.
-                future = vm.call_raw(*request._strict_native_args())
+                future = with_native_args(lambda args: vm.call_raw(*args(request)))
                 try:
                     status, gheaders, body, *_ = await asyncio.shield(future)
                 except asyncio.CancelledError:
@@ -555,9 +560,7 @@ class TenantEndpoint:
                 status, gheaders, body = response.status, response.headers, response.body
             if rt.config.ephemeral:
                 rt.buffer.inc(rt.resets)
-            if not 200 <= status <= 599:
-                raise BadResponse(f"status {status} (a final response must be 200-599)")
-            headers = _response_headers(gheaders)
+            headers = _final_response(status, gheaders)
         except Exception as e:
             error = e
             usable = vm.usable

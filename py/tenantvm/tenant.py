@@ -16,9 +16,9 @@ after a failed request).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tenantvm import _native
 from tenantvm.errors import ConfigError, TenantVMError
@@ -67,12 +67,11 @@ class Request:
     headers: Headers = ()
     body: bytes = b""
 
-    def _native_args(self) -> tuple[bytes, bytes, bytes, Any, bytes]:
+    def _native_args(self) -> NativeArgs:
         """The arguments of the native call, converted as little as possible.
 
         A list or tuple of headers is passed as it is: the native side takes pairs of bytes
-        and refuses anything else with TypeError, after which the caller converts them with
-        :meth:`_strict_native_args` (which raises ConfigError for values of no usable type).
+        and refuses anything else with TypeError (see :func:`with_native_args`).
         """
         m, p, q, h, body = self.method, self.path, self.query, self.headers, self.body
         return (
@@ -83,12 +82,31 @@ class Request:
             body if type(body) is bytes else _b(body),
         )
 
-    def _strict_native_args(self) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+    def _strict_native_args(self) -> NativeArgs:
+        """The arguments of the native call, every value converted (ConfigError if it cannot be)."""
         return (_b(self.method), _b(self.path), _b(self.query), self._headers(), _b(self.body))
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         items = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
         return [(_b(k), _b(v)) for k, v in items]
+
+
+#: A request as the native calls take it: (method, path, query, headers, body).
+NativeArgs = tuple[bytes, bytes, bytes, Any, bytes]
+_T = TypeVar("_T")
+
+
+def with_native_args(call: Callable[[Callable[[Request], NativeArgs]], _T]) -> _T:
+    """Runs ``call(args)``, where ``args`` turns a :class:`Request` into native arguments.
+
+    First with the cheap conversion; if the native side refuses the headers (TypeError,
+    raised before anything ran or was submitted), again with the strict one, which raises
+    ConfigError for values of no usable type.
+    """
+    try:
+        return call(Request._native_args)
+    except TypeError:
+        return call(Request._strict_native_args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,11 +315,7 @@ class TenantVM:
 
         After any of these but HostError the instance is back at the snapshot and ready.
         """
-        try:
-            result = self._native.call(*request._native_args())
-        except TypeError:  # headers that are not pairs of bytes (nothing ran)
-            result = self._native.call(*request._strict_native_args())
-        return Response(*result)
+        return Response(*with_native_args(lambda args: self._native.call(*args(request))))
 
     def call_batch(self, requests: Sequence[Request], budget: float | None = None) -> list[Response | TenantVMError]:
         """Serves ``requests`` in order, each exactly as :meth:`call` would, with fewer exits.
@@ -327,10 +341,7 @@ class TenantVM:
             ValueError: ``budget`` is negative or not finite.
         """
         out: list[Response | TenantVMError] = []
-        try:
-            items = self._native.call_batch([r._native_args() for r in requests], budget)
-        except TypeError:  # headers that are not pairs of bytes (nothing ran)
-            items = self._native.call_batch([r._strict_native_args() for r in requests], budget)
+        items = with_native_args(lambda args: self._native.call_batch([args(r) for r in requests], budget))
         for item in items:
             if isinstance(item, TenantVMError):
                 out.append(item)
