@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantvm import config
+from tenantvm import bundled, config
 from tenantvm.config import TenantsFileError, WarmupRequest
 
 
@@ -148,7 +148,7 @@ def test_bundled_file_is_valid_when_the_examples_are_built(apps: Path) -> None:
     assert {t.name for t in f.tenants} >= {"hello", "counter", "echo", "calc"}
     assert f.route("localhost").name == "hello"
     assert f.route("counter.localhost").mode == "stateful"
-    assert f.tenant("hello").program == apps.resolve() / "hello"
+    assert f.tenant("hello").program == bundled.EXAMPLES_DIR / "bin" / "hello"  # the package's own copy
 
 
 def test_config_path_default_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,11 +6,14 @@
     tenantvm doctor [--json]
     tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N]
     tenantvm check [FILE]
+    tenantvm sdk [--path | --cflags]
 
 ``serve`` validates the tenants file (``--config``, else ``$TENANTVM_CONFIG``, else the bundled
 examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's ASGI interface); an
 invalid file is reported and the exit status is 2.  ``check`` validates a tenants file and boots
 each tenant once: exit status 0 if all boot, 1 if one does not, 2 if the file is invalid.
+``sdk`` tells where the installed guest SDK is, to build tenants against it (exit status 1 if
+the package was installed without it).
 
 ``run`` passes stdin, stdout and stderr through and exits with the program's status (128 +
 signal when a signal killed it).  When the program does not exit by itself, a one-line
@@ -343,6 +346,28 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     return EXIT_HOST if failed else 0
 
 
+def _cmd_sdk(ns: argparse.Namespace) -> int:
+    from tenantvm import bundled
+
+    try:
+        sdk = bundled.sdk_dir()
+    except bundled.MissingPackageData as e:
+        _error(str(e))
+        return EXIT_HOST
+    if ns.path:
+        print(sdk)
+    elif ns.cflags:
+        print(f"-I{sdk}")
+    else:
+        print(f"tenantvm guest SDK: {sdk}")
+        print(f"  header:    {bundled.SDK_HEADER}")
+        if (sdk / "examples").is_dir():
+            print(f"  examples:  {sdk / 'examples'}")
+        print(f"  build:     gcc -static -O2 -I{sdk} -o mytenant mytenant.c")
+        print(f"  programs:  {bundled.EXAMPLES_DIR / 'bin'} (the example tenants, as served by default)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser (one subcommand per verb)."""
     parser = argparse.ArgumentParser(
@@ -424,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tenants file (default: $TENANTVM_CONFIG, else the bundled examples)",
     )
     check.set_defaults(func=_cmd_check)
+
+    sdk = sub.add_parser(
+        "sdk",
+        help="where the guest SDK is, to build tenants against it",
+        description="Show where the installed guest SDK (tenantvm.h, example sources) is.",
+        epilog="Example: gcc -static -O2 $(tenantvm sdk --cflags) -o mytenant mytenant.c",
+    )
+    sdk_what = sdk.add_mutually_exclusive_group()
+    sdk_what.add_argument("--path", action="store_true", help="print the SDK directory (it holds tenantvm.h)")
+    sdk_what.add_argument("--cflags", action="store_true", help="print the C compiler flags to use the SDK")
+    sdk.set_defaults(func=_cmd_sdk)
     return parser
 
 

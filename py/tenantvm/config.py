@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenantvm import bundled
 from tenantvm.errors import ConfigError
 from tenantvm.runner import MAX_MEMORY_MB, MIN_MEMORY_MB
 
@@ -52,8 +53,8 @@ __all__ = [
 
 #: Environment variable naming the tenants file.
 CONFIG_ENV = "TENANTVM_CONFIG"
-#: The tenants file shipped with the package (the example tenants of ``apps/build``).
-BUNDLED_CONFIG = Path(__file__).resolve().parent / "examples" / "tenants.toml"
+#: The tenants file shipped with the package (the example tenants, see :mod:`tenantvm.bundled`).
+BUNDLED_CONFIG = bundled.EXAMPLES_DIR / "tenants.toml"
 
 
 class TenantsFileError(ConfigError):
@@ -457,6 +458,8 @@ def _resolve_program(problems: _Problems, where: str, base: Path, value: str) ->
         hint = ""
         if path.parent.name == "build" and path.parent.parent.name == "apps":
             hint = f" (build the example programs with `make -C {path.parent.parent}`)"
+        elif path.parent == bundled.EXAMPLES_DIR / "bin":
+            hint = " (the package was installed without its example programs: `make -C apps package` in a source tree)"
         problems.add(where, "program", f"{path} does not exist{hint}")
         return None
     if not path.is_file():
