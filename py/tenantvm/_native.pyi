@@ -1,6 +1,7 @@
 """Type stubs of the native extension module (``crates/pyext``)."""
 
 import os
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, final
 
 ExitKind = Literal["exited", "signaled", "fault", "timeout", "deadlock", "unexpected"]
@@ -78,6 +79,9 @@ class RunOutcome:
     def memory_exhausted(self) -> bool: ...
     @property
     def out_of_memory(self) -> bool: ...
+    @property
+    def error(self) -> GuestError | None:
+        """None after a normal exit; else the exception the failed run raises (not raised)."""
 
 def run(
     path: str | os.PathLike[str],
@@ -162,3 +166,90 @@ class Instance:
 
 def restrict_current_thread() -> None:
     """Installs the VMM's seccomp filter on the calling thread (irreversible)."""
+
+# --- exceptions (made in crates/pyext/src/errors.rs; import them from tenantvm.errors) ----------
+
+class TenantVMError(Exception):
+    """Base class of every error tenantvm raises."""
+
+class ConfigError(TenantVMError, ValueError):
+    """An argument or configuration value is invalid (out of range, wrong type, too large)."""
+
+class InvalidProgram(TenantVMError, ValueError):
+    """The program file is not something tenantvm can run; the message says why."""
+
+class KvmUnavailable(TenantVMError, OSError):
+    """``/dev/kvm`` is missing, cannot be opened, or lacks a capability tenantvm needs."""
+
+class HostError(TenantVMError, OSError):
+    """A host-side operation failed; :attr:`errno` is set when it came with an OS error number."""
+
+class RequestTooLarge(TenantVMError, ValueError):
+    """A request does not fit the tenant's request-size limit; it was not run."""
+
+    #: Its encoded size in bytes.
+    size: int
+    #: The limit.
+    limit: int
+
+class GuestError(TenantVMError):
+    """The guest program ended in a way that is not a normal exit."""
+
+    #: What the program wrote to stdout before it stopped (empty when not captured).
+    stdout: bytes
+    #: What it wrote to stderr.
+    stderr: bytes
+    #: Wall time of a one-shot run in seconds, else None.
+    elapsed: float | None
+    #: System calls a one-shot run made, by name, else None.
+    syscalls: Mapping[str, int] | None
+    #: System calls that got ``-ENOSYS`` because tenantvm does not emulate them, by name.
+    unsupported_syscalls: Mapping[str, int] | None
+    #: VM exits during a one-shot run, else None.
+    exits: int | None
+
+class GuestFault(GuestError):
+    """The program caused a CPU exception, or passed bad memory to the request API."""
+
+    #: ``"page_fault"``, ``"invalid_opcode"``, ``"general_protection"``, ``"divide_error"``,
+    #: ``"exception"``, ``"triple_fault"``, ``"bad_pointer"`` or ``"vm"``.
+    kind: FaultKind
+    #: The faulting address (page faults, bad pointers), else None.
+    address: int | None
+    #: The instruction pointer, when known.
+    rip: int | None
+    #: The exception vector for ``"exception"``, else None.
+    vector: int | None
+    #: The CPU's error code, when there is one.
+    error_code: int | None
+    #: ``"read"``, ``"write"`` or ``"execute"`` for page faults, else None.
+    access: str | None
+    #: Every field the VMM reported about the fault.
+    details: FaultInfo
+
+class GuestTimeout(GuestError):
+    """The program did not finish in time, or would never finish (e.g. waits on itself)."""
+
+    #: The time limit in seconds.
+    timeout: float
+    #: True when the VMM found that the program could never finish.
+    deadlock: bool
+
+class GuestOutOfMemory(GuestError):
+    """The program ended abnormally after its memory requests were refused."""
+
+    #: The VM's memory size in MiB.
+    memory_mb: int
+    #: Its exit status if it exited by itself (e.g. after malloc failed), else None.
+    exit_code: int | None
+
+class NoResponse(GuestError):
+    """A request handler stopped without responding."""
+
+class ResponseTooLarge(GuestError):
+    """A response exceeded a configured limit."""
+
+    #: ``"body"``, ``"headers"`` or ``"header count"``.
+    what: str
+    size: int
+    limit: int

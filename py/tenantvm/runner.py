@@ -17,16 +17,7 @@ from typing import TYPE_CHECKING
 
 from tenantvm import _native
 from tenantvm._syscall_names import LINUX_SYSCALLS
-from tenantvm.errors import (
-    ConfigError,
-    GuestError,
-    GuestFault,
-    GuestOutOfMemory,
-    GuestTimeout,
-    InvalidProgram,
-    ResponseTooLarge,
-    RunInfo,
-)
+from tenantvm.errors import ConfigError, InvalidProgram
 
 if TYPE_CHECKING:
     from tenantvm._native import RunOutcome
@@ -229,86 +220,33 @@ def run(
         _memory_mb(memory_mb),
         None,
     )
-    return _result(outcome, timeout=timeout, memory_mb=memory_mb)
+    return _result(outcome)
 
 
-def _result(out: RunOutcome, *, timeout: float, memory_mb: int) -> RunResult:
-    """Turns the native outcome into a RunResult, or raises the matching GuestError."""
+def _result(out: RunOutcome) -> RunResult:
+    """Turns the native outcome into a RunResult, or raises the GuestError the VMM classified.
+
+    The one-shot run's own facts (time, system calls by name, exits) are added to the error
+    here: the native layer reports system calls by number.
+    """
     syscalls = _named(out.syscalls)
     unsupported = _named(out.unsupported_syscalls)
-    info: RunInfo = {
-        "stdout": out.stdout,
-        "stderr": out.stderr,
-        "elapsed": out.elapsed,
-        "syscalls": syscalls,
-        "unsupported_syscalls": unsupported,
-        "exits": out.exits,
-    }
-    kind = out.exit_kind
-    fault = out.fault
-    if out.out_of_memory:
-        if kind == "exited":
-            how = f"exited with status {out.exit_code}"
-        elif kind == "signaled":
-            how = f"was killed by signal {out.signal}"
-        elif fault is not None:
-            how = f"stopped: {fault['message']}"
-        else:
-            how = f"stopped ({kind})"
-        raise GuestOutOfMemory(
-            f"the program ran out of its {memory_mb} MiB of memory and {how}",
-            memory_mb=memory_mb,
-            exit_code=out.exit_code,
-            **info,
-        )
-    if kind == "exited" and out.exit_code is not None:
-        return RunResult(
-            exit_code=out.exit_code,
-            signal=None,
-            stdout=out.stdout,
-            stderr=out.stderr,
-            syscalls=syscalls,
-            unsupported_syscalls=unsupported,
-            elapsed=out.elapsed,
-            exits=out.exits,
-            output_truncated=out.output_truncated,
-        )
-    if kind == "signaled" and out.signal is not None:
-        return RunResult(
-            exit_code=128 + out.signal,
-            signal=out.signal,
-            stdout=out.stdout,
-            stderr=out.stderr,
-            syscalls=syscalls,
-            unsupported_syscalls=unsupported,
-            elapsed=out.elapsed,
-            exits=out.exits,
-            output_truncated=out.output_truncated,
-        )
-    if kind == "fault" and fault is not None:
-        message = str(fault["message"])
-        if fault["kind"] == "response_too_large":
-            raise ResponseTooLarge(
-                message, what=str(fault["what"]), size=int(fault["size"]), limit=int(fault["limit"]), **info
-            )
-        raise GuestFault(
-            message,
-            kind=str(fault["kind"]),
-            address=fault.get("address"),
-            rip=fault.get("rip"),
-            vector=fault.get("vector"),
-            error_code=fault.get("error_code"),
-            access=fault.get("access"),
-            details=fault,
-            **info,
-        )
-    if kind == "timeout":
-        raise GuestTimeout(f"the program did not finish within {timeout:g} s", timeout=timeout, **info)
-    if kind == "deadlock":
-        raise GuestTimeout(
-            f"the program would never finish ({out.message}); stopped before the {timeout:g} s time limit",
-            timeout=timeout,
-            deadlock=True,
-            **info,
-        )
-    raise GuestError(f"the program stopped unexpectedly: {out.message or kind}", **info)
+    error = out.error
+    if error is not None:
+        error.elapsed = out.elapsed
+        error.syscalls = syscalls
+        error.unsupported_syscalls = unsupported
+        error.exits = out.exits
+        raise error
+    signal = out.signal if out.exit_kind == "signaled" else None
+    return RunResult(
+        exit_code=128 + signal if signal is not None else int(out.exit_code or 0),
+        signal=signal,
+        stdout=out.stdout,
+        stderr=out.stderr,
+        syscalls=syscalls,
+        unsupported_syscalls=unsupported,
+        elapsed=out.elapsed,
+        exits=out.exits,
+        output_truncated=out.output_truncated,
+    )

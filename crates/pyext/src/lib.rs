@@ -1,67 +1,33 @@
 //! `tenantvm._native`: the Python face of the VMM in `crates/vmm`.
 //!
-//! Conversions and exception mapping only: every decision about how a run is configured or how
-//! its outcome is reported to users lives either in the VMM (`vmm::run`) or in the Python
-//! package (`tenantvm.runner`).  This module
+//! Conversions and exceptions only: every decision about how a run is configured or how its
+//! outcome is reported to users lives either in the VMM (`vmm::run`) or in the Python package
+//! (`tenantvm.runner`).  This module
 //!
 //! - turns Python arguments into a [`vmm::RunConfig`],
 //! - runs the VM with the GIL released,
-//! - turns the [`vmm::RunOutcome`] into a read-only [`RunOutcome`] object, and
-//! - raises a host-side [`vmm::Error`] as one of the exception classes defined in Python in
-//!   `tenantvm.errors` (`host_error`; `config_error` for values that cannot be handed
-//!   over at all).
+//! - turns the [`vmm::RunOutcome`] into a read-only [`RunOutcome`] object, whose `error` is the
+//!   exception a failed run raises, and
+//! - defines the exception classes and converts the VMM's errors into them, in one place
+//!   ([`errors`]; `tenantvm.errors` re-exports the classes).
+//!
+//! [`tenant`] wraps tenants, instances and vCPU-thread workers the same way.
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
+mod errors;
 mod tenant;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyType};
-use vmm::error::{Error, GuestFault};
-use vmm::program::ExitKind;
-use vmm::syscalls::{Input, Output};
-use vmm::RunConfig;
+use pyo3::types::{PyBytes, PyDict};
+use vmm::{ExitKind, Failure, GuestFault, Input, Output, RunConfig};
 
-/// Where the Python exception classes live.
-const ERRORS_MODULE: &str = "tenantvm.errors";
-
-/// Raises `err` as the matching `tenantvm.errors` class.
-///
-/// OS-level failures carry their errno (`HostError(errno, message)`), like `OSError` does.
-pub(crate) fn host_error(py: Python<'_>, err: Error) -> PyErr {
-    let (class, errno) = match &err {
-        Error::InvalidProgram(_) => ("InvalidProgram", None),
-        Error::Config(_) | Error::DoesNotFit(_) => ("ConfigError", None),
-        Error::KvmUnavailable(_) | Error::MissingCapability(_) => ("KvmUnavailable", None),
-        Error::Os { source, .. } => ("HostError", source.raw_os_error()),
-        Error::Kvm { source, .. } => ("HostError", Some(source.errno())),
-        Error::GuestKernel(_) | Error::State(_) => ("HostError", None),
-    };
-    let message = err.to_string();
-    match error_class(py, class) {
-        Ok(ty) => match errno {
-            Some(errno) => PyErr::from_type(ty, (errno, message)),
-            None => PyErr::from_type(ty, (message,)),
-        },
-        Err(import_failed) => import_failed,
-    }
-}
-
-pub(crate) fn error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
-    Ok(py.import(ERRORS_MODULE)?.getattr(name)?.cast_into::<PyType>()?)
-}
-
-/// A configuration value Python could not hand over as asked (e.g. a timeout too large for
-/// a `Duration`); raised as `tenantvm.errors.ConfigError`.
-pub(crate) fn config_error(py: Python<'_>, message: String) -> PyErr {
-    match error_class(py, "ConfigError") {
-        Ok(ty) => PyErr::from_type(ty, (message,)),
-        Err(_) => PyValueError::new_err(message),
-    }
-}
+use crate::errors::{fault_dict, to_py, Raised};
 
 /// How a run ended, as handed to Python (`tenantvm._native.RunOutcome`).
 #[pyclass(frozen, module = "tenantvm._native", name = "RunOutcome")]
@@ -97,6 +63,8 @@ pub struct RunOutcome {
     memory_exhausted: bool,
     #[pyo3(get)]
     out_of_memory: bool,
+    /// Why the run failed, unless the program exited (or killed itself) normally.
+    failure: Option<Failure>,
 }
 
 impl RunOutcome {
@@ -125,61 +93,9 @@ impl RunOutcome {
             exits: out.exits,
             memory_exhausted: out.memory_exhausted,
             out_of_memory,
+            failure: out.failure,
         }
     }
-}
-
-/// The fault as a dict: `kind`, `message` (the VMM's text) and the variant's fields.
-pub(crate) fn fault_dict<'py>(py: Python<'py>, fault: &GuestFault) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    let kind = match fault {
-        GuestFault::PageFault { address, rip, error_code, access } => {
-            d.set_item("address", address)?;
-            d.set_item("rip", rip)?;
-            d.set_item("error_code", error_code)?;
-            d.set_item("access", access)?;
-            "page_fault"
-        }
-        GuestFault::InvalidOpcode { rip } => {
-            d.set_item("rip", rip)?;
-            "invalid_opcode"
-        }
-        GuestFault::GeneralProtection { rip, error_code } => {
-            d.set_item("rip", rip)?;
-            d.set_item("error_code", error_code)?;
-            "general_protection"
-        }
-        GuestFault::DivideError { rip } => {
-            d.set_item("rip", rip)?;
-            "divide_error"
-        }
-        GuestFault::Exception { vector, rip, error_code } => {
-            d.set_item("vector", vector)?;
-            d.set_item("rip", rip)?;
-            d.set_item("error_code", error_code)?;
-            "exception"
-        }
-        GuestFault::TripleFault { rip } => {
-            d.set_item("rip", rip)?;
-            "triple_fault"
-        }
-        GuestFault::BadPointer { call, address, len } => {
-            d.set_item("call", call)?;
-            d.set_item("address", address)?;
-            d.set_item("len", len)?;
-            "bad_pointer"
-        }
-        GuestFault::ResponseTooLarge { what, size, limit } => {
-            d.set_item("what", what)?;
-            d.set_item("size", size)?;
-            d.set_item("limit", limit)?;
-            "response_too_large"
-        }
-        GuestFault::Vm(_) => "vm",
-    };
-    d.set_item("kind", kind)?;
-    d.set_item("message", fault.to_string())?;
-    Ok(d)
 }
 
 #[pymethods]
@@ -188,6 +104,16 @@ impl RunOutcome {
     #[getter]
     fn fault<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.fault.as_ref().map(|f| fault_dict(py, f)).transpose()
+    }
+
+    /// None when the program exited (or killed itself) normally; else the `GuestError` a
+    /// failed run raises, with its output (a new exception on every access, not raised).
+    #[getter]
+    fn error(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let failure = self.failure.as_ref()?;
+        let (stdout, stderr) = (self.stdout.as_bytes(py), self.stderr.as_bytes(py));
+        let raised = Raised::Guest { message: failure.to_string(), failure, stdout, stderr };
+        Some(to_py(py, raised).into_value(py).into_any())
     }
 
     /// System calls handled, by number (a new dict).
@@ -218,7 +144,7 @@ impl RunOutcome {
 ///
 /// `stdin` None inherits the host's stdin; `capture_output` False writes the program's
 /// stdout/stderr to the host's.  Host-side failures raise `tenantvm.errors` exceptions; what
-/// the program did is in the returned `RunOutcome`.
+/// the program did is in the returned `RunOutcome` (`error` when it failed).
 #[pyfunction]
 #[pyo3(signature = (path, args, env, stdin, capture_output, timeout, memory_mb, exe_path))]
 #[allow(clippy::too_many_arguments)]
@@ -233,11 +159,8 @@ fn run(
     memory_mb: u64,
     exe_path: Option<Vec<u8>>,
 ) -> PyResult<RunOutcome> {
-    let timeout =
-        Duration::try_from_secs_f64(timeout).map_err(|e| config_error(py, format!("timeout {timeout:?} s: {e}")))?;
-    let memory = memory_mb
-        .checked_mul(1 << 20)
-        .ok_or_else(|| config_error(py, format!("memory_mb {memory_mb} is too large")))?;
+    let timeout = seconds(py, "timeout", timeout)?;
+    let memory = megabytes(py, memory_mb)?;
     let mut cfg = RunConfig::new(args);
     cfg.env = env;
     cfg.stdin = match stdin {
@@ -254,15 +177,27 @@ fn run(
     let outcome = py.detach(move || vmm::Program::from_file(path).and_then(|program| vmm::run(&program, cfg)));
     match outcome {
         Ok(out) => Ok(RunOutcome::new(py, out)),
-        Err(e) => Err(host_error(py, e)),
+        Err(e) => Err(to_py(py, &e)),
     }
+}
+
+/// `value` seconds as a `Duration`, or a `ConfigError` naming `what`.
+pub(crate) fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|e| to_py(py, Raised::Config(format!("{what} {value:?} s: {e}"))))
+}
+
+/// `memory_mb` MiB in bytes, or a `ConfigError`.
+pub(crate) fn megabytes(py: Python<'_>, memory_mb: u64) -> PyResult<u64> {
+    memory_mb
+        .checked_mul(1 << 20)
+        .ok_or_else(|| to_py(py, Raised::Config(format!("memory_mb {memory_mb} is too large"))))
 }
 
 /// Describes the host's KVM: `platform`, `guest_setup`, `api_version`, `capabilities`
 /// (a list of `(name, present)`).
 #[pyfunction]
 fn doctor_report(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let report = py.detach(vmm::doctor::report).map_err(|e| host_error(py, e))?;
+    let report = py.detach(vmm::doctor::report).map_err(|e| to_py(py, &e))?;
     let d = PyDict::new(py);
     d.set_item("platform", report.platform)?;
     d.set_item("guest_setup", report.guest_setup)?;
@@ -276,7 +211,7 @@ fn doctor_report(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 #[pyo3(signature = (exits = 2000, samples = 5))]
 fn measure_round_trip(py: Python<'_>, exits: u32, samples: usize) -> PyResult<Bound<'_, PyDict>> {
-    let rt = py.detach(move || vmm::doctor::measure(exits, samples)).map_err(|e| host_error(py, e))?;
+    let rt = py.detach(move || vmm::doctor::measure(exits, samples)).map_err(|e| to_py(py, &e))?;
     let d = PyDict::new(py);
     d.set_item("exit_us", rt.exit.as_secs_f64() * 1e6)?;
     d.set_item("vm_lifecycle_us", rt.vm_lifecycle.as_secs_f64() * 1e6)?;
@@ -288,12 +223,13 @@ fn measure_round_trip(py: Python<'_>, exits: u32, samples: usize) -> PyResult<Bo
 /// sockets or processes (those fail with EPERM).  Irreversible for the thread.
 #[pyfunction]
 fn restrict_current_thread(py: Python<'_>) -> PyResult<()> {
-    vmm::sandbox::restrict_current_thread().map_err(|e| host_error(py, e))
+    vmm::sandbox::restrict_current_thread().map_err(|e| to_py(py, &e))
 }
 
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
     m.add_class::<RunOutcome>()?;
     m.add_class::<tenant::Tenant>()?;
     m.add_class::<tenant::Instance>()?;

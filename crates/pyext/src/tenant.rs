@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
-use vmm::syscalls::api::ApiLimits;
-use vmm::{CallErrorKind, Request};
+use vmm::{ApiLimits, Request};
 
-use crate::{config_error, error_class, fault_dict, host_error};
+use crate::errors::to_py;
+use crate::{megabytes, seconds};
 
 /// A request as Python passes it: (method, path, query, headers, body).
 type RawRequest = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
@@ -20,25 +20,10 @@ fn request((method, path, query, headers, body): RawRequest) -> Request {
     Request { method, path, query, headers, body }
 }
 
-fn seconds(py: Python<'_>, what: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|e| config_error(py, format!("{what} {value:?} s: {e}")))
-}
-
-/// Builds a `tenantvm.errors` exception `class(message, **kwargs)` with the call's output.
-fn guest_error(py: Python<'_>, class: &str, message: String, kwargs: &Bound<'_, PyDict>) -> PyErr {
-    let built = error_class(py, class).and_then(|ty| ty.call((message,), Some(kwargs)));
-    match built {
-        Ok(exc) => PyErr::from_value(exc),
-        Err(e) => e,
-    }
-}
-
 /// A booted tenant (`vmm::Tenant`): a snapshot that instances are made from.
 #[pyclass(frozen, module = "tenantvm._native", name = "Tenant")]
 pub struct Tenant {
     inner: vmm::Tenant,
-    memory_mb: u64,
-    timeout: f64,
 }
 
 #[pymethods]
@@ -72,9 +57,7 @@ impl Tenant {
     ) -> PyResult<Tenant> {
         let mut cfg = vmm::TenantConfig::new(args);
         cfg.env = env;
-        cfg.memory = memory_mb
-            .checked_mul(1 << 20)
-            .ok_or_else(|| config_error(py, format!("memory_mb {memory_mb} is too large")))?;
+        cfg.memory = megabytes(py, memory_mb)?;
         cfg.timeout = seconds(py, "timeout", timeout)?;
         cfg.boot_timeout = seconds(py, "boot_timeout", boot_timeout)?;
         cfg.ephemeral = ephemeral;
@@ -87,38 +70,13 @@ impl Tenant {
             let program = vmm::Program::from_file(path).map_err(vmm::BootError::Host)?;
             vmm::Tenant::boot(&program, cfg)
         });
-        match booted {
-            Ok(inner) => Ok(Tenant { inner, memory_mb, timeout }),
-            Err(vmm::BootError::Host(e)) => Err(host_error(py, e)),
-            Err(vmm::BootError::Guest { exit, stdout, stderr }) => {
-                let kw = PyDict::new(py);
-                kw.set_item("stdout", PyBytes::new(py, &stdout))?;
-                kw.set_item("stderr", PyBytes::new(py, &stderr))?;
-                let message = format!("the tenant failed before its first wait_for_request: {exit}");
-                Err(match exit {
-                    vmm::program::ExitKind::Timeout => {
-                        kw.set_item("timeout", boot_timeout)?;
-                        guest_error(py, "GuestTimeout", message, &kw)
-                    }
-                    vmm::program::ExitKind::Fault(f) => {
-                        for (k, v) in fault_dict(py, &f)?.iter() {
-                            kw.set_item(k, v)?;
-                        }
-                        kw.del_item("message")?;
-                        kw.set_item("details", fault_dict(py, &f)?)?;
-                        strip_fault_extras(&kw)?;
-                        guest_error(py, "GuestFault", message, &kw)
-                    }
-                    _ => guest_error(py, "NoResponse", message, &kw),
-                })
-            }
-        }
+        booted.map(|inner| Tenant { inner }).map_err(|e| to_py(py, &e))
     }
 
     /// A new instance at the snapshot's state (GIL released while the VM is created).
     fn instance(&self, py: Python<'_>) -> PyResult<Instance> {
-        let inner = py.detach(|| self.inner.instance()).map_err(|e| host_error(py, e))?;
-        Ok(Instance { inner: Mutex::new(inner), memory_mb: self.memory_mb, timeout: self.timeout })
+        let inner = py.detach(|| self.inner.instance()).map_err(|e| to_py(py, &e))?;
+        Ok(Instance { inner: Mutex::new(inner) })
     }
 
     /// Seconds it took to boot (and warm up) to the snapshot.
@@ -139,8 +97,7 @@ impl Tenant {
     #[pyo3(signature = (completions, sandbox = true))]
     fn worker(&self, py: Python<'_>, completions: &Completions, sandbox: bool) -> PyResult<Worker> {
         let (tenant, queue) = (self.inner.clone(), completions.inner.clone());
-        let inner =
-            py.detach(move || vmm::worker::Worker::start(tenant, queue, sandbox)).map_err(|e| host_error(py, e))?;
+        let inner = py.detach(move || vmm::worker::Worker::start(tenant, queue, sandbox)).map_err(|e| to_py(py, &e))?;
         Ok(Worker { inner })
     }
 }
@@ -156,7 +113,7 @@ pub struct Completions {
 impl Completions {
     #[new]
     fn new(py: Python<'_>) -> PyResult<Completions> {
-        let inner = vmm::worker::Completions::new().map_err(|e| host_error(py, e))?;
+        let inner = vmm::worker::Completions::new().map_err(|e| to_py(py, &e))?;
         Ok(Completions { inner: Arc::new(inner) })
     }
 
@@ -172,11 +129,7 @@ impl Completions {
         for c in self.inner.drain() {
             let item = match c.result {
                 Ok(r) => (c.token, true, result_tuple(py, &r)?.into_any()).into_pyobject(py)?,
-                Err(e) => {
-                    let memory_mb = c.memory >> 20;
-                    let exc = call_error(py, e, c.timeout.as_secs_f64(), memory_mb)?.into_value(py).into_bound(py);
-                    (c.token, false, exc.into_any()).into_pyobject(py)?
-                }
+                Err(e) => (c.token, false, to_py(py, &e).into_value(py).into_bound(py).into_any()).into_pyobject(py)?,
             };
             out.push(item);
         }
@@ -206,7 +159,7 @@ impl Worker {
         body: Vec<u8>,
     ) -> PyResult<()> {
         let req = Request { method, path, query, headers, body };
-        self.inner.submit(token, req).map_err(|e| host_error(py, e))
+        self.inner.submit(token, req).map_err(|e| to_py(py, &e))
     }
 
     /// False once a host-side failure made the instance unusable.
@@ -217,32 +170,20 @@ impl Worker {
 
     /// Restores the snapshot (waits for the queued calls first; GIL released).
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.reset()).map_err(|e| host_error(py, e))
+        py.detach(|| self.inner.reset()).map_err(|e| to_py(py, &e))
     }
 
     /// Counters (see `Instance.stats`; waits for the queued calls first; GIL released).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = py.detach(|| self.inner.stats()).map_err(|e| host_error(py, e))?;
+        let s = py.detach(|| self.inner.stats()).map_err(|e| to_py(py, &e))?;
         stats_dict(py, &s)
     }
-}
-
-/// GuestFault's constructor takes kind/address/rip/vector/error_code/access; drop the rest.
-fn strip_fault_extras(kw: &Bound<'_, PyDict>) -> PyResult<()> {
-    for extra in ["call", "len", "what", "size", "limit"] {
-        if kw.contains(extra)? {
-            kw.del_item(extra)?;
-        }
-    }
-    Ok(())
 }
 
 /// One VM serving a tenant (`vmm::Instance`).  Calls on one instance are serialized.
 #[pyclass(frozen, module = "tenantvm._native", name = "Instance")]
 pub struct Instance {
     inner: Mutex<vmm::Instance>,
-    memory_mb: u64,
-    timeout: f64,
 }
 
 impl Instance {
@@ -271,7 +212,7 @@ impl Instance {
         let result = py.detach(|| self.lock().call(&req));
         match result {
             Ok(r) => result_tuple(py, &r),
-            Err(e) => Err(call_error(py, e, self.timeout, self.memory_mb)?),
+            Err(e) => Err(to_py(py, &e)),
         }
     }
 
@@ -302,14 +243,14 @@ impl Instance {
             .into_iter()
             .map(|r| match r {
                 Ok(r) => Ok(result_tuple(py, &r)?.into_any()),
-                Err(e) => Ok(call_error(py, e, self.timeout, self.memory_mb)?.into_value(py).into_bound(py).into_any()),
+                Err(e) => Ok(to_py(py, &e).into_value(py).into_bound(py).into_any()),
             })
             .collect()
     }
 
     /// Restores the snapshot now.
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.lock().reset()).map(|_| ()).map_err(|e| host_error(py, e))
+        py.detach(|| self.lock().reset()).map(|_| ()).map_err(|e| to_py(py, &e))
     }
 
     /// False once a host-side failure has made the instance unusable.
@@ -371,49 +312,4 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
     d.set_item("guest_pages_restored", s.guest_pages_restored)?;
     d.set_item("starvation_grants", s.starvation_grants)?;
     Ok(d)
-}
-
-/// The `tenantvm.errors` exception for a failed call of a tenant with these limits.
-fn call_error(py: Python<'_>, e: vmm::CallError, timeout: f64, memory_mb: u64) -> PyResult<PyErr> {
-    let kw = PyDict::new(py);
-    kw.set_item("stdout", PyBytes::new(py, &e.stdout))?;
-    kw.set_item("stderr", PyBytes::new(py, &e.stderr))?;
-    Ok(match e.kind {
-        CallErrorKind::RequestTooLarge(t) => {
-            let kw = PyDict::new(py);
-            kw.set_item("size", t.size)?;
-            kw.set_item("limit", t.limit)?;
-            guest_error(py, "RequestTooLarge", t.to_string(), &kw)
-        }
-        CallErrorKind::Timeout => {
-            kw.set_item("timeout", timeout)?;
-            guest_error(py, "GuestTimeout", format!("the request ran past its time limit of {timeout} s"), &kw)
-        }
-        CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what, size, limit }) => {
-            kw.set_item("what", what)?;
-            kw.set_item("size", size)?;
-            kw.set_item("limit", limit)?;
-            let message = vmm::GuestFault::ResponseTooLarge { what, size, limit }.to_string();
-            guest_error(py, "ResponseTooLarge", message, &kw)
-        }
-        CallErrorKind::Fault(f) => {
-            let details = fault_dict(py, &f)?;
-            for (k, v) in details.iter() {
-                kw.set_item(k, v)?;
-            }
-            kw.del_item("message")?;
-            strip_fault_extras(&kw)?;
-            kw.set_item("details", details)?;
-            guest_error(py, "GuestFault", f.to_string(), &kw)
-        }
-        CallErrorKind::OutOfMemory(why) => {
-            kw.set_item("memory_mb", memory_mb)?;
-            guest_error(py, "GuestOutOfMemory", format!("out of memory: {why}"), &kw)
-        }
-        CallErrorKind::NoResponse(why) => guest_error(py, "NoResponse", format!("no response: {why}"), &kw),
-        CallErrorKind::Host(why) => {
-            let kw = PyDict::new(py);
-            guest_error(py, "HostError", format!("the instance failed on the host and is unusable: {why}"), &kw)
-        }
-    })
 }

@@ -69,7 +69,7 @@ fn time_run(program: &Program) -> Result<(Duration, u64)> {
     let out = run(program, cfg)?;
     let elapsed = t.elapsed();
     if out.exit != ExitKind::Exited(0) {
-        return Err(Error::GuestKernel(format!("the round-trip program failed: {}", out.exit)));
+        return Err(Error::GuestKernel(format!("the round-trip program failed: {:?}", out.exit)));
     }
     Ok((elapsed, out.exits))
 }

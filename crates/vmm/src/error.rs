@@ -1,9 +1,13 @@
-//! Errors: what can go wrong on the host side ([`Error`]) and what a guest can do wrong
-//! ([`GuestFault`]).
+//! Errors: what can go wrong on the host side ([`Error`]), what a guest can do wrong
+//! ([`GuestFault`]), and how a program failed to do what its caller waited for ([`Failure`]).
 //!
 //! The split matters: an [`Error`] means the VM could not be built or driven (no KVM, bad
 //! program, bad configuration, a failed ioctl); a [`GuestFault`] is something the program did
-//! and is reported as the way its run ended, never as a host failure.
+//! and is reported as the way its run ended, never as a host failure.  A [`Failure`] is the
+//! one description of a failed run, call or boot: every kind carries the data its message and
+//! the Python exception need (`crates/pyext` converts it in one function).
+
+use std::time::Duration;
 
 use crate::elf::ElfError;
 
@@ -138,4 +142,62 @@ pub enum GuestFault {
     /// KVM could not run the guest (entry failure, internal error, unexpected exit).
     #[error("the VM stopped unexpectedly: {0}")]
     Vm(String),
+}
+
+/// The request does not fit the request area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+pub struct RequestTooLarge {
+    /// Encoded size.
+    pub size: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
+/// How a program failed to do what its caller waited for: answer a request, reach its first
+/// `wait_for_request`, or run to its exit.  Except for [`Failure::Host`], an instance that
+/// reports one has been reset and serves the next call normally.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The request does not fit the request area (nothing ran).
+    #[error(transparent)]
+    RequestTooLarge(RequestTooLarge),
+    /// The program ran past its time limit.
+    #[error("the program ran past its time limit of {} s", limit.as_secs_f64())]
+    Timeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The program would have waited forever (e.g. a futex wait with no other thread), so it
+    /// was stopped before its time limit.
+    #[error("the program would never finish ({why}); stopped before its time limit of {} s", limit.as_secs_f64())]
+    Deadlock {
+        /// What it waited for.
+        why: &'static str,
+        /// The limit it was stopped before.
+        limit: Duration,
+    },
+    /// The program faulted (a CPU exception, a bad pointer to `respond`, an oversize response).
+    #[error(transparent)]
+    Fault(GuestFault),
+    /// The program ended abnormally after a memory request of it was refused.
+    #[error("the program ran out of its {} MiB of memory and {ended}", memory >> 20)]
+    OutOfMemory {
+        /// The VM's memory in bytes.
+        memory: u64,
+        /// How it ended ("exited with status 1", "was killed by signal 6", "stopped: <fault>").
+        ended: String,
+        /// Its exit status if it exited by itself (e.g. after malloc failed).
+        exit_code: Option<i32>,
+    },
+    /// The program stopped without responding (it exited, was killed, or waited again).
+    #[error("no response: the program {0}")]
+    NoResponse(String),
+    /// The program stopped in a way that makes no sense where it was (e.g. it used the
+    /// request API in a one-shot run).
+    #[error("the program stopped unexpectedly: {0}")]
+    Unexpected(String),
+    /// The host failed (a KVM ioctl); the instance is poisoned and every later call fails.
+    #[error("the instance failed on the host and is unusable: {0}")]
+    Host(String),
 }

@@ -18,15 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchBlock, MAX_BATCH};
-use crate::error::{Error, GuestFault};
+use crate::error::{Error, Failure, GuestFault};
 use crate::guest::layout::*;
 use crate::guest::vcd;
 use crate::kvm;
 use crate::machine::{Machine, RunEnd};
 use crate::memory::{GuestMemory, Mapping};
-use crate::program::ExitKind;
 use crate::reset::{ResetReport, ResetTracker};
-use crate::syscalls::api::{encode_request, encode_request_at, Request, RequestTooLarge, Response};
+use crate::syscalls::api::{encode_request, encode_request_at, Request, Response};
 use crate::syscalls::fs::Io;
 use crate::syscalls::process::fill_random;
 use crate::syscalls::{Input, Output, Stop, SyscallCounts};
@@ -59,30 +58,12 @@ pub struct CallResult {
     pub exits: u64,
 }
 
-/// Why a call failed.  Except for [`CallErrorKind::Host`], the instance has been reset and
-/// serves the next call normally.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallErrorKind {
-    /// The request does not fit the request area (nothing ran).
-    RequestTooLarge(RequestTooLarge),
-    /// The request ran past its time limit.
-    Timeout,
-    /// The program faulted (a CPU exception, a bad pointer to `respond`, an oversize response).
-    Fault(GuestFault),
-    /// The program ran out of memory and then failed.
-    OutOfMemory(String),
-    /// The program stopped without responding (it exited, was killed, or waited again).
-    NoResponse(String),
-    /// The host failed (a KVM ioctl); the instance is poisoned.
-    Host(String),
-}
-
 /// A failed call, with the output the program produced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind:?}")]
+#[error("{kind}")]
 pub struct CallError {
     /// What went wrong.
-    pub kind: CallErrorKind,
+    pub kind: Failure,
     /// stdout during the call.
     pub stdout: Vec<u8>,
     /// stderr during the call.
@@ -221,14 +202,14 @@ impl Instance {
     /// Serves one request.
     pub fn call(&mut self, req: &Request) -> Result<CallResult, CallError> {
         if let State::Poisoned(why) = &self.state {
-            return Err(CallError { kind: CallErrorKind::Host(why.clone()), stdout: Vec::new(), stderr: Vec::new() });
+            return Err(CallError { kind: Failure::Host(why.clone()), stdout: Vec::new(), stderr: Vec::new() });
         }
         let cfg = &self.snapshot.config;
         let deadline = Instant::now() + cfg.timeout;
         let mut entropy = [0u8; 32];
         fill_random(&mut entropy);
         let bytes = encode_request(req, &entropy, self.snapshot.request_area as usize).map_err(|e| CallError {
-            kind: CallErrorKind::RequestTooLarge(e),
+            kind: Failure::RequestTooLarge(e),
             stdout: Vec::new(),
             stderr: Vec::new(),
         })?;
@@ -246,7 +227,7 @@ impl Instance {
             Err(e) => {
                 self.state = State::Poisoned(e.to_string());
                 self.stats.errors += 1;
-                return Err(CallError { kind: CallErrorKind::Host(e.to_string()), stdout, stderr });
+                return Err(CallError { kind: Failure::Host(e.to_string()), stdout, stderr });
             }
         };
         match &outcome {
@@ -388,8 +369,8 @@ impl Instance {
             for i in next..stopped_at {
                 let result = match block.response(i) {
                     Some(Ok(response)) => Ok(CallResult { response, stdout: Vec::new(), stderr: Vec::new(), exits: 0 }),
-                    Some(Err(why)) => Err(CallErrorKind::Fault(GuestFault::Vm(why))),
-                    None => Err(CallErrorKind::Fault(GuestFault::Vm(format!("batched request {i} has no response")))),
+                    Some(Err(why)) => Err(Failure::Fault(GuestFault::Vm(why))),
+                    None => Err(Failure::Fault(GuestFault::Vm(format!("batched request {i} has no response")))),
                 };
                 results.push(result.map_err(|kind| {
                     self.stats.errors += 1;
@@ -457,11 +438,7 @@ impl Instance {
         self.stats.calls += left as u64;
         self.stats.errors += left as u64;
         for _ in 0..left {
-            results.push(Err(CallError {
-                kind: CallErrorKind::Host(why.clone()),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            }));
+            results.push(Err(CallError { kind: Failure::Host(why.clone()), stdout: Vec::new(), stderr: Vec::new() }));
         }
     }
 
@@ -520,29 +497,9 @@ impl Instance {
         Ok(())
     }
 
-    fn classify(&self, end: RunEnd) -> CallErrorKind {
-        let oom = self.machine.memory_exhausted;
-        match end {
-            RunEnd::Timeout | RunEnd::Stopped(Stop::Timeout) => CallErrorKind::Timeout,
-            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) if oom => CallErrorKind::OutOfMemory(f.to_string()),
-            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) => CallErrorKind::Fault(f),
-            RunEnd::Stopped(Stop::WaitForRequest) => {
-                CallErrorKind::NoResponse("the program called wait_for_request without responding".into())
-            }
-            RunEnd::Stopped(Stop::Exited(c)) if oom => {
-                CallErrorKind::OutOfMemory(format!("exited with status {c} after running out of memory"))
-            }
-            RunEnd::Stopped(Stop::Signaled(s)) if oom => {
-                CallErrorKind::OutOfMemory(format!("killed by signal {s} after running out of memory"))
-            }
-            RunEnd::Stopped(Stop::Exited(c)) => CallErrorKind::NoResponse(ExitKind::Exited(c).to_string()),
-            RunEnd::Stopped(Stop::Signaled(s)) => CallErrorKind::NoResponse(ExitKind::Signaled(s).to_string()),
-            RunEnd::Stopped(Stop::Deadlock(why)) => CallErrorKind::NoResponse(format!("deadlock: {why}")),
-            RunEnd::Stopped(Stop::BatchDone) => {
-                CallErrorKind::Fault(GuestFault::Vm("the guest kernel ended a batch early".into()))
-            }
-            RunEnd::Stopped(Stop::Responded(_) | Stop::RespondedAndWaiting(_)) => unreachable!("handled by the caller"),
-        }
+    fn classify(&self, end: RunEnd) -> Failure {
+        let cfg = &self.snapshot.config;
+        end.failure(self.machine.memory_exhausted, cfg.timeout, cfg.memory)
     }
 
     /// Restores the snapshot: memory (changed pages only), the emulated process, and (at the
@@ -565,6 +522,6 @@ impl Instance {
 
 impl From<Error> for CallError {
     fn from(e: Error) -> Self {
-        CallError { kind: CallErrorKind::Host(e.to_string()), stdout: Vec::new(), stderr: Vec::new() }
+        CallError { kind: Failure::Host(e.to_string()), stdout: Vec::new(), stderr: Vec::new() }
     }
 }

@@ -43,8 +43,9 @@ pub mod vcpu;
 pub mod vm;
 pub mod worker;
 
-pub use error::{Error, GuestFault, Result};
-pub use instance::{CallError, CallErrorKind, CallResult, Instance, InstanceStats};
-pub use program::{run, Program, RunConfig, RunOutcome};
-pub use syscalls::api::{Request, Response};
+pub use error::{Error, Failure, GuestFault, RequestTooLarge, Result};
+pub use instance::{CallError, CallResult, Instance, InstanceStats};
+pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
+pub use syscalls::api::{ApiLimits, Request, Response};
+pub use syscalls::{Input, Output};
 pub use tenant::{BootError, Tenant, TenantConfig};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_regs;
 
-use crate::error::{Error, GuestFault, Result};
+use crate::error::{Error, Failure, GuestFault, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::guest::vcd;
@@ -38,6 +38,38 @@ pub enum RunEnd {
     Fault(GuestFault),
     /// The deadline passed.
     Timeout,
+}
+
+impl RunEnd {
+    /// The [`Failure`] this end is for a program that was to do something else (answer a
+    /// request, reach `wait_for_request`, exit by itself): the one classification of how runs,
+    /// boots and calls fail.  `out_of_memory` says that a memory request was refused during the
+    /// run: an abnormal end after that is blamed on the cap rather than on the program, and
+    /// `limit` and `memory` are the run's limits, carried in the failure.
+    pub fn failure(self, out_of_memory: bool, limit: Duration, memory: u64) -> Failure {
+        let oom = |ended: String, exit_code| Failure::OutOfMemory { memory, ended, exit_code };
+        match self {
+            RunEnd::Timeout | RunEnd::Stopped(Stop::Timeout) => Failure::Timeout { limit },
+            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) if out_of_memory => {
+                oom(format!("stopped: {f}"), None)
+            }
+            RunEnd::Stopped(Stop::Exited(c)) if out_of_memory => oom(format!("exited with status {c}"), Some(c)),
+            RunEnd::Stopped(Stop::Signaled(s)) if out_of_memory => oom(format!("was killed by signal {s}"), None),
+            RunEnd::Fault(f) | RunEnd::Stopped(Stop::ApiFault(f)) => Failure::Fault(f),
+            RunEnd::Stopped(Stop::Exited(c)) => Failure::NoResponse(format!("exited with status {c}")),
+            RunEnd::Stopped(Stop::Signaled(s)) => Failure::NoResponse(format!("was killed by signal {s}")),
+            RunEnd::Stopped(Stop::WaitForRequest) => {
+                Failure::NoResponse("called wait_for_request without responding".into())
+            }
+            RunEnd::Stopped(Stop::Deadlock(why)) => Failure::Deadlock { why, limit },
+            RunEnd::Stopped(Stop::BatchDone) => {
+                Failure::Fault(GuestFault::Vm("the guest kernel ended a batch early".into()))
+            }
+            RunEnd::Stopped(stop @ (Stop::Responded(_) | Stop::RespondedAndWaiting(_))) => {
+                Failure::Unexpected(format!("{stop:?}"))
+            }
+        }
+    }
 }
 
 /// Counters of one machine, cumulative.
@@ -401,5 +433,46 @@ impl Machine {
             }
             v => GuestFault::Exception { vector: v as u8, rip, error_code },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(500);
+    const MEMORY: u64 = 16 << 20;
+
+    fn fault() -> GuestFault {
+        GuestFault::PageFault { address: 0x10, rip: 1, error_code: 6, access: "write" }
+    }
+
+    #[test]
+    fn an_abnormal_end_after_memory_ran_out_blames_the_memory() {
+        let f = RunEnd::Fault(fault()).failure(true, LIMIT, MEMORY);
+        assert!(
+            matches!(&f, Failure::OutOfMemory { memory: MEMORY, exit_code: None, ended } if ended.contains("page fault"))
+        );
+        assert!(f.to_string().contains("16 MiB"), "{f}");
+        let f = RunEnd::Stopped(Stop::Exited(3)).failure(true, LIMIT, MEMORY);
+        assert!(matches!(f, Failure::OutOfMemory { exit_code: Some(3), .. }));
+        assert_eq!(RunEnd::Fault(fault()).failure(false, LIMIT, MEMORY), Failure::Fault(fault()));
+    }
+
+    #[test]
+    fn a_timeout_stays_a_timeout_even_after_memory_ran_out() {
+        assert_eq!(RunEnd::Timeout.failure(true, LIMIT, MEMORY), Failure::Timeout { limit: LIMIT });
+        assert_eq!(RunEnd::Stopped(Stop::Timeout).failure(false, LIMIT, MEMORY), Failure::Timeout { limit: LIMIT });
+        assert!(Failure::Timeout { limit: LIMIT }.to_string().contains("0.5 s"));
+    }
+
+    #[test]
+    fn ends_without_a_response_say_how_the_program_ended() {
+        let f = RunEnd::Stopped(Stop::Exited(2)).failure(false, LIMIT, MEMORY);
+        assert_eq!(f, Failure::NoResponse("exited with status 2".into()));
+        let f = RunEnd::Stopped(Stop::Deadlock("futex wait")).failure(false, LIMIT, MEMORY);
+        assert_eq!(f, Failure::Deadlock { why: "futex wait", limit: LIMIT });
+        let f = RunEnd::Stopped(Stop::Responded(Default::default())).failure(false, LIMIT, MEMORY);
+        assert!(matches!(f, Failure::Unexpected(_)));
     }
 }

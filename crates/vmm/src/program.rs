@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::elf::ElfImage;
-use crate::error::{Error, GuestFault, Result};
+use crate::error::{Error, Failure, GuestFault, Result};
 use crate::guest::PAGE_SIZE;
 use crate::kvm;
 use crate::loader::{self, LoadConfig};
@@ -150,13 +150,15 @@ pub struct RunOutcome {
     pub exits: u64,
     /// Whether a memory request was refused because the VM's memory was exhausted.
     pub memory_exhausted: bool,
+    /// Why the run failed, unless the program exited (or killed itself) normally.
+    pub failure: Option<Failure>,
 }
 
 impl RunOutcome {
     /// True when the program ended abnormally after running out of memory: the cap, not a
     /// bug, is the likely cause.
     pub fn out_of_memory(&self) -> bool {
-        self.memory_exhausted && !matches!(self.exit, ExitKind::Exited(0) | ExitKind::Timeout)
+        matches!(self.failure, Some(Failure::OutOfMemory { .. }))
     }
 }
 
@@ -229,6 +231,12 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
     machine.start_kernel()?;
     machine.enter_user(loaded.entry, loaded.rsp);
     let end = machine.run(deadline)?;
+    let oom = machine.memory_exhausted;
+    let failure = match &end {
+        RunEnd::Stopped(Stop::Exited(0)) => None,
+        RunEnd::Stopped(Stop::Exited(_) | Stop::Signaled(_)) if !oom => None,
+        end => Some(end.clone().failure(oom, cfg.timeout, cfg.memory)),
+    };
     let exit = ExitKind::from(end);
     let truncated =
         [&machine.io.stdout, &machine.io.stderr].iter().any(|o| matches!(o, Output::Capture { truncated: true, .. }));
@@ -240,6 +248,7 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
         syscalls: machine.syscall_counts(),
         elapsed: started.elapsed(),
         exits: machine.stats.exits,
-        memory_exhausted: machine.memory_exhausted,
+        memory_exhausted: oom,
+        failure,
     })
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_regs;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::guest::{kdata, PAGE_SIZE};
@@ -25,7 +25,7 @@ use crate::loader::{self, LoadConfig};
 use crate::machine::{Machine, RunEnd};
 use crate::memory::user::UserMap;
 use crate::memory::{Mapping, Memfd};
-use crate::program::{default_stack, exe_path_for, new_process, ExitKind, Program};
+use crate::program::{default_stack, exe_path_for, new_process, Program};
 use crate::syscalls::api::{ApiLimits, Request};
 use crate::syscalls::fs::Io;
 use crate::syscalls::process::fill_random;
@@ -89,28 +89,15 @@ pub enum BootError {
     #[error(transparent)]
     Host(#[from] Error),
     /// The program ended or failed before its first `wait_for_request`.
-    #[error("the program did not reach wait_for_request: {exit}")]
+    #[error("the tenant failed before its first wait_for_request: {failure}")]
     Guest {
-        /// How it ended.
-        exit: ExitKind,
+        /// How it failed.
+        failure: Failure,
         /// Its stdout up to then.
         stdout: Vec<u8>,
         /// Its stderr up to then.
         stderr: Vec<u8>,
     },
-}
-
-impl std::fmt::Display for ExitKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitKind::Exited(c) => write!(f, "exited with status {c}"),
-            ExitKind::Signaled(s) => write!(f, "killed by signal {s}"),
-            ExitKind::Fault(fault) => write!(f, "{fault}"),
-            ExitKind::Timeout => write!(f, "timed out"),
-            ExitKind::Deadlock(why) => write!(f, "deadlock: {why}"),
-            ExitKind::Unexpected(what) => write!(f, "{what}"),
-        }
-    }
 }
 
 /// The frozen state instances start from.  Immutable once made.
@@ -208,8 +195,8 @@ impl Tenant {
         m.start_kernel()?;
         m.enter_user(loaded.entry, loaded.rsp);
 
-        let fail = |m: &Machine, exit: ExitKind| BootError::Guest {
-            exit,
+        let fail = |m: &Machine, end: RunEnd| BootError::Guest {
+            failure: end.failure(m.memory_exhausted, cfg.boot_timeout, cfg.memory),
             stdout: m.io.stdout.captured().to_vec(),
             stderr: m.io.stderr.captured().to_vec(),
         };
@@ -218,7 +205,7 @@ impl Tenant {
             match m.run(deadline)? {
                 RunEnd::Stopped(Stop::WaitForRequest | Stop::RespondedAndWaiting(_)) => {}
                 RunEnd::Stopped(Stop::Responded(_)) => continue,
-                end => return Err(fail(&m, ExitKind::from(end))),
+                end => return Err(fail(&m, end)),
             }
             let Some(req) = warmups.next() else { break };
             let mut entropy = [0u8; 32];

@@ -29,10 +29,6 @@ pub struct Completion {
     pub token: u64,
     /// The outcome.
     pub result: std::result::Result<CallResult, CallError>,
-    /// The tenant's time limit per request (for error messages).
-    pub timeout: std::time::Duration,
-    /// The tenant's memory in bytes (for error messages).
-    pub memory: u64,
 }
 
 /// Results of calls from any number of workers, with an eventfd to wait on.
@@ -182,8 +178,7 @@ fn serve(instance: &mut Instance, rx: &mpsc::Receiver<Job>, completions: &Comple
             Job::Call(token, request) => {
                 let result = instance.call(&request);
                 shared.usable.store(instance.usable(), Ordering::Release);
-                let cfg = instance.config();
-                completions.push(Completion { token, result, timeout: cfg.timeout, memory: cfg.memory });
+                completions.push(Completion { token, result });
             }
             Job::Reset(reply) => {
                 let _ = reply.send(instance.reset().map(|_| ()));

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{kvm_or_skip, tenant};
-use vmm::{CallErrorKind, CallResult, Instance, Request};
+use vmm::{CallResult, Failure, Instance, Request};
 
 fn req(path: &str) -> Request {
     let (p, q) = path.split_once('?').unwrap_or((path, ""));
@@ -83,17 +83,17 @@ fn failures_in_a_batch_are_per_request() {
         c.timeout = Duration::from_millis(300);
     });
     let mut inst = t.instance().unwrap();
-    type Check = fn(&CallErrorKind) -> bool;
+    type Check = fn(&Failure) -> bool;
     let cases: Vec<(&str, Check)> = vec![
-        ("/fault", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
-        ("/illegal", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
-        ("/spin", |k| matches!(k, CallErrorKind::Timeout)),
-        ("/exit", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("status 3"))),
-        ("/abort", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("signal 6"))),
-        ("/wait", |k| matches!(k, CallErrorKind::NoResponse(_))),
-        ("/big", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
-        ("/badptr", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
-        ("/oom", |k| matches!(k, CallErrorKind::OutOfMemory(_))),
+        ("/fault", |k| matches!(k, Failure::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
+        ("/illegal", |k| matches!(k, Failure::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
+        ("/spin", |k| matches!(k, Failure::Timeout { .. })),
+        ("/exit", |k| matches!(k, Failure::NoResponse(m) if m.contains("status 3"))),
+        ("/abort", |k| matches!(k, Failure::NoResponse(m) if m.contains("signal 6"))),
+        ("/wait", |k| matches!(k, Failure::NoResponse(_))),
+        ("/big", |k| matches!(k, Failure::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
+        ("/badptr", |k| matches!(k, Failure::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
+        ("/oom", |k| matches!(k, Failure::OutOfMemory { .. })),
     ];
     // Each failure between two good requests, all in one batch.
     let mut reqs = vec![req("/count")];
@@ -131,7 +131,7 @@ fn every_batched_request_gets_its_own_time_limit() {
     // One over the limit fails alone.
     let results = inst.call_batch(&[req("/busy?ms=100"), req("/busy?ms=400"), req("/busy?ms=100")]);
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-    assert!(matches!(results[1].as_ref().unwrap_err().kind, CallErrorKind::Timeout));
+    assert!(matches!(results[1].as_ref().unwrap_err().kind, Failure::Timeout { .. }));
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn requests_that_call_the_host_still_come_out_right() {
     // A request too large for the area fails alone; the rest are served.
     let big = Request { body: vec![b'x'; 2 << 20], ..req("/count") };
     let results = inst.call_batch(&[req("/count"), big, req("/count")]);
-    assert!(matches!(results[1].as_ref().unwrap_err().kind, CallErrorKind::RequestTooLarge(_)));
+    assert!(matches!(results[1].as_ref().unwrap_err().kind, Failure::RequestTooLarge(_)));
     assert_eq!(text(results[0].as_ref().unwrap()), "1");
     assert_eq!(text(results[2].as_ref().unwrap()), "1");
 }

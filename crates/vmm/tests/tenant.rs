@@ -3,7 +3,7 @@
 mod common;
 
 use common::{kvm_or_skip, tenant};
-use vmm::{CallErrorKind, Request};
+use vmm::{Failure, Request};
 
 fn get(path: &str) -> Request {
     Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() }
@@ -119,12 +119,12 @@ fn oversize_request_is_refused_without_running() {
     }
     let mut inst = tenant("echo", |c| c.limits.max_request = 4096).instance().unwrap();
     let err = inst.call(&Request { body: vec![0; 5000], ..get("/") }).unwrap_err();
-    assert!(matches!(err.kind, CallErrorKind::RequestTooLarge(_)));
+    assert!(matches!(err.kind, Failure::RequestTooLarge(_)));
     assert_eq!(inst.stats().exits, 1, "only the instance's boot exit");
     assert_eq!(body(&mut inst, &Request { body: b"ok".to_vec(), ..get("/") }), "ok");
 }
 
-type Check = fn(&CallErrorKind) -> bool;
+type Check = fn(&Failure) -> bool;
 
 #[test]
 fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
@@ -139,16 +139,16 @@ fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
         });
         let mut inst = t.instance().unwrap();
         let cases: Vec<(&str, Check)> = vec![
-            ("/fault", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
-            ("/illegal", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
-            ("/spin", |k| matches!(k, CallErrorKind::Timeout)),
-            ("/sleep?ms=1000", |k| matches!(k, CallErrorKind::Timeout)),
-            ("/exit", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("status 3"))),
-            ("/abort", |k| matches!(k, CallErrorKind::NoResponse(m) if m.contains("signal 6"))),
-            ("/wait", |k| matches!(k, CallErrorKind::NoResponse(_))),
-            ("/big", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
-            ("/badptr", |k| matches!(k, CallErrorKind::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
-            ("/oom", |k| matches!(k, CallErrorKind::OutOfMemory(_))),
+            ("/fault", |k| matches!(k, Failure::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
+            ("/illegal", |k| matches!(k, Failure::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
+            ("/spin", |k| matches!(k, Failure::Timeout { .. })),
+            ("/sleep?ms=1000", |k| matches!(k, Failure::Timeout { .. })),
+            ("/exit", |k| matches!(k, Failure::NoResponse(m) if m.contains("status 3"))),
+            ("/abort", |k| matches!(k, Failure::NoResponse(m) if m.contains("signal 6"))),
+            ("/wait", |k| matches!(k, Failure::NoResponse(_))),
+            ("/big", |k| matches!(k, Failure::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
+            ("/badptr", |k| matches!(k, Failure::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
+            ("/oom", |k| matches!(k, Failure::OutOfMemory { .. })),
         ];
         for (path, expected) in cases {
             let (p, q) = path.split_once('?').unwrap_or((path, ""));
@@ -224,8 +224,8 @@ fn a_seccomp_restricted_thread_still_serves_requests() {
         // Creating instances, serving, failing and resetting all work under the filter...
         let mut inst = t.instance().unwrap();
         assert_eq!(body(&mut inst, &get("/count")), "1");
-        assert!(matches!(inst.call(&get("/spin")).unwrap_err().kind, CallErrorKind::Timeout));
-        assert!(matches!(inst.call(&get("/fault")).unwrap_err().kind, CallErrorKind::Fault(_)));
+        assert!(matches!(inst.call(&get("/spin")).unwrap_err().kind, Failure::Timeout { .. }));
+        assert!(matches!(inst.call(&get("/fault")).unwrap_err().kind, Failure::Fault(_)));
         assert_eq!(body(&mut inst, &get("/count")), "1");
         // ...while the host syscalls a compromised thread would want are refused.
         let e = std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap_err();
@@ -271,7 +271,7 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
     let Some(hog) = common::hog::Hog::start(ms(2), ms(60)) else { return };
     let (r, took) = timed(&mut inst, "/spin");
     drop(hog);
-    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout));
+    assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }));
     assert!(took < ms(20 + 60) + vmm::machine::MAX_STARVATION_GRACE, "took {took:?}");
     assert_eq!(body(&mut inst, &get("/count")), "1");
 }
@@ -290,7 +290,7 @@ fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
     };
     let (r, took) = timed(&mut inst, "/spin");
     drop(hog);
-    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout), "took {took:?}");
+    assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }), "took {took:?}");
     assert_eq!(inst.stats().starvation_grants, 0, "took {took:?}");
 }
 
@@ -303,6 +303,6 @@ fn sleeping_is_charged_like_running() {
     let mut inst = t.instance().unwrap();
     // 12 ms asleep, then 12 ms of work: over the limit, though only 12 ms ran.
     let (r, took) = timed(&mut inst, "/busy?ms=12&sleep=12");
-    assert!(matches!(r.unwrap_err().kind, CallErrorKind::Timeout), "took {took:?}");
+    assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }), "took {took:?}");
     assert_eq!(ok(timed(&mut inst, "/busy?ms=5&sleep=5").0), b"ok");
 }

@@ -23,6 +23,7 @@
 
 use super::{Ctx, Errno, Stop, SysResult};
 use crate::error::GuestFault;
+pub use crate::error::RequestTooLarge;
 use crate::guest::layout::REQUEST_VA;
 
 /// Version written in the request header.
@@ -80,16 +81,6 @@ pub struct Response {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Body bytes.
     pub body: Vec<u8>,
-}
-
-/// The request does not fit the request area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request of {size} bytes exceeds the limit of {limit} bytes")]
-pub struct RequestTooLarge {
-    /// Encoded size.
-    pub size: usize,
-    /// The limit.
-    pub limit: usize,
 }
 
 /// Encoded size of `req`.
