@@ -82,13 +82,13 @@ impl Tenant {
     /// Seconds it took to boot (and warm up) to the snapshot.
     #[getter]
     fn boot_time(&self) -> f64 {
-        self.inner.snapshot().boot_time.as_secs_f64()
+        self.inner.snapshot().boot_time().as_secs_f64()
     }
 
     /// Pages of the snapshot that hold data.
     #[getter]
     fn resident_pages(&self) -> u64 {
-        self.inner.snapshot().resident_pages
+        self.inner.snapshot().resident_pages()
     }
 
     /// A new instance on a vCPU thread of its own, delivering results to `completions`

@@ -11,7 +11,7 @@ fn main() {
     cfg.shared_memory = 4096;
     let t = Instant::now();
     let tenant = vmm::Tenant::boot(&program, cfg).expect("boot");
-    println!("boot {:?} resident pages {}", t.elapsed(), tenant.snapshot().resident_pages);
+    println!("boot {:?} resident pages {}", t.elapsed(), tenant.snapshot().resident_pages());
     let t = Instant::now();
     let mut inst = tenant.instance().expect("instance");
     println!("instance {:?}", t.elapsed());

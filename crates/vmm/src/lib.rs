@@ -20,12 +20,10 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod batch;
 pub mod doctor;
 pub mod elf;
 pub mod error;
 pub mod guest;
-pub mod instance;
 pub mod kvm;
 pub mod loader;
 pub mod machine;
@@ -44,8 +42,8 @@ pub mod vm;
 pub mod worker;
 
 pub use error::{Error, Failure, GuestFault, RequestTooLarge, Result};
-pub use instance::{CallError, CallResult, Instance, InstanceStats};
 pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
 pub use syscalls::api::{ApiLimits, Request, Response};
 pub use syscalls::{Input, Output};
 pub use tenant::{BootError, Tenant, TenantConfig};
+pub use tenant::{CallError, CallResult, Instance, InstanceStats};

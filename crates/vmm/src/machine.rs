@@ -382,7 +382,7 @@ impl Machine {
             self.proc_touched = true;
             // A batch must not go on in the guest after the host answered a system call: the
             // host may have written memory the guest's Dirty bits do not show.
-            crate::batch::BatchBlock::new(&self.vm.vcpu_area).set(VB_HOST_TOUCHED, 1);
+            self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
         }
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {

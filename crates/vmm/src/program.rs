@@ -1,4 +1,6 @@
-//! The one-shot API: run a program to completion in a fresh VM.
+//! Programs and how they boot: a validated executable ([`Program`]), the one boot path that
+//! loads it into a fresh VM ([`boot`], used by one-shot runs and by tenants), and the one-shot
+//! API that runs it to completion ([`run`]).
 //!
 //! ```no_run
 //! let program = vmm::Program::from_file("apps/build/hello.glibc").unwrap();
@@ -17,11 +19,12 @@ use crate::kvm;
 use crate::loader::{self, LoadConfig};
 use crate::machine::{Machine, RunEnd};
 use crate::memory::Mapping;
+use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::{FdTable, Io};
 use crate::syscalls::process::{fill_random, Identity, ThreadState};
 use crate::syscalls::signal::SignalState;
 use crate::syscalls::{Input, Output, Process, Stop, SyscallCounts};
-use crate::vm::{self, Vm};
+use crate::vm::{self, SharedRegion, Vm};
 
 /// A validated executable, ready to be loaded any number of times.
 #[derive(Debug, Clone)]
@@ -179,7 +182,7 @@ pub fn default_stack(memory: u64) -> u64 {
 }
 
 /// Builds the emulated process for a loaded program.
-pub(crate) fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, stack: u64, memory: u64) -> Process {
+fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, stack: u64, memory: u64) -> Process {
     Process {
         mem,
         files: FdTable::default(),
@@ -198,6 +201,69 @@ pub(crate) fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, 
     }
 }
 
+/// Empty stdin, stdout and stderr captured up to `limit` bytes each: the I/O of tenants.
+pub(crate) fn captured_io(limit: usize) -> Io {
+    Io {
+        stdin: Input::Bytes { data: Vec::new(), pos: 0 },
+        stdout: Output::capture(limit),
+        stderr: Output::capture(limit),
+    }
+}
+
+/// What [`boot`] needs besides the program.
+pub(crate) struct BootSpec<'a> {
+    /// argv, including argv[0].
+    pub args: &'a [Vec<u8>],
+    /// Environment, `KEY=VALUE`.
+    pub env: &'a [Vec<u8>],
+    /// Guest RAM in bytes (rounded up to 2 MiB here).
+    pub memory: u64,
+    /// Stack size; default from [`default_stack`].
+    pub stack_size: Option<u64>,
+    /// What `/proc/self/exe` names; default from [`exe_path_for`].
+    pub exe_path: Option<Vec<u8>>,
+    /// Bytes of the request area (0: not a tenant).
+    pub request_area: u64,
+    /// Shared memory mapped into the guest, if any.
+    pub shared: Option<Arc<SharedRegion>>,
+    /// Let the guest kernel answer cheap system calls without exiting.
+    pub fast_syscalls: bool,
+    /// stdin, stdout and stderr.
+    pub io: Io,
+    /// Request and response limits (tenants only).
+    pub limits: Option<ApiLimits>,
+}
+
+/// Loads `program` into a fresh VM and leaves the vCPU at the program's entry point: the one
+/// boot path of one-shot runs and tenants.
+pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
+    let host = kvm::host()?;
+    let memory = spec.memory.next_multiple_of(crate::guest::LARGE_PAGE_SIZE);
+    let stack = spec.stack_size.unwrap_or_else(|| default_stack(memory)).next_multiple_of(PAGE_SIZE);
+    let exe = spec.exe_path.unwrap_or_else(|| exe_path_for(spec.args.first().map(Vec::as_slice)));
+    let mut random = [0u8; 16];
+    fill_random(&mut random);
+    let load_cfg = LoadConfig {
+        memory,
+        stack_size: stack,
+        args: spec.args,
+        env: spec.env,
+        execfn: spec.args.first().map(Vec::as_slice).unwrap_or(&exe),
+        request_area: spec.request_area,
+        shared_size: spec.shared.as_ref().map_or(0, |s| s.map.len() as u64),
+        fast_syscalls: spec.fast_syscalls,
+        random,
+    };
+    let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
+    let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(spec.request_area, memory).size as usize)?;
+    let vm = Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, false)?;
+    let proc = new_process(loaded.mem_state, exe, stack, memory);
+    let mut machine = Machine::new(vm, loaded.map, proc, spec.io, spec.limits);
+    machine.start_kernel()?;
+    machine.enter_user(loaded.entry, loaded.rsp);
+    Ok(machine)
+}
+
 /// Runs `program` in a fresh VM until it exits, faults or times out.
 ///
 /// Errors are host-side problems (no KVM, the program does not fit, bad configuration); what
@@ -205,31 +271,19 @@ pub(crate) fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, 
 pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
     let started = Instant::now();
     let deadline = started.checked_add(cfg.timeout).ok_or_else(|| Error::Config("timeout too large".into()))?;
-    let host = kvm::host()?;
-    let memory = cfg.memory.next_multiple_of(crate::guest::LARGE_PAGE_SIZE);
-    let stack = cfg.stack_size.unwrap_or_else(|| default_stack(memory)).next_multiple_of(PAGE_SIZE);
-    let exe = cfg.exe_path.clone().unwrap_or_else(|| exe_path_for(cfg.args.first().map(Vec::as_slice)));
-    let mut random = [0u8; 16];
-    fill_random(&mut random);
-    let load_cfg = LoadConfig {
-        memory,
-        stack_size: stack,
+    let spec = BootSpec {
         args: &cfg.args,
         env: &cfg.env,
-        execfn: cfg.args.first().map(Vec::as_slice).unwrap_or(&exe),
+        memory: cfg.memory,
+        stack_size: cfg.stack_size,
+        exe_path: cfg.exe_path,
         request_area: 0,
-        shared_size: 0,
+        shared: None,
         fast_syscalls: cfg.fast_syscalls,
-        random,
+        io: Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr },
+        limits: None,
     };
-    let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
-    let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(0, memory).size as usize)?;
-    let vm = Vm::new(host, loaded.ram, vcpu_area, None, None, false)?;
-    let proc = new_process(loaded.mem_state, exe, stack, memory);
-    let io = Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr };
-    let mut machine = Machine::new(vm, loaded.map, proc, io, None);
-    machine.start_kernel()?;
-    machine.enter_user(loaded.entry, loaded.rsp);
+    let mut machine = boot(program, spec)?;
     let end = machine.run(deadline)?;
     let oom = machine.memory_exhausted;
     let failure = match &end {

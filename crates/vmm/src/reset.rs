@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::guest::PAGE_SIZE;
 use crate::kvm::raw;
-use crate::memory::{GuestMemory, Mapping, PageBitmap};
+use crate::memory::{GuestMemory, PageBitmap, ReadOnlyMapping};
 use crate::vm::slot;
 
 /// Resets in a row a page must be dirty in to become hot.
@@ -77,7 +77,7 @@ impl ResetTracker {
         &mut self,
         vm: &impl std::os::fd::AsRawFd,
         ram: &mut GuestMemory,
-        snapshot: &Mapping,
+        snapshot: &ReadOnlyMapping,
     ) -> Result<ResetReport> {
         let started = Instant::now();
         raw::get_dirty_log(vm, slot::RAM, self.dirty.words_mut())

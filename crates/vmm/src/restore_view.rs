@@ -19,7 +19,7 @@
 
 use crate::error::Result;
 use crate::guest::{LARGE_PAGE_SIZE, PAGE_SIZE};
-use crate::memory::{Mapping, Memfd};
+use crate::memory::{Mapping, Memfd, ReadOnlyMapping};
 
 /// Bytes of the index for `memory` bytes of RAM (page aligned).
 pub fn index_size(memory: u64) -> u64 {
@@ -36,7 +36,7 @@ pub fn max_size(memory: u64) -> u64 {
 #[derive(Debug)]
 pub struct RestoreView {
     /// The view, read-only (slot 3 of every instance).
-    pub map: Mapping,
+    pub map: ReadOnlyMapping,
     /// Pages of contents after the index.
     pub data_pages: u64,
 }
@@ -45,7 +45,7 @@ pub struct RestoreView {
 /// program's writable ranges of RAM as guest-physical `[start, end)` pairs (page aligned);
 /// `resident` says which pages of `ram` hold memory at all (holes read as zero, and are
 /// not read here: reading a hole of a shared memfd would allocate it).
-pub fn build(ram: &Mapping, writable: &[(u64, u64)], resident: impl Fn(u64) -> bool) -> Result<RestoreView> {
+pub fn build(ram: &ReadOnlyMapping, writable: &[(u64, u64)], resident: impl Fn(u64) -> bool) -> Result<RestoreView> {
     let memory = ram.len() as u64;
     let index_pages = index_size(memory) / PAGE_SIZE;
     let mut index = vec![0u32; (memory / PAGE_SIZE) as usize];
@@ -65,7 +65,7 @@ pub fn build(ram: &Mapping, writable: &[(u64, u64)], resident: impl Fn(u64) -> b
     let size = (index_pages + data.len() as u64) * PAGE_SIZE;
     let file = Memfd::new("tenantvm-restore-view", size)?;
     {
-        let out = Mapping::shared(&file, size as usize, true)?;
+        let out = Mapping::shared(&file, size as usize)?;
         let bytes: Vec<u8> = index.iter().flat_map(|i| i.to_le_bytes()).collect();
         let written = out.write(0, &bytes).and_then(|()| {
             data.iter().enumerate().try_for_each(|(i, &gpa)| {
@@ -75,20 +75,20 @@ pub fn build(ram: &Mapping, writable: &[(u64, u64)], resident: impl Fn(u64) -> b
         });
         written.expect("the view was sized for the index and every page");
     }
-    Ok(RestoreView { map: Mapping::shared(&file, size as usize, false)?, data_pages: data.len() as u64 })
+    Ok(RestoreView { map: ReadOnlyMapping::of(&file, size as usize)?, data_pages: data.len() as u64 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn page_of(view: &Mapping, index_entry: u32) -> Vec<u8> {
+    fn page_of(view: &ReadOnlyMapping, index_entry: u32) -> Vec<u8> {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         view.read(u64::from(index_entry) * PAGE_SIZE, &mut buf).unwrap();
         buf
     }
 
-    fn entry(view: &Mapping, page: u64) -> u32 {
+    fn entry(view: &ReadOnlyMapping, page: u64) -> u32 {
         let mut b = [0u8; 4];
         view.read(page * 4, &mut b).unwrap();
         u32::from_le_bytes(b)
@@ -98,13 +98,14 @@ mod tests {
     fn only_writable_pages_with_data_are_kept_and_indexed() {
         let memory = 4 << 20;
         let file = Memfd::new("t", memory).unwrap();
-        let ram = Mapping::shared(&file, memory as usize, true).unwrap();
+        let ram = Mapping::shared(&file, memory as usize).unwrap();
         ram.fill(0x1000, 4096, 0xaa).unwrap(); // writable, data
         ram.fill(0x3000 + 4095, 1, 0x01).unwrap(); // writable, one byte of data at the end
         ram.fill(0x5000, 4096, 0xbb).unwrap(); // data, but not writable
                                                // 0x2000 (writable, zero) and 0x4000 (writable, never touched) stay zero.
         let writable = [(0x1000, 0x5000), (0x20_0000, 0x20_2000)];
         ram.fill(0x20_1000, 8, 0xcc).unwrap();
+        let ram = ReadOnlyMapping::of(&file, memory as usize).unwrap();
         let view = build(&ram, &writable, |_| true).unwrap();
         assert_eq!(view.data_pages, 3);
         let first = (index_size(memory) / PAGE_SIZE) as u32;

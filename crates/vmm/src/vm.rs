@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::kvm::{Host, Platform};
-use crate::memory::{GuestMemory, Mapping};
+use crate::memory::{GuestMemory, Mapping, ReadOnlyMapping};
 
 /// Memory slot numbers.
 pub mod slot {
@@ -102,7 +102,7 @@ pub struct Vm {
     /// Tenant shared memory (slot 2).
     pub shared: Option<Arc<SharedRegion>>,
     /// The restore view (slot 3, see [`crate::restore_view`]), kept alive as long as the VM.
-    _restore_view: Option<Arc<Mapping>>,
+    _restore_view: Option<Arc<ReadOnlyMapping>>,
     host: &'static Host,
     dirty_log: bool,
 }
@@ -113,13 +113,13 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn region(slot: u32, gpa: u64, map: &Mapping, flags: u32) -> kvm_userspace_memory_region {
+fn region(slot: u32, gpa: u64, (host_address, len): (u64, usize), flags: u32) -> kvm_userspace_memory_region {
     kvm_userspace_memory_region {
         slot,
         flags,
         guest_phys_addr: gpa,
-        memory_size: map.len() as u64,
-        userspace_addr: map.host_address(),
+        memory_size: len as u64,
+        userspace_addr: host_address,
     }
 }
 
@@ -149,7 +149,7 @@ impl Vm {
         ram: GuestMemory,
         vcpu_area: Mapping,
         shared: Option<Arc<SharedRegion>>,
-        restore_view: Option<Arc<Mapping>>,
+        restore_view: Option<Arc<ReadOnlyMapping>>,
         dirty_log: bool,
     ) -> Result<Vm> {
         let vm = host.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
@@ -166,10 +166,12 @@ impl Vm {
         }
         let log = if dirty_log { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
         let regions = [
-            Some(region(slot::RAM, 0, ram.mapping(), log)),
-            Some(region(slot::VCPU_AREA, GPA_VCPU, &vcpu_area, 0)),
-            shared.as_ref().map(|s| region(slot::SHARED, GPA_SHARED, &s.map, 0)),
-            restore_view.as_ref().map(|m| region(slot::SNAPSHOT, GPA_SNAPSHOT, m, kvm_bindings::KVM_MEM_READONLY)),
+            Some(region(slot::RAM, 0, (ram.mapping().host_address(), ram.mapping().len()), log)),
+            Some(region(slot::VCPU_AREA, GPA_VCPU, (vcpu_area.host_address(), vcpu_area.len()), 0)),
+            shared.as_ref().map(|s| region(slot::SHARED, GPA_SHARED, (s.map.host_address(), s.map.len()), 0)),
+            restore_view.as_ref().map(|m| {
+                region(slot::SNAPSHOT, GPA_SNAPSHOT, (m.host_address(), m.len()), kvm_bindings::KVM_MEM_READONLY)
+            }),
         ];
         for r in regions.into_iter().flatten() {
             // SAFETY: each region describes a live host mapping owned by the returned `Vm`

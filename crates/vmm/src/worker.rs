@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::instance::{CallError, CallResult, Instance, InstanceStats};
 use crate::syscalls::api::Request;
-use crate::tenant::Tenant;
+use crate::tenant::{CallError, CallResult, Instance, InstanceStats, Tenant};
 
 /// One finished call.
 #[derive(Debug)]

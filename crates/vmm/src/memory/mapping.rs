@@ -130,10 +130,10 @@ impl Mapping {
         )
     }
 
-    /// A `MAP_SHARED` mapping of the first `len` bytes of `file`.
-    pub fn shared(file: &Memfd, len: usize, writable: bool) -> Result<Mapping> {
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
-        Self::map(len, prot, libc::MAP_SHARED, file.fd.as_raw_fd(), Sharing::Shared)
+    /// A writable `MAP_SHARED` mapping of the first `len` bytes of `file` (see
+    /// [`ReadOnlyMapping`] for one that is not).
+    pub fn shared(file: &Memfd, len: usize) -> Result<Mapping> {
+        Self::map(len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.fd.as_raw_fd(), Sharing::Shared)
     }
 
     /// A copy-on-write (`MAP_PRIVATE`) mapping of the first `len` bytes of `file`.
@@ -208,7 +208,8 @@ impl Mapping {
     }
 
     /// Copies `len` bytes at `offset` from `other` (a mapping of the same size) into this one.
-    pub fn copy_from(&self, other: &Mapping, offset: u64, len: usize) -> Option<()> {
+    pub fn copy_from(&self, other: &ReadOnlyMapping, offset: u64, len: usize) -> Option<()> {
+        let other = &other.map;
         let dst = self.check(offset, len)?;
         let src = other.check(offset, len)?;
         // SAFETY: both ranges are inside live mappings (checked), and two distinct mmaps never
@@ -246,6 +247,48 @@ impl Mapping {
     }
 }
 
+/// A mapping the host can only read: `MAP_SHARED` with `PROT_READ`, and a type without any
+/// method that writes (so a write is a compile error, not a `SIGSEGV`).  Snapshots hold their
+/// memory this way.
+#[derive(Debug)]
+pub struct ReadOnlyMapping {
+    /// Invariant: mapped `PROT_READ`; nothing here hands out a way to write it.
+    map: Mapping,
+}
+
+impl ReadOnlyMapping {
+    /// A read-only `MAP_SHARED` mapping of the first `len` bytes of `file`.
+    pub fn of(file: &Memfd, len: usize) -> Result<ReadOnlyMapping> {
+        let map = Mapping::map(len, libc::PROT_READ, libc::MAP_SHARED, file.fd.as_raw_fd(), Sharing::Shared)?;
+        Ok(ReadOnlyMapping { map })
+    }
+
+    /// Host address of the first byte (for a `KVM_MEM_READONLY` memory slot).
+    pub fn host_address(&self) -> u64 {
+        self.map.host_address()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false (mappings are never empty).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`; `None` if out of range.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Option<()> {
+        self.map.read(offset, buf)
+    }
+
+    /// Which pages are in memory (see [`Mapping::residency`]).
+    pub fn residency(&self, out: &mut [u8]) -> io::Result<()> {
+        self.map.residency(out)
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` describe a mapping this value created and still owns; no
@@ -274,7 +317,7 @@ mod tests {
     #[test]
     fn private_mapping_of_memfd_is_copy_on_write() {
         let f = Memfd::new("t", 4096).unwrap();
-        let shared = Mapping::shared(&f, 4096, true).unwrap();
+        let shared = Mapping::shared(&f, 4096).unwrap();
         shared.write(0, b"snapshot").unwrap();
         let private = Mapping::private(&f, 4096).unwrap();
         private.write(0, b"changed!").unwrap();
@@ -282,8 +325,15 @@ mod tests {
         shared.read(0, &mut b).unwrap();
         assert_eq!(&b, b"snapshot");
         private.discard(0, 4096).unwrap();
+        let view = ReadOnlyMapping::of(&f, 4096).unwrap();
         private.read(0, &mut b).unwrap();
         assert_eq!(&b, b"snapshot", "MADV_DONTNEED on a private file mapping reverts to the file");
+        view.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"snapshot");
+        private.write(0, b"changed!").unwrap();
+        private.copy_from(&view, 0, 8).unwrap();
+        private.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"snapshot");
         f.punch_hole(0, 4096).unwrap();
         shared.read(0, &mut b).unwrap();
         assert_eq!(b, [0; 8]);

@@ -12,7 +12,7 @@ pub mod user;
 
 use std::sync::Arc;
 
-pub use mapping::{Mapping, Memfd, Sharing};
+pub use mapping::{Mapping, Memfd, ReadOnlyMapping, Sharing};
 
 use crate::error::Result;
 use crate::guest::PAGE_SIZE;
@@ -120,7 +120,7 @@ impl GuestMemory {
     /// holds the guest's memory and can become a snapshot).
     pub fn new(size: u64) -> Result<GuestMemory> {
         let file = Arc::new(Memfd::new("tenantvm-ram", size)?);
-        let map = Mapping::shared(&file, size as usize, true)?;
+        let map = Mapping::shared(&file, size as usize)?;
         Ok(GuestMemory { map, file, host_dirty: None })
     }
 

@@ -1,0 +1,184 @@
+//! A tenant's snapshot: the frozen state every instance starts from, and the freeze that
+//! makes it from a booted machine stopped at `wait_for_request`.
+//!
+//! ```text
+//!   freeze = the boot VM's RAM memfd + registers + FPU state (saved into KDATA) + process state
+//!            + a read-only view of RAM (host resets copy from it)
+//!            + the restore view (slot 3 of every instance: in-guest resets copy from it)
+//! ```
+//!
+//! A snapshot is immutable in fact, not by convention: its fields are private and read through
+//! `&self` only, it is shared behind an `Arc`, and both views of its memory are
+//! [`ReadOnlyMapping`]s (`PROT_READ`, and a type without a write method).  Instances map its RAM
+//! `MAP_PRIVATE`, so their writes never reach the memfd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::kvm_regs;
+
+use super::config::TenantConfig;
+use crate::error::{Error, Result};
+use crate::guest::kernel::sym;
+use crate::guest::layout::*;
+use crate::guest::{kdata, PAGE_SIZE};
+use crate::machine::Machine;
+use crate::memory::user::UserMap;
+use crate::memory::{Memfd, ReadOnlyMapping};
+use crate::syscalls::Process;
+use crate::vm::{SharedRegion, Vm};
+
+/// The frozen state instances start from.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// RAM contents.  Invariant: nothing maps it writable and shared after the freeze.
+    ram: Arc<Memfd>,
+    /// Read-only view of `ram`: the source of host resets.
+    ram_view: ReadOnlyMapping,
+    /// What in-guest resets copy back (slot 3 of every instance, see [`crate::restore_view`]).
+    restore_view: Arc<ReadOnlyMapping>,
+    /// Registers at the freeze.  Invariant: rip = the guest kernel's reset entry.
+    regs: kvm_regs,
+    /// The emulated process at the freeze.
+    proc: Process,
+    /// The address space.
+    map: UserMap,
+    /// Shared memory, if any (the one part of an instance that is not reset: it is shared).
+    shared: Option<Arc<SharedRegion>>,
+    /// Size of the request area.
+    request_area: u64,
+    /// The tenant's configuration.
+    config: TenantConfig,
+    /// Time to boot (and warm up) to the freeze.
+    boot_time: Duration,
+    /// Pages of RAM that hold data (written during boot).
+    resident_pages: u64,
+}
+
+impl Snapshot {
+    /// RAM contents (instances map them copy-on-write).
+    pub fn ram(&self) -> &Arc<Memfd> {
+        &self.ram
+    }
+
+    /// Read-only view of the RAM: the source of host resets.
+    pub fn ram_view(&self) -> &ReadOnlyMapping {
+        &self.ram_view
+    }
+
+    /// The restore view (slot 3 of every instance).
+    pub fn restore_view(&self) -> &Arc<ReadOnlyMapping> {
+        &self.restore_view
+    }
+
+    /// Registers at the freeze (rip = the guest kernel's reset entry).
+    pub fn regs(&self) -> &kvm_regs {
+        &self.regs
+    }
+
+    /// The emulated process at the freeze.
+    pub fn proc(&self) -> &Process {
+        &self.proc
+    }
+
+    /// The address space.
+    pub fn map(&self) -> &UserMap {
+        &self.map
+    }
+
+    /// Shared memory, if any.
+    pub fn shared(&self) -> Option<&Arc<SharedRegion>> {
+        self.shared.as_ref()
+    }
+
+    /// Size of the request area in bytes.
+    pub fn request_area(&self) -> u64 {
+        self.request_area
+    }
+
+    /// The tenant's configuration.
+    pub fn config(&self) -> &TenantConfig {
+        &self.config
+    }
+
+    /// Time it took to boot (and warm up) to the freeze.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Pages of RAM that hold data.
+    pub fn resident_pages(&self) -> u64 {
+        self.resident_pages
+    }
+}
+
+/// Captures the stopped boot machine as a snapshot.  The vCPU is at the `wait_for_request`
+/// exit, in the guest kernel's forward path: its registers are the program's (rcx/r11 hold
+/// the user rip/rflags), so an instance resumes by loading them with rip = reset_entry,
+/// which also reloads the FPU state and segment bases saved into KDATA here.
+pub(super) fn freeze(
+    mut m: Machine,
+    shared: Option<Arc<SharedRegion>>,
+    request_area: u64,
+    cfg: TenantConfig,
+    boot_time: Duration,
+) -> Result<Snapshot> {
+    let vcpu = m.vm.vcpu();
+    let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+    let xsave = vcpu.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
+    let mut regs = *m.vm.regs();
+    regs.rip = sym::RESET_ENTRY;
+    let mut image: Vec<u8> = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+    // KVM reports components the guest's XCR0 does not enable (PKRU, on some hosts); XRSTOR
+    // faults on those, so keep XSTATE_BV within the guest's XCR0.
+    let xstate_bv = u64::from_le_bytes(image[512..520].try_into().unwrap()) & Vm::xcr0(m.vm.host());
+    image[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+    let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
+    m.vm.ram.write(GPA_XSAVE, &image[..image.len().min(XSAVE_SIZE as usize)]).map_err(oob)?;
+    m.vm.ram.write_u64(kdata(KD_SNAP_FS), sregs.fs.base).map_err(oob)?;
+    m.vm.ram.write_u64(kdata(KD_SNAP_GS), sregs.gs.base).map_err(oob)?;
+    // For in-guest resets: the registers to start each batched request from, and page tables
+    // whose Dirty bits say "changed since the snapshot".
+    let r = m.vm.regs();
+    let snap_regs = [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+        r.rip, r.rflags,
+    ];
+    for (i, v) in snap_regs.into_iter().enumerate() {
+        m.vm.ram.write_u64(kdata(KD_SNAP_REGS) + 8 * i as u64, v).map_err(oob)?;
+    }
+    let nreset = m.vm.ram.read_u64(kdata(KD_NRESET)).map_err(oob)?;
+    let ram_offset = m.vm.ram.read_u64(kdata(KD_RAM_OFFSET)).map_err(oob)?;
+    let mut writable = Vec::new();
+    for i in 0..nreset.min(KD_MAX_RESET) {
+        let lo = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i).map_err(oob)?;
+        let hi = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i + 8).map_err(oob)?;
+        crate::paging::PageTables::clear_dirty(&mut m.vm.ram, GPA_KPML4, lo, hi).map_err(oob)?;
+        writable.push((lo.wrapping_sub(ram_offset), hi.wrapping_sub(ram_offset)));
+    }
+    let ram = m.vm.ram.file().clone();
+    let ram_view = ReadOnlyMapping::of(&ram, ram.size() as usize)?;
+    let residency = residency(&ram_view);
+    let resident_pages = residency.as_ref().map_or(0, |r| r.iter().filter(|&&b| b & 1 != 0).count() as u64);
+    let resident = |page: u64| residency.as_ref().is_none_or(|r| r.get(page as usize).is_some_and(|&b| b & 1 != 0));
+    let restore_view = Arc::new(crate::restore_view::build(&ram_view, &writable, resident)?.map);
+    Ok(Snapshot {
+        ram,
+        ram_view,
+        restore_view,
+        regs,
+        proc: m.proc.clone(),
+        map: m.map.clone(),
+        shared,
+        request_area,
+        config: cfg,
+        boot_time,
+        resident_pages,
+    })
+}
+
+/// Which pages of a shared mapping are backed by memory (mincore: bit 0 of each byte).
+fn residency(view: &ReadOnlyMapping) -> Option<Vec<u8>> {
+    let mut vec = vec![0u8; view.len() / PAGE_SIZE as usize];
+    view.residency(&mut vec).ok().map(|()| vec)
+}
