@@ -1,7 +1,8 @@
 """Real tenantvm HTTP servers for tests: Granian processes on free 127.0.0.1 ports.
 
-``start_server`` launches either ``granian --interface asgi tenantvm.app:app`` (the tenants
-file in ``$TENANTVM_CONFIG``) or ``tenantvm serve --config FILE``, in its own process group,
+``start_server`` launches either ``granian [--interface asgi] tenantvm.app:app`` (the tenants
+file in ``$TENANTVM_CONFIG``; Granian's default interface is RSGI) or ``tenantvm serve --config
+FILE [--interface asgi]``, in its own process group,
 with its output in a log file, and waits until every worker answers.  ``Server.stop`` ends it
 with SIGTERM (the graceful path, which removes the server's run directory) and falls back to
 killing the whole process group.
@@ -24,6 +25,8 @@ from tenantvm import rundir
 
 PYTHON = sys.executable
 GRANIAN = str(Path(sys.executable).with_name("granian"))
+#: The interfaces the application is tested under (Granian's names).
+INTERFACES = ("rsgi", "asgi")
 #: Environment variables a server must not inherit from the test process.
 SCRUBBED = ("TENANTVM_CONFIG", "TENANTVM_RUN_DIR", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
@@ -42,12 +45,14 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def granian_command(port: int, workers: int = 1) -> list[str]:
-    """A plain Granian running the app (the tenants file comes from the environment)."""
+def granian_command(port: int, workers: int = 1, interface: str = "rsgi") -> list[str]:
+    """A plain Granian running the app (the tenants file comes from the environment).
+
+    RSGI is Granian's default: then the command names no interface, as a user would type it.
+    """
     return [
         GRANIAN,
-        "--interface",
-        "asgi",
+        *(["--interface", interface] if interface != "rsgi" else []),
         "--host",
         "127.0.0.1",
         "--port",
@@ -58,8 +63,8 @@ def granian_command(port: int, workers: int = 1) -> list[str]:
     ]
 
 
-def serve_command(config: Path, port: int, workers: int = 1) -> list[str]:
-    """``tenantvm serve`` (as ``python -m tenantvm``)."""
+def serve_command(config: Path, port: int, workers: int = 1, interface: str = "rsgi") -> list[str]:
+    """``tenantvm serve`` (as ``python -m tenantvm``); RSGI is its default."""
     return [
         PYTHON,
         "-m",
@@ -73,6 +78,7 @@ def serve_command(config: Path, port: int, workers: int = 1) -> list[str]:
         str(port),
         "--workers",
         str(workers),
+        *(["--interface", interface] if interface != "rsgi" else []),
     ]
 
 
@@ -83,8 +89,12 @@ class ServerFailed(RuntimeError):
 class Server:
     """A running server process (group leader of its own session)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path, workers: int) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, log: Path, workers: int, interface: str = "rsgi"
+    ) -> None:
         self.proc = proc
+        #: The Granian interface the application runs under (``rsgi`` or ``asgi``).
+        self.interface = interface
         self.port = port
         self.log = log
         self.workers = workers
@@ -146,14 +156,24 @@ class Server:
 
 
 def start_server(
-    command: list[str], log: Path, *, env: dict[str, str], workers: int = 1, port: int, ready: bool = True
+    command: list[str],
+    log: Path,
+    *,
+    env: dict[str, str],
+    workers: int = 1,
+    port: int,
+    ready: bool = True,
+    interface: str = "rsgi",
 ) -> Server:
-    """Starts ``command`` in its own process group; waits until it serves (if ``ready``)."""
+    """Starts ``command`` in its own process group; waits until it serves (if ``ready``).
+
+    ``interface`` is the one ``command`` selects (recorded for the tests).
+    """
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    server = Server(proc, port, log, workers)
+    server = Server(proc, port, log, workers, interface)
     if ready:
         try:
             server.wait_ready()

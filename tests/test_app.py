@@ -1,4 +1,5 @@
-"""The application's pieces in process: the loop's metric buffer, the router, TenantApp."""
+"""The application's pieces in process: the loop's metric buffer, routing, the dispatcher and both
+interfaces (ASGI and RSGI, driven by fakes), guest response validation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tenantvm import app as tapp
+from tenantvm import answers, interfaces, routing
+from tenantvm.dispatch import Dispatcher
 from tenantvm.metrics import BUCKETS, LoopBuffer
 
 
@@ -96,56 +98,24 @@ def test_updates_outside_a_loop_are_written_at_once() -> None:
 # --- routing ----------------------------------------------------------------------------------
 
 
-def router(default: bool = False) -> tapp.TenantServer:
-    def runtime(name: str, hosts: list[str]) -> Any:
-        return SimpleNamespace(config=SimpleNamespace(name=name, hosts=hosts))
-
-    tenants = {"a": runtime("a", ["a.test"]), "b": runtime("b", ["b.test", "127.0.0.1"])}
-    cfg = SimpleNamespace(server=SimpleNamespace(default_tenant="a" if default else None, retry_after_s=1))
-    return tapp.TenantServer(cfg, SimpleNamespace(), tenants, None)  # type: ignore[arg-type]
-
-
 def test_router_ignores_port_and_case_and_remembers_a_bounded_number_of_hosts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tapp, "ROUTE_CACHE_SIZE", 8)
-    server = router()
-    a, b = server.tenants["a"], server.tenants["b"]
+    monkeypatch.setattr(routing, "ROUTE_CACHE_SIZE", 8)
+    a, b, d = object(), object(), object()
+    router = routing.HostRouter({"a.test": a, "b.test": b, "127.0.0.1": b}, None)
     for _ in range(2):  # the second time from the table
-        assert server.route(b"A.Test:8080") is a
-        assert server.route(b"127.0.0.1:80") is b
-        assert server.route(b"b.test.") is b
-        assert server.route(b"nobody.test:1") is None
+        assert router.route(b"A.Test:8080") is a
+        assert router.route(b"127.0.0.1:80") is b
+        assert router.route(b"b.test.") is b
+        assert router.route(b"nobody.test:1") is None
     for i in range(100):
-        assert server.route(f"x{i}.test:1".encode()) is None
-        assert len(server._routes) <= 8
-    assert server.route(b"a.TEST:1") is a
-    with_default = router(default=True)
-    assert with_default.route(b"nobody.test:99") is with_default.tenants["a"]
-
-
-# --- TenantApp --------------------------------------------------------------------------------
-
-
-def test_an_unexpected_error_in_the_endpoint_is_a_500() -> None:
-    class Broken(tapp.TenantEndpoint):
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            raise RuntimeError("bug")
-
-    application = tapp.TenantApp(Broken(), routes=[])
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
-    with pytest.raises(RuntimeError, match="bug"):
-        asyncio.run(application(scope, receive, send))
-    assert sent[0]["status"] == 500
-    assert dict(sent[0]["headers"])[b"x-tenantvm-error"] == b"host"
+        assert router.route(f"x{i}.test:1".encode()) is None
+        assert router.remembered() <= 8
+    assert router.route(b"a.TEST:1") is a
+    with_default = routing.HostRouter({"a.test": a}, d)
+    assert with_default.route(b"nobody.test:99") is d
+    assert with_default.route(b"") is d
 
 
 @pytest.mark.parametrize(
@@ -153,4 +123,224 @@ def test_an_unexpected_error_in_the_endpoint_is_a_500() -> None:
     [("/_tenantvm", True), ("/_tenantvm/", True), ("/_tenantvm/metrics", True), ("/_tenantvmx", False), ("/", False)],
 )
 def test_reserved_paths(path: str, reserved: bool) -> None:
-    assert tapp._is_reserved(path) is reserved
+    assert routing.is_reserved(path) is reserved
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route"),
+    [
+        ("GET", "/_tenantvm/metrics", routing.Reserved.METRICS),
+        ("HEAD", "/_tenantvm/health", routing.Reserved.HEALTH),
+        ("POST", "/_tenantvm/health", routing.Reserved.METHOD_NOT_ALLOWED),
+        ("GET", "/_tenantvm/health/x", routing.Reserved.NOT_FOUND),
+        ("GET", "/_tenantvm", routing.Reserved.NOT_FOUND),
+    ],
+)
+def test_reserved_routes(method: str, path: str, route: routing.Reserved) -> None:
+    assert routing.reserved_route(method, path) is route
+
+
+@pytest.mark.parametrize(
+    ("decoded", "raw"),
+    [
+        ("/", b"/"),
+        ("/hello/world", b"/hello/world"),
+        ("/a b", b"/a%20b"),
+        ("/100%", b"/100%25"),
+        ("/q?x#y", b"/q%3Fx%23y"),
+        ("/caf\u00e9", b"/caf%C3%A9"),
+        ("/a;b=c:d@e!$&'()*+,~-._", b"/a;b=c:d@e!$&'()*+,~-._"),
+    ],
+)
+def test_rsgi_paths_are_re_encoded_where_needed(decoded: str, raw: bytes) -> None:
+    assert interfaces.rsgi_path(decoded) == raw
+
+
+# --- both interfaces, driven by fakes ---------------------------------------------------------
+
+
+class FakeRSGI:
+    """An RSGI scope and protocol object: what Granian hands the application."""
+
+    def __init__(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self.proto = "http"
+        self.http_version = "1.1"
+        self.method = method
+        self.path = path
+        self.query_string = ""
+        self.headers = SimpleNamespace(items=lambda: list(headers))
+        self._body = body
+        self.sent: list[tuple[int, list[tuple[str, str]], bytes]] = []
+
+    def __aiter__(self) -> Any:
+        async def chunks() -> Any:
+            if self._body:
+                yield self._body
+
+        return chunks()
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.sent.append((status, headers, body))
+
+
+def serve(interface: str, dispatcher: Dispatcher, method: str = "GET", path: str = "/") -> tuple[int, dict, bytes]:
+    """One request through ``interface`` (asgi or rsgi): (status, headers as str, body)."""
+    if interface == "rsgi":
+        fake = FakeRSGI(method, path, [("host", "x")])
+        asyncio.run(interfaces.rsgi_http(dispatcher, fake, fake))
+        assert len(fake.sent) == 1
+        status, headers, body = fake.sent[0]
+        return status, dict(headers), body
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": [(b"host", b"x")]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(interfaces.asgi_http(dispatcher, scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    assert headers["content-length"] == str(len(sent[1]["body"]))
+    return sent[0]["status"], headers, sent[1]["body"]
+
+
+INTERFACES = ["asgi", "rsgi"]
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_an_unexpected_error_in_the_dispatcher_is_a_500(interface: str) -> None:
+    class Broken(Dispatcher):
+        async def tenant(self, *args: Any) -> Any:
+            raise RuntimeError("bug")
+
+    captured: list[tuple[int, dict, bytes]] = []
+    real_run = asyncio.run
+
+    def run_and_keep(coro: Any) -> None:
+        with pytest.raises(RuntimeError, match="bug"):
+            real_run(coro)
+
+    if interface == "rsgi":
+        fake = FakeRSGI("GET", "/x", [("host", "x")])
+        run_and_keep(interfaces.rsgi_http(Broken(), fake, fake))
+        status, headers, _ = fake.sent[0]
+        captured.append((status, dict(headers), b""))
+    else:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/x", "query_string": b"", "headers": []}
+        run_and_keep(interfaces.asgi_http(Broken(), scope, None, send))  # type: ignore[arg-type]
+        captured.append((sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]}, b""))
+    status, headers, _ = captured[0]
+    assert status == 500
+    assert headers["x-tenantvm-error"] == "host"
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_not_started_is_503_and_reserved_paths_are_answered(interface: str) -> None:
+    dispatcher = Dispatcher()
+    assert serve(interface, dispatcher)[0] == 503
+    assert serve(interface, dispatcher, path="/_tenantvm/health")[0] == 503
+    status, headers, _ = serve(interface, dispatcher, "POST", "/_tenantvm/metrics")
+    assert (status, headers["allow"]) == (405, "GET, HEAD")
+    assert serve(interface, dispatcher, path="/_tenantvm/nothing")[0] == 404
+
+
+# --- guest response validation ----------------------------------------------------------------
+
+
+def test_response_headers_are_validated_and_hop_by_hop_ones_dropped() -> None:
+    ok = answers.final_headers(
+        200,
+        [
+            (b"Content-Type", b"text/plain"),
+            (b"X-Tab", b"a\tb"),
+            (b"Content-Length", b"999"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Connection", b"close, X-Private"),
+            (b"X-Private", b"secret"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Upgrade", b"h2c"),
+            (b"X-Utf8", "caf\u00e9".encode()),
+        ],
+    )
+    assert ok == [(b"content-type", b"text/plain"), (b"x-tab", b"a\tb"), (b"x-utf8", "caf\u00e9".encode())]
+    for name, value in [
+        (b"X-Split", b"a\r\nSet-Cookie: x=1"),
+        (b"X-Lf", b"a\nb"),
+        (b"X-Nul", b"a\x00b"),
+        (b"X-Ctl", b"a\x01b"),
+        (b"Bad Name", b"v"),
+        (b"Bad:Name", b"v"),
+        (b"", b"v"),
+        (b"X-\xe9", b"v"),
+        (b"X-Latin1", b"\xe9"),  # neither ASCII nor UTF-8: RSGI could not send it as it is
+    ]:
+        with pytest.raises(answers.BadResponse):
+            answers.final_headers(200, [(name, value)])
+
+
+@pytest.fixture(scope="module")
+def metrics_module() -> Any:
+    """tenantvm.metrics, with prometheus-client in single-process mode in this process."""
+    import prometheus_client  # noqa: F401 - imported first: the app's metrics stay in this process
+
+    import tenantvm.metrics
+
+    return tenantvm.metrics
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (200, [(b"x-ok", b"1")], 200),
+        (599, [], 599),
+        (99, [], 502),
+        (100, [], 502),
+        (101, [], 502),
+        (600, [], 502),
+        (-1, [], 502),
+        (200, [(b"x-bad", b"a\r\nb: c")], 502),
+        (200, [(b"bad name", b"v")], 502),
+        (200, [(b"x-latin1", b"\xe9")], 502),
+    ],
+)
+def test_the_dispatcher_refuses_invalid_guest_responses(
+    metrics_module: Any, interface: str, status: int, headers: list, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake VM runs on the test's own thread: keep the seccomp filter off it.
+    from tenantvm import callers
+    from tenantvm.config import TenantConfig
+    from tenantvm.pool import Pool
+    from tenantvm.server import TenantRuntime
+    from tenantvm.tenant import Response
+
+    monkeypatch.setenv(callers.SECCOMP_ENV, "0")
+
+    class VM:
+        usable = True
+
+        def call(self, request: object) -> Response:
+            return Response(status, [*headers, (b"content-length", b"1"), (b"connection", b"close")], b"body")
+
+    cfg = TenantConfig(name="fake", hosts=("x",), program=__file__, ephemeral=False)  # type: ignore[arg-type]
+    rt = TenantRuntime(cfg, None, Pool("fake", VM, 1), True, metrics_module.Metrics())  # type: ignore[arg-type]
+    dispatcher = Dispatcher()
+    dispatcher.server = SimpleNamespace(route=lambda host: rt, metrics=rt.metrics)  # type: ignore[assignment]
+    got, sent_headers, body = serve(interface, dispatcher)
+    assert rt.pool.idle == 1
+    assert got == expected
+    assert "connection" not in sent_headers
+    if expected != 502:
+        assert all((k.decode(), v.decode()) in sent_headers.items() for k, v in headers)
+        assert body == b"body"
+    else:
+        assert sent_headers["x-tenantvm-error"] == "bad_response"
+        assert "a\r\nb" not in "".join(sent_headers.values())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.httpserver import Server, free_port, serve_command, server_env, start_server
+from tests.httpserver import INTERFACES, Server, free_port, serve_command, server_env, start_server
 
 TENANTS = """
 [tenants.echo]
@@ -31,14 +31,17 @@ pool_size = 1
 """
 
 
-@pytest.fixture(scope="module")
-def server(apps: Path, kvm: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    d = tmp_path_factory.mktemp("input")
+@pytest.fixture(scope="module", params=INTERFACES)
+def server(
+    apps: Path, kvm: dict, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """`tenantvm serve`, once under each interface."""
+    d = tmp_path_factory.mktemp(f"input-{request.param}")
     config = d / "tenants.toml"
     config.write_text(TENANTS.replace("{apps}", str(apps)))
     port = free_port()
-    cmd = [*serve_command(config, port), "--header-timeout-ms", "1000"]
-    s = start_server(cmd, d / "server.log", env=server_env(), port=port, workers=1)
+    cmd = [*serve_command(config, port, interface=request.param), "--header-timeout-ms", "1000"]
+    s = start_server(cmd, d / "server.log", env=server_env(), port=port, workers=1, interface=request.param)
     yield s
     s.stop()
 

@@ -4,12 +4,13 @@
 
     tenantvm run [--timeout S] [--memory-mb N] [--env K=V]... PROGRAM [ARGS...]
     tenantvm doctor [--json]
-    tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N]
+    tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N] [--interface rsgi|asgi]
     tenantvm check [FILE]
     tenantvm sdk [--path | --cflags]
 
 ``serve`` validates the tenants file (``--config``, else ``$TENANTVM_CONFIG``, else the bundled
-examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's ASGI interface); an
+examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's RSGI interface, the faster
+one; ``--interface asgi`` for ASGI); an
 invalid file is reported and the exit status is 2.  ``check`` validates a tenants file and boots
 each tenant once: exit status 0 if all boot, 1 if one does not, 2 if the file is invalid.
 ``sdk`` tells where the installed guest SDK is, to build tenants against it (exit status 1 if
@@ -296,7 +297,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             "tenantvm.app:app",
             address=ns.host,
             port=ns.port,
-            interface=Interfaces.ASGI,
+            interface=Interfaces.RSGI if ns.interface == "rsgi" else Interfaces.ASGI,
             workers=ns.workers,
             log_level=LogLevels(ns.log_level),
             log_access=ns.access_log,
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve the tenants of a tenants file over HTTP",
-        description="Validate the tenants file, then serve its tenants over HTTP (Granian, ASGI). "
+        description="Validate the tenants file, then serve its tenants over HTTP (Granian, RSGI). "
         "Each worker process boots every tenant before it accepts requests.",
         epilog="Exit status: 2 if the tenants file is invalid, 1 if a tenant fails to boot.",
     )
@@ -427,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Granian's log level (default info)",
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--interface",
+        choices=("rsgi", "asgi"),
+        default="rsgi",
+        help="Granian's interface to the application (default rsgi: less Python per request)",
+    )
     serve.add_argument(
         "--header-timeout-ms",
         type=int,

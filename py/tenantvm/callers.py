@@ -1,0 +1,185 @@
+"""The ways a tenant call runs in the server, behind one shape: :class:`Caller`.
+
+=====================  ==============================================================
+:class:`InlineCaller`   on the event loop's thread (short time limits; a hello world takes
+                        tens of microseconds, less than any hand-off to another thread)
+:class:`BatchedCaller`  on the event loop, with the other requests for the same ephemeral
+                        tenant that became ready in the same loop turn (:mod:`tenantvm.batcher`)
+:class:`ThreadCaller`   on an ``anyio`` worker thread (an inline tenant whose call timed out
+                        on the loop, for a while)
+:class:`VcpuCaller`     on the instance's own vCPU thread (:mod:`tenantvm.aio`; long limits)
+=====================  ==============================================================
+
+Every caller takes an instance from the tenant's pool (waiting at most ``queue_timeout``),
+runs the request, gives the instance back (already reset by the VMM, also after a failure),
+and returns the guest's ``(status, headers, body)`` or raises what the call raised:
+:class:`~tenantvm.pool.PoolBusy` when no instance became free in time.  Every thread that runs
+a guest restricts itself with tenantvm's seccomp filter first (:mod:`tenantvm.sandbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+
+from tenantvm.batcher import Batcher, NoInstance
+from tenantvm.pool import Pool
+from tenantvm.sandbox import restrict_current_thread
+from tenantvm.tenant import Request, TenantVM, with_native_args
+from tenantvm.tenant import Response as GuestResponse
+
+__all__ = [
+    "SECCOMP_ENV",
+    "BatchedCaller",
+    "Caller",
+    "GuestAnswer",
+    "InlineCaller",
+    "ThreadCaller",
+    "VcpuCaller",
+    "restrict_once",
+]
+
+#: The guest's ``(status, headers, body)``, not validated yet.
+GuestAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+#: Set to 0 to run guests without the seccomp filter on their threads (debugging only).
+SECCOMP_ENV = "TENANTVM_SECCOMP"
+_sandboxed = threading.local()
+
+
+def restrict_once() -> None:
+    """Installs the seccomp filter on the calling thread, the first time it runs a guest."""
+    if not getattr(_sandboxed, "done", False):
+        if os.environ.get(SECCOMP_ENV, "1") != "0":
+            restrict_current_thread()
+        _sandboxed.done = True
+
+
+def _guarded_call(vm: TenantVM, request: Request) -> GuestResponse:
+    """A guest call on a thread that is (from now on) restricted by the seccomp filter."""
+    restrict_once()
+    return vm.call(request)
+
+
+class Caller(Protocol):
+    """Runs one request of one tenant on an instance of its pool."""
+
+    #: Whether the call runs on the event loop's thread (a timeout there stalled the loop).
+    inline: bool
+
+    async def call(self, request: Request) -> GuestAnswer:
+        """The guest's answer to ``request``; raises PoolBusy, PoolClosed or the call's error."""
+        ...
+
+
+class _Pooled:
+    """A caller drawing instances from ``pool``; ``busy(±1)`` tracks instances in use."""
+
+    inline = False
+
+    def __init__(self, pool: Pool, queue_timeout: float, busy: Callable[[int], None]) -> None:
+        self.pool = pool
+        self.queue_timeout = queue_timeout
+        self.busy = busy
+
+    async def _acquire(self) -> Any:
+        vm = self.pool.try_acquire()
+        if vm is None:
+            vm = await self.pool.acquire(self.queue_timeout)
+        self.busy(1)
+        return vm
+
+    def _release(self, vm: Any) -> None:
+        self.busy(-1)
+        self.pool.release(vm)
+
+
+class InlineCaller(_Pooled):
+    """The call runs on the event loop's thread, which waits for it (GIL released)."""
+
+    inline = True
+
+    async def call(self, request: Request) -> GuestAnswer:
+        """See :class:`Caller`."""
+        pool = self.pool
+        vm = pool.try_acquire()
+        if vm is None:
+            vm = await pool.acquire(self.queue_timeout)
+        self.busy(1)
+        try:
+            response = _guarded_call(vm, request)
+        finally:
+            self.busy(-1)
+            pool.release(vm)
+        return response.status, response.headers, response.body
+
+
+class ThreadCaller(_Pooled):
+    """The call runs on an ``anyio`` worker thread (at most ``pool_size`` at a time)."""
+
+    def __init__(self, pool: Pool, queue_timeout: float, busy: Callable[[int], None]) -> None:
+        super().__init__(pool, queue_timeout, busy)
+        self.limiter = anyio.CapacityLimiter(pool.size)
+
+    async def call(self, request: Request) -> GuestAnswer:
+        """See :class:`Caller`."""
+        vm = await self._acquire()
+        try:
+            response = await anyio.to_thread.run_sync(_guarded_call, vm, request, limiter=self.limiter)
+        finally:
+            self._release(vm)
+        return response.status, response.headers, response.body
+
+
+class VcpuCaller(_Pooled):
+    """The call runs on the instance's own vCPU thread (:class:`tenantvm.aio.AsyncTenantVM`).
+
+    The loop only waits.  If the waiting task is cancelled (the client went away), the call
+    still runs to its end, and the instance goes back to the pool only then.
+    """
+
+    async def call(self, request: Request) -> GuestAnswer:
+        """See :class:`Caller`."""
+        vm = await self._acquire()
+        try:
+            future = with_native_args(lambda args: vm.call_raw(*args(request)))
+        except BaseException:
+            self._release(vm)
+            raise
+        try:
+            status, headers, body, *_ = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: (f.cancelled() or f.exception(), self._release(vm)))
+            raise
+        except BaseException:
+            self._release(vm)
+            raise
+        self._release(vm)
+        return status, headers, body
+
+
+class BatchedCaller:
+    """The call joins the batch of its loop turn (:class:`tenantvm.batcher.Batcher`).
+
+    When the batcher has no free instance, or the tenant may no longer run on the loop, the
+    request takes ``fallback`` (which waits for an instance).
+    """
+
+    inline = True
+
+    def __init__(self, batcher: Batcher, fallback: Caller) -> None:
+        self.batcher = batcher
+        self.fallback = fallback
+
+    async def call(self, request: Request) -> GuestAnswer:
+        """See :class:`Caller`."""
+        try:
+            response = await self.batcher.call(request)
+        except NoInstance:
+            return await self.fallback.call(request)
+        return response.status, response.headers, response.body

@@ -1,0 +1,197 @@
+"""One request, from its parsed head to the answer, whichever interface brought it.
+
+:class:`Dispatcher` checks the request head (header size, one Host, Content-Length against
+the tenant's body limit), routes it (:mod:`tenantvm.routing`), reads the body, runs the call
+through the tenant's :class:`~tenantvm.callers.Caller`, and turns the outcome into an
+:data:`~tenantvm.answers.Answer` (the guest's response made safe, or the status of the
+failure); it also answers the reserved paths.  Sending is the interface's business
+(:mod:`tenantvm.interfaces`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from tenantvm.answers import Answer, classify, error_answer, final_headers, plain
+from tenantvm.errors import GuestError, GuestTimeout, RequestTooLarge
+from tenantvm.pool import PoolBusy, PoolClosed
+from tenantvm.routing import RESERVED_PREFIX, Reserved, reserved_route
+from tenantvm.server import TenantRuntime, TenantServer
+from tenantvm.tenant import Request
+
+__all__ = ["MAX_HEADER_BYTES", "BodyTooLarge", "Dispatcher", "ReadBody"]
+
+log = logging.getLogger("tenantvm")
+
+#: Most bytes of request header names and values accepted (431 beyond): no tenant needs more,
+#: and the guest must never see a half-accepted request.
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The body is over the limit (or the client went away before sending all of it)."""
+
+
+#: Reads the request body, raising BodyTooLarge as soon as it exceeds the given limit.
+ReadBody = Callable[[int], Awaitable[bytes]]
+
+_NOT_STARTED = "tenantvm: the server is not started\n"
+
+
+class Dispatcher:
+    """Answers requests for the :class:`TenantServer` of this worker (None until started)."""
+
+    def __init__(self) -> None:
+        self.server: TenantServer | None = None
+        #: Runs scrapes (reading every worker's metric files); made before any thread is
+        #: restricted, since the threads that run guests cannot open files.
+        self.admin: ThreadPoolExecutor | None = None
+
+    async def tenant(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        read_body: ReadBody,
+        h2: bool,
+        shown_path: str,
+    ) -> Answer:
+        """The answer to a request outside the reserved prefix.
+
+        ``headers`` are the request's, names lowercased; ``shown_path`` is for the log;
+        ``h2``: an HTTP/2 request may have a body without either framing header.
+        """
+        started = time.perf_counter()
+        server = self.server
+        if server is None:  # no lifespan (e.g. granian --interface asginl)
+            return plain(503, _NOT_STARTED)
+        host = b""
+        hosts = 0
+        length = None
+        chunked = False
+        size = 0
+        for k, v in headers:
+            size += len(k) + len(v)
+            if k == b"host":
+                host = v
+                hosts += 1
+            elif k == b"content-length":
+                length = v
+            elif k == b"transfer-encoding":
+                chunked = True
+        if size > MAX_HEADER_BYTES:
+            server.metrics.unrouted.inc()
+            return plain(431, f"tenantvm: request headers over {MAX_HEADER_BYTES} bytes\n")
+        if hosts > 1:
+            server.metrics.unrouted.inc()
+            return plain(400, "tenantvm: more than one Host header\n")
+        rt = server.route(host)
+        if rt is None:
+            server.metrics.unrouted.inc()
+            shown = host.decode("latin-1")[:200]
+            return plain(404, f"tenantvm: no tenant serves the host name {shown!r}\n")
+        answer = await self._serve(
+            rt, server, method, raw_path, query, headers, read_body, h2, length, chunked, shown_path
+        )
+        rt.count(answer[0], started)
+        return answer
+
+    async def _serve(
+        self,
+        rt: TenantRuntime,
+        server: TenantServer,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        read_body: ReadBody,
+        h2: bool,
+        length: bytes | None,
+        chunked: bool,
+        shown_path: str,
+    ) -> Answer:
+        limit = rt.max_request_bytes
+        # An HTTP/1 request without Content-Length or Transfer-Encoding has no body: do not wait
+        # for one (reading is a round trip through the server's I/O thread).
+        body = b""
+        try:
+            if length is not None:
+                try:
+                    n = int(length)
+                except ValueError:
+                    return plain(400, "tenantvm: invalid Content-Length\n")
+                if n > limit:
+                    raise BodyTooLarge
+                if n or chunked or h2:
+                    body = await read_body(limit)
+                    if len(body) != n and not chunked:
+                        raise BodyTooLarge  # the client went away mid-body: nobody to answer
+            elif chunked or h2:
+                body = await read_body(limit)
+        except BodyTooLarge:
+            return self._too_large(rt, limit, "the request body is over this tenant's limit")
+        caller = rt.caller()
+        rt.served += 1
+        try:
+            status, gheaders, gbody = await caller.call(Request(method, raw_path, query, headers, body))
+            if rt.ephemeral:
+                rt.buffer.inc(rt.resets)
+            return status, final_headers(status, gheaders), gbody
+        except (PoolBusy, PoolClosed):
+            name = rt.config.name
+            rt.metrics.rejected.labels(name, "pool_busy").inc()
+            log.warning("tenant %s: no free instance within %d ms (503)", name, rt.config.queue_timeout_ms)
+            return error_answer(503, "pool_busy", (b"retry-after", server.retry_after))
+        except RequestTooLarge as e:
+            log.info("tenant %s: %s (413)", rt.config.name, e)
+            return self._too_large(rt, e.limit, "the request is over this tenant's limit")
+        except Exception as e:
+            return self._failed(rt, e, caller.inline, f"{method} {shown_path[:200]}")
+
+    @staticmethod
+    def _too_large(rt: TenantRuntime, limit: int, what: str) -> Answer:
+        rt.metrics.rejected.labels(rt.config.name, "too_large").inc()
+        return plain(413, f"tenantvm: {what} ({limit} bytes)\n")
+
+    @staticmethod
+    def _failed(rt: TenantRuntime, e: Exception, inline: bool, where: str) -> Answer:
+        name = rt.config.name
+        status, kind = classify(e)
+        if isinstance(e, GuestError):
+            rt.buffer.inc(rt.resets)  # the VMM reset the instance after the failure (stateful ones too)
+        rt.metrics.guest_errors.labels(name, kind).inc()
+        if status == 500:
+            log.error("tenant %s: %s: host failure: %r", name, where, e)
+        else:
+            log.warning("tenant %s: %s: %s (%d): %s", name, where, kind.replace("_", " "), status, e)
+        if isinstance(e, GuestTimeout) and inline:
+            rt.timed_out_inline()
+            log.warning("tenant %s: timed out on the event loop; its calls run in threads for a while", name)
+        return error_answer(status, kind)
+
+    async def reserved(self, method: str, path: str) -> Answer:
+        """The answer to a request under the reserved prefix (see :mod:`tenantvm.routing`)."""
+        route = reserved_route(method, path)
+        if route is Reserved.NOT_FOUND:
+            return plain(404, f"tenantvm: no such endpoint under {RESERVED_PREFIX}/\n")
+        if route is Reserved.METHOD_NOT_ALLOWED:
+            return plain(405, "tenantvm: method not allowed\n", (b"allow", b"GET, HEAD"))
+        worker = (b"x-tenantvm-worker", str(os.getpid()).encode())
+        server = self.server
+        if route is Reserved.METRICS:
+            if server is None or self.admin is None:
+                return plain(503, _NOT_STARTED)
+            server.metrics.buffer.flush()
+            text = await asyncio.get_running_loop().run_in_executor(self.admin, server.metrics.render)
+            return 200, [(b"content-type", server.metrics.content_type.encode()), worker], text
+        data = server.health() if server is not None else {"ok": False, "worker": os.getpid(), "tenants": {}}
+        body = json.dumps(data, separators=(",", ":")).encode()
+        status = 200 if data["ok"] else 503
+        return status, [(b"content-type", b"application/json"), worker], body

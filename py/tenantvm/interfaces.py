@@ -1,0 +1,150 @@
+"""HTTP conversion: an ASGI or RSGI request in, the :class:`~tenantvm.dispatch.Dispatcher`'s answer out.
+
+Both interfaces give the dispatcher the same things: the method, the raw path, the raw query,
+the header pairs as bytes (names lowercased) and a body reader that stops at a limit.  Where
+Granian's RSGI interface gives less than ASGI, the guest sees the difference
+(``docs/http.md``): RSGI's path is percent-decoded, so it is re-encoded (a path that differs
+only in needless escapes, or in ``%2F``, reaches the guest in its plainest form), and RSGI omits
+request header values that are not visible ASCII.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+from tenantvm.answers import Answer, plain
+from tenantvm.dispatch import BodyTooLarge, Dispatcher
+from tenantvm.routing import is_reserved
+
+__all__ = ["asgi_http", "rsgi_http", "rsgi_path"]
+
+log = logging.getLogger("tenantvm")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_INTERNAL_ERROR = plain(500, "tenantvm: internal error\n", (b"x-tenantvm-error", b"host"))
+
+
+# --- ASGI -------------------------------------------------------------------------------------
+
+
+async def _asgi_body(receive: Receive, limit: int) -> bytes:
+    """The request body; raises BodyTooLarge as soon as it exceeds ``limit`` bytes."""
+    message = await receive()
+    body = message.get("body", b"")
+    size = len(body)
+    if size > limit:
+        raise BodyTooLarge
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyTooLarge  # nobody to answer
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _asgi_send(send: Send, answer: Answer) -> None:
+    status, headers, body = answer
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def asgi_http(dispatcher: Dispatcher, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serves one ASGI ``http`` request."""
+    path: str = scope["path"]
+    method: str = scope["method"]
+    try:
+        if is_reserved(path):
+            answer = await dispatcher.reserved(method, path)
+        else:
+            answer = await dispatcher.tenant(
+                method,
+                scope.get("raw_path") or path.encode(),
+                scope["query_string"],
+                scope["headers"],
+                lambda limit: _asgi_body(receive, limit),
+                scope.get("http_version") == "2",
+                path,
+            )
+    except Exception:
+        log.exception("unexpected error serving %s %s", method, path[:200])
+        # The response may have started: then the server ends the connection instead.
+        with contextlib.suppress(Exception):
+            await _asgi_send(send, _INTERNAL_ERROR)
+        raise
+    await _asgi_send(send, answer)
+
+
+# --- RSGI -------------------------------------------------------------------------------------
+
+# Characters a path may carry unescaped (RFC 3986 pchar and "/"): such a decoded path is its
+# own encoding.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~!$&'()*+,;=:@-]*")
+_PATH_SAFE = "/._~!$&'()*+,;=:@-"
+
+
+def rsgi_path(decoded: str) -> bytes:
+    """The raw path for the guest from RSGI's percent-decoded one: escaped where needed."""
+    if _PLAIN_PATH.fullmatch(decoded):
+        return decoded.encode()
+    return quote(decoded, safe=_PATH_SAFE).encode()
+
+
+async def _rsgi_body(protocol: Any, limit: int) -> bytes:
+    """The request body; raises BodyTooLarge as soon as it exceeds ``limit`` bytes."""
+    chunks = []
+    size = 0
+    async for chunk in protocol:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rsgi_send(protocol: Any, answer: Answer) -> None:
+    # Granian frames the body (Content-Length) itself.  Names are tokens and values ASCII or
+    # UTF-8 (answers.final_headers): both decode.
+    status, headers, body = answer
+    protocol.response_bytes(status, [(k.decode(), v.decode()) for k, v in headers], body)
+
+
+async def rsgi_http(dispatcher: Dispatcher, scope: Any, protocol: Any) -> None:
+    """Serves one RSGI ``http`` request."""
+    path: str = scope.path
+    method: str = scope.method
+    try:
+        if is_reserved(path):
+            answer = await dispatcher.reserved(method, path)
+        else:
+            answer = await dispatcher.tenant(
+                method,
+                rsgi_path(path),
+                scope.query_string.encode(),
+                [(k.encode(), v.encode()) for k, v in scope.headers.items()],
+                lambda limit: _rsgi_body(protocol, limit),
+                scope.http_version == "2",
+                path,
+            )
+    except Exception:
+        log.exception("unexpected error serving %s %s", method, path[:200])
+        with contextlib.suppress(Exception):
+            _rsgi_send(protocol, _INTERNAL_ERROR)
+        raise
+    _rsgi_send(protocol, answer)

@@ -1,0 +1,245 @@
+"""What one worker process serves: the tenants file, each tenant's snapshot, pool and caller.
+
+:meth:`TenantServer.start` reads the tenants file, sets up the Prometheus metrics (in the
+server's run directory, shared by the workers), boots every tenant and fills its pools;
+:meth:`TenantServer.close` undoes it.  Which way a tenant's calls run (:mod:`tenantvm.callers`)
+is decided here, per tenant, from its time limit (see ``docs/http.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenantvm import config as tconfig
+from tenantvm import rundir
+from tenantvm.aio import AsyncTenantVM, CompletionQueue
+from tenantvm.batcher import Batcher
+from tenantvm.callers import BatchedCaller, Caller, InlineCaller, ThreadCaller, VcpuCaller, restrict_once
+from tenantvm.pool import Pool
+from tenantvm.routing import HostRouter
+from tenantvm.tenant import Tenant
+
+if TYPE_CHECKING:
+    # Imported when the server starts (see TenantServer.start), not with this module:
+    # prometheus-client must not be imported before its multiprocess directory is chosen.
+    from tenantvm.metrics import Metrics
+
+__all__ = ["INLINE_PENALTY", "TenantRuntime", "TenantServer"]
+
+log = logging.getLogger("tenantvm")
+
+#: After a call run on the event loop timed out, the tenant's calls run in threads this long (s).
+INLINE_PENALTY = 60.0
+
+
+@dataclass(eq=False)
+class TenantRuntime:
+    """A tenant in this worker: its config, snapshot, pool, callers and metric children."""
+
+    config: tconfig.TenantConfig
+    tenant: Tenant
+    pool: Pool
+    #: Whether calls may run on the event loop (short time limit), else on vCPU threads.
+    inline: bool
+    metrics: Metrics
+    batch_budget: float = 0.0
+    inline_blocked_until: float = 0.0
+    served: int = 0
+    _by_status: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        name = self.config.name
+        self.buffer = self.metrics.buffer
+        self.latency = self.metrics.latency.labels(name)
+        self.resets = self.metrics.resets.labels(name)
+        self.busy = self.metrics.pool_busy.labels(name)
+        self.batch_size = self.metrics.batch_size.labels(name)
+        self.ephemeral = self.config.ephemeral
+        self.max_request_bytes = self.config.max_request_bytes
+        queue_timeout = self.config.queue_timeout_ms / 1000
+        self.threaded: Caller = ThreadCaller(self.pool, queue_timeout, self._count_busy)
+        self.primary: Caller
+        if not self.inline:
+            self.primary = VcpuCaller(self.pool, queue_timeout, self._count_busy)
+        else:
+            self.primary = InlineCaller(self.pool, queue_timeout, self._count_busy)
+            if self.ephemeral and self.batch_budget:
+                batcher = Batcher(
+                    self.pool, self.batch_budget, self._batch_started, self._batch_ended, self.runs_inline
+                )
+                self.primary = BatchedCaller(batcher, self.primary)
+
+    def caller(self) -> Caller:
+        """How the next call runs: on the loop, unless it timed out there lately."""
+        if self.inline_blocked_until and time.monotonic() < self.inline_blocked_until:
+            return self.threaded
+        return self.primary
+
+    def runs_inline(self) -> bool:
+        """Whether the next call runs on the event loop (see ``docs/http.md``)."""
+        return self.inline and (not self.inline_blocked_until or time.monotonic() >= self.inline_blocked_until)
+
+    def timed_out_inline(self) -> None:
+        """A call timed out on the event loop: the next ones run in threads for a while."""
+        self.inline_blocked_until = time.monotonic() + INLINE_PENALTY
+
+    def count(self, status: int, started: float) -> None:
+        """Counts a request answered with ``status``, ``started`` at this perf_counter."""
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.metrics.requests.labels(self.config.name, str(status))
+        buffer = self.buffer
+        buffer.inc(child)
+        buffer.observe(self.latency, time.perf_counter() - started)
+
+    def _count_busy(self, delta: int) -> None:
+        self.buffer.inc(self.busy, delta)
+
+    def _batch_started(self) -> None:
+        restrict_once()
+        self.buffer.inc(self.busy)
+
+    def _batch_ended(self, served: int) -> None:
+        buffer = self.buffer
+        buffer.inc(self.busy, -1)
+        buffer.observe(self.batch_size, served)
+
+
+def _boot(cfg: tconfig.TenantConfig, run: rundir.RunDir | None) -> Tenant:
+    shm = run.shared_memory_path(cfg.name) if run is not None and cfg.shared_memory_kb else None
+    kwargs = cfg.tenant_kwargs(shm)
+    return Tenant(kwargs.pop("program"), **kwargs)
+
+
+class TenantServer:
+    """Everything one worker process serves: the tenants file, the tenants and their pools."""
+
+    def __init__(
+        self,
+        cfg: tconfig.TenantsFile,
+        metrics: Metrics,
+        tenants: dict[str, TenantRuntime],
+        run: rundir.RunDir | None,
+    ) -> None:
+        self.config = cfg
+        self.metrics = metrics
+        self.tenants = tenants
+        self.run = run
+        default = tenants[cfg.server.default_tenant] if cfg.server.default_tenant else None
+        self.router: HostRouter[TenantRuntime] = HostRouter(
+            {h: rt for rt in tenants.values() for h in rt.config.hosts}, default
+        )
+        self.route = self.router.route
+        self.retry_after = str(cfg.server.retry_after_s).encode()
+
+    @classmethod
+    def start(
+        cls, config_file: str | os.PathLike[str] | None = None, queue: CompletionQueue | None = None
+    ) -> TenantServer:
+        """Reads the tenants file, boots every tenant and fills the pools (blocking).
+
+        Without ``queue`` every tenant's calls run on the event loop.
+
+        Raises:
+            TenantsFileError: The file is invalid.
+            RuntimeError: A tenant failed to boot (the message names it).
+        """
+        cfg = tconfig.load(tconfig.config_path(config_file))
+        # The server's run directory: from `tenantvm serve`, else (started by a plain `granian`)
+        # the one of our parent, the Granian master.  prometheus-client picks its multiprocess
+        # mode when first imported: point it at the run directory first (unless the environment
+        # already names a directory, or prometheus-client was imported: single-process mode).
+        run_path = Path(os.environ.get(rundir.RUN_DIR_ENV) or rundir.server_dir(os.getppid()))
+        if "prometheus_client" not in sys.modules:
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(run_path / "metrics"))
+        from tenantvm.metrics import Metrics, multiprocess_dir
+
+        run: rundir.RunDir | None = None
+        try:
+            rundir.clean_stale()
+            run = rundir.RunDir.open(run_path)
+            mp = multiprocess_dir()
+            if mp:
+                Path(mp).mkdir(parents=True, exist_ok=True)
+            metrics = Metrics()
+            tenants: dict[str, TenantRuntime] = {}
+            for tc in cfg.tenants:
+                tenants[tc.name] = cls._start_tenant(tc, cfg.server, run, metrics, queue)
+            metrics.workers.set(1)
+        except BaseException:
+            if run is not None:
+                run.close()
+            raise
+        return cls(cfg, metrics, tenants, run)
+
+    @staticmethod
+    def _start_tenant(
+        tc: tconfig.TenantConfig,
+        server: tconfig.ServerConfig,
+        run: rundir.RunDir,
+        metrics: Metrics,
+        queue: CompletionQueue | None,
+    ) -> TenantRuntime:
+        started = time.perf_counter()
+        inline = tc.timeout_ms <= server.inline_timeout_ms or queue is None
+        try:
+            tenant = _boot(tc, run)
+            make: Callable[[], Any] = (
+                tenant.instance if inline else lambda t=tenant: AsyncTenantVM(t, queue)  # type: ignore[misc]
+            )
+            instances: list[Any] = [make() for _ in range(tc.pool_size)]
+        except Exception as e:
+            raise RuntimeError(f"tenant '{tc.name}' ({tc.program}) failed to boot: {type(e).__name__}: {e}") from e
+        replacements = metrics.replacements.labels(tc.name)
+        pool = Pool(tc.name, make, tc.pool_size, instances, on_replace=replacements.inc)
+        rt = TenantRuntime(tc, tenant, pool, inline, metrics, batch_budget=server.batch_budget_us / 1e6)
+        metrics.pool_instances.labels(tc.name).set(tc.pool_size)
+        metrics.pool_busy.labels(tc.name).set(0)
+        log.info(
+            "tenant %s: booted in %.1f ms, %d instance(s), %s, %s calls, hosts %s",
+            tc.name,
+            (time.perf_counter() - started) * 1000,
+            tc.pool_size,
+            tc.mode,
+            "inline" if inline else "on vCPU threads",
+            ", ".join(tc.hosts),
+        )
+        return rt
+
+    def close(self) -> None:
+        """Closes the pools and releases the run directory (removed by the last worker)."""
+        for rt in self.tenants.values():
+            rt.pool.close()
+        self.metrics.process_exit()
+        if self.run is not None:
+            self.run.close()
+
+    def health(self) -> dict[str, Any]:
+        """This worker's view: ``ok`` and every pool's state."""
+        tenants = {}
+        ok = True
+        for name, rt in self.tenants.items():
+            p = rt.pool
+            tenant_ok = p.idle + p.busy > 0
+            ok = ok and tenant_ok
+            tenants[name] = {
+                "ok": tenant_ok,
+                "hosts": list(rt.config.hosts),
+                "mode": rt.config.mode,
+                "calls": "inline" if rt.runs_inline() else ("vcpu-thread" if not rt.inline else "threaded"),
+                "size": p.size,
+                "idle": p.idle,
+                "busy": p.busy,
+                "waiting": p.waiting,
+                "missing": p.missing,
+                "replaced": p.replaced,
+                "served": rt.served,
+            }
+        return {"ok": ok, "worker": os.getpid(), "tenants": tenants}
