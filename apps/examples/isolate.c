@@ -6,11 +6,19 @@
  *                   fault, loop, make system calls, or attack the VM), then answer "returned"
  *   POST /syscalls  run a list of raw system calls: body = records of 7 little-endian u64
  *                   (number, six arguments); an argument 0xf00d0000_0000xxxx is replaced by
- *                   the address of scratch memory + xxxx.  Answers the return values.
+ *                   the address of scratch memory + xxxx.  Answers the return values.  With
+ *                   the query "probe" it answers two u64 per call: the return value, and 1 if
+ *                   the call changed the scratch memory (the program only reads scratch, so
+ *                   every change there is a write the host or the guest kernel made for it).
  *
  * The isolation probe.  Each request first reports a digest of everything a previous
  * request could have left behind, then changes that state as the request says, and reports
- * the digest again:  body = "before=<hex> after=<hex>".  With the query "mem" the digests
+ * the digest again:  body = "before=<hex> after=<hex>".  The digest covers the scratch memory
+ * the /syscalls requests let the host write, and the whole extended register state (XSAVE
+ * of every component XCR0 enables: x87, SSE, AVX, AVX-512), captured right at the return
+ * from wait_for_request, before any library code can overwrite a register.  With the query
+ * "parts" the body lists the digest of each part instead ("name=<hex>" lines, before the
+ * changes), so a test can tell which state differs; with "xstate", the raw XSAVE image.  With the query "mem" the digests
  * cover memory and registers only and make no system calls (so a request whose operations
  * make none either is one the guest kernel can reset by itself in a batch).
  *
@@ -23,11 +31,13 @@
  *     1 global array          2 heap block (malloc'ed at start-up)   3 brk area (sbrk'ed at start-up)
  *     4 mmap area              5 stack area (below the handler's frame)
  *     6 thread-local array     7 xmm0..xmm15 (data loaded into the registers, left there)
- *     8 MXCSR (data[0..1])     9 x87 control word (data[0..1])
+ *     8 MXCSR (data[0..1])     9 x87 control word (data[0])
  *    10 dup(1) (fd left open)  11 malloc(len) left allocated   12 mmap(4 pages) left mapped
  *    13 sbrk(4096 * (1 + data[0] % 8))                       14 ymm0 upper half (if AVX)
  *    15 block signal data[0] % 30 + 1                        16 close(data[0] % 8 + 3)
  *    17 zeroed array (never written at start-up: all zero at the snapshot)
+ *    18 x87 register stack: push data as up to 8 doubles (left on the stack)
+ *    19 ymm1..ymm15 upper halves (if AVX)  20 zmm16..31 and opmask k1..k7 (if AVX-512)
  * Offsets wrap inside each area.
  */
 #define _GNU_SOURCE
@@ -56,7 +66,10 @@ static uint8_t code_area[1 << 16] __attribute__((section(".rwx_code,\"awx\",@pro
 static uint8_t scratch[1 << 16] __attribute__((aligned(4096)));
 static __thread uint8_t tls[AREA];
 static uint8_t *heap, *brk_area, *mmap_area;
-static int have_avx;
+static int have_avx, have_avx512, have_xsave;
+/* The extended register state at the return from wait_for_request, and its size. */
+static uint8_t entry_xstate[8192] __attribute__((aligned(64)));
+static uint32_t xstate_size = 512;
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
@@ -85,52 +98,87 @@ static __attribute__((noinline)) void write_stack(size_t off, const uint8_t *d, 
 		below[(off + i) % AREA] = d[i];
 }
 
-static uint64_t digest(int memory_only)
+/* Word-wise FNV for the large scratch area (a request may digest it hundreds of times). */
+static uint64_t fnv64(uint64_t h, const void *p, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
-	uint8_t xmm[16 * 16];
-	__asm__ volatile("movdqu %%xmm0, 0(%0)\n movdqu %%xmm1, 16(%0)\n movdqu %%xmm2, 32(%0)\n movdqu %%xmm3, 48(%0)\n"
-			 "movdqu %%xmm4, 64(%0)\n movdqu %%xmm5, 80(%0)\n movdqu %%xmm6, 96(%0)\n movdqu %%xmm7, 112(%0)\n"
-			 "movdqu %%xmm8, 128(%0)\n movdqu %%xmm9, 144(%0)\n movdqu %%xmm10, 160(%0)\n movdqu %%xmm11, 176(%0)\n"
-			 "movdqu %%xmm12, 192(%0)\n movdqu %%xmm13, 208(%0)\n movdqu %%xmm14, 224(%0)\n movdqu %%xmm15, 240(%0)\n"
-			 ::"r"(xmm) : "memory");
-	h = fnv(h, xmm, sizeof xmm);
-	if (have_avx) {
-		uint8_t hi[16];
-		__asm__ volatile("vextractf128 $1, %%ymm0, (%0)" ::"r"(hi) : "memory");
-		h = fnv(h, hi, sizeof hi);
+	const uint64_t *w = p;
+	for (size_t i = 0; i < n / 8; i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
 	}
-	uint32_t mxcsr;
-	uint16_t fcw;
-	__asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
-	__asm__ volatile("fnstcw %0" : "=m"(fcw));
-	h = fnv(h, &mxcsr, sizeof mxcsr);
-	h = fnv(h, &fcw, sizeof fcw);
-	h = fnv(h, globals, AREA);
-	h = fnv(h, zeroed, AREA);
-	h = fnv(h, tls, AREA);
-	h = fnv(h, heap, AREA);
-	h = fnv(h, brk_area, AREA);
-	h = fnv(h, mmap_area, AREA);
-	h = digest_stack(h);
+	return h;
+}
+
+/* Saves the extended register state into `buf` (zeroed first, so bytes XSAVE leaves alone
+ * are always zero).  Must not be preceded by library calls that use vector registers. */
+static inline __attribute__((always_inline)) void save_xstate(uint8_t *buf)
+{
+	if (have_xsave)
+		__asm__ volatile("xsave (%0)" ::"r"(buf), "a"(-1), "d"(-1) : "memory");
+	else
+		__asm__ volatile("fxsave (%0)" ::"r"(buf) : "memory");
+}
+
+/* The digest of an XSAVE image, without its header (XSTATE_BV says which components the
+ * CPU considers in use, which it may track differently for equal contents). */
+static uint64_t digest_xstate(uint64_t h, const uint8_t *x)
+{
+	h = fnv(h, x, 512);
+	if (xstate_size > 576)
+		h = fnv(h, x + 576, xstate_size - 576);
+	return h;
+}
+
+/* One digest per part of the state, in this order. */
+enum { P_XSTATE, P_GLOBALS, P_ZEROED, P_TLS, P_HEAP, P_BRK, P_MMAP, P_STACK, P_SCRATCH, P_FDS, P_BREAK,
+       P_MALLOC, P_MMAP_NEXT, P_SIGMASK, NPARTS };
+static const char *const part_names[NPARTS] = { "xstate", "globals", "zeroed", "tls", "heap", "brk", "mmap",
+						 "stack", "scratch", "fds", "break", "malloc", "mmap_next",
+						 "sigmask" };
+
+static uint64_t digest_parts(int memory_only, const uint8_t *xstate, uint64_t *part)
+{
+	const uint64_t seed = 0xcbf29ce484222325ULL;
+	for (int i = 0; i < NPARTS; i++)
+		part[i] = seed;
+	part[P_XSTATE] = digest_xstate(seed, xstate);
+	part[P_GLOBALS] = fnv(seed, globals, AREA);
+	part[P_ZEROED] = fnv(seed, zeroed, AREA);
+	part[P_TLS] = fnv(seed, tls, AREA);
+	part[P_HEAP] = fnv(seed, heap, AREA);
+	part[P_BRK] = fnv(seed, brk_area, AREA);
+	part[P_MMAP] = fnv(seed, mmap_area, AREA);
+	part[P_STACK] = digest_stack(seed);
+	part[P_SCRATCH] = fnv64(seed, scratch, sizeof scratch);
+	uint64_t h = seed;
+	for (int i = 0; i < P_FDS; i++)
+		h = fnv(h, &part[i], sizeof part[i]);
 	if (memory_only)
 		return h;
 	for (int fd = 0; fd < 16; fd++) {
 		int open_ = fcntl(fd, F_GETFD) >= 0;
-		h = fnv(h, &open_, sizeof open_);
+		part[P_FDS] = fnv(part[P_FDS], &open_, sizeof open_);
 	}
 	void *cur = sbrk(0);
-	h = fnv(h, &cur, sizeof cur);
+	part[P_BREAK] = fnv(seed, &cur, sizeof cur);
 	void *m = malloc(100);
-	h = fnv(h, &m, sizeof m);
+	part[P_MALLOC] = fnv(seed, &m, sizeof m);
 	free(m);
 	void *mm = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	h = fnv(h, &mm, sizeof mm);
+	part[P_MMAP_NEXT] = fnv(seed, &mm, sizeof mm);
 	munmap(mm, 4096);
 	sigset_t set;
 	sigprocmask(SIG_BLOCK, 0, &set);
-	h = fnv(h, &set, sizeof set);
+	part[P_SIGMASK] = fnv(seed, &set, sizeof set);
+	for (int i = P_FDS; i < NPARTS; i++)
+		h = fnv(h, &part[i], sizeof part[i]);
 	return h;
+}
+
+static uint64_t digest(int memory_only, const uint8_t *xstate)
+{
+	uint64_t part[NPARTS];
+	return digest_parts(memory_only, xstate, part);
 }
 
 static void apply(const uint8_t *p, size_t len)
@@ -168,12 +216,15 @@ static void apply(const uint8_t *p, size_t len)
 		}
 		case 8: {
 			/* keep exceptions masked so the program itself does not trap */
-			uint32_t v = 0x1f80 | ((n ? d[0] : 0) & 0x6000) | ((n > 1 ? d[1] : 0) & 0x40);
+			/* rounding (bits 13-14) and flush-to-zero (15) from data[0], denormals-are-zero (6)
+			 * from data[1] */
+			uint32_t v = 0x1f80 | (((uint32_t)(n ? d[0] : 0) << 8) & 0xe000) | ((n > 1 ? d[1] : 0) & 0x40);
 			__asm__ volatile("ldmxcsr %0" ::"m"(v));
 			break;
 		}
 		case 9: {
-			uint16_t cw = (uint16_t)(0x037f | ((n ? d[0] : 0) & 0x0c00) | ((n > 1 ? d[1] : 0) & 0x0300));
+			/* precision (bits 8-9) and rounding (10-11) control from data[0] */
+			uint16_t cw = (uint16_t)(0x007f | (((n ? d[0] : 0) << 8) & 0x0f00));
 			__asm__ volatile("fldcw %0" ::"m"(cw));
 			break;
 		}
@@ -207,6 +258,37 @@ static void apply(const uint8_t *p, size_t len)
 			break;
 		}
 		case 16: close((n ? d[0] % 8 : 0) + 3); break;
+		case 18: {
+			double v[8] = { 0 };
+			size_t count = n / 8 < 8 ? n / 8 : 8;
+			memcpy(v, d, count * 8);
+			for (size_t k = 0; k < (count ? count : 1); k++)
+				__asm__ volatile("fldl %0" ::"m"(v[k]));
+			break;
+		}
+		case 19:
+			if (have_avx) {
+				uint8_t hi[16] = { 0 };
+				for (size_t k = 0; k < n && k < 16; k++)
+					hi[k] = d[k];
+				__asm__ volatile("vinsertf128 $1, (%0), %%ymm1, %%ymm1\n vinsertf128 $1, (%0), %%ymm5, %%ymm5\n"
+						 "vinsertf128 $1, (%0), %%ymm9, %%ymm9\n vinsertf128 $1, (%0), %%ymm15, %%ymm15"
+						 ::"r"(hi) : "xmm1", "xmm5", "xmm9", "xmm15");
+			}
+			break;
+		case 20:
+			if (have_avx512) {
+				uint8_t z[64] = { 0 };
+				for (size_t k = 0; k < n; k++)
+					z[(off + k) % 64] ^= d[k];
+				uint16_t mask = (uint16_t)(z[0] | z[1] << 8 | 1);
+				__asm__ volatile("vmovdqu64 (%0), %%zmm16\n vmovdqu64 (%0), %%zmm23\n vmovdqu64 (%0), %%zmm31\n"
+						 "kmovw %1, %%k1\n kmovw %1, %%k7"
+						 ::"r"(z), "r"((uint32_t)mask) : "memory");
+				/* zmm0-15's upper 256 bits: a state component of its own */
+				__asm__ volatile("vmovdqu64 (%0), %%zmm3" ::"r"(z) : "xmm3");
+			}
+			break;
 		default: break;
 		}
 		if (area)
@@ -231,10 +313,11 @@ static void run_code(const uint8_t *code, size_t n)
 	respond_text(200, "text/plain", "returned");
 }
 
-static void run_syscalls(const uint8_t *body, size_t n)
+static void run_syscalls(const uint8_t *body, size_t n, int probe)
 {
-	static uint64_t results[512];
+	static uint64_t results[1024];
 	size_t count = 0;
+	uint64_t seen = probe ? fnv64(0, scratch, sizeof scratch) : 0;
 	for (size_t i = 0; i + 56 <= n && count < 512; i += 56) {
 		uint64_t w[7];
 		memcpy(w, body + i, sizeof w);
@@ -250,15 +333,57 @@ static void run_syscalls(const uint8_t *body, size_t n)
 				 : "a"(w[0]), "D"(w[1]), "S"(w[2]), "d"(w[3]), "r"(r10), "r"(r8), "r"(r9)
 				 : "rcx", "r11", "memory");
 		results[count++] = (uint64_t)ret;
+		if (probe) {
+			uint64_t now = fnv64(0, scratch, sizeof scratch);
+			results[count++] = now != seen;
+			seen = now;
+		}
 	}
 	respond(200, "application/octet-stream", results, count * sizeof results[0]);
+}
+
+/* wait_for_request, and the register state at its return before anything can touch it. */
+static const struct tvm_request *wait_and_capture(void)
+{
+	register long nr __asm__("rax") = TVM_SYS_WAIT_FOR_REQUEST;
+	register long a4 __asm__("r10") = 0;
+	register long a5 __asm__("r8") = 0;
+	if (have_xsave)
+		__asm__ volatile("syscall\n mov %%rax, %%r9\n mov $-1, %%eax\n mov $-1, %%edx\n xsave (%%rbx)\n mov %%r9, %%rax"
+				 : "+r"(nr)
+				 : "D"(0), "S"(0), "b"(entry_xstate), "r"(a4), "r"(a5)
+				 : "rcx", "r11", "r9", "rdx", "memory");
+	else
+		__asm__ volatile("syscall\n fxsave (%%rbx)"
+				 : "+r"(nr)
+				 : "D"(0), "S"(0), "d"(0), "b"(entry_xstate), "r"(a4), "r"(a5)
+				 : "rcx", "r11", "memory");
+	return (const struct tvm_request *)nr;
+}
+
+static int is_query(const struct tvm_request *r, const char *q)
+{
+	size_t n = strlen(q);
+	return r->query_len == n && memcmp(r->query, q, n) == 0;
 }
 
 int main(void)
 {
 	unsigned a, b, c, dd;
-	if (__get_cpuid(1, &a, &b, &c, &dd))
-		have_avx = (c & (1u << 28)) && (c & (1u << 27));
+	if (__get_cpuid(1, &a, &b, &c, &dd)) {
+		have_xsave = (c & (1u << 27)) != 0; /* OSXSAVE */
+		have_avx = (c & (1u << 28)) && have_xsave;
+	}
+	if (have_xsave) {
+		uint32_t lo, hi;
+		__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+		if (__get_cpuid_count(0xd, 0, &a, &b, &c, &dd) && b <= sizeof entry_xstate)
+			xstate_size = b;
+		else
+			have_xsave = 0;
+		if (__get_cpuid_count(7, 0, &a, &b, &c, &dd))
+			have_avx512 = (b & (1u << 16)) && (lo & 0xe0) == 0xe0;
+	}
 	heap = malloc(AREA);
 	memset(heap, 0x11, AREA);
 	brk_area = sbrk(AREA);
@@ -268,20 +393,38 @@ int main(void)
 	memset(globals, 0x44, AREA);
 	memset(tls, 0x55, AREA);
 	for (;;) {
-		struct tvm_request req;
-		wait_for_request(&req);
+		memset(entry_xstate, 0, sizeof entry_xstate);
+		struct tvm_request req = *wait_and_capture();
 		if (is_path(&req, "/code")) {
 			run_code((const uint8_t *)req.body, req.body_len);
 			continue;
 		}
 		if (is_path(&req, "/syscalls")) {
-			run_syscalls((const uint8_t *)req.body, req.body_len);
+			run_syscalls((const uint8_t *)req.body, req.body_len, is_query(&req, "probe"));
 			continue;
 		}
-		int memory_only = req.query_len == 3 && memcmp(req.query, "mem", 3) == 0;
-		uint64_t before = digest(memory_only);
+		if (is_query(&req, "xstate")) {
+			respond(200, "application/octet-stream", entry_xstate, xstate_size);
+			continue;
+		}
+		if (is_query(&req, "parts")) {
+			uint64_t part[NPARTS];
+			digest_parts(0, entry_xstate, part);
+			char out[64 * NPARTS];
+			int len = 0;
+			for (int i = 0; i < NPARTS; i++)
+				len += snprintf(out + len, sizeof out - len, "%s=%016llx\n", part_names[i],
+						(unsigned long long)part[i]);
+			respond(200, "text/plain", out, (size_t)len);
+			continue;
+		}
+		int memory_only = is_query(&req, "mem");
+		uint64_t before = digest(memory_only, entry_xstate);
+		static uint8_t now_xstate[8192] __attribute__((aligned(64)));
+		memset(now_xstate, 0, xstate_size);
 		apply((const uint8_t *)req.body, req.body_len);
-		uint64_t after = digest(memory_only);
+		save_xstate(now_xstate);
+		uint64_t after = digest(memory_only, now_xstate);
 		char out[64];
 		int n = snprintf(out, sizeof out, "before=%016llx after=%016llx", (unsigned long long)before,
 				 (unsigned long long)after);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{app, args, kvm_or_skip};
+use common::{app, args, require_kvm};
 use vmm::RunConfig;
 
 fn threads() -> usize {
@@ -21,10 +21,9 @@ fn rss_kib() -> u64 {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn many_runs_leak_nothing() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let hello = app("hello.musl");
     let nullwrite = app("nullwrite.musl");
     let spin = app("loop.musl");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{app, args, kvm_or_skip};
+use common::{app, args, require_kvm};
 use vmm::program::ExitKind;
 use vmm::RunConfig;
 
@@ -13,10 +13,9 @@ fn run(name: &str, argv: &[&str]) -> vmm::RunOutcome {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn hello_from_every_toolchain() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     for (name, expected) in [
         ("hello.glibc", &b"Hello, world!\n"[..]),
         ("hello.musl", b"Hello, world!\n"),
@@ -42,10 +41,9 @@ fn stdout_lines(out: &vmm::RunOutcome) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn argv_env_and_auxv_reach_the_program() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     for name in ["showenv.glibc", "showenv.musl"] {
         let out = run_cfg(name, &["one", "two words", "ünï"], |c| c.env = args(&["A=1", "EMPTY=", "PATH=/bin"]));
         assert_eq!(out.exit, ExitKind::Exited(0));
@@ -66,10 +64,9 @@ fn argv_env_and_auxv_reach_the_program() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn exit_codes_are_reported() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     for code in [0, 1, 42, 255] {
         let out = run_cfg("exitcode.musl", &[&code.to_string()], |_| {});
         assert_eq!(out.exit, ExitKind::Exited(code));
@@ -78,10 +75,9 @@ fn exit_codes_are_reported() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn stdin_round_trips_binary_data() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     for name in ["cat.glibc", "cat.musl"] {
         let out = run_cfg(name, &[], |c| c.stdin = vmm::syscalls::Input::Bytes { data: data.clone(), pos: 0 });
@@ -91,10 +87,9 @@ fn stdin_round_trips_binary_data() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn allocates_and_frees_100_mb_in_pieces() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     for name in ["alloc.glibc", "alloc.musl"] {
         let out = run_cfg(name, &[], |c| c.memory = 256 << 20);
         assert_eq!(out.exit, ExitKind::Exited(0), "{name}: {}", String::from_utf8_lossy(&out.stdout));
@@ -103,21 +98,19 @@ fn allocates_and_frees_100_mb_in_pieces() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn infinite_loop_stops_at_the_time_limit() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let out = run_cfg("loop.glibc", &[], |c| c.timeout = std::time::Duration::from_millis(300));
     assert_eq!(out.exit, ExitKind::Timeout);
     assert!(out.elapsed >= std::time::Duration::from_millis(300));
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn faults_are_typed() {
     use vmm::GuestFault;
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let fault = |name: &str, argv: &[&str]| match run_cfg(name, argv, |_| {}).exit {
         ExitKind::Fault(f) => f,
         other => panic!("{name}: expected a fault, got {other:?}"),
@@ -141,10 +134,9 @@ fn faults_are_typed() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn memory_cap_is_enforced() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let out = run_cfg("memhog.musl", &[], |c| c.memory = 32 << 20);
     assert_eq!(out.exit, ExitKind::Exited(3));
     assert!(out.memory_exhausted && out.out_of_memory());

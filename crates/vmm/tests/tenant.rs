@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{kvm_or_skip, tenant};
+use common::{require_kvm, tenant};
 use vmm::{Failure, Request};
 
 fn get(path: &str) -> Request {
@@ -14,10 +14,9 @@ fn body(inst: &mut vmm::Instance, req: &Request) -> String {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn hello_serves_with_one_exit_per_request() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let t = tenant("hello", |_| {});
     let mut inst = t.instance().unwrap();
     for _ in 0..200 {
@@ -35,10 +34,9 @@ fn hello_serves_with_one_exit_per_request() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn ephemeral_resets_state_and_stateful_keeps_it() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let mut eph = tenant("state", |_| {}).instance().unwrap();
     let got: Vec<String> = (0..3).map(|_| body(&mut eph, &get("/"))).collect();
     assert_eq!(got, ["1", "1", "1"]);
@@ -49,10 +47,9 @@ fn ephemeral_resets_state_and_stateful_keeps_it() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn instances_share_the_snapshot_but_not_their_writes() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let t = tenant("state", |c| c.ephemeral = false);
     let mut a = t.instance().unwrap();
     let mut b = t.instance().unwrap();
@@ -63,10 +60,9 @@ fn instances_share_the_snapshot_but_not_their_writes() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn counter_in_shared_memory_never_loses_an_increment() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let t = tenant("counter", |c| c.shared_memory = 4096);
     let threads = 4;
     let per = 250;
@@ -86,10 +82,9 @@ fn counter_in_shared_memory_never_loses_an_increment() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn echo_is_binary_safe() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let mut inst = tenant("echo", |_| {}).instance().unwrap();
     let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let req = Request {
@@ -113,10 +108,9 @@ fn echo_is_binary_safe() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn oversize_request_is_refused_without_running() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let mut inst = tenant("echo", |c| c.limits.max_request = 4096).instance().unwrap();
     let err = inst.call(&Request { body: vec![0; 5000], ..get("/") }).unwrap_err();
     assert!(matches!(err.kind, Failure::RequestTooLarge(_)));
@@ -127,10 +121,9 @@ fn oversize_request_is_refused_without_running() {
 type Check = fn(&Failure) -> bool;
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     for ephemeral in [true, false] {
         let t = tenant("misbehave", |c| {
             c.ephemeral = ephemeral;
@@ -170,10 +163,9 @@ fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn reset_restores_only_the_pages_a_request_touched() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let mut inst = tenant("misbehave", |_| {}).instance().unwrap();
     let dirty = |kb: u32| Request { path: b"/dirty".to_vec(), query: format!("kb={kb}").into_bytes(), ..get("/") };
     inst.call(&dirty(0)).unwrap();
@@ -191,33 +183,82 @@ fn reset_restores_only_the_pages_a_request_touched() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn isolation_probe_sees_nothing_of_earlier_requests() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
+    // Only answers of one snapshot are compared: two boots may differ in what the program
+    // drew at random while booting (see boots_differ_only_in_boot_randomness).
     let t = tenant("isolate", |_| {});
+    let clean = body(&mut t.instance().unwrap(), &get("/"));
     let mut inst = t.instance().unwrap();
-    let clean = body(&mut inst, &get("/"));
+    assert_eq!(body(&mut inst, &get("/")), clean);
     // Change every kind of state once, then check the next request starts clean.
     let mut ops = Vec::new();
-    for kind in 1..=16u8 {
+    for kind in 1..=20u8 {
         ops.extend_from_slice(&[kind, 7, 0, 4, 0xde, 0xad, 0xbe, kind]);
     }
     let dirty = body(&mut inst, &Request { body: ops, ..get("/") });
     assert_eq!(dirty[..23], clean[..23], "the first digest is taken before the changes");
     assert_ne!(dirty[24..], clean[24..], "the changes must show in the second digest");
     assert_eq!(body(&mut inst, &get("/")), clean);
-    let mut stateful = tenant("isolate", |c| c.ephemeral = false).instance().unwrap();
-    assert_eq!(body(&mut stateful, &get("/")), clean);
+    let st = tenant("isolate", |c| c.ephemeral = false);
+    let stateful_clean = body(&mut st.instance().unwrap(), &get("/"));
+    let mut stateful = st.instance().unwrap();
+    assert_eq!(body(&mut stateful, &get("/")), stateful_clean);
     body(&mut stateful, &Request { body: vec![1, 0, 0, 1, 9], ..get("/") });
-    assert_ne!(body(&mut stateful, &get("/")), clean, "stateful mode keeps state");
+    assert_ne!(body(&mut stateful, &get("/")), stateful_clean, "stateful mode keeps state");
+}
+
+/// The snapshot pages that differ between two boots of `name`, as (guest address, bytes that
+/// differ) pairs.
+fn snapshot_differences(a: &vmm::Tenant, b: &vmm::Tenant) -> Vec<(u64, usize)> {
+    let (x, y) = (a.snapshot().ram_view(), b.snapshot().ram_view());
+    assert_eq!(x.len(), y.len());
+    let offset = a.snapshot().map().ram_offset();
+    let (mut p, mut q) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let mut out = Vec::new();
+    for page in 0..(x.len() / 4096) as u64 {
+        x.read(page * 4096, &mut p).unwrap();
+        y.read(page * 4096, &mut q).unwrap();
+        let n = p.iter().zip(&q).filter(|(a, b)| a != b).count();
+        if n > 0 {
+            out.push((page * 4096 + offset, n));
+        }
+    }
+    out
+}
+
+/// Investigation of boot-to-boot differences (run with `--ignored`; prints, asserts little):
+/// which snapshot pages and which probe digests differ between boots of `isolate`.  On PVM
+/// (2026-12) the probe's digests agreed over every boot; the snapshots differ in the pages
+/// holding what was drawn at random while booting (AT_RANDOM, the stack guard copies, glibc's
+/// tcache key, the guest kernel's entropy pool).
+#[test]
+#[ignore = "investigation: prints the differences between boots"]
+fn boots_differ_only_in_boot_randomness() {
+    require_kvm();
+    let boots: Vec<vmm::Tenant> = (0..8).map(|i| tenant("isolate", |c| c.ephemeral = i % 2 == 0)).collect();
+    let parts = |t: &vmm::Tenant| body(&mut t.instance().unwrap(), &Request { query: b"parts".to_vec(), ..get("/") });
+    let first = parts(&boots[0]);
+    for (i, b) in boots.iter().enumerate().skip(1) {
+        let other = parts(b);
+        for (x, y) in first.lines().zip(other.lines()) {
+            if x != y {
+                eprintln!("boot {i}: probe part differs: {x} / {y}");
+            }
+        }
+        let map = b.snapshot().map();
+        for (va, n) in snapshot_differences(&boots[0], b) {
+            let area = map.areas().iter().find(|a| (a.start..a.end).contains(&va));
+            eprintln!("boot {i}: snapshot page {va:#x}: {n} bytes differ ({area:?})");
+        }
+    }
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_seccomp_restricted_thread_still_serves_requests() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(300));
     std::thread::spawn(move || {
         vmm::sandbox::restrict_current_thread().unwrap();
@@ -252,10 +293,9 @@ fn ok(r: Result<vmm::CallResult, vmm::CallError>) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let ms = std::time::Duration::from_millis;
     let t = tenant("misbehave", |c| c.timeout = ms(20));
     let mut inst = t.instance().unwrap();
@@ -277,10 +317,9 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     // It gets about half the CPU: charged for well over a quarter of its limit, no grace, so
     // on an overloaded host wall time still bounds what a spinning tenant takes from others.
     let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(20));
@@ -295,10 +334,9 @@ fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
 }
 
 #[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn sleeping_is_charged_like_running() {
-    if !kvm_or_skip() {
-        return;
-    }
+    require_kvm();
     let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(20));
     let mut inst = t.instance().unwrap();
     // 12 ms asleep, then 12 ms of work: over the limit, though only 12 ms ran.

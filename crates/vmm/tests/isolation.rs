@@ -1,0 +1,272 @@
+//! Per-request isolation, checked with the isolation probe (apps/examples/isolate.c): whatever
+//! a request leaves behind — memory it wrote, memory the host or the guest kernel wrote for
+//! it, registers — the next request must not see.  Every expected answer comes from a new
+//! instance of the same snapshot, never from an instance that served earlier requests.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::probe::{
+    answer, digest_request, emulated_syscalls, op, random_args, syscalls_request, words, Rng, SCRATCH, SMALL,
+};
+use common::{require_kvm, tenant};
+use vmm::{Request, Tenant};
+
+/// Highest system-call number probed (Linux x86-64 ends below 470).
+const MAX_NR: u64 = 470;
+
+fn isolate() -> Tenant {
+    // Calls that sleep on the probe's arguments hit this limit quickly.
+    tenant("isolate", |c| c.timeout = Duration::from_millis(100))
+}
+
+/// What a new instance of `t` answers to `req`.
+fn fresh(t: &Tenant, req: &Request) -> String {
+    answer(&mut t.instance().unwrap(), req)
+}
+
+/// Requests of system calls: every emulated number, called first with one pointer into the
+/// probe's scratch memory in each argument position and the same small integer in all the
+/// others, then with arguments drawn at random from small integers and such pointers (so any
+/// output buffer a call has lands in scratch).  Returns the numbers called, and the request.
+fn syscall_requests(emulated: &[u64], seed: u64, random_per_number: usize) -> Vec<(Vec<u64>, Request)> {
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for &nr in emulated {
+        let mut calls = Vec::new();
+        for p in 0..6 {
+            for small in SMALL {
+                let mut a = [small; 6];
+                a[p] = SCRATCH + 4096 * p as u64;
+                calls.push([nr, a[0], a[1], a[2], a[3], a[4], a[5]]);
+            }
+        }
+        calls.extend((0..random_per_number).map(|_| {
+            let a = random_args(&mut rng);
+            [nr, a[0], a[1], a[2], a[3], a[4], a[5]]
+        }));
+        for chunk in calls.chunks(40) {
+            out.push((vec![nr; chunk.len()], syscalls_request(chunk, true)));
+        }
+    }
+    out
+}
+
+/// Requests of 40 random calls each, the numbers drawn from `emulated` too: one call may then
+/// work on what another left in scratch (a signal mask, a handler, a time).
+fn mixed_syscall_requests(emulated: &[u64], seed: u64, count: usize) -> Vec<(Vec<u64>, Request)> {
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|_| {
+            let calls: Vec<[u64; 7]> = (0..40)
+                .map(|_| {
+                    let nr = emulated[rng.below(emulated.len() as u64) as usize];
+                    let a = random_args(&mut rng);
+                    [nr, a[0], a[1], a[2], a[3], a[4], a[5]]
+                })
+                .collect();
+            (calls.iter().map(|c| c[0]).collect(), syscalls_request(&calls, true))
+        })
+        .collect()
+}
+
+/// The numbers of the calls (`nrs`, in order) that changed scratch memory, from `body` (a
+/// `/syscalls?probe` answer).
+fn scratch_writers(nrs: &[u64], body: &[u8]) -> Vec<u64> {
+    words(body).chunks_exact(2).zip(nrs).filter(|(pair, _)| pair[1] == 1).map(|(_, &nr)| nr).collect()
+}
+
+/// The system calls of a request, for messages.
+fn names(nrs: &[u64]) -> String {
+    let mut v = nrs.to_vec();
+    v.dedup();
+    format!("{v:?}")
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn memory_the_host_writes_for_a_request_is_reset_before_the_next() {
+    require_kvm();
+    let t = isolate();
+    let emulated = emulated_syscalls(&mut t.instance().unwrap(), MAX_NR);
+    assert!(emulated.len() >= 50, "the VMM emulates more than {emulated:?}");
+    let clean = fresh(&t, &digest_request(&[], ""));
+    let mut inst = t.instance().unwrap();
+    let mut writers = BTreeSet::new();
+    let mut requests = syscall_requests(&emulated, 0x5eed_0001, 160);
+    requests.extend(mixed_syscall_requests(&emulated, 0x5eed_0003, 100));
+    for (nrs, req) in requests {
+        if let Ok(r) = inst.call(&req) {
+            writers.extend(scratch_writers(&nrs, &r.response.body));
+        }
+        // Memory, registers, descriptors, break, allocator, signal mask: all as at the snapshot.
+        assert_eq!(
+            answer(&mut inst, &digest_request(&[], "")),
+            clean,
+            "after a request of system calls {}",
+            names(&nrs)
+        );
+    }
+    eprintln!("system calls that wrote the probe's memory: {writers:?}");
+    // The sweep must have made the host write guest memory, or it proves nothing.  These are
+    // host-served calls whose output is not all zero bytes (uname, fstat, getcwd, getrlimit,
+    // prlimit64, clock_getres): if one is missing, the arguments no longer reach its output.
+    for nr in [63, 5, 79, 97, 302, 229] {
+        assert!(writers.contains(&nr), "system call {nr} never wrote the probe's memory: {writers:?}");
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn memory_the_host_writes_for_a_batched_request_is_reset_before_the_next() {
+    require_kvm();
+    let t = isolate();
+    let emulated = emulated_syscalls(&mut t.instance().unwrap(), MAX_NR);
+    let clean_mem = fresh(&t, &digest_request(&[], "mem"));
+    let clean = fresh(&t, &digest_request(&[], ""));
+    let mut inst = t.instance().unwrap();
+    // Each syscall request followed by a memory-only digest, which the guest kernel serves and
+    // resets by itself when it can: the host must have reset the pages it wrote.
+    let requests = syscall_requests(&emulated, 0x5eed_0002, 40);
+    for group in requests.chunks(8) {
+        let mut batch = Vec::new();
+        for (_, req) in group {
+            batch.push(req.clone());
+            batch.push(digest_request(&[], "mem"));
+            batch.push(digest_request(&[], ""));
+        }
+        let got = inst.call_batch(&batch);
+        for (i, (nrs, _)) in group.iter().enumerate() {
+            let text = |k: usize| match &got[3 * i + k] {
+                Ok(r) => String::from_utf8_lossy(&r.response.body).into_owned(),
+                Err(e) => format!("error: {:?}", e.kind),
+            };
+            let nr = names(nrs);
+            assert_eq!(text(1), clean_mem, "memory digest after a batched request of system calls {nr}");
+            assert_eq!(text(2), clean, "full digest after a batched request of system calls {nr}");
+        }
+    }
+    assert!(inst.stats().batches > 0);
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn known_output_buffers_are_reset() {
+    // The same property for a few calls with known arguments, each on its own page of
+    // scratch memory: a failure names the call.
+    require_kvm();
+    let t = isolate();
+    let clean = fresh(&t, &digest_request(&[], ""));
+    let page = |i: u64| SCRATCH + i * 4096;
+    let cases: &[(&str, [u64; 7])] = &[
+        ("uname", [63, page(0), 0, 0, 0, 0, 0]),
+        ("fstat(1)", [5, 1, page(1), 0, 0, 0, 0]),
+        ("read(0)", [0, 0, page(2), 64, 0, 0, 0]),
+        ("sched_getaffinity", [204, 0, 128, page(3), 0, 0, 0]),
+        ("prlimit64(RLIMIT_STACK)", [302, 0, 3, 0, page(4), 0, 0]),
+        ("clock_gettime(CLOCK_PROCESS_CPUTIME_ID)", [228, 2, page(5), 0, 0, 0, 0]),
+        ("clock_gettime(CLOCK_REALTIME)", [228, 0, page(6), 0, 0, 0, 0]),
+        ("getrandom(256)", [318, page(7), 256, 0, 0, 0, 0]),
+        ("getrandom(4096)", [318, page(8), 4096, 0, 0, 0, 0]),
+        ("getcwd", [79, page(10), 64, 0, 0, 0, 0]),
+    ];
+    let mut inst = t.instance().unwrap();
+    for (name, call) in cases {
+        let calls = [*call];
+        let r = inst.call(&syscalls_request(&calls, true)).unwrap_or_else(|e| panic!("{name}: {:?}", e.kind));
+        let w = words(&r.response.body);
+        let (ret, changed) = (w[w.len() - 2] as i64, w[w.len() - 1]);
+        if *name != "read(0)" {
+            assert!(ret >= 0 && changed == 1, "{name}: returned {ret}, changed scratch: {changed}");
+        }
+        assert_eq!(answer(&mut inst, &digest_request(&[], "")), clean, "after {name}");
+        // And inside a batch, followed by a request the guest kernel resets.
+        let got =
+            inst.call_batch(&[syscalls_request(&calls, true), digest_request(&[], "mem"), digest_request(&[], "")]);
+        let texts: Vec<String> = got
+            .iter()
+            .map(|r| r.as_ref().map(|r| String::from_utf8_lossy(&r.response.body).into_owned()).unwrap_or_default())
+            .collect();
+        assert_eq!(texts[1], fresh(&t, &digest_request(&[], "mem")), "batched, after {name}");
+        assert_eq!(texts[2], clean, "batched, after {name}");
+    }
+}
+
+/// Probe operations that leave vector-register state behind (see isolate.c).
+const VECTOR_KINDS: [(u8, &str); 7] = [
+    (7, "xmm0-15"),
+    (8, "MXCSR"),
+    (9, "x87 control word"),
+    (14, "ymm0 upper half"),
+    (18, "x87 register stack"),
+    (19, "ymm1-15 upper halves"),
+    (20, "AVX-512 (zmm16-31, opmask)"),
+];
+
+fn available(kind: u8) -> bool {
+    match kind {
+        14 | 19 => std::arch::is_x86_feature_detected!("avx"),
+        20 => std::arch::is_x86_feature_detected!("avx512f"),
+        _ => true,
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn vector_register_state_left_by_a_request_is_invisible_to_the_next() {
+    require_kvm();
+    let t = isolate();
+    let data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    for query in ["mem", ""] {
+        let clean = fresh(&t, &digest_request(&[], query));
+        let mut inst = t.instance().unwrap();
+        for (kind, name) in VECTOR_KINDS {
+            if !available(kind) {
+                eprintln!("{name}: not on this CPU");
+                continue;
+            }
+            let dirty = digest_request(&op(kind, 3, &data), query);
+            let got = answer(&mut inst, &dirty);
+            assert_eq!(got[..23], clean[..23], "{name}: state before the changes");
+            assert_ne!(got[24..], clean[24..], "{name}: the change must show, or this test proves nothing");
+            assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean, "{name} leaked into the next request");
+            // In a batch (query "mem": the guest kernel resets, xrstor included).
+            let got = inst.call_batch(&[dirty.clone(), digest_request(&[], query), dirty, digest_request(&[], query)]);
+            for (i, r) in got.iter().enumerate().skip(1).step_by(2) {
+                let body = String::from_utf8_lossy(&r.as_ref().unwrap().response.body).into_owned();
+                assert_eq!(body, clean, "{name} leaked into batched request {i} (query {query:?})");
+            }
+        }
+        // All of them at once, the next request sees none.
+        let all: Vec<u8> =
+            VECTOR_KINDS.iter().filter(|(k, _)| available(*k)).flat_map(|(k, _)| op(*k, 0, &data)).collect();
+        answer(&mut inst, &digest_request(&all, query));
+        assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean);
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn the_probe_sees_every_kind_of_state_when_it_is_kept() {
+    // Stateful mode keeps state, so every probe kind must show in the next request: the
+    // isolation tests above are not vacuous.
+    require_kvm();
+    let t = tenant("isolate", |c| c.ephemeral = false);
+    let data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    for kind in 1..=20u8 {
+        if !available(kind) {
+            continue;
+        }
+        let mut inst = t.instance().unwrap();
+        let clean = answer(&mut inst, &digest_request(&[], ""));
+        answer(&mut inst, &digest_request(&op(kind, 3, &data), ""));
+        assert_ne!(answer(&mut inst, &digest_request(&[], "")), clean, "probe kind {kind} was not visible");
+    }
+    // Host writes too: uname into scratch.
+    let mut inst = t.instance().unwrap();
+    let clean = answer(&mut inst, &digest_request(&[], ""));
+    inst.call(&syscalls_request(&[[63, common::probe::SCRATCH, 0, 0, 0, 0, 0]], false)).unwrap();
+    assert_ne!(answer(&mut inst, &digest_request(&[], "")), clean, "a host write was not visible");
+}
