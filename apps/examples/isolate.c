@@ -18,7 +18,8 @@
  * of every component XCR0 enables: x87, SSE, AVX, AVX-512), captured right at the return
  * from wait_for_request, before any library code can overwrite a register.  With the query
  * "parts" the body lists the digest of each part instead ("name=<hex>" lines, before the
- * changes), so a test can tell which state differs; with "xstate", the raw XSAVE image.  With the query "mem" the digests
+ * changes; "parts-after": after them), so a test can tell which state differs; with "xstate",
+ * the raw XSAVE image.  With the query "mem" the digests
  * cover memory and registers only and make no system calls (so a request whose operations
  * make none either is one the guest kernel can reset by itself in a batch).
  *
@@ -394,22 +395,32 @@ int main(void)
 	memset(tls, 0x55, AREA);
 	for (;;) {
 		memset(entry_xstate, 0, sizeof entry_xstate);
-		struct tvm_request req = *wait_and_capture();
-		if (is_path(&req, "/code")) {
-			run_code((const uint8_t *)req.body, req.body_len);
+		/* Used in place, never copied: a copy would pass the request's random bytes through
+		 * vector registers, and the digests must depend on nothing random. */
+		const struct tvm_request *req = wait_and_capture();
+		if (is_path(req, "/code")) {
+			run_code((const uint8_t *)req->body, req->body_len);
 			continue;
 		}
-		if (is_path(&req, "/syscalls")) {
-			run_syscalls((const uint8_t *)req.body, req.body_len, is_query(&req, "probe"));
+		if (is_path(req, "/syscalls")) {
+			run_syscalls((const uint8_t *)req->body, req->body_len, is_query(req, "probe"));
 			continue;
 		}
-		if (is_query(&req, "xstate")) {
+		if (is_query(req, "xstate")) {
 			respond(200, "application/octet-stream", entry_xstate, xstate_size);
 			continue;
 		}
-		if (is_query(&req, "parts")) {
+		if (is_query(req, "parts") || is_query(req, "parts-after")) {
+			static uint8_t after_xstate[8192] __attribute__((aligned(64)));
+			const uint8_t *x = entry_xstate;
+			if (is_query(req, "parts-after")) {
+				memset(after_xstate, 0, xstate_size);
+				apply((const uint8_t *)req->body, req->body_len);
+				save_xstate(after_xstate);
+				x = after_xstate;
+			}
 			uint64_t part[NPARTS];
-			digest_parts(0, entry_xstate, part);
+			digest_parts(0, x, part);
 			char out[64 * NPARTS];
 			int len = 0;
 			for (int i = 0; i < NPARTS; i++)
@@ -418,11 +429,11 @@ int main(void)
 			respond(200, "text/plain", out, (size_t)len);
 			continue;
 		}
-		int memory_only = is_query(&req, "mem");
+		int memory_only = is_query(req, "mem");
 		uint64_t before = digest(memory_only, entry_xstate);
 		static uint8_t now_xstate[8192] __attribute__((aligned(64)));
 		memset(now_xstate, 0, xstate_size);
-		apply((const uint8_t *)req.body, req.body_len);
+		apply((const uint8_t *)req->body, req->body_len);
 		save_xstate(now_xstate);
 		uint64_t after = digest(memory_only, now_xstate);
 		char out[64];
