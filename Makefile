@@ -6,6 +6,9 @@
 #                 BENCH_ARGS="--quick" for a short run, see bench/run.py --help)
 #   make fuzz     long fuzzing campaigns (hypothesis + cargo fuzz)
 #   make soak     a bounded mixed load against a real server (SOAK_SECONDS, default 600)
+#   make mutants  mutation campaign over the isolation-critical code (cargo-mutants and breaks
+#                 of the guest kernel's reset path; MUTANTS_SECONDS, default 10800; report in
+#                 bench/results/mutants.md)
 #
 # Everything Python lives in .venv; Rust builds in target/; guest programs in apps/build/.
 
@@ -16,7 +19,7 @@ PORT     ?= 8080
 WORKERS  ?= 1
 export TENANTVM_REQUIRE_KVM ?= 1
 
-.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench fuzz soak clean
+.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench fuzz soak mutants clean
 
 all: build
 
@@ -78,6 +81,9 @@ fuzz: build
 
 soak: build
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-600}
+
+mutants: build
+	tools/mutants.sh all
 
 clean:
 	cargo clean
