@@ -41,9 +41,9 @@ CAMPAIGNS=(
 	"host_dirty|crates/vmm/src/memory/mod.rs|(PageBitmap::(set|set_range|get)|GuestMemory::(track_host_writes|host_dirty|host_dirty_words|mark|write))( |$)"
 	"user_memory|crates/vmm/src/syscalls/mod.rs|UserMemory<'_>::(write|region)"
 	"restore_view|crates/vmm/src/restore_view.rs|."
-	"instance|crates/vmm/src/instance.rs|Instance::(reset|start_from_snapshot|end_requests_at)"
-	"snapshot|crates/vmm/src/tenant.rs|freeze|Tenant::instance"
-	"batch|crates/vmm/src/batch.rs|."
+	"instance|crates/vmm/src/tenant/instance.rs|Instance::(reset|start_from_snapshot|end_requests_at)"
+	"snapshot|crates/vmm/src/tenant/snapshot.rs|freeze"
+	"batch|crates/vmm/src/tenant/instance/batch.rs|."
 	"timer|crates/vmm/src/timer.rs|."
 )
 
@@ -52,6 +52,8 @@ rust() {
 	make -s -C apps >/dev/null
 	local tree=$out/tree
 	mkdir -p "$tree"
+	# A fresh copy of the sources; the build (target/) is kept, so it is incremental.
+	find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 	tar -C "$root" --exclude=./target --exclude=./.venv --exclude=./fuzz/target --exclude=./apps/build -cf - . |
 		tar -C "$tree" -xf -
 	local deadline=$((SECONDS + ${MUTANTS_SECONDS:-10800}))
