@@ -325,14 +325,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def granian_command(target: str, port: int, workers: int) -> list[str]:
-    """The one Granian command line every variant uses (only the application differs)."""
+def granian_command(target: str, port: int, workers: int, interface: str = "asgi") -> list[str]:
+    """The one Granian command line every variant uses (only the application and interface differ)."""
     return [
         PYTHON,
         "-m",
         "granian",
         "--interface",
-        "asgi",
+        interface,
         "--workers",
         str(workers),
         "--host",
@@ -375,7 +375,8 @@ class Server:
 
     Attributes:
         name: For messages.
-        target: The ASGI application, ``module:attribute``.
+        target: The application, ``module:attribute``.
+        interface: Granian's interface to it (``asgi`` or ``rsgi``).
         workers: Granian worker processes.
         env: Extra environment (e.g. ``TENANTVM_CONFIG``).
         ready_path: A path that answers 200 once the server serves.
@@ -384,6 +385,7 @@ class Server:
     name: str
     target: str
     workers: int = 1
+    interface: str = "asgi"
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/"
     port: int = 0
@@ -399,7 +401,7 @@ class Server:
         t0 = time.perf_counter()
         with os.fdopen(fd, "wb") as out:
             self.proc = subprocess.Popen(
-                granian_command(self.target, self.port, self.workers),
+                granian_command(self.target, self.port, self.workers, self.interface),
                 cwd=REPO,
                 env=server_env(self.env),
                 stdin=subprocess.DEVNULL,

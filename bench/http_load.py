@@ -1,14 +1,19 @@
 """HTTP: tenantvm against three baselines under wrk (issue 5, section 3).
 
-Variants, all ``python -m granian --interface asgi --workers W`` with the same flags:
+Variants, all ``python -m granian --interface I --workers W`` with the same other flags:
 
-- ``a`` tenantvm: ``tenantvm.app:app`` with a tenants file holding only ``hello`` (ephemeral:
-  every request runs in a VM reset to the snapshot afterwards);
+- ``a`` tenantvm: ``tenantvm.app:app`` under RSGI (Granian's default, what ``tenantvm serve``
+  uses) with a tenants file holding only ``hello`` (ephemeral: every request runs in a VM reset
+  to the snapshot afterwards);
+- ``f`` tenantvm under ASGI, the same tenants file;
 - ``b`` starlette: a plain Starlette hello world, no isolation (``bench/apps/starlette_hello``);
 - ``c`` wasmtime: Starlette + a fresh wasmtime store and instance per request
   (``bench/apps/wasm_hello``);
 - ``d`` fork: Starlette + ``os.fork()`` per request (``bench/apps/fork_hello``);
-- ``e`` tenantvm with batching off (``batch_budget_us = 0``): every request its own VM entry.
+- ``e`` tenantvm (RSGI) with batching off (``batch_budget_us = 0``): every request its own VM
+  entry.
+
+The baselines are ASGI applications (Starlette has no RSGI interface).
 
 Each round measures the floor, then runs every variant in turn (the order rotates from round
 to round): start a fresh server, check its answer, warm up, ``wrk -t1 -c1`` (latency), then
@@ -39,14 +44,18 @@ class HttpVariant:
     name: str
     label: str
     target: str
+    interface: str = "asgi"
 
 
 VARIANTS = [
-    HttpVariant("a", "tenantvm", "tenantvm (hello, ephemeral VM per request)", "tenantvm.app:app"),
+    HttpVariant("a", "tenantvm", "tenantvm, RSGI (hello, ephemeral VM per request)", "tenantvm.app:app", "rsgi"),
     HttpVariant("b", "starlette", "Starlette hello world (no isolation)", "starlette_hello:app"),
     HttpVariant("c", "wasmtime", "Starlette + fresh wasmtime instance per request", "wasm_hello:app"),
     HttpVariant("d", "fork", "Starlette + os.fork() per request", "fork_hello:app"),
-    HttpVariant("e", "tenantvm-unbatched", "tenantvm, batches off (batch_budget_us = 0)", "tenantvm.app:app"),
+    HttpVariant(
+        "e", "tenantvm-unbatched", "tenantvm, RSGI, batches off (batch_budget_us = 0)", "tenantvm.app:app", "rsgi"
+    ),
+    HttpVariant("f", "tenantvm-asgi", "tenantvm, ASGI (hello, ephemeral VM per request)", "tenantvm.app:app"),
 ]
 
 HELLO_TENANTS = """\
@@ -77,7 +86,7 @@ def measure_variant(
 ) -> dict[str, Any]:
     """One fresh server of ``variant``: answer check, warm-up, wrk -c1, wrk -c16."""
     env = {"TENANTVM_CONFIG": str(config)} if variant.target.startswith("tenantvm") else {}
-    with Server(variant.name, variant.target, workers=workers, env=env) as server:
+    with Server(variant.name, variant.target, workers=workers, env=env, interface=variant.interface) as server:
         status, body = http_get(server.port, "/")
         if status != 200 or body != b"Hello World!":
             raise RuntimeError(f"{variant.name} answered {status} {body[:100]!r}, not 200 'Hello World!'")
@@ -105,9 +114,12 @@ def run(
         "seconds": seconds,
         "warmup_s": warmup,
         "workers": workers,
-        "granian_flags": f"--interface asgi --workers {workers} --host 127.0.0.1 --log-level warning",
+        "granian_flags": f"--workers {workers} --host 127.0.0.1 --log-level warning",
+        "interfaces": {v.key: v.interface for v in variants},
         "wrk": {"c1": "-t1 -c1", "c16": "-t2 -c16"},
-        "variants": {v.key: {"name": v.name, "label": v.label, "target": v.target} for v in variants},
+        "variants": {
+            v.key: {"name": v.name, "label": v.label, "target": v.target, "interface": v.interface} for v in variants
+        },
         "floor_us": [],
         "rounds_data": [],
     }
@@ -126,7 +138,7 @@ def run(
                     f"c16 {c16['rps']:.0f} req/s p50 {c16['p50_us']:.0f} µs"
                 )
             ratios: dict[str, float] = {}
-            for num, den in ("ae", "ab", "ac", "ad"):
+            for num, den in ("ae", "ab", "fb", "af", "ac", "ad"):
                 if num in data and den in data:
                     for load in ("c16", "c1"):
                         ratios[f"{num}/{den} {load}"] = data[num][load]["rps"] / data[den][load]["rps"]
@@ -134,6 +146,8 @@ def run(
                 added = data["a"]["c1"]["p50_us"] - data["b"]["c1"]["p50_us"]
                 ratios["added p50 c1 us"] = added
                 ratios["added p50 c1 / floor"] = added / floor
+            if "f" in data and "b" in data:
+                ratios["added p50 c1 us asgi"] = data["f"]["c1"]["p50_us"] - data["b"]["c1"]["p50_us"]
             data["ratios"] = ratios
             out["rounds_data"].append(data)
     return out

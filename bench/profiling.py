@@ -294,12 +294,12 @@ def _paced(port: int, pause: float, count: int) -> list[float]:
     return times
 
 
-def calls_in_server(seconds: float, paced: int) -> dict[str, Any]:
+def calls_in_server(seconds: float, paced: int, interface: str = "rsgi") -> dict[str, Any]:
     """What one hello call costs inside the server under four loads."""
     out: dict[str, Any] = {}
     with hello_tenants() as config:
         env = {"TENANTVM_CONFIG": str(config)}
-        with Server("tenantvm-timed", "timed_tenantvm:app", workers=1, env=env) as server:
+        with Server("tenantvm-timed", "timed_tenantvm:app", workers=1, env=env, interface=interface) as server:
             run_wrk(server.url(), threads=2, connections=16, seconds=1)
             loads: list[tuple[str, Any]] = [
                 ("wrk -t1 -c1", lambda: run_wrk(server.url(), threads=1, connections=1, seconds=seconds).p50_us),
@@ -324,17 +324,22 @@ def calls_in_server(seconds: float, paced: int) -> dict[str, Any]:
     return out
 
 
-def run(seconds: float = 10.0, quick: bool = False) -> dict[str, Any]:
-    """Profiles the tenantvm HTTP path under wrk -t2 -c16."""
+def run(seconds: float = 10.0, quick: bool = False, interface: str = "rsgi") -> dict[str, Any]:
+    """Profiles the tenantvm HTTP path under wrk -t2 -c16, under Granian's ``interface``."""
     if quick:
         seconds = 4.0
     have_perf = shutil.which("perf") is not None
     spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     have_pyspy = Path(spy).exists()
-    out: dict[str, Any] = {"seconds": seconds, "tools": {"perf": have_perf, "py-spy": have_pyspy}}
+    out: dict[str, Any] = {
+        "seconds": seconds,
+        "interface": interface,
+        "tools": {"perf": have_perf, "py-spy": have_pyspy},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp, hello_tenants() as config:
         tmpd = Path(tmp)
-        with Server("tenantvm", "tenantvm.app:app", workers=1, env={"TENANTVM_CONFIG": str(config)}) as server:
+        env = {"TENANTVM_CONFIG": str(config)}
+        with Server("tenantvm", "tenantvm.app:app", workers=1, env=env, interface=interface) as server:
             worker = server.worker_pids()[0]
             run_wrk(server.url(), threads=2, connections=16, seconds=1)
             total = (seconds if have_perf else 0) + (seconds if have_pyspy else 0) + 3
@@ -381,7 +386,7 @@ def run(seconds: float = 10.0, quick: bool = False) -> dict[str, Any]:
         out["perf"] = perf
         out["pyspy_samples"] = pyspy
         out["breakdown"] = combine(perf, pyspy, rps * seconds)
-    out["calls_in_server"] = calls_in_server(min(seconds, 4.0), 100 if quick else 300)
+    out["calls_in_server"] = calls_in_server(min(seconds, 4.0), 100 if quick else 300, interface)
     return out
 
 
@@ -390,8 +395,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Where the time of the HTTP path goes.")
     parser.add_argument("--seconds", type=float, default=10.0, help="each profiler's duration")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--interface", choices=("rsgi", "asgi"), default="rsgi", help="Granian's interface")
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.quick), indent=1))
+    print(json.dumps(run(args.seconds, args.quick, args.interface), indent=1))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantvm import GuestFault, GuestTimeout, Request, Response, Tenant
+from tenantvm import GuestFault, GuestTimeout, Request, Tenant
 from tenantvm.batcher import PROBE_EVERY, Batcher, NoInstance
 from tenantvm.pool import Pool
+from tenantvm.tenant import NativeArgs
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -40,13 +41,22 @@ def make(tenant: Tenant, size: int = 1, budget: float = 1.0) -> tuple[Batcher, P
     return Batcher(pool, budget, rec.before, rec.after), pool, rec
 
 
-def path(p: str) -> Request:
+def path(p: str) -> NativeArgs:
+    """A GET request in the batcher's (the native calls') form."""
     head, _, query = p.partition("?")
-    return Request(path=head, query=query)
+    return Request(path=head, query=query)._native_args()
 
 
-async def gather(batcher: Batcher, requests: list[Request]) -> list[Response | BaseException]:
-    return await asyncio.gather(*(batcher.call(r) for r in requests), return_exceptions=True)
+class Raw:
+    """A raw response's fields by name."""
+
+    def __init__(self, raw: tuple) -> None:
+        self.status, self.headers, self.body, self.stdout, self.stderr, self.exits = raw
+
+
+async def gather(batcher: Batcher, requests: list[NativeArgs]) -> list[Raw | BaseException]:
+    results = await asyncio.gather(*(batcher.call(r) for r in requests), return_exceptions=True)
+    return [r if isinstance(r, BaseException) else Raw(r) for r in results]
 
 
 def test_requests_of_one_loop_turn_run_as_one_batch(misbehave: Tenant) -> None:
@@ -84,7 +94,7 @@ def test_failures_in_a_batch_raise_in_their_own_request(misbehave: Tenant) -> No
 def test_the_budget_moves_the_rest_to_the_next_batch(misbehave: Tenant) -> None:
     batcher, _, rec = make(misbehave, budget=0.005)
 
-    async def main() -> list[Response | BaseException]:
+    async def main() -> list[Raw | BaseException]:
         await gather(batcher, [path("/count") for _ in range(20)])  # crowded: calls wait a turn
         del rec.sizes[:]
         return await gather(batcher, [path("/busy?ms=3") for _ in range(6)])
@@ -98,7 +108,7 @@ def test_the_budget_moves_the_rest_to_the_next_batch(misbehave: Tenant) -> None:
 def test_no_free_instance_sends_every_waiting_request_elsewhere(misbehave: Tenant) -> None:
     batcher, pool, rec = make(misbehave)
 
-    async def main() -> list[Response | BaseException]:
+    async def main() -> list[Raw | BaseException]:
         held = pool.try_acquire()
         try:
             return await gather(batcher, [path("/count") for _ in range(3)])
@@ -116,7 +126,7 @@ def test_lone_requests_run_at_once_and_probe_for_company(misbehave: Tenant) -> N
 
     async def main() -> None:
         for _ in range(PROBE_EVERY * 3):
-            assert (await batcher.call(path("/count"))).body == b"1"
+            assert Raw(await batcher.call(path("/count"))).body == b"1"
 
     asyncio.run(main())
     assert rec.sizes == [1] * (PROBE_EVERY * 3)
@@ -131,7 +141,7 @@ def test_a_cancelled_request_is_not_run(misbehave: Tenant) -> None:
         other = asyncio.ensure_future(batcher.call(path("/count")))
         await asyncio.sleep(0)  # both queued, the flush not yet run
         task.cancel()
-        assert (await other).body == b"1"
+        assert Raw(await other).body == b"1"
         with pytest.raises(asyncio.CancelledError):
             await task
 
@@ -144,7 +154,7 @@ def test_queued_requests_leave_the_loop_once_calls_are_not_allowed_there(misbeha
     allowed = [True]
     batcher = Batcher(pool, 1.0, allowed=lambda: allowed[0])
 
-    async def main() -> list[Response | BaseException]:
+    async def main() -> list[Raw | BaseException]:
         await gather(batcher, [path("/count") for _ in range(20)])  # crowded
         allowed[0] = False
         return await gather(batcher, [path("/count") for _ in range(3)])

@@ -7,6 +7,7 @@ modules (:mod:`tenantvm.interfaces`) send it.  ``docs/http.md`` lists the rules 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from tenantvm.errors import (
     GuestError,
@@ -20,8 +21,11 @@ from tenantvm.errors import (
 
 __all__ = ["Answer", "BadResponse", "classify", "error_answer", "final_headers", "plain"]
 
-#: ``(status, headers, body)``.
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: ``(status, headers, body)``; the headers are not to be modified (they may be shared).
+Answer = tuple[int, Sequence[tuple[bytes, bytes]], bytes]
+
+#: Most distinct guest header lists whose checked form is remembered.
+CHECKED_CACHE_SIZE = 256
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Control characters other than HTAB (CR, LF and NUL among them) are never valid in a value.
@@ -47,8 +51,12 @@ class BadResponse(Exception):
     """The guest's response cannot be sent as HTTP (bad status, header name or value)."""
 
 
-def final_headers(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def final_headers(status: int, headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     """The guest's headers made safe to send with ``status`` (names lowercased).
+
+    A tenant answers with the same few header lists again and again: the checked form of
+    each is remembered (at most :data:`CHECKED_CACHE_SIZE` of them), so a request pays one
+    dictionary look-up instead of the checks.
 
     Raises:
         BadResponse: ``status`` is not 200-599, a name is not an HTTP token, or a value holds
@@ -57,6 +65,20 @@ def final_headers(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple
     """
     if not 200 <= status <= 599:
         raise BadResponse(f"status {status} (a final response must be 200-599)")
+    key = tuple(headers)
+    checked = _CHECKED.get(key)
+    if checked is None:
+        checked = _check(headers)
+        if len(_CHECKED) >= CHECKED_CACHE_SIZE:
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+    return checked
+
+
+_CHECKED: dict[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]] = {}
+
+
+def _check(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     out: list[tuple[bytes, bytes]] = []
     dropped = _DROPPED
     for name, value in headers:
@@ -78,7 +100,7 @@ def final_headers(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple
                 out = [(n, v) for n, v in out if n not in listed]
             continue
         out.append((lname, value))
-    return out
+    return tuple(out)
 
 
 def plain(status: int, text: str, *extra: tuple[bytes, bytes]) -> Answer:

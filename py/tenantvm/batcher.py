@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from tenantvm.errors import HostError
 from tenantvm.pool import Pool
-from tenantvm.tenant import Request, Response, TenantVM
+from tenantvm.tenant import NativeArgs, Request, TenantVM
+
+#: A served request as the native calls return it: ``(status, headers, body, stdout, stderr,
+#: exits)``.
+RawResponse = tuple[int, list[tuple[bytes, bytes]], bytes, bytes, bytes, int]
 
 #: Most requests per batch (the VMM's limit).
 MAX_BATCH = 32
@@ -62,13 +67,16 @@ class Batcher:
         self._before = before
         self._after = after
         self._allowed = allowed
-        self._pending: list[tuple[Request, asyncio.Future[Response | Exception]]] = []
+        self._pending: list[tuple[NativeArgs, asyncio.Future[RawResponse | Exception]]] = []
         self._scheduled = False
         self._crowded = False
         self._lone = 0
 
-    async def call(self, request: Request) -> Response:
+    async def call(self, request: NativeArgs) -> RawResponse:
         """Serves ``request`` in the next batch, or at once when batches have been lone.
+
+        ``request`` is in the native calls' form, ``(method, path, query, headers, body)``, all
+        bytes (what the server builds; see :meth:`tenantvm.Request._native_args`).
 
         Waiting a loop turn for company costs a lone request more than batching saves, so
         while the last batch held one request, requests run at once, and only every
@@ -83,7 +91,7 @@ class Batcher:
             if self._lone % PROBE_EVERY:
                 return self._call_now(request)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response | Exception] = loop.create_future()
+        future: asyncio.Future[RawResponse | Exception] = loop.create_future()
         self._pending.append((request, future))
         if not self._scheduled:
             self._scheduled = True
@@ -93,7 +101,7 @@ class Batcher:
             raise result
         return result
 
-    def _call_now(self, request: Request) -> Response:
+    def _call_now(self, request: NativeArgs) -> RawResponse:
         vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
         if vm is None:
             raise NoInstance
@@ -101,7 +109,7 @@ class Batcher:
         try:
             self._before()
             served = 1
-            return vm.call(request)
+            return native_call(vm, request)
         finally:
             self._pool.release(vm)
             self._after(served)
@@ -122,10 +130,10 @@ class Batcher:
                 if not future.done():
                     future.set_result(NoInstance())
             return
-        results: list[Response | Exception] = []
+        results: list[RawResponse | Exception] = []
         try:
             self._before()
-            results = list(vm.call_batch([r for r, _ in batch], budget=self._budget))
+            results = native_call_batch(vm, [r for r, _ in batch], self._budget)
         except Exception as e:  # the host failed: every request of the batch fails with it
             results = [e if isinstance(e, HostError) else HostError(repr(e))] * len(batch)
         finally:
@@ -141,3 +149,26 @@ class Batcher:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
+
+def native_call(vm: TenantVM, request: NativeArgs) -> RawResponse:
+    """:meth:`TenantVM.call` without the Request and Response objects (the server's hot path)."""
+    try:
+        return vm._native.call(*request)  # type: ignore[no-any-return]
+    except TypeError:  # a value the native side does not take as it is: the strict conversion
+        r = vm.call(Request(*request))
+        return r.status, r.headers, r.body, r.stdout, r.stderr, r.exits
+
+
+def native_call_batch(vm: TenantVM, requests: list[NativeArgs], budget: float) -> list[Any]:
+    """:meth:`TenantVM.call_batch` without the Request and Response objects.
+
+    Returns a raw response or an exception per request served.
+    """
+    try:
+        return list(vm._native.call_batch(requests, budget))
+    except TypeError:
+        out: list[Any] = []
+        for r in vm.call_batch([Request(*args) for args in requests], budget):
+            out.append(r if isinstance(r, Exception) else (r.status, r.headers, r.body, r.stdout, r.stderr, r.exits))
+        return out

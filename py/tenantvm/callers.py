@@ -10,7 +10,9 @@
 :class:`VcpuCaller`     on the instance's own vCPU thread (:mod:`tenantvm.aio`; long limits)
 =====================  ==============================================================
 
-Every caller takes an instance from the tenant's pool (waiting at most ``queue_timeout``),
+Every caller takes a request in the native calls' form (``(method, path, query, headers,
+body)``, all bytes: no :class:`~tenantvm.Request` or :class:`~tenantvm.Response` objects on
+the hot path), takes an instance from the tenant's pool (waiting at most ``queue_timeout``),
 runs the request, gives the instance back (already reset by the VMM, also after a failure),
 and returns the guest's ``(status, headers, body)`` or raises what the call raised:
 :class:`~tenantvm.pool.PoolBusy` when no instance became free in time.  Every thread that runs
@@ -27,11 +29,10 @@ from typing import Any, Protocol
 
 import anyio
 
-from tenantvm.batcher import Batcher, NoInstance
+from tenantvm.batcher import Batcher, NoInstance, RawResponse, native_call
 from tenantvm.pool import Pool
 from tenantvm.sandbox import restrict_current_thread
-from tenantvm.tenant import Request, TenantVM, with_native_args
-from tenantvm.tenant import Response as GuestResponse
+from tenantvm.tenant import NativeArgs, Request, TenantVM, with_native_args
 
 __all__ = [
     "SECCOMP_ENV",
@@ -49,6 +50,8 @@ GuestAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 #: Set to 0 to run guests without the seccomp filter on their threads (debugging only).
 SECCOMP_ENV = "TENANTVM_SECCOMP"
+# Per thread, not per thread ident: an ident is reused by a later thread, which must install
+# the filter itself.
 _sandboxed = threading.local()
 
 
@@ -60,10 +63,10 @@ def restrict_once() -> None:
         _sandboxed.done = True
 
 
-def _guarded_call(vm: TenantVM, request: Request) -> GuestResponse:
+def _guarded_call(vm: TenantVM, request: NativeArgs) -> RawResponse:
     """A guest call on a thread that is (from now on) restricted by the seccomp filter."""
     restrict_once()
-    return vm.call(request)
+    return native_call(vm, request)
 
 
 class Caller(Protocol):
@@ -72,7 +75,7 @@ class Caller(Protocol):
     #: Whether the call runs on the event loop's thread (a timeout there stalled the loop).
     inline: bool
 
-    async def call(self, request: Request) -> GuestAnswer:
+    async def call(self, request: NativeArgs) -> GuestAnswer:
         """The guest's answer to ``request``; raises PoolBusy, PoolClosed or the call's error."""
         ...
 
@@ -100,23 +103,24 @@ class _Pooled:
 
 
 class InlineCaller(_Pooled):
-    """The call runs on the event loop's thread, which waits for it (GIL released)."""
+    """The call runs on the event loop's thread, which waits for it (GIL released).
+
+    It starts and ends within one loop turn, so it is not counted in ``tenantvm_pool_busy``.
+    """
 
     inline = True
 
-    async def call(self, request: Request) -> GuestAnswer:
+    async def call(self, request: NativeArgs) -> GuestAnswer:
         """See :class:`Caller`."""
         pool = self.pool
         vm = pool.try_acquire()
         if vm is None:
             vm = await pool.acquire(self.queue_timeout)
-        self.busy(1)
         try:
-            response = _guarded_call(vm, request)
+            status, headers, body, *_ = _guarded_call(vm, request)
         finally:
-            self.busy(-1)
             pool.release(vm)
-        return response.status, response.headers, response.body
+        return status, headers, body
 
 
 class ThreadCaller(_Pooled):
@@ -126,14 +130,14 @@ class ThreadCaller(_Pooled):
         super().__init__(pool, queue_timeout, busy)
         self.limiter = anyio.CapacityLimiter(pool.size)
 
-    async def call(self, request: Request) -> GuestAnswer:
+    async def call(self, request: NativeArgs) -> GuestAnswer:
         """See :class:`Caller`."""
         vm = await self._acquire()
         try:
-            response = await anyio.to_thread.run_sync(_guarded_call, vm, request, limiter=self.limiter)
+            status, headers, body, *_ = await anyio.to_thread.run_sync(_guarded_call, vm, request, limiter=self.limiter)
         finally:
             self._release(vm)
-        return response.status, response.headers, response.body
+        return status, headers, body
 
 
 class VcpuCaller(_Pooled):
@@ -143,11 +147,14 @@ class VcpuCaller(_Pooled):
     still runs to its end, and the instance goes back to the pool only then.
     """
 
-    async def call(self, request: Request) -> GuestAnswer:
+    async def call(self, request: NativeArgs) -> GuestAnswer:
         """See :class:`Caller`."""
         vm = await self._acquire()
         try:
-            future = with_native_args(lambda args: vm.call_raw(*args(request)))
+            try:
+                future = vm.call_raw(*request)
+            except TypeError:  # a value the native side does not take as it is
+                future = with_native_args(lambda args: vm.call_raw(*args(Request(*request))))
         except BaseException:
             self._release(vm)
             raise
@@ -176,10 +183,10 @@ class BatchedCaller:
         self.batcher = batcher
         self.fallback = fallback
 
-    async def call(self, request: Request) -> GuestAnswer:
+    async def call(self, request: NativeArgs) -> GuestAnswer:
         """See :class:`Caller`."""
         try:
-            response = await self.batcher.call(request)
+            status, headers, body, *_ = await self.batcher.call(request)
         except NoInstance:
             return await self.fallback.call(request)
-        return response.status, response.headers, response.body
+        return status, headers, body

@@ -23,7 +23,6 @@ from tenantvm.errors import GuestError, GuestTimeout, RequestTooLarge
 from tenantvm.pool import PoolBusy, PoolClosed
 from tenantvm.routing import RESERVED_PREFIX, Reserved, reserved_route
 from tenantvm.server import TenantRuntime, TenantServer
-from tenantvm.tenant import Request
 
 __all__ = ["MAX_HEADER_BYTES", "BodyTooLarge", "Dispatcher", "ReadBody"]
 
@@ -42,6 +41,7 @@ class BodyTooLarge(Exception):
 ReadBody = Callable[[int], Awaitable[bytes]]
 
 _NOT_STARTED = "tenantvm: the server is not started\n"
+_CLOSE = (b"connection", b"close")
 
 
 class Dispatcher:
@@ -136,11 +136,12 @@ class Dispatcher:
             elif chunked or h2:
                 body = await read_body(limit)
         except BodyTooLarge:
-            return self._too_large(rt, limit, "the request body is over this tenant's limit")
+            # The rest of the body is left unread: the connection cannot carry another request.
+            return self._too_large(rt, limit, "the request body is over this tenant's limit", _CLOSE)
         caller = rt.caller()
         rt.served += 1
         try:
-            status, gheaders, gbody = await caller.call(Request(method, raw_path, query, headers, body))
+            status, gheaders, gbody = await caller.call((method.encode(), raw_path, query, headers, body))
             if rt.ephemeral:
                 rt.buffer.inc(rt.resets)
             return status, final_headers(status, gheaders), gbody
@@ -156,9 +157,9 @@ class Dispatcher:
             return self._failed(rt, e, caller.inline, f"{method} {shown_path[:200]}")
 
     @staticmethod
-    def _too_large(rt: TenantRuntime, limit: int, what: str) -> Answer:
+    def _too_large(rt: TenantRuntime, limit: int, what: str, *extra: tuple[bytes, bytes]) -> Answer:
         rt.metrics.rejected.labels(rt.config.name, "too_large").inc()
-        return plain(413, f"tenantvm: {what} ({limit} bytes)\n")
+        return plain(413, f"tenantvm: {what} ({limit} bytes)\n", *extra)
 
     @staticmethod
     def _failed(rt: TenantRuntime, e: Exception, inline: bool, where: str) -> Answer:

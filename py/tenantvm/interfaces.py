@@ -60,8 +60,9 @@ async def _asgi_body(receive: Receive, limit: int) -> bytes:
 
 async def _asgi_send(send: Send, answer: Answer) -> None:
     status, headers, body = answer
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -101,9 +102,18 @@ _PATH_SAFE = "/._~!$&'()*+,;=:@-"
 
 def rsgi_path(decoded: str) -> bytes:
     """The raw path for the guest from RSGI's percent-decoded one: escaped where needed."""
-    if _PLAIN_PATH.fullmatch(decoded):
-        return decoded.encode()
-    return quote(decoded, safe=_PATH_SAFE).encode()
+    raw = _PATHS.get(decoded)
+    if raw is None:
+        raw = decoded.encode() if _PLAIN_PATH.fullmatch(decoded) else quote(decoded, safe=_PATH_SAFE).encode()
+        if len(_PATHS) >= PATH_CACHE_SIZE:
+            _PATHS.clear()
+        _PATHS[decoded] = raw
+    return raw
+
+
+#: Most distinct paths whose raw form is remembered (paths recur: a look-up beats the regex).
+PATH_CACHE_SIZE = 1024
+_PATHS: dict[str, bytes] = {}
 
 
 async def _rsgi_body(protocol: Any, limit: int) -> bytes:
@@ -118,11 +128,32 @@ async def _rsgi_body(protocol: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+#: Most distinct checked header lists whose text form is remembered.
+TEXT_CACHE_SIZE = 256
+_TEXT: dict[Any, list[tuple[str, str]]] = {}
+
+
+def _as_text(headers: Any) -> list[tuple[str, str]]:
+    """RSGI's form of answer headers.
+
+    Names are tokens and values ASCII or UTF-8 (answers.final_headers): both decode.  Checked
+    guest headers come as (hashable, mostly recurring) tuples: their text form is remembered.
+    """
+    if type(headers) is not tuple:
+        return [(k.decode(), v.decode()) for k, v in headers]
+    text = _TEXT.get(headers)
+    if text is None:
+        text = [(k.decode(), v.decode()) for k, v in headers]
+        if len(_TEXT) >= TEXT_CACHE_SIZE:
+            _TEXT.clear()
+        _TEXT[headers] = text
+    return text
+
+
 def _rsgi_send(protocol: Any, answer: Answer) -> None:
-    # Granian frames the body (Content-Length) itself.  Names are tokens and values ASCII or
-    # UTF-8 (answers.final_headers): both decode.
+    # Granian frames the body (Content-Length) itself.
     status, headers, body = answer
-    protocol.response_bytes(status, [(k.decode(), v.decode()) for k, v in headers], body)
+    protocol.response_bytes(status, _as_text(headers), body)
 
 
 async def rsgi_http(dispatcher: Dispatcher, scope: Any, protocol: Any) -> None:

@@ -103,13 +103,11 @@ class TenantRuntime:
         self.buffer.inc(self.busy, delta)
 
     def _batch_started(self) -> None:
+        # A batch starts and ends within one loop turn: not counted in tenantvm_pool_busy.
         restrict_once()
-        self.buffer.inc(self.busy)
 
     def _batch_ended(self, served: int) -> None:
-        buffer = self.buffer
-        buffer.inc(self.busy, -1)
-        buffer.observe(self.batch_size, served)
+        self.buffer.observe(self.batch_size, served)
 
 
 def _boot(cfg: tconfig.TenantConfig, run: rundir.RunDir | None) -> Tenant:
