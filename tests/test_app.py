@@ -348,3 +348,65 @@ def test_the_dispatcher_refuses_invalid_guest_responses(
     else:
         assert sent_headers["x-tenantvm-error"] == "bad_response"
         assert "a\r\nb" not in "".join(sent_headers.values())
+
+
+# --- start-up and shutdown in process ----------------------------------------------------------
+
+
+def test_one_application_object_serves_asgi_and_rsgi_between_start_up_and_shutdown(
+    apps: Any, kvm: dict, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, metrics_module: Any
+) -> None:
+    """The ASGI lifespan boots the tenants and the shutdown releases the run directory, as an
+    ASGI server (uvicorn, Granian's ASGI) drives it; RSGI requests reach the same tenants."""
+    from tenantvm import callers
+    from tenantvm.app import TenantApp
+
+    monkeypatch.setenv(callers.SECCOMP_ENV, "0")  # inline calls run on this test's thread
+    run = tmp_path / "run"
+    monkeypatch.setenv("TENANTVM_RUN_DIR", str(run))
+    config = tmp_path / "tenants.toml"
+    config.write_text(f'[tenants.hello]\nhosts = ["x"]\nprogram = "{apps / "hello"}"\npool_size = 1\n')
+    application = TenantApp(config)
+
+    async def main() -> None:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            outbox.append(message)
+
+        lifespan = asyncio.create_task(application({"type": "lifespan"}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        while not outbox:
+            await asyncio.sleep(0.01)
+        assert outbox == [{"type": "lifespan.startup.complete"}]
+        assert application.server is not None
+        assert run.is_dir()
+        for interface in INTERFACES:
+            status, _, body = await serve_app(interface)
+            assert (status, body) == (200, b"Hello World!"), interface
+        await inbox.put({"type": "lifespan.shutdown"})
+        await lifespan
+        assert outbox[-1] == {"type": "lifespan.shutdown.complete"}
+        assert application.server is None
+
+    async def serve_app(interface: str) -> tuple[int, dict, bytes]:
+        if interface == "rsgi":
+            fake = FakeRSGI("GET", "/", [("host", "x")])
+            await application.__rsgi__(fake, fake)
+            status, headers, body = fake.sent[0]
+            return status, dict(headers), body
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": [(b"host", b"x")]}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await application(scope, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+    asyncio.run(main())
+    assert not run.exists(), "the last user of the run directory removes it"
