@@ -320,6 +320,9 @@ def test_chunked_body_over_the_limit_is_413(server: Server) -> None:
 
     r = server.request("POST", "/", host="echo.test", content=chunks())
     assert r.status_code == 413
+    # Refused by the server while the body streamed in, not by the VMM once it was all read.
+    assert "request body is over" in r.text
+    assert r.headers["connection"] == "close"
     assert "x-echo-method" not in r.headers
     assert server.get("/", host="echo.test").status_code == 200
 
