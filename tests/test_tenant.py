@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 import pytest
 
 import tenantvm
-from tenantvm import Request, Tenant
+import tenantvm.batcher
+import tenantvm.config
+import tenantvm.runner
+import tenantvm.tenant
+from tenantvm import Request, Tenant, _native
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -183,3 +188,25 @@ def test_invalid_configuration_is_refused(apps: Path) -> None:
         Tenant(apps / "hello", timeout=0)
     with pytest.raises(tenantvm.ConfigError):
         Tenant(apps / "hello", max_request_bytes=10)
+
+
+def test_native_stats_have_exactly_the_fields_of_instance_stats(apps: Path) -> None:
+    # The counters come from vmm::InstanceStats through the extension's dict; the Python
+    # dataclass is built from that dict, so the two lists of names must agree.
+    vm = Tenant(apps / "hello").instance()
+    vm.call(Request())
+    native = vm._native.stats()
+    assert set(native) == {f.name for f in dataclasses.fields(tenantvm.InstanceStats)}
+    assert vm.stats().syscalls == {tenantvm.runner.syscall_name(k): v for k, v in sorted(native["syscalls"].items())}
+
+
+def test_shared_constants_come_from_the_vmm() -> None:
+    # One source: guest/layout.h and the VMM's defaults, exported by the native module.
+    assert tenantvm.runner.syscall_name(0x10001) == "tenantvm_respond"
+    assert tenantvm.batcher.MAX_BATCH == _native.MAX_BATCH == 32
+    defaults = tenantvm.tenant.DEFAULTS
+    assert defaults["memory_mb"] == 64
+    assert defaults["max_request_bytes"] == 1 << 20
+    settings = tenantvm.config.TenantConfig(name="t", hosts=("t",), program=Path("p"))
+    assert settings.timeout_ms == round(defaults["timeout"] * 1000)
+    assert settings.max_response_bytes == defaults["max_response_bytes"]

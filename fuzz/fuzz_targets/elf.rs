@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm::elf::ElfImage;
+use vmm::fuzzing::ElfImage;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(img) = ElfImage::parse(data) {
@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(img.segments.iter().any(|s| s.exec && img.entry >= s.vaddr && img.entry < s.vaddr + s.mem_len));
         // Planning where it goes in a VM must not panic either.
-        let _ = vmm::loader::window(&img, 64 << 20, 1 << 20);
+        let _ = vmm::fuzzing::window(&img, 64 << 20, 1 << 20);
     }
 });

@@ -5,8 +5,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmm::guest::layout::REQUEST_VA;
-use vmm::syscalls::api::{encode_request, encoded_len, Request, HEADER_ENTRY, REQUEST_HEADER};
+use vmm::fuzzing::{encode_request, encoded_len, HEADER_ENTRY, REQUEST_HEADER, REQUEST_VA};
+use vmm::Request;
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -33,6 +33,25 @@ class FaultInfo(TypedDict):
     size: NotRequired[int]
     limit: NotRequired[int]
 
+class TenantDefaults(TypedDict):
+    """A tenant's configuration when not given (``vmm::TenantConfig::new``)."""
+
+    memory_mb: int
+    timeout: float
+    boot_timeout: float
+    ephemeral: bool
+    max_request_bytes: int
+    max_response_bytes: int
+    max_response_headers: int
+    max_response_header_bytes: int
+    output_limit: int
+
+#: The request API's system calls, number → ``tenantvm_<name>`` (from ``guest/layout.h``).
+API_SYSCALLS: dict[int, str]
+#: Most requests one ``Instance.call_batch`` runs per ``KVM_RUN``.
+MAX_BATCH: int
+TENANT_DEFAULTS: TenantDefaults
+
 class DoctorReport(TypedDict):
     """The host's KVM as ``tenantvm doctor`` reports it."""
 

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from tenantvm import _native
 from tenantvm.errors import HostError
 from tenantvm.pool import Pool
 from tenantvm.tenant import NativeArgs, Request, TenantVM
@@ -26,7 +27,7 @@ from tenantvm.tenant import NativeArgs, Request, TenantVM
 RawResponse = tuple[int, list[tuple[bytes, bytes]], bytes, bytes, bytes, int]
 
 #: Most requests per batch (the VMM's limit).
-MAX_BATCH = 32
+MAX_BATCH: int = _native.MAX_BATCH
 #: While batches are lone, one request in this many still waits a turn for company.
 PROBE_EVERY = 8
 

@@ -37,6 +37,7 @@ from typing import Any
 from tenantvm import bundled
 from tenantvm.errors import ConfigError
 from tenantvm.runner import MAX_MEMORY_MB, MIN_MEMORY_MB
+from tenantvm.tenant import DEFAULTS
 
 __all__ = [
     "BUNDLED_CONFIG",
@@ -124,17 +125,17 @@ class TenantConfig:
     group: str | None = None
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    memory_mb: int = 64
-    ephemeral: bool = True
-    timeout_ms: int = 1000
-    boot_timeout_ms: int = 10_000
+    memory_mb: int = DEFAULTS["memory_mb"]
+    ephemeral: bool = DEFAULTS["ephemeral"]
+    timeout_ms: int = round(DEFAULTS["timeout"] * 1000)
+    boot_timeout_ms: int = round(DEFAULTS["boot_timeout"] * 1000)
     pool_size: int = 4
     queue_timeout_ms: int = 1000
     shared_memory_kb: int = 0
-    max_request_bytes: int = 1 << 20
-    max_response_bytes: int = 8 << 20
-    max_response_headers: int = 100
-    max_response_header_bytes: int = 64 << 10
+    max_request_bytes: int = DEFAULTS["max_request_bytes"]
+    max_response_bytes: int = DEFAULTS["max_response_bytes"]
+    max_response_headers: int = DEFAULTS["max_response_headers"]
+    max_response_header_bytes: int = DEFAULTS["max_response_header_bytes"]
     warmup: tuple[WarmupRequest, ...] = ()
 
     @property

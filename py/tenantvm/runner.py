@@ -29,13 +29,9 @@ MIN_MEMORY_MB = 8
 #: Largest VM memory size accepted, in MiB.
 MAX_MEMORY_MB = 32768
 
-#: tenantvm's own system calls (the request API), numbered far above Linux's.
-TENANTVM_SYSCALLS: dict[int, str] = {
-    0x10000: "tenantvm_wait_for_request",
-    0x10001: "tenantvm_respond",
-    0x10002: "tenantvm_respond_and_wait",
-    0x100FF: "tenantvm_nop",
-}
+#: tenantvm's own system calls (the request API), numbered far above Linux's (from
+#: ``guest/layout.h``, through the native module).
+TENANTVM_SYSCALLS: dict[int, str] = dict(_native.API_SYSCALLS)
 
 StrOrBytes = str | bytes
 

@@ -138,6 +138,14 @@ class Response:
         return None
 
 
+#: A tenant's configuration when not given, from the VMM (``vmm::TenantConfig::new``): the one
+#: source of these defaults for :class:`Tenant` and the tenants file.
+DEFAULTS: dict[str, Any] = dict(_native.TENANT_DEFAULTS)
+
+#: The :class:`InstanceStats` fields that count system calls (by number natively, by name here).
+_SYSCALL_COUNTS = ("syscalls", "unsupported_syscalls")
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceStats:
     """Counters of a :class:`TenantVM`.
@@ -175,10 +183,10 @@ class InstanceStats:
     syscalls: dict[str, int]
     unsupported_syscalls: dict[str, int]
     create_time: float
-    batches: int = 0
-    guest_resets: int = 0
-    guest_pages_restored: int = 0
-    starvation_grants: int = 0
+    batches: int
+    guest_resets: int
+    guest_pages_restored: int
+    starvation_grants: int
 
 
 def _positive_int(value: int, what: str, *, minimum: int = 1) -> int:
@@ -200,18 +208,18 @@ class Tenant:
         args: Iterable[StrOrBytes] = (),
         env: Mapping[StrOrBytes, StrOrBytes] | None = None,
         *,
-        memory_mb: int = 64,
-        ephemeral: bool = True,
+        memory_mb: int = DEFAULTS["memory_mb"],
+        ephemeral: bool = DEFAULTS["ephemeral"],
         shared_memory_kb: int = 0,
         shared_memory_path: str | os.PathLike[str] | None = None,
-        timeout: float = 1.0,
-        boot_timeout: float = 10.0,
-        max_request_bytes: int = 1 << 20,
-        max_response_bytes: int = 8 << 20,
-        max_response_headers: int = 100,
-        max_response_header_bytes: int = 64 << 10,
+        timeout: float = DEFAULTS["timeout"],
+        boot_timeout: float = DEFAULTS["boot_timeout"],
+        max_request_bytes: int = DEFAULTS["max_request_bytes"],
+        max_response_bytes: int = DEFAULTS["max_response_bytes"],
+        max_response_headers: int = DEFAULTS["max_response_headers"],
+        max_response_header_bytes: int = DEFAULTS["max_response_header_bytes"],
         warmup: Iterable[Request] = (),
-        output_limit: int = 64 << 10,
+        output_limit: int = DEFAULTS["output_limit"],
         argv0: StrOrBytes | None = None,
     ) -> None:
         """Boots ``program`` and snapshots it.
@@ -365,24 +373,10 @@ class TenantVM:
 
     @staticmethod
     def _stats_from(s: dict[str, Any]) -> InstanceStats:
-        return InstanceStats(
-            calls=s["calls"],
-            errors=s["errors"],
-            entries=s["entries"],
-            exits=s["exits"],
-            last_call_exits=s["last_call_exits"],
-            resets=s["resets"],
-            pages_restored=s["pages_restored"],
-            reset_time=s["reset_time"],
-            last_reset=dict(s["last_reset"]),
-            syscalls={syscall_name(k): v for k, v in sorted(s["syscalls"].items())},
-            unsupported_syscalls={syscall_name(k): v for k, v in sorted(s["unsupported_syscalls"].items())},
-            create_time=s["create_time"],
-            batches=s["batches"],
-            guest_resets=s["guest_resets"],
-            guest_pages_restored=s["guest_pages_restored"],
-            starvation_grants=s["starvation_grants"],
-        )
+        # The native dict has exactly the dataclass's fields (tests check it); only the system
+        # call counts change form, from numbers to names.
+        named = {key: {syscall_name(k): v for k, v in sorted(s[key].items())} for key in _SYSCALL_COUNTS}
+        return InstanceStats(**{**s, **named, "last_reset": dict(s["last_reset"])})
 
     def __repr__(self) -> str:
         return f"<TenantVM of {self.tenant!r}>"

@@ -226,10 +226,34 @@ fn restrict_current_thread(py: Python<'_>) -> PyResult<()> {
     vmm::sandbox::restrict_current_thread().map_err(|e| to_py(py, &e))
 }
 
+/// The constants Python shares with the VMM, exported from their one source (guest/layout.h
+/// and the VMM's defaults) rather than repeated: `API_SYSCALLS` (number → name of the request
+/// API's system calls), `MAX_BATCH` (most requests per `call_batch` run) and `TENANT_DEFAULTS`
+/// (a tenant's configuration when not given).
+fn constants(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("API_SYSCALLS", vmm::API_SYSCALLS.into_iter().collect::<BTreeMap<u64, &str>>())?;
+    m.add("MAX_BATCH", vmm::MAX_BATCH)?;
+    let cfg = vmm::TenantConfig::new(Vec::new());
+    let d = PyDict::new(py);
+    d.set_item("memory_mb", cfg.memory >> 20)?;
+    d.set_item("timeout", cfg.timeout.as_secs_f64())?;
+    d.set_item("boot_timeout", cfg.boot_timeout.as_secs_f64())?;
+    d.set_item("ephemeral", cfg.ephemeral)?;
+    d.set_item("max_request_bytes", cfg.limits.max_request)?;
+    d.set_item("max_response_bytes", cfg.limits.max_response_body)?;
+    d.set_item("max_response_headers", cfg.limits.max_response_headers)?;
+    d.set_item("max_response_header_bytes", cfg.limits.max_response_header_bytes)?;
+    d.set_item("output_limit", cfg.output_limit)?;
+    m.add("TENANT_DEFAULTS", d)?;
+    Ok(())
+}
+
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    constants(m)?;
     m.add_class::<RunOutcome>()?;
     m.add_class::<tenant::Tenant>()?;
     m.add_class::<tenant::Instance>()?;

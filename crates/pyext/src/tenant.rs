@@ -217,7 +217,7 @@ impl Instance {
     }
 
     /// Serves `requests` (each `(method, path, query, headers, body)`) in order, with the
-    /// memory resets between them done inside the VM (see `vmm::batch`).  Returns one item per
+    /// memory resets between them done inside the VM (see `vmm::Instance::call_batch`).  Returns one item per
     /// request: the result tuple of [`Instance::call`], or the exception it would have raised
     /// (not raised).  With `budget` (seconds), no request starts after it has passed: the list
     /// is then shorter than `requests` (the rest did not run).
@@ -259,8 +259,8 @@ impl Instance {
         self.lock().usable()
     }
 
-    /// Counters: calls, errors, entries, exits, last_call_exits, resets, pages_restored,
-    /// reset_time (s), last_reset (dict), syscalls (dict number → count), create_time (s).
+    /// Counters, as a dict with the fields of `tenantvm.InstanceStats` (system calls by
+    /// number; times in seconds).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         stats_dict(py, &self.lock().stats())
     }
@@ -286,30 +286,50 @@ fn result_tuple<'py>(py: Python<'py>, r: &vmm::CallResult) -> PyResult<Bound<'py
     )
 }
 
-/// Instance counters as a dict (see `Instance.stats`).
+/// Instance counters as a dict with one key per field of `vmm::InstanceStats` (the Python
+/// `InstanceStats` has the same fields; `tests/test_tenant.py` checks that they agree).  The
+/// destructuring names every field, so a counter added in Rust fails to compile here until it
+/// is passed on.
 fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'py, PyDict>> {
+    let vmm::InstanceStats {
+        calls,
+        errors,
+        entries,
+        exits,
+        last_call_exits,
+        resets,
+        pages_restored,
+        reset_time,
+        last_reset,
+        syscalls,
+        create_time,
+        batches,
+        guest_resets,
+        guest_pages_restored,
+        starvation_grants,
+    } = s;
     let d = PyDict::new(py);
-    d.set_item("calls", s.calls)?;
-    d.set_item("errors", s.errors)?;
-    d.set_item("entries", s.entries)?;
-    d.set_item("exits", s.exits)?;
-    d.set_item("last_call_exits", s.last_call_exits)?;
-    d.set_item("resets", s.resets)?;
-    d.set_item("pages_restored", s.pages_restored)?;
-    d.set_item("reset_time", s.reset_time.as_secs_f64())?;
+    d.set_item("calls", calls)?;
+    d.set_item("errors", errors)?;
+    d.set_item("entries", entries)?;
+    d.set_item("exits", exits)?;
+    d.set_item("last_call_exits", last_call_exits)?;
+    d.set_item("resets", resets)?;
+    d.set_item("pages_restored", pages_restored)?;
+    d.set_item("reset_time", reset_time.as_secs_f64())?;
     let last = PyDict::new(py);
-    last.set_item("pages_restored", s.last_reset.pages_restored)?;
-    last.set_item("guest_pages", s.last_reset.guest_pages)?;
-    last.set_item("kernel_pages", s.last_reset.kernel_pages)?;
-    last.set_item("hot_pages", s.last_reset.hot_pages)?;
-    last.set_item("duration", s.last_reset.duration.as_secs_f64())?;
+    last.set_item("pages_restored", last_reset.pages_restored)?;
+    last.set_item("guest_pages", last_reset.guest_pages)?;
+    last.set_item("kernel_pages", last_reset.kernel_pages)?;
+    last.set_item("hot_pages", last_reset.hot_pages)?;
+    last.set_item("duration", last_reset.duration.as_secs_f64())?;
     d.set_item("last_reset", last)?;
-    d.set_item("syscalls", &s.syscalls.handled)?;
-    d.set_item("unsupported_syscalls", &s.syscalls.unsupported)?;
-    d.set_item("create_time", s.create_time.as_secs_f64())?;
-    d.set_item("batches", s.batches)?;
-    d.set_item("guest_resets", s.guest_resets)?;
-    d.set_item("guest_pages_restored", s.guest_pages_restored)?;
-    d.set_item("starvation_grants", s.starvation_grants)?;
+    d.set_item("syscalls", &syscalls.handled)?;
+    d.set_item("unsupported_syscalls", &syscalls.unsupported)?;
+    d.set_item("create_time", create_time.as_secs_f64())?;
+    d.set_item("batches", batches)?;
+    d.set_item("guest_resets", guest_resets)?;
+    d.set_item("guest_pages_restored", guest_pages_restored)?;
+    d.set_item("starvation_grants", starvation_grants)?;
     Ok(d)
 }

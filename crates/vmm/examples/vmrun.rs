@@ -12,7 +12,7 @@ fn main() {
     if std::env::var("STDIN").is_ok() {
         let mut data = Vec::new();
         std::io::stdin().read_to_end(&mut data).unwrap();
-        cfg.stdin = vmm::syscalls::Input::Bytes { data, pos: 0 };
+        cfg.stdin = vmm::Input::Bytes { data, pos: 0 };
     }
     cfg.timeout = std::time::Duration::from_secs(5);
     let out = vmm::run(&program, cfg).expect("run");

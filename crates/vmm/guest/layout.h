@@ -167,8 +167,18 @@
 
 /* Fast-path dispatch: syscalls below this number go through the fast table */
 #define FAST_SYSCALLS 512
-/* tenantvm API numbers the guest kernel looks at (see vmm::guest::api) */
+/*
+ * The tenantvm request API: system call numbers far above Linux's (docs/guest-abi.md).  The one
+ * source of these numbers for the host (vmm::guest::api), the guest kernel, and Python
+ * (tenantvm._native.API_SYSCALLS).  apps/sdk/tenantvm.h repeats them for programs, so that it
+ * stands alone; a unit test in crates/vmm/src/guest/mod.rs fails if it drifts from here.
+ */
+#define API_WAIT_FOR_REQUEST 0x10000
 #define API_RESPOND 0x10001
 #define API_RESPOND_AND_WAIT 0x10002
+#define API_NOP 0x100ff
+/* The request as the program sees it: a 128-byte header, then 32-byte header entries */
+#define REQUEST_HEADER_SIZE 128
+#define REQUEST_ENTRY_SIZE 32
 
 #endif

@@ -1,49 +1,93 @@
 //! tenantvm's VMM: runs unmodified, statically linked Linux x86-64 programs inside tiny KVM
 //! virtual machines, and resets them to a snapshot after every request.
 //!
-//! A VM here is one vCPU, a few memory slots and a 2 KiB guest kernel
-//! ([`guest`]): the program runs in user mode, its system calls either stay in the guest
-//! kernel (time, randomness, TLS) or exit to the host, where [`syscalls`] emulates them with
-//! Linux semantics.  Nothing the program does can reach the host except through that table.
+//! A VM here is one vCPU, a few memory slots and a 2 KiB guest kernel (`guest`): the
+//! program runs in user mode, its system calls either stay in the guest kernel (time,
+//! randomness, TLS) or exit to the host, where `syscalls` emulates them with Linux
+//! semantics.  Nothing the program does can reach the host except through that table.
 //!
-//! Module map:
-//! - [`kvm`]       the host's KVM: platform detection (hardware KVM or PVM), capabilities
-//! - [`memory`]    host mappings of guest memory, bounds-checked copies, the user address map
-//! - [`paging`]    4-level page tables with W^X
-//! - [`elf`]       ELF64 parsing and validation; [`stack`] the initial process stack
-//! - [`vm`]        one KVM VM + vCPU set up for the guest kernel; [`vcpu`] one `KVM_RUN`
-//! - [`machine`]   a booted program: the run loop dispatching exits to [`syscalls`]
-//! - [`timer`]     wall-clock limits that interrupt `KVM_RUN` from outside
-//! - [`program`]   the one-shot API: [`program::run`]
+//! # Public surface
 //!
-//! `unsafe` lives only in [`memory::mapping`], [`kvm::raw`] and [`timer`].
+//! What the Python extension (`crates/pyext`), the examples and the integration tests use, and
+//! nothing else: the modules are crate-private and this file re-exports their API.
+//! - one-shot runs: [`Program`], [`run`] with a [`RunConfig`] → [`RunOutcome`] / [`ExitKind`]
+//! - tenants: [`Tenant::boot`] with a [`TenantConfig`] → [`Instance::call`] /
+//!   [`Instance::call_batch`]; [`worker`] runs instances on vCPU threads of their own
+//! - errors: [`Error`] (host), [`Failure`] (how a program failed), [`GuestFault`]
+//! - host checks: [`doctor`], [`sandbox`] (the seccomp filter of vCPU threads), [`kvm_host`]
+//!
+//! # Module map (lower layers first; a module imports only those above it in this list)
+//!
+//! - `error`         host errors, guest faults, failures
+//! - `guest`         the guest/host contract generated from `guest/layout.h`, the kernel image
+//! - `host`          the host-OS calls outside KVM and mappings: clocks, randomness, stdio, eventfd
+//! - `kvm`           the host's KVM: platform detection (hardware KVM or PVM), raw ioctls
+//! - `memory`        host mappings of guest memory (`ReadOnlyMapping` for snapshots),
+//!   bounds-checked copies, the user address map
+//! - `paging`        4-level page tables with W^X
+//! - `elf`           ELF64 parsing and validation; `stack` the initial process stack;
+//!   `loader` the initial RAM
+//! - `timer`         wall-clock limits that interrupt `KVM_RUN` from outside
+//! - `vm`            one KVM VM + vCPU set up for the guest kernel; `vcpu` one `KVM_RUN`
+//! - `syscalls`      the Linux system-call table and the emulated process state
+//! - `machine`       a booted program: the run loop dispatching exits to `syscalls`; how a
+//!   run failed (`RunEnd::failure`)
+//! - `reset`         restoring RAM from the snapshot; `restore_view` what in-guest resets copy
+//! - `program`       [`Program`], the one boot path, the one-shot [`run`]
+//! - `tenant`        [`Tenant`]: `config` < `snapshot` (the frozen state) < `instance` (one VM
+//!   serving requests; `instance::batch` the batch block and loop)
+//! - `worker`, `doctor`, `sandbox`   instances on vCPU threads, host report, seccomp
+//!
+//! `unsafe` is denied crate-wide and allowed only in the modules that own a raw resource:
+//! `memory::mapping` (mmaps), `kvm::raw`, `vm` and `vcpu` (KVM file descriptors and the
+//! `kvm_run` area), `timer` (POSIX timers and their signal), `host` (clocks, getrandom, fds).
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod doctor;
-pub mod elf;
-pub mod error;
-pub mod guest;
-pub mod kvm;
-pub mod loader;
-pub mod machine;
-pub mod memory;
-pub mod paging;
-pub mod program;
-pub mod reset;
-pub mod restore_view;
+mod elf;
+mod error;
+mod guest;
+#[allow(unsafe_code)]
+mod host;
+mod kvm;
+mod loader;
+mod machine;
+mod memory;
+mod paging;
+mod program;
+mod reset;
+mod restore_view;
 pub mod sandbox;
-pub mod stack;
-pub mod syscalls;
-pub mod tenant;
-pub mod timer;
-pub mod vcpu;
-pub mod vm;
+mod stack;
+mod syscalls;
+mod tenant;
+#[allow(unsafe_code)]
+mod timer;
+#[allow(unsafe_code)]
+mod vcpu;
+#[allow(unsafe_code)]
+mod vm;
 pub mod worker;
 
+pub use elf::ElfError;
 pub use error::{Error, Failure, GuestFault, RequestTooLarge, Result};
+pub use guest::api::NAMES as API_SYSCALLS;
+pub use kvm::host as kvm_host;
+pub use machine::MAX_STARVATION_GRACE;
 pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
 pub use syscalls::api::{ApiLimits, Request, Response};
-pub use syscalls::{Input, Output};
-pub use tenant::{BootError, Tenant, TenantConfig};
-pub use tenant::{CallError, CallResult, Instance, InstanceStats};
+pub use syscalls::{Input, Output, SyscallCounts};
+pub use tenant::{
+    BootError, CallError, CallResult, Instance, InstanceStats, Snapshot, Tenant, TenantConfig, MAX_BATCH,
+};
+
+/// Internals the cargo-fuzz targets (`fuzz/`) drive directly.  Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::elf::ElfImage;
+    pub use crate::guest::layout::REQUEST_VA;
+    pub use crate::loader::window;
+    pub use crate::syscalls::api::{encode_request, encoded_len, HEADER_ENTRY, REQUEST_HEADER};
+}

@@ -19,7 +19,7 @@ use crate::error::{Error, Failure, GuestFault, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::guest::vcd;
-use crate::kvm::Host;
+use crate::host::{clock_ns as now_ns, rdtsc};
 use crate::memory::user::UserMap;
 use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
@@ -106,18 +106,6 @@ pub struct Clock {
 const CLOCK_SHIFT: u64 = 32;
 /// How often the clock anchor is refreshed against the host's clocks.
 const REANCHOR: Duration = Duration::from_secs(1);
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects and is available on every x86-64 CPU.
-    unsafe { std::arch::x86_64::_rdtsc() }
-}
-
-fn now_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the local `ts`.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// CPU time the calling thread has used, guest time included (KVM accounts the time a vCPU
 /// runs to the thread that runs it).
@@ -238,11 +226,6 @@ impl Machine {
         crate::syscalls::process::fill_random(&mut pool);
         self.vm.vcpu_area.write(vcd(VCD_ENTROPY), &pool);
         self.vm.vcpu_area.write(vcd(VCD_ENTROPY_POS), &0u64.to_le_bytes());
-    }
-
-    /// The host.
-    pub fn host(&self) -> &'static Host {
-        self.vm.host()
     }
 
     /// Runs `kernel_start` (PVM registration) up to its `PORT_BOOTED` exit.  The vCPU is then

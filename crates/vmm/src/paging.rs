@@ -108,6 +108,7 @@ impl<'a> PageTables<'a> {
     }
 
     /// Number of table pages allocated so far.
+    #[cfg(test)]
     pub fn allocated(&self) -> u64 {
         self.allocated
     }
@@ -205,6 +206,7 @@ impl<'a> PageTables<'a> {
     }
 
     /// Walks the tables under `root` like the CPU would: the GPA and leaf bits of `va`.
+    #[cfg(test)]
     pub fn translate(mem: &GuestMemory, root: u64, va: u64) -> Option<(u64, u64)> {
         let mut table = root;
         for shift in [39u32, 30, 21, 12] {

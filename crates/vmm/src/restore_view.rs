@@ -32,20 +32,15 @@ pub fn max_size(memory: u64) -> u64 {
     (index_size(memory) + memory).next_multiple_of(LARGE_PAGE_SIZE)
 }
 
-/// A built view.
-#[derive(Debug)]
-pub struct RestoreView {
-    /// The view, read-only (slot 3 of every instance).
-    pub map: ReadOnlyMapping,
-    /// Pages of contents after the index.
-    pub data_pages: u64,
-}
-
 /// Builds the view of snapshot RAM `ram` (a mapping of the whole RAM): `writable` are the
 /// program's writable ranges of RAM as guest-physical `[start, end)` pairs (page aligned);
 /// `resident` says which pages of `ram` hold memory at all (holes read as zero, and are
 /// not read here: reading a hole of a shared memfd would allocate it).
-pub fn build(ram: &ReadOnlyMapping, writable: &[(u64, u64)], resident: impl Fn(u64) -> bool) -> Result<RestoreView> {
+pub fn build(
+    ram: &ReadOnlyMapping,
+    writable: &[(u64, u64)],
+    resident: impl Fn(u64) -> bool,
+) -> Result<ReadOnlyMapping> {
     let memory = ram.len() as u64;
     let index_pages = index_size(memory) / PAGE_SIZE;
     let mut index = vec![0u32; (memory / PAGE_SIZE) as usize];
@@ -75,7 +70,7 @@ pub fn build(ram: &ReadOnlyMapping, writable: &[(u64, u64)], resident: impl Fn(u
         });
         written.expect("the view was sized for the index and every page");
     }
-    Ok(RestoreView { map: ReadOnlyMapping::of(&file, size as usize)?, data_pages: data.len() as u64 })
+    ReadOnlyMapping::of(&file, size as usize)
 }
 
 #[cfg(test)]
@@ -107,21 +102,20 @@ mod tests {
         ram.fill(0x20_1000, 8, 0xcc).unwrap();
         let ram = ReadOnlyMapping::of(&file, memory as usize).unwrap();
         let view = build(&ram, &writable, |_| true).unwrap();
-        assert_eq!(view.data_pages, 3);
         let first = (index_size(memory) / PAGE_SIZE) as u32;
-        assert_eq!(view.map.len() as u64, (u64::from(first) + 3) * PAGE_SIZE);
-        assert_eq!(entry(&view.map, 1), first);
-        assert_eq!(entry(&view.map, 2), 0);
-        assert_eq!(entry(&view.map, 3), first + 1);
-        assert_eq!(entry(&view.map, 4), 0);
-        assert_eq!(entry(&view.map, 5), 0, "not writable: never restored, not kept");
-        assert_eq!(entry(&view.map, 0x201), first + 2);
-        assert_eq!(page_of(&view.map, first), vec![0xaa; 4096]);
-        assert_eq!(page_of(&view.map, first + 1)[4095], 1);
-        assert_eq!(&page_of(&view.map, first + 2)[..9], &[0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0]);
+        assert_eq!(view.len() as u64, (u64::from(first) + 3) * PAGE_SIZE);
+        assert_eq!(entry(&view, 1), first);
+        assert_eq!(entry(&view, 2), 0);
+        assert_eq!(entry(&view, 3), first + 1);
+        assert_eq!(entry(&view, 4), 0);
+        assert_eq!(entry(&view, 5), 0, "not writable: never restored, not kept");
+        assert_eq!(entry(&view, 0x201), first + 2);
+        assert_eq!(page_of(&view, first), vec![0xaa; 4096]);
+        assert_eq!(page_of(&view, first + 1)[4095], 1);
+        assert_eq!(&page_of(&view, first + 2)[..9], &[0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0]);
         // Pages said not resident are not read (they are holes: zero).
         let view = build(&ram, &writable, |n| n != 1).unwrap();
-        assert_eq!((view.data_pages, entry(&view.map, 1)), (2, 0));
+        assert_eq!((view.len() as u64, entry(&view, 1)), ((u64::from(first) + 2) * PAGE_SIZE, 0));
     }
 
     #[test]

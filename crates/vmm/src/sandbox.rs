@@ -201,6 +201,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // fork and _exit, to show that fork is refused
     fn a_restricted_thread_is_refused_what_it_does_not_need() {
         std::thread::spawn(|| {
             restrict_current_thread().unwrap();

@@ -19,7 +19,7 @@ use kvm_ioctls::{SyncReg, VcpuFd, VmFd};
 use crate::error::{Error, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
-use crate::kvm::{Host, Platform};
+use crate::kvm::Host;
 use crate::memory::{GuestMemory, Mapping, ReadOnlyMapping};
 
 /// Memory slot numbers.
@@ -252,29 +252,14 @@ impl Vm {
         Self::set_system_registers(self.host, &self.vcpu)
     }
 
-    /// The platform this VM runs on.
-    pub fn platform(&self) -> Platform {
-        self.host.platform
-    }
-
     /// The host this VM was created on.
     pub fn host(&self) -> &'static Host {
         self.host
     }
 
-    /// Whether slot 0 is dirty-logged.
-    pub fn dirty_log(&self) -> bool {
-        self.dirty_log
-    }
-
     /// The vCPU.
     pub fn vcpu(&mut self) -> &mut VcpuFd {
         &mut self.vcpu
-    }
-
-    /// The VM fd.
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
     }
 
     /// Guest RAM and the VM fd at once (a reset needs both).

@@ -11,13 +11,14 @@
 //! creates its VM, unless told not to: a guest that compromised it would find a thread with
 //! nothing but KVM, memory, futexes and its own channels.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::host::EventFd;
 use crate::syscalls::api::Request;
 use crate::tenant::{CallError, CallResult, Instance, InstanceStats, Tenant};
 
@@ -38,43 +39,31 @@ pub struct Completion {
 pub struct Completions {
     queue: Mutex<Vec<Completion>>,
     notified: AtomicBool,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
 }
 
 impl Completions {
     /// A new, empty queue.
     pub fn new() -> Result<Completions> {
-        // SAFETY: eventfd creates a new descriptor; the result is checked and owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let eventfd = EventFd::new().map_err(|source| Error::Os { op: "eventfd", source })?;
         Ok(Completions { queue: Mutex::new(Vec::new()), notified: AtomicBool::new(false), eventfd })
     }
 
     /// The eventfd, readable while results are waiting.
     pub fn fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+        self.eventfd.fd()
     }
 
     fn push(&self, c: Completion) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(c);
         if !self.notified.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a local to our own eventfd.  It cannot block (the
-            // counter is reset by every drain, so it never nears overflow).
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.eventfd.ring();
         }
     }
 
     /// Takes every waiting result (and makes the eventfd unreadable until the next one).
     pub fn drain(&self) -> Vec<Completion> {
-        let mut counter: u64 = 0;
-        // SAFETY: reads 8 bytes into a local from our own non-blocking eventfd; EAGAIN (no
-        // notification pending) is fine.
-        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+        self.eventfd.clear();
         self.notified.store(false, Ordering::Release);
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{app, args, require_kvm};
-use vmm::program::ExitKind;
+use vmm::ExitKind;
 use vmm::RunConfig;
 
 fn run(name: &str, argv: &[&str]) -> vmm::RunOutcome {
@@ -80,7 +80,7 @@ fn stdin_round_trips_binary_data() {
     require_kvm();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     for name in ["cat.glibc", "cat.musl"] {
-        let out = run_cfg(name, &[], |c| c.stdin = vmm::syscalls::Input::Bytes { data: data.clone(), pos: 0 });
+        let out = run_cfg(name, &[], |c| c.stdin = vmm::Input::Bytes { data: data.clone(), pos: 0 });
         assert_eq!(out.exit, ExitKind::Exited(0));
         assert!(out.stdout == data, "{name}: {} bytes back", out.stdout.len());
     }
@@ -145,7 +145,7 @@ fn memory_cap_is_enforced() {
 
 #[test]
 fn garbage_is_refused_before_any_vm_exists() {
-    use vmm::elf::ElfError;
+    use vmm::ElfError;
     let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(0x9e37_79b9) >> 7) as u8).collect();
     assert!(matches!(vmm::Program::from_bytes(random), Err(vmm::Error::InvalidProgram(ElfError::NotElf))));
     let hello = std::fs::read(common::apps_dir().join("hello.glibc")).unwrap();

@@ -33,19 +33,29 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Size of a large (2 MiB) guest page.
 pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
 
-/// Custom system call numbers of the tenantvm guest API (see docs/guest-abi.md).
+/// Custom system call numbers of the tenantvm guest API (see docs/guest-abi.md), from
+/// `layout.h`.
 pub mod api {
+    use super::layout;
+
     /// Base of the tenantvm system call numbers, far above Linux's.
-    pub const BASE: u64 = 0x1_0000;
+    pub const BASE: u64 = layout::API_WAIT_FOR_REQUEST;
     /// `wait_for_request()`: returns the address of the next request.
-    pub const WAIT_FOR_REQUEST: u64 = BASE;
+    pub const WAIT_FOR_REQUEST: u64 = layout::API_WAIT_FOR_REQUEST;
     /// `respond(status, headers, nheaders, body, body_len)`.
-    pub const RESPOND: u64 = BASE + 1;
+    pub const RESPOND: u64 = layout::API_RESPOND;
     /// `respond_and_wait(status, headers, nheaders, body, body_len)`: respond, then wait for
     /// the next request (returns its address) — one exit per request in stateful mode too.
-    pub const RESPOND_AND_WAIT: u64 = BASE + 2;
+    pub const RESPOND_AND_WAIT: u64 = layout::API_RESPOND_AND_WAIT;
     /// No-op that always exits to the host: used to measure the exit round trip.
-    pub const NOP: u64 = BASE + 0xff;
+    pub const NOP: u64 = layout::API_NOP;
+    /// Every call with its name (as `tenantvm_<name>`), for reports.
+    pub const NAMES: [(u64, &str); 4] = [
+        (WAIT_FOR_REQUEST, "tenantvm_wait_for_request"),
+        (RESPOND, "tenantvm_respond"),
+        (RESPOND_AND_WAIT, "tenantvm_respond_and_wait"),
+        (NOP, "tenantvm_nop"),
+    ];
 }
 
 /// Guest-physical address of a KDATA field.
@@ -56,4 +66,38 @@ pub const fn kdata(field: u64) -> u64 {
 /// Offset inside the vCPU area of a VCD field.
 pub const fn vcd(field: u64) -> u64 {
     VC_DATA + field
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::*;
+
+    /// `#define NAME value` of a C header, with C integer suffixes dropped.
+    fn define(header: &str, name: &str) -> u64 {
+        let line = header
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name) && l.starts_with("#define"))
+            .unwrap_or_else(|| panic!("the SDK header lacks {name}"));
+        let value = line.split_whitespace().nth(2).unwrap().trim_end_matches(['U', 'L', 'u', 'l']);
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+            None => value.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_sdk_header_agrees_with_layout_h() {
+        let sdk = include_str!("../../../../apps/sdk/tenantvm.h");
+        assert_eq!(define(sdk, "TVM_SYS_WAIT_FOR_REQUEST"), API_WAIT_FOR_REQUEST);
+        assert_eq!(define(sdk, "TVM_SYS_RESPOND"), API_RESPOND);
+        assert_eq!(define(sdk, "TVM_SYS_RESPOND_AND_WAIT"), API_RESPOND_AND_WAIT);
+        assert_eq!(define(sdk, "TVM_REQUEST_VA"), REQUEST_VA);
+        assert_eq!(define(sdk, "TVM_SHARED_VA"), SHARED_VA);
+        let size_assert = |what: &str| {
+            let line = sdk.lines().find(|l| l.contains(&format!("sizeof(struct {what})"))).unwrap();
+            line.split("==").nth(1).unwrap().split(',').next().unwrap().trim().parse::<u64>().unwrap()
+        };
+        assert_eq!(size_assert("tvm_request"), REQUEST_HEADER_SIZE);
+        assert_eq!(size_assert("tvm_header"), REQUEST_ENTRY_SIZE);
+    }
 }

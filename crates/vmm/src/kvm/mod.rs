@@ -10,6 +10,7 @@
 //!
 //! [`host()`] detects which once and caches it with the capabilities tenantvm relies on.
 
+#[allow(unsafe_code)]
 pub mod raw;
 
 use std::sync::OnceLock;

@@ -7,6 +7,7 @@
 //!   and where they live.
 //! - [`mapping`]: the raw host mappings underneath (the only unsafe code here).
 
+#[allow(unsafe_code)]
 pub mod mapping;
 pub mod user;
 
@@ -62,11 +63,6 @@ impl PageBitmap {
         }
     }
 
-    /// Whether `page` is marked.
-    pub fn get(&self, page: u64) -> bool {
-        page < self.pages && self.words[(page / 64) as usize] & (1 << (page % 64)) != 0
-    }
-
     /// Clears every bit.
     pub fn clear(&mut self) {
         self.words.fill(0);
@@ -85,21 +81,6 @@ impl PageBitmap {
     /// Number of marked pages.
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
-
-    /// Marked pages in increasing order.
-    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.words.iter().enumerate().flat_map(|(i, &w)| {
-            let mut bits = w;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let b = bits.trailing_zeros() as u64;
-                bits &= bits - 1;
-                Some(i as u64 * 64 + b)
-            })
-        })
     }
 }
 

@@ -24,14 +24,14 @@
 use super::{Ctx, Errno, Stop, SysResult};
 use crate::error::GuestFault;
 pub use crate::error::RequestTooLarge;
-use crate::guest::layout::REQUEST_VA;
+use crate::guest::layout::{REQUEST_ENTRY_SIZE, REQUEST_HEADER_SIZE, REQUEST_VA};
 
 /// Version written in the request header.
 pub const REQUEST_VERSION: u32 = 1;
-/// Size of the fixed request header.
-pub const REQUEST_HEADER: usize = 128;
-/// Size of one header entry.
-pub const HEADER_ENTRY: usize = 32;
+/// Size of the fixed request header (`struct tvm_request`).
+pub const REQUEST_HEADER: usize = REQUEST_HEADER_SIZE as usize;
+/// Size of one header entry (`struct tvm_header`).
+pub const HEADER_ENTRY: usize = REQUEST_ENTRY_SIZE as usize;
 
 /// Size limits of requests and responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -127,20 +127,7 @@ impl Output {
             Output::Inherit => {
                 // Straight to the fd, unbuffered: a prompt must show before the program
                 // blocks on stdin, and nothing may wait in a buffer nobody flushes.
-                let mut rest = data;
-                while !rest.is_empty() {
-                    // SAFETY: writes from a live slice to the host's own fd 1 or 2.
-                    let n = unsafe { libc::write(host_fd, rest.as_ptr().cast(), rest.len()) };
-                    if n < 0 {
-                        let e = std::io::Error::last_os_error();
-                        if e.raw_os_error() == Some(libc::EINTR) {
-                            continue;
-                        }
-                        return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
-                    }
-                    rest = &rest[n as usize..];
-                }
-                Ok(())
+                crate::host::write_all(host_fd, data).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
             }
             Output::Discard => Ok(()),
         }
@@ -207,12 +194,10 @@ fn read_to_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysRe
             if let Some(deadline) = ctx.deadline {
                 let ms =
                     deadline.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128);
-                let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
                 let waiting = std::time::Instant::now();
-                // SAFETY: polls one pollfd that lives on this stack frame.
-                let ready = unsafe { libc::poll(&mut pfd, 1, ms as i32) };
+                let ready = crate::host::wait_readable(0, ms as i32);
                 ctx.blocked += waiting.elapsed();
-                if ready == 0 {
+                if !ready {
                     ctx.stop = Some(super::Stop::Timeout);
                     return Ok(0);
                 }

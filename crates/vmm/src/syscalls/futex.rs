@@ -46,12 +46,9 @@ pub fn sys_futex(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
             let d = if op == FUTEX_WAIT {
                 Duration::new(sec as u64, nsec as u32)
             } else {
-                let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 let clock = if a[1] & 256 != 0 { libc::CLOCK_REALTIME } else { libc::CLOCK_MONOTONIC };
-                // SAFETY: clock_gettime writes into the local `now`.
-                unsafe { libc::clock_gettime(clock, &mut now) };
-                Duration::new(sec as u64, nsec as u32)
-                    .saturating_sub(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+                let now = Duration::from_nanos(crate::host::clock_ns(clock));
+                Duration::new(sec as u64, nsec as u32).saturating_sub(now)
             };
             super::time::sleep_for(ctx, d)?;
             if ctx.stop.is_some() {

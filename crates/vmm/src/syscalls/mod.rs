@@ -137,11 +137,6 @@ impl UserMemory<'_> {
         self.write(va, &v.to_le_bytes())
     }
 
-    /// Writes a plain-old-data struct given as bytes.
-    pub fn write_struct<const N: usize>(&mut self, va: u64, bytes: [u8; N]) -> Result<(), Errno> {
-        self.write(va, &bytes)
-    }
-
     /// Reads a NUL-terminated string of at most `max` bytes (without the NUL).
     pub fn read_cstr(&self, va: u64, max: usize) -> Result<Vec<u8>, Errno> {
         let mut out = Vec::new();

@@ -217,19 +217,7 @@ pub fn sys_getrandom(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(len as u64)
 }
 
-/// Fills `buf` from the host kernel's RNG.
-pub fn fill_random(buf: &mut [u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: getrandom writes at most `buf.len() - done` bytes into the live slice tail.
-        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if n > 0 {
-            done += n as usize;
-        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            panic!("the host's getrandom failed: {}", std::io::Error::last_os_error());
-        }
-    }
-}
+pub use crate::host::fill_random;
 
 /// Signals that do nothing by default.
 fn ignored_by_default(sig: u64) -> bool {

@@ -11,13 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Ctx, Errno, Stop, SysResult};
 
 fn host_clock(clock: libc::clockid_t) -> Result<(u64, u64), Errno> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the local `ts`; the clock id was validated by the
-    // caller and the result is checked.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return Err(Errno::EINVAL);
-    }
-    Ok((ts.tv_sec as u64, ts.tv_nsec as u64))
+    crate::host::clock(clock).ok_or(Errno::EINVAL)
 }
 
 fn timespec_bytes(sec: u64, nsec: u64) -> [u8; 16] {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::TenantConfig;
-pub use instance::{CallError, CallResult, Instance, InstanceStats};
+pub use instance::{CallError, CallResult, Instance, InstanceStats, MAX_BATCH};
 pub use snapshot::Snapshot;
 
 use crate::error::{Error, Failure, Result};

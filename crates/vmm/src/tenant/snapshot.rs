@@ -161,7 +161,7 @@ pub(super) fn freeze(
     let residency = residency(&ram_view);
     let resident_pages = residency.as_ref().map_or(0, |r| r.iter().filter(|&&b| b & 1 != 0).count() as u64);
     let resident = |page: u64| residency.as_ref().is_none_or(|r| r.get(page as usize).is_some_and(|&b| b & 1 != 0));
-    let restore_view = Arc::new(crate::restore_view::build(&ram_view, &writable, resident)?.map);
+    let restore_view = Arc::new(crate::restore_view::build(&ram_view, &writable, resident)?);
     Ok(Snapshot {
         ram,
         ram_view,

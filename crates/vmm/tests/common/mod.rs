@@ -28,7 +28,7 @@ pub fn app(name: &str) -> vmm::Program {
 /// built ignored (build.rs decides, and never does under `TENANTVM_REQUIRE_KVM=1`), so it is
 /// reported as ignored rather than passed.  One that runs needs KVM: it fails without it.
 pub fn require_kvm() {
-    if let Err(e) = vmm::kvm::host() {
+    if let Err(e) = vmm::kvm_host() {
         panic!("this VM test needs a usable /dev/kvm: {e}")
     }
 }
