@@ -185,7 +185,7 @@ pub enum Failure {
     OutOfMemory {
         /// The VM's memory in bytes.
         memory: u64,
-        /// How it ended ("exited with status 1", "was killed by signal 6", "stopped: <fault>").
+        /// How it ended ("exited with status 1", "was killed by signal 6", `stopped: <fault>`).
         ended: String,
         /// Its exit status if it exited by itself (e.g. after malloc failed).
         exit_code: Option<i32>,

@@ -16,27 +16,30 @@
 //! - errors: [`Error`] (host), [`Failure`] (how a program failed), [`GuestFault`]
 //! - host checks: [`doctor`], [`sandbox`] (the seccomp filter of vCPU threads), [`kvm_host`]
 //!
-//! # Module map (lower layers first; a module imports only those above it in this list)
+//! # Module map
 //!
-//! - `error`         host errors, guest faults, failures
+//! Lower layers first: a module imports only modules above it in this list (no cycles).
 //! - `guest`         the guest/host contract generated from `guest/layout.h`, the kernel image
+//! - `elf`           ELF64 parsing and validation
+//! - `error`         host errors, guest faults, [`Failure`]s
 //! - `host`          the host-OS calls outside KVM and mappings: clocks, randomness, stdio, eventfd
 //! - `kvm`           the host's KVM: platform detection (hardware KVM or PVM), raw ioctls
 //! - `memory`        host mappings of guest memory (`ReadOnlyMapping` for snapshots),
 //!   bounds-checked copies, the user address map
-//! - `paging`        4-level page tables with W^X
-//! - `elf`           ELF64 parsing and validation; `stack` the initial process stack;
-//!   `loader` the initial RAM
+//! - `paging`        4-level page tables with W^X; `stack` the initial process stack
 //! - `timer`         wall-clock limits that interrupt `KVM_RUN` from outside
+//! - `restore_view`  what in-guest resets copy back (slot 3)
 //! - `vm`            one KVM VM + vCPU set up for the guest kernel; `vcpu` one `KVM_RUN`
 //! - `syscalls`      the Linux system-call table and the emulated process state
-//! - `machine`       a booted program: the run loop dispatching exits to `syscalls`; how a
-//!   run failed (`RunEnd::failure`)
-//! - `reset`         restoring RAM from the snapshot; `restore_view` what in-guest resets copy
-//! - `program`       [`Program`], the one boot path, the one-shot [`run`]
+//! - `loader`        a guest's initial RAM: kernel, page tables, program image, stack
+//! - `machine`       a booted program: the run loop dispatching exits to `syscalls`, and how a
+//!   run failed (`RunEnd::failure`, the one classification of failures)
+//! - `reset`         restoring an instance's RAM from its snapshot
+//! - `program`       [`Program`], the one boot path (`program::boot`), the one-shot [`run`]
 //! - `tenant`        [`Tenant`]: `config` < `snapshot` (the frozen state) < `instance` (one VM
-//!   serving requests; `instance::batch` the batch block and loop)
-//! - `worker`, `doctor`, `sandbox`   instances on vCPU threads, host report, seccomp
+//!   serving requests; `instance::batch` the batch block and its loop) < booting
+//! - `sandbox`, `worker`, `doctor`   seccomp for vCPU threads, instances on vCPU threads,
+//!   the host report
 //!
 //! `unsafe` is denied crate-wide and allowed only in the modules that own a raw resource:
 //! `memory::mapping` (mmaps), `kvm::raw`, `vm` and `vcpu` (KVM file descriptors and the

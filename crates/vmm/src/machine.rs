@@ -87,7 +87,7 @@ pub struct MachineStats {
     pub starvation_grants: u64,
 }
 
-/// Most time a run is given back for having waited for a CPU (see [`Machine::run_until`]).
+/// Most time a run is given back for having waited for a CPU (see `Machine::run_until`).
 pub const MAX_STARVATION_GRACE: Duration = Duration::from_millis(250);
 /// Only a run charged for less than 1/LIGHT_SHARE of its time limit gets that grace.
 pub const LIGHT_SHARE: u32 = 4;

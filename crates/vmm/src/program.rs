@@ -61,7 +61,7 @@ impl Program {
 /// How to run a program.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub args: Vec<Vec<u8>>,
     /// Environment entries, `KEY=VALUE`.
     pub env: Vec<Vec<u8>>,
@@ -77,7 +77,7 @@ pub struct RunConfig {
     pub memory: u64,
     /// Stack size; default: 8 MiB, at most an eighth of memory.
     pub stack_size: Option<u64>,
-    /// What `readlink("/proc/self/exe")` returns; default from [`exe_path_for`].
+    /// What `readlink("/proc/self/exe")` returns; default: `argv[0]` if absolute, else `/app/<its basename>`.
     pub exe_path: Option<Vec<u8>>,
     /// Let the guest kernel answer cheap system calls without exiting (default true).
     pub fast_syscalls: bool,

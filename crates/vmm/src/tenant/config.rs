@@ -8,7 +8,7 @@ use crate::syscalls::api::{ApiLimits, Request};
 /// How a tenant is booted and served.
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub args: Vec<Vec<u8>>,
     /// Environment, `KEY=VALUE`.
     pub env: Vec<Vec<u8>>,

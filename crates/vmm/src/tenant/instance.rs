@@ -110,7 +110,7 @@ pub struct InstanceStats {
     /// Pages those restored.
     pub guest_pages_restored: u64,
     /// Deadlines moved because a light request's thread had waited for a CPU (see
-    /// [`crate::machine::Machine::run_until`]).
+    /// `Machine::run_until`).
     pub starvation_grants: u64,
 }
 
