@@ -1,4 +1,4 @@
-r"""tenantvm: run untrusted, statically linked Linux x86-64 programs inside tiny KVM VMs.
+r"""tenantvm: run untrusted Linux x86-64 programs inside tiny KVM VMs.
 
 >>> import tenantvm
 >>> result = tenantvm.run("apps/build/hello.glibc")  # doctest: +SKIP

@@ -111,6 +111,9 @@ def run(
     timeout: float,
     memory_mb: int,
     exe_path: bytes | None,
+    allow_read: list[str] = ...,
+    mounts: list[tuple[str, str]] = ...,
+    tmp_mb: int = 16,
 ) -> RunOutcome:
     """Runs a static program in a fresh VM (GIL released); raises ``tenantvm.errors`` on host errors."""
 
@@ -143,6 +146,9 @@ class Tenant:
         max_response_header_bytes: int,
         warmup: list[RawRequest],
         output_limit: int,
+        allow_read: list[str] = ...,
+        mounts: list[tuple[str, str]] = ...,
+        tmp_mb: int = 16,
     ) -> None: ...
     def instance(self) -> Instance: ...
     def worker(self, completions: Completions, sandbox: bool = True) -> Worker: ...

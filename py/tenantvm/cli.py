@@ -169,6 +169,23 @@ def _interruptible(func: Callable[[], T]) -> T:
     return values[0]
 
 
+def _mount(value: str) -> tuple[str, str]:
+    host, sep, guest = value.rpartition(":")
+    if not sep or not host or not guest.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected HOST:GUEST with an absolute GUEST path, got {value!r}")
+    return host, guest
+
+
+def _tmp_mb(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if not 0 <= n <= 32768:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 32768, got {n}")
+    return n
+
+
 def _cmd_run(ns: argparse.Namespace) -> int:
     env = dict(ns.env or [])
     sys.stdout.flush()
@@ -184,6 +201,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
                 memory_mb=ns.memory_mb,
                 capture_output=False,
                 argv0=ns.argv0,
+                allow_read=ns.allow_read or [],
+                mounts=dict(ns.mount or []),
+                tmp_mb=ns.tmp_mb,
             )
         )
     except GuestFault as e:
@@ -373,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser (one subcommand per verb)."""
     parser = argparse.ArgumentParser(
         prog="tenantvm",
-        description="Run untrusted static Linux x86-64 programs inside tiny KVM VMs.",
+        description="Run untrusted Linux x86-64 programs inside tiny KVM VMs.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tenantvm.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -391,7 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", type=_env_entry, action="append", metavar="K=V", help="set an environment variable (repeatable)"
     )
     run.add_argument("--argv0", metavar="NAME", help="argv[0] of the program (default: PROGRAM)")
-    run.add_argument("program", metavar="PROGRAM", help="a statically linked x86-64 Linux executable")
+    run.add_argument("--allow-read", action="append", metavar="PATH", help="let the program read PATH (repeatable)")
+    run.add_argument(
+        "--mount",
+        action="append",
+        type=_mount,
+        metavar="HOST:GUEST",
+        help="let the program read HOST at GUEST (repeatable)",
+    )
+    run.add_argument("--tmp-mb", type=_tmp_mb, default=16, metavar="N", help="size of its private /tmp (default 16)")
+    run.add_argument("program", metavar="PROGRAM", help="an x86-64 Linux executable (static or dynamic)")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments passed to PROGRAM")
     run.set_defaults(func=_cmd_run)
 

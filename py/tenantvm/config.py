@@ -117,6 +117,9 @@ class TenantConfig:
         max_response_headers: Most response headers.
         max_response_header_bytes: Largest total size of response header names and values.
         warmup: Requests served before the snapshot.
+        allow_read: Host paths its program may read, at the same path (absolute).
+        mounts: Host paths its program may read at another guest path: (host, guest).
+        tmp_mb: Size of its private in-memory ``/tmp``, in MiB.
     """
 
     name: str
@@ -137,6 +140,9 @@ class TenantConfig:
     max_response_headers: int = DEFAULTS["max_response_headers"]
     max_response_header_bytes: int = DEFAULTS["max_response_header_bytes"]
     warmup: tuple[WarmupRequest, ...] = ()
+    allow_read: tuple[Path, ...] = ()
+    mounts: tuple[tuple[Path, str], ...] = ()
+    tmp_mb: int = 16
 
     @property
     def mode(self) -> str:
@@ -162,6 +168,9 @@ class TenantConfig:
             "max_response_headers": self.max_response_headers,
             "max_response_header_bytes": self.max_response_header_bytes,
             "warmup": [Request(w.method, w.path, w.query, list(w.headers), w.body) for w in self.warmup],
+            "allow_read": list(self.allow_read),
+            "mounts": dict(self.mounts),
+            "tmp_mb": self.tmp_mb,
         }
 
 
@@ -316,6 +325,25 @@ def _args(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _paths(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise _Invalid(f"must be an array of paths, not {_tname(v)}")
+    for i, a in enumerate(v):
+        if not isinstance(a, str) or not a or "\x00" in a:
+            raise _Invalid(f"element {i} must be a non-empty path without NUL, not {_tname(a)} ({a!r})")
+    return tuple(v)
+
+
+def _mounts(v: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    for i, m in enumerate(_paths(v)):
+        host, sep, guest = m.rpartition(":")
+        if not sep or not host or not guest.startswith("/"):
+            raise _Invalid(f'element {i} must be "HOST:GUEST" with an absolute GUEST path, not {m!r}')
+        out.append((host, guest))
+    return tuple(out)
+
+
 def _env(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise _Invalid(f"must be a table of strings, not {_tname(v)}")
@@ -408,6 +436,9 @@ _SETTINGS: dict[str, Check] = {
     "max_response_headers": _int(0, 10_000),
     "max_response_header_bytes": _int(0, 16 << 20),
     "warmup": _warmup,
+    "allow_read": _paths,
+    "mounts": _mounts,
+    "tmp_mb": _int(0, MAX_MEMORY_MB),
 }
 #: Keys only a tenant's own table has.
 _TENANT_ONLY: dict[str, Check] = {"hosts": _hosts, "group": _nonempty_str}
@@ -465,6 +496,16 @@ def _resolve_program(problems: _Problems, where: str, base: Path, value: str) ->
         return None
     if not path.is_file():
         problems.add(where, "program", f"{path} is not a file")
+        return None
+    return path
+
+
+def _resolve_host_path(problems: _Problems, where: str, key: str, base: Path, value: str) -> Path | None:
+    """A host path of the file-system view, relative to the tenants file; it must exist."""
+    p = Path(os.path.expanduser(value))
+    path = Path(os.path.normpath(base / p if not p.is_absolute() else p))
+    if not path.exists():
+        problems.add(where, key, f"{path} does not exist")
         return None
     return path
 
@@ -556,6 +597,20 @@ def parse(text: str, path: Path) -> TenantsFile:
         if program is None:
             continue
         settings = {_FIELD.get(k, k): v for k, v in values.items() if k not in ("program", "env", "hosts", "group")}
+        if "allow_read" in settings:
+            settings["allow_read"] = tuple(
+                p
+                for p in (_resolve_host_path(problems, where, "allow_read", base, a) for a in settings["allow_read"])
+                if p
+            )
+        if "mounts" in settings:
+            settings["mounts"] = tuple(
+                (p, guest)
+                for p, guest in (
+                    (_resolve_host_path(problems, where, "mounts", base, h), g) for h, g in settings["mounts"]
+                )
+                if p
+            )
         tenants.append(
             TenantConfig(
                 name=name,

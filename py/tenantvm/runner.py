@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tenantvm import _native
 from tenantvm._syscall_names import LINUX_SYSCALLS
@@ -161,6 +161,35 @@ def _program_path(path: str | os.PathLike[str]) -> str:
     return fspath
 
 
+#: Default size of the guest's private /tmp, in MiB.
+DEFAULT_TMP_MB = 16
+
+
+def _fs_args(
+    allow_read: Iterable[str | os.PathLike[str]],
+    mounts: Mapping[str | os.PathLike[str], str] | None,
+    tmp_mb: int,
+) -> dict[str, Any]:
+    """Validates the file-system view arguments into the native ones."""
+    if isinstance(allow_read, (str, bytes, os.PathLike)):
+        raise ConfigError("allow_read must be a list of paths, not a single path")
+    paths = []
+    for p in allow_read:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ConfigError(f"allow_read entries must be paths, not {type(p).__name__}")
+        paths.append(os.fspath(p))
+    pairs = []
+    for host, guest in (mounts or {}).items():
+        if not isinstance(host, (str, os.PathLike)) or not isinstance(guest, str):
+            raise ConfigError("mounts must map host paths to guest paths (str)")
+        if not guest.startswith("/"):
+            raise ConfigError(f"mount target {guest!r} must be an absolute guest path")
+        pairs.append((os.fspath(host), guest))
+    if isinstance(tmp_mb, bool) or not isinstance(tmp_mb, int) or not 0 <= tmp_mb <= MAX_MEMORY_MB:
+        raise ConfigError(f"tmp_mb must be an int between 0 and {MAX_MEMORY_MB}, not {tmp_mb!r}")
+    return {"allow_read": paths, "mounts": pairs, "tmp_mb": tmp_mb}
+
+
 def run(
     path: str | os.PathLike[str],
     args: Iterable[StrOrBytes] = (),
@@ -171,14 +200,20 @@ def run(
     memory_mb: int = 64,
     capture_output: bool = True,
     argv0: StrOrBytes | None = None,
+    allow_read: Iterable[str | os.PathLike[str]] = (),
+    mounts: Mapping[str | os.PathLike[str], str] | None = None,
+    tmp_mb: int = DEFAULT_TMP_MB,
 ) -> RunResult:
-    """Runs a statically linked Linux x86-64 program in a fresh VM and waits for it to end.
+    """Runs a Linux x86-64 program in a fresh VM and waits for it to end.
 
-    The program sees a Linux process with the given arguments, environment and stdin, and
-    nothing of the host: no files, no network, no host environment variables.
+    The program sees a Linux process with the given arguments, environment and stdin, and of
+    the host only the files allowed here (read-only), a private ``/tmp`` and ``/dev/null``-like
+    devices (docs/guest-abi.md): no network, no host environment variables.
 
     Args:
-        path: The executable (a static ELF, ``ET_EXEC`` or static-PIE).
+        path: The executable (static, static-PIE, or dynamically linked: its interpreter,
+            ``/lib``, ``/lib64``, ``/usr/lib``, ``/usr/lib64`` and ``/etc/ld.so.cache`` are
+            then visible too).
         args: The program's arguments after ``argv[0]`` (str or bytes; str is UTF-8 encoded).
         env: The environment; default: empty (nothing leaks from the host's environment).
         stdin: What the program reads on fd 0 (then end of file); None inherits the host's
@@ -189,6 +224,9 @@ def run(
         capture_output: Collect stdout/stderr into the result (True) or write them to the
             host's stdout/stderr as the program runs (False).
         argv0: ``argv[0]``; default: ``path`` as given.
+        allow_read: Host paths the program may read, at the same path.
+        mounts: Host paths the program may read, at another guest path (``{host: guest}``).
+        tmp_mb: Size of the private in-memory ``/tmp``, in MiB.
 
     Returns:
         The :class:`RunResult` of a program that exited (or killed itself with a signal).
@@ -215,6 +253,7 @@ def run(
         _timeout(timeout),
         _memory_mb(memory_mb),
         None,
+        **_fs_args(allow_read, mounts, tmp_mb),
     )
     return _result(outcome)
 

@@ -23,10 +23,12 @@ from typing import Any, TypeVar
 from tenantvm import _native
 from tenantvm.errors import ConfigError, TenantVMError
 from tenantvm.runner import (
+    DEFAULT_TMP_MB,
     StrOrBytes,
     _args,
     _bytes_arg,
     _env,
+    _fs_args,
     _memory_mb,
     _program_path,
     _timeout,
@@ -221,11 +223,14 @@ class Tenant:
         warmup: Iterable[Request] = (),
         output_limit: int = DEFAULTS["output_limit"],
         argv0: StrOrBytes | None = None,
+        allow_read: Iterable[str | os.PathLike[str]] = (),
+        mounts: Mapping[str | os.PathLike[str], str] | None = None,
+        tmp_mb: int = DEFAULT_TMP_MB,
     ) -> None:
         """Boots ``program`` and snapshots it.
 
         Args:
-            program: A static Linux x86-64 executable that serves requests with the tenantvm
+            program: A Linux x86-64 executable (static or dynamically linked) that serves requests with the tenantvm
                 API (``apps/sdk/tenantvm.h``).
             args: Arguments after ``argv[0]``.
             env: Environment (default: empty).
@@ -244,6 +249,10 @@ class Tenant:
             warmup: Requests served before the snapshot is taken (JIT and cache warm-up).
             output_limit: Most bytes of stdout/stderr kept per request.
             argv0: ``argv[0]``; default: the program path.
+            allow_read: Host paths the program may read, at the same path (files it opens
+                during init stay readable in every request; see docs/security.md).
+            mounts: Host paths the program may read at another guest path (``{host: guest}``).
+            tmp_mb: Size of the private in-memory ``/tmp`` in MiB (reset with the instance).
 
         Raises:
             FileNotFoundError, InvalidProgram, ConfigError: Bad program or arguments.
@@ -275,6 +284,7 @@ class Tenant:
             max_response_header_bytes=_positive_int(max_response_header_bytes, "max_response_header_bytes", minimum=0),
             warmup=[r._strict_native_args() for r in warmup],
             output_limit=_positive_int(output_limit, "output_limit", minimum=0),
+            **_fs_args(allow_read, mounts, tmp_mb),
         )
 
     @property

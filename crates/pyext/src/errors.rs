@@ -106,7 +106,7 @@ impl Classes {
                 "InvalidProgram",
                 &[b, &value_error],
                 "The program file is not something tenantvm can run (not ELF, truncated, not x86-64, \
-                 dynamically linked...); the message says why.",
+                 an unreadable dynamic linker...); the message says why.",
                 &[],
             )?,
             kvm_unavailable: class(

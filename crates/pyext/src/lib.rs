@@ -140,13 +140,26 @@ impl RunOutcome {
     }
 }
 
-/// Runs a static Linux program in a fresh VM.
+/// The file-system view of a run or tenant: allowed host paths, remaps, size of /tmp.
+pub(crate) fn fs_config(
+    py: Python<'_>,
+    allow_read: Vec<PathBuf>,
+    mounts: Vec<(PathBuf, String)>,
+    tmp_mb: u64,
+) -> PyResult<vmm::FsConfig> {
+    let tmp_bytes = tmp_mb
+        .checked_mul(1 << 20)
+        .ok_or_else(|| to_py(py, Raised::Config(format!("tmp_mb {tmp_mb} is too large"))))?;
+    Ok(vmm::FsConfig { allow_read, mounts, tmp_bytes })
+}
+
+/// Runs a Linux program in a fresh VM.
 ///
 /// `stdin` None inherits the host's stdin; `capture_output` False writes the program's
 /// stdout/stderr to the host's.  Host-side failures raise `tenantvm.errors` exceptions; what
 /// the program did is in the returned `RunOutcome` (`error` when it failed).
 #[pyfunction]
-#[pyo3(signature = (path, args, env, stdin, capture_output, timeout, memory_mb, exe_path))]
+#[pyo3(signature = (path, args, env, stdin, capture_output, timeout, memory_mb, exe_path, allow_read=Vec::new(), mounts=Vec::new(), tmp_mb=16))]
 #[allow(clippy::too_many_arguments)]
 fn run(
     py: Python<'_>,
@@ -158,6 +171,9 @@ fn run(
     timeout: f64,
     memory_mb: u64,
     exe_path: Option<Vec<u8>>,
+    allow_read: Vec<PathBuf>,
+    mounts: Vec<(PathBuf, String)>,
+    tmp_mb: u64,
 ) -> PyResult<RunOutcome> {
     let timeout = seconds(py, "timeout", timeout)?;
     let memory = megabytes(py, memory_mb)?;
@@ -174,6 +190,7 @@ fn run(
     cfg.timeout = timeout;
     cfg.memory = memory;
     cfg.exe_path = exe_path;
+    cfg.fs = fs_config(py, allow_read, mounts, tmp_mb)?;
     let outcome = py.detach(move || vmm::Program::from_file(path).and_then(|program| vmm::run(&program, cfg)));
     match outcome {
         Ok(out) => Ok(RunOutcome::new(py, out)),

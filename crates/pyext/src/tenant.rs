@@ -34,7 +34,7 @@ impl Tenant {
     #[pyo3(signature = (
         path, args, env, *, memory_mb, timeout, boot_timeout, ephemeral, shared_memory,
         shared_memory_path, max_request, max_response_body, max_response_headers,
-        max_response_header_bytes, warmup, output_limit
+        max_response_header_bytes, warmup, output_limit, allow_read=Vec::new(), mounts=Vec::new(), tmp_mb=16
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -54,6 +54,9 @@ impl Tenant {
         max_response_header_bytes: usize,
         warmup: Vec<RawRequest>,
         output_limit: usize,
+        allow_read: Vec<PathBuf>,
+        mounts: Vec<(PathBuf, String)>,
+        tmp_mb: u64,
     ) -> PyResult<Tenant> {
         let mut cfg = vmm::TenantConfig::new(args);
         cfg.env = env;
@@ -66,6 +69,7 @@ impl Tenant {
         cfg.limits = ApiLimits { max_request, max_response_headers, max_response_header_bytes, max_response_body };
         cfg.warmup = warmup.into_iter().map(request).collect();
         cfg.output_limit = output_limit;
+        cfg.fs = crate::fs_config(py, allow_read, mounts, tmp_mb)?;
         let booted = py.detach(move || {
             let program = vmm::Program::from_file(path).map_err(vmm::BootError::Host)?;
             vmm::Tenant::boot(&program, cfg)

@@ -1,9 +1,10 @@
 //! ELF64 x86-64 executables: parsing and validation.
 //!
-//! Accepted: `ET_EXEC` (loaded at its link addresses) and static-PIE `ET_DYN` without
-//! `PT_INTERP` (loaded at [`PIE_BASE`]; the program relocates itself, as glibc, musl and Rust
-//! static-PIE binaries do).  A program with `PT_INTERP` needs a dynamic linker, which tenantvm
-//! does not offer yet, and is refused with [`ElfError::DynamicallyLinked`].
+//! Accepted: `ET_EXEC` (loaded at its link addresses) and `ET_DYN` (loaded at [`PIE_BASE`]).
+//! A static-PIE program relocates itself, as glibc, musl and Rust static-PIE binaries do; a
+//! program with `PT_INTERP` names its dynamic linker ([`ElfImage::interpreter`]), which the
+//! loader loads too, as Linux does (the interpreter itself is parsed with
+//! [`ElfImage::parse_interpreter`] and placed after the program).
 //!
 //! Every field read from the file is checked before use: a truncated or hostile file yields an
 //! [`ElfError`], never a panic (this module is fuzzed, see fuzz/).
@@ -40,12 +41,12 @@ pub enum ElfError {
     /// Not an executable (a relocatable object, a core dump, ...).
     #[error("ELF type {0} is not an executable (expected ET_EXEC or static-PIE ET_DYN)")]
     NotExecutable(u16),
-    /// Needs a dynamic linker.
-    #[error("dynamically linked (interpreter {interpreter:?}): tenantvm runs static programs only for now; link with -static or -static-pie")]
-    DynamicallyLinked {
-        /// The requested interpreter, e.g. "/lib64/ld-linux-x86-64.so.2".
-        interpreter: String,
-    },
+    /// The `PT_INTERP` segment does not name an absolute path.
+    #[error("bad interpreter path {0:?} in PT_INTERP")]
+    BadInterpreter(String),
+    /// The interpreter is not a position-independent, self-contained ELF.
+    #[error("the interpreter must be an ET_DYN ELF without an interpreter of its own")]
+    BadInterpreterImage,
     /// A program header is malformed.
     #[error("program header {index} is invalid: {reason}")]
     BadSegment {
@@ -118,6 +119,8 @@ pub struct ElfImage {
     pub phnum: u64,
     /// `e_phentsize`.
     pub phentsize: u64,
+    /// The dynamic linker named by `PT_INTERP`, if any.
+    pub interpreter: Option<String>,
     /// First byte of the image, page-aligned down.
     pub start: u64,
     /// One past the last byte of the image, page-aligned up.
@@ -147,6 +150,19 @@ impl Reader<'_> {
 impl ElfImage {
     /// Parses and validates `file`.
     pub fn parse(file: &[u8]) -> Result<ElfImage, ElfError> {
+        Self::parse_with_base(file, PIE_BASE)
+    }
+
+    /// Parses a dynamic linker to be loaded at `base` (page-aligned).
+    pub fn parse_interpreter(file: &[u8], base: u64) -> Result<ElfImage, ElfError> {
+        let image = Self::parse_with_base(file, base)?;
+        if image.kind != ElfKind::StaticPie || image.interpreter.is_some() {
+            return Err(ElfError::BadInterpreterImage);
+        }
+        Ok(image)
+    }
+
+    fn parse_with_base(file: &[u8], pie_base: u64) -> Result<ElfImage, ElfError> {
         let r = Reader(file);
         if r.bytes(0, 4, "ELF magic").map_err(|_| ElfError::NotElf)? != b"\x7fELF" {
             return Err(ElfError::NotElf);
@@ -181,6 +197,7 @@ impl ElfImage {
 
         let mut segments = Vec::new();
         let mut phdr_link: Option<u64> = None;
+        let mut interpreter = None;
         for index in 0..usize::from(phnum) {
             let at = phoff + index as u64 * 56;
             let p_type = r.u32(at, "program header")?;
@@ -192,9 +209,11 @@ impl ElfImage {
             match p_type {
                 PT_INTERP => {
                     let raw = r.bytes(offset, filesz.min(4096), "PT_INTERP")?;
-                    let interpreter =
-                        String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or(raw)).into_owned();
-                    return Err(ElfError::DynamicallyLinked { interpreter });
+                    let path = String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or(raw)).into_owned();
+                    if !path.starts_with('/') || path.len() >= 4096 {
+                        return Err(ElfError::BadInterpreter(path));
+                    }
+                    interpreter = Some(path);
                 }
                 PT_PHDR => phdr_link = Some(vaddr),
                 PT_LOAD => {
@@ -238,7 +257,7 @@ impl ElfImage {
         let span = link_end - link_start;
         let bias = match kind {
             ElfKind::Executable => 0,
-            ElfKind::StaticPie => PIE_BASE.wrapping_sub(link_start),
+            ElfKind::StaticPie => pie_base.wrapping_sub(link_start),
         };
         let start = link_start.wrapping_add(bias);
         if span > MAX_IMAGE_SPAN || start < PAGE_SIZE || start.checked_add(span).is_none_or(|e| e > USER_VA_LIMIT) {
@@ -268,6 +287,7 @@ impl ElfImage {
             phdr_vaddr,
             phnum: phnum.into(),
             phentsize: phentsize.into(),
+            interpreter,
             start,
             end: start + span,
         })
@@ -342,14 +362,38 @@ mod tests {
     }
 
     #[test]
-    fn rejects_interpreter_with_its_name() {
-        let mut f = tiny_executable(b"/lib64/ld-linux-x86-64.so.2\0");
-        f[64..68].copy_from_slice(&PT_INTERP.to_le_bytes());
-        f[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes());
-        f[64 + 32..64 + 40].copy_from_slice(&28u64.to_le_bytes());
-        let err = ElfImage::parse(&f).unwrap_err();
-        assert_eq!(err, ElfError::DynamicallyLinked { interpreter: "/lib64/ld-linux-x86-64.so.2".into() });
-        assert!(err.to_string().contains("-static"));
+    fn records_the_interpreter_and_checks_its_path() {
+        // Two program headers: PT_LOAD and PT_INTERP.
+        let with_interp = |path: &[u8]| {
+            let mut f = tiny_executable(&[0x90]);
+            let total = f.len() as u64;
+            let mut ph = f[64..120].to_vec();
+            ph[0..4].copy_from_slice(&PT_INTERP.to_le_bytes());
+            ph[8..16].copy_from_slice(&total.to_le_bytes());
+            ph[32..40].copy_from_slice(&(path.len() as u64).to_le_bytes());
+            f.extend_from_slice(path);
+            // Put the PT_INTERP header where the code byte was and move the code after it.
+            f.truncate(120);
+            f.extend_from_slice(&ph);
+            let code_at = f.len() as u64;
+            f.push(0x90);
+            let interp_at = f.len() as u64;
+            f.extend_from_slice(path);
+            f[56..58].copy_from_slice(&2u16.to_le_bytes());
+            f[120 + 8..120 + 16].copy_from_slice(&interp_at.to_le_bytes());
+            f[24..32].copy_from_slice(&(0x40_0000 + code_at).to_le_bytes());
+            let len = f.len() as u64;
+            f[64 + 32..64 + 40].copy_from_slice(&len.to_le_bytes());
+            f[64 + 40..64 + 48].copy_from_slice(&len.to_le_bytes());
+            f
+        };
+        let img = ElfImage::parse(&with_interp(b"/lib64/ld-linux-x86-64.so.2\0")).unwrap();
+        assert_eq!(img.interpreter.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(ElfImage::parse(&with_interp(b"ld.so\0")).unwrap_err(), ElfError::BadInterpreter("ld.so".into()));
+        assert_eq!(
+            ElfImage::parse_interpreter(&with_interp(b"/x\0"), 0x100_0000).unwrap_err(),
+            ElfError::BadInterpreterImage
+        );
     }
 
     #[test]

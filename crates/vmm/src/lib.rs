@@ -30,6 +30,8 @@
 //! - `timer`         wall-clock limits that interrupt `KVM_RUN` from outside
 //! - `restore_view`  what in-guest resets copy back (slot 3)
 //! - `vm`            one KVM VM + vCPU set up for the guest kernel; `vcpu` one `KVM_RUN`
+//! - `linux`         the emulated process's files as plain data: descriptors, the file-system
+//!   view (allowed host paths, `/dev`, `/proc`, `/tmp`) and its safe host resolution
 //! - `syscalls`      the Linux system-call table and the emulated process state
 //! - `loader`        a guest's initial RAM: kernel, page tables, program image, stack
 //! - `machine`       a booted program: the run loop dispatching exits to `syscalls`, and how a
@@ -55,6 +57,7 @@ mod guest;
 #[allow(unsafe_code)]
 mod host;
 mod kvm;
+mod linux;
 mod loader;
 mod machine;
 mod memory;
@@ -78,6 +81,7 @@ pub use elf::ElfError;
 pub use error::{Error, Failure, GuestFault, RequestTooLarge, Result};
 pub use guest::api::NAMES as API_SYSCALLS;
 pub use kvm::host as kvm_host;
+pub use linux::{FsConfig, DEFAULT_TMP_BYTES};
 pub use machine::MAX_STARVATION_GRACE;
 pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
 pub use syscalls::api::{ApiLimits, Request, Response};

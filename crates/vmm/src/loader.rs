@@ -66,6 +66,13 @@ pub struct LoadConfig<'a> {
     pub fast_syscalls: bool,
     /// AT_RANDOM bytes.
     pub random: [u8; 16],
+    /// The dynamic linker (already parsed to sit right after the program), if the program
+    /// has `PT_INTERP`: loaded too, started first, told where the program is (AT_BASE,
+    /// AT_PHDR, AT_ENTRY), as Linux's `execve` does.
+    pub interpreter: Option<(&'a ElfImage, &'a [u8])>,
+    /// Map the arena executable as well as writable: needed by programs that map code
+    /// (ld.so mapping libraries, JITs), since page tables are built once (see paging).
+    pub exec_arena: bool,
 }
 
 /// A loaded program, ready for its vCPU.
@@ -98,18 +105,18 @@ pub struct Window {
     pub top: u64,
 }
 
-/// Places the image in RAM of `memory` bytes with a stack of `stack_size`.
-pub fn window(image: &ElfImage, memory: u64, stack_size: u64) -> Result<Window> {
-    let user_base = kernel_area(memory) + image.start % LARGE_PAGE_SIZE;
-    let offset = image.start.wrapping_sub(user_base);
+/// Places the images `[start, end)` in RAM of `memory` bytes with a stack of `stack_size`.
+pub fn window(start: u64, end: u64, memory: u64, stack_size: u64) -> Result<Window> {
+    let user_base = kernel_area(memory) + start % LARGE_PAGE_SIZE;
+    let offset = start.wrapping_sub(user_base);
     let top = memory.wrapping_add(offset);
     let stack = top.wrapping_sub(stack_size);
     let guard = stack.wrapping_sub(PAGE_SIZE);
-    let needed = user_base + (image.end - image.start) + MIN_ARENA + PAGE_SIZE + stack_size;
+    let needed = user_base + (end - start) + MIN_ARENA + PAGE_SIZE + stack_size;
     if needed > memory {
         return Err(Error::DoesNotFit(format!(
             "the image ({} KiB), a {} KiB stack and a minimal heap need {} MiB of memory, the VM has {} MiB",
-            (image.end - image.start) >> 10,
+            (end - start) >> 10,
             stack_size >> 10,
             needed.div_ceil(1 << 20),
             memory >> 20
@@ -118,11 +125,11 @@ pub fn window(image: &ElfImage, memory: u64, stack_size: u64) -> Result<Window> 
     if top > USER_VA_LIMIT {
         return Err(Error::DoesNotFit(format!(
             "the image at {:#x} leaves no room for {} MiB of memory",
-            image.start,
+            start,
             memory >> 20
         )));
     }
-    Ok(Window { offset, arena: image.end, guard, stack, top })
+    Ok(Window { offset, arena: end, guard, stack, top })
 }
 
 fn perm_of(s: &crate::elf::Segment) -> Perm {
@@ -246,7 +253,9 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         )));
     }
     let pvm = host.platform.is_pvm();
-    let win = window(image, cfg.memory, cfg.stack_size)?;
+    let images: Vec<(&ElfImage, &[u8])> = std::iter::once((image, file)).chain(cfg.interpreter).collect();
+    let end = images.iter().map(|(i, _)| i.end).max().unwrap_or(image.end);
+    let win = window(image.start, end, cfg.memory, cfg.stack_size)?;
     let mut ram = GuestMemory::new(cfg.memory)?;
     let oob = |e: crate::memory::OutOfRange| Error::GuestKernel(e.to_string());
 
@@ -256,11 +265,14 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
 
     // The address space.
     let mut map = UserMap::new(win.offset);
-    for area in image_areas(image) {
-        map.add(area);
+    for (img, _) in &images {
+        for area in image_areas(img) {
+            map.add(area);
+        }
     }
     if win.guard > win.arena {
-        map.add(Area { start: win.arena, end: win.guard, perm: Perm::RW, backing: Backing::Ram });
+        let perm = if cfg.exec_arena { Perm { read: true, write: true, exec: true } } else { Perm::RW };
+        map.add(Area { start: win.arena, end: win.guard, perm, backing: Backing::Ram });
     }
     map.add(Area { start: win.stack, end: win.top, perm: Perm::RW, backing: Backing::Ram });
     if cfg.shared_size > 0 {
@@ -315,9 +327,11 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
     }
 
     // Image and stack.
-    for s in &image.segments {
-        let bytes = &file[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
-        ram.write(map.ram_gpa(s.vaddr), bytes).map_err(oob)?;
+    for (img, bytes) in &images {
+        for s in &img.segments {
+            let part = &bytes[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
+            ram.write(map.ram_gpa(s.vaddr), part).map_err(oob)?;
+        }
     }
     let info = ProcessInfo {
         args: cfg.args,
@@ -326,6 +340,7 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         phdr: image.phdr_vaddr,
         phnum: image.phnum,
         entry: image.entry,
+        base: cfg.interpreter.map_or(0, |(i, _)| i.start),
         hwcap: u64::from(host.cpu.hwcap),
         hwcap2: if host.cpu.fsgsbase { 2 } else { 0 },
         uid: UID,
@@ -369,6 +384,9 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         ram.write_u64(kdata(KD_WRANGES) + 16 * i as u64 + 8, *hi).map_err(oob)?;
     }
 
-    let fixed = vec![(image.start, image.end), (win.stack, win.top)];
-    Ok(Loaded { ram, map, entry: image.entry, rsp: st.rsp, mem_state: MemoryState::new(win.arena, win.guard, fixed) })
+    // The stack last: /proc/self/maps names it by that.
+    let mut fixed: Vec<(u64, u64)> = images.iter().map(|(i, _)| (i.start, i.end)).collect();
+    fixed.push((win.stack, win.top));
+    let entry = cfg.interpreter.map_or(image.entry, |(i, _)| i.entry);
+    Ok(Loaded { ram, map, entry, rsp: st.rsp, mem_state: MemoryState::new(win.arena, win.guard, fixed) })
 }

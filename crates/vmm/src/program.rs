@@ -8,7 +8,7 @@
 //! assert_eq!(outcome.stdout, b"Hello, world!\n");
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,12 @@ use crate::elf::ElfImage;
 use crate::error::{Error, Failure, GuestFault, Result};
 use crate::guest::PAGE_SIZE;
 use crate::kvm;
+use crate::linux::{FsConfig, View};
 use crate::loader::{self, LoadConfig};
 use crate::machine::{Machine, RunEnd};
 use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
-use crate::syscalls::fs::{FdTable, Io};
+use crate::syscalls::fs::Io;
 use crate::syscalls::process::{fill_random, Identity, ThreadState};
 use crate::syscalls::signal::SignalState;
 use crate::syscalls::{Input, Output, Process, Stop, SyscallCounts};
@@ -31,20 +32,84 @@ use crate::vm::{self, SharedRegion, Vm};
 pub struct Program {
     image: ElfImage,
     bytes: Arc<[u8]>,
+    interpreter: Option<Arc<Interpreter>>,
+    path: Option<PathBuf>,
+}
+
+/// The dynamic linker of a dynamically linked program, read from the host when the program
+/// is loaded and placed right after the program's image.
+#[derive(Debug)]
+pub struct Interpreter {
+    /// Its path (from `PT_INTERP`), visible to the program at the same path.
+    pub path: String,
+    /// Parsed, relocated to its load address.
+    pub image: ElfImage,
+    /// Its file.
+    pub bytes: Arc<[u8]>,
 }
 
 impl Program {
-    /// Validates an executable held in memory.
+    /// Validates an executable held in memory (and reads its dynamic linker, if it has one).
     pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Result<Program> {
         let bytes = bytes.into();
         let image = ElfImage::parse(&bytes)?;
-        Ok(Program { image, bytes })
+        let interpreter = match &image.interpreter {
+            None => None,
+            Some(path) => {
+                let file: Arc<[u8]> = std::fs::read(path)
+                    .map_err(|source| Error::Os { op: "reading the program's interpreter (PT_INTERP)", source })?
+                    .into();
+                let interp = ElfImage::parse_interpreter(&file, image.end)?;
+                Some(Arc::new(Interpreter { path: path.clone(), image: interp, bytes: file }))
+            }
+        };
+        Ok(Program { image, bytes, interpreter, path: None })
     }
 
     /// Reads and validates an executable file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Program> {
         let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Os { op: "reading the program", source })?;
-        Program::from_bytes(bytes)
+        let mut p = Program::from_bytes(bytes)?;
+        // /proc/self/exe names the real file, as on Linux.
+        p.path = std::fs::canonicalize(path.as_ref()).or_else(|_| std::path::absolute(path.as_ref())).ok();
+        Ok(p)
+    }
+
+    /// The dynamic linker, for a dynamically linked program.
+    pub fn interpreter(&self) -> Option<&Interpreter> {
+        self.interpreter.as_deref()
+    }
+
+    /// The file-system view for this program: what the operator allows, plus, for a
+    /// dynamically linked program, the program itself, its interpreter and the library
+    /// directories ld.so searches (those that exist).
+    pub fn view(&self, fs: &FsConfig) -> Result<Arc<View>> {
+        let mut cfg = fs.clone();
+        if let Some(interp) = &self.interpreter {
+            let defaults = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache"];
+            // The program itself, unless it lives where the guest has its own files (/tmp).
+            let own = |p: &&PathBuf| !crate::linux::view::is_reserved(&p.to_string_lossy());
+            let mut extra: Vec<PathBuf> = self.path.iter().filter(own).cloned().collect();
+            extra.push(PathBuf::from(&interp.path));
+            extra.extend(defaults.iter().map(PathBuf::from).filter(|p| p.exists()));
+            extra.retain(|p| !cfg.allow_read.contains(p));
+            cfg.allow_read.splice(0..0, extra);
+        }
+        View::new(&cfg).map(Arc::new).map_err(|e| Error::Config(format!("file system view: {e}")))
+    }
+
+    /// What `/proc/self/exe` names by default: a dynamically linked program's real path
+    /// (visible at the same path), else [`exe_path_for`] of argv[0].
+    pub fn exe_path(&self, argv0: Option<&[u8]>) -> Vec<u8> {
+        match (&self.interpreter, &self.path) {
+            (Some(_), Some(p)) => p.as_os_str().as_encoded_bytes().to_vec(),
+            _ => exe_path_for(argv0),
+        }
+    }
+
+    /// The interpreter's parts for the loader.
+    pub(crate) fn interpreter_parts(&self) -> Option<(&ElfImage, &[u8])> {
+        self.interpreter.as_deref().map(|i| (&i.image, &i.bytes[..]))
     }
 
     /// The parsed image.
@@ -81,6 +146,8 @@ pub struct RunConfig {
     pub exe_path: Option<Vec<u8>>,
     /// Let the guest kernel answer cheap system calls without exiting (default true).
     pub fast_syscalls: bool,
+    /// What the program sees of the host's files, and the size of its /tmp.
+    pub fs: FsConfig,
 }
 
 /// Default captured output limit per stream.
@@ -100,6 +167,7 @@ impl RunConfig {
             stack_size: None,
             exe_path: None,
             fast_syscalls: true,
+            fs: FsConfig { tmp_bytes: crate::linux::view::DEFAULT_TMP_BYTES, ..FsConfig::default() },
         }
     }
 }
@@ -182,10 +250,16 @@ pub fn default_stack(memory: u64) -> u64 {
 }
 
 /// Builds the emulated process for a loaded program.
-fn new_process(mem: crate::syscalls::mem::MemoryState, exe: Vec<u8>, stack: u64, memory: u64) -> Process {
+fn new_process(
+    mem: crate::syscalls::mem::MemoryState,
+    exe: Vec<u8>,
+    stack: u64,
+    memory: u64,
+    view: Arc<View>,
+) -> Process {
     Process {
         mem,
-        files: FdTable::default(),
+        files: crate::linux::Files::new(view),
         signals: SignalState::default(),
         identity: Identity {
             pid: loader::PID,
@@ -232,6 +306,8 @@ pub(crate) struct BootSpec<'a> {
     pub io: Io,
     /// Request and response limits (tenants only).
     pub limits: Option<ApiLimits>,
+    /// What the program sees of the host's files, and the size of its /tmp.
+    pub fs: &'a FsConfig,
 }
 
 /// Loads `program` into a fresh VM and leaves the vCPU at the program's entry point: the one
@@ -240,7 +316,8 @@ pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
     let host = kvm::host()?;
     let memory = spec.memory.next_multiple_of(crate::guest::LARGE_PAGE_SIZE);
     let stack = spec.stack_size.unwrap_or_else(|| default_stack(memory)).next_multiple_of(PAGE_SIZE);
-    let exe = spec.exe_path.unwrap_or_else(|| exe_path_for(spec.args.first().map(Vec::as_slice)));
+    let exe = spec.exe_path.unwrap_or_else(|| program.exe_path(spec.args.first().map(Vec::as_slice)));
+    let view = program.view(spec.fs)?;
     let mut random = [0u8; 16];
     fill_random(&mut random);
     let load_cfg = LoadConfig {
@@ -253,11 +330,13 @@ pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
         shared_size: spec.shared.as_ref().map_or(0, |s| s.map.len() as u64),
         fast_syscalls: spec.fast_syscalls,
         random,
+        interpreter: program.interpreter_parts(),
+        exec_arena: program.interpreter().is_some(),
     };
     let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
     let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(spec.request_area, memory).size as usize)?;
     let vm = Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, false)?;
-    let proc = new_process(loaded.mem_state, exe, stack, memory);
+    let proc = new_process(loaded.mem_state, exe, stack, memory, view);
     let mut machine = Machine::new(vm, loaded.map, proc, spec.io, spec.limits);
     machine.start_kernel()?;
     machine.enter_user(loaded.entry, loaded.rsp);
@@ -282,6 +361,7 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
         fast_syscalls: cfg.fast_syscalls,
         io: Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr },
         limits: None,
+        fs: &cfg.fs,
     };
     let mut machine = boot(program, spec)?;
     let end = machine.run(deadline)?;

@@ -48,6 +48,8 @@ pub struct ProcessInfo<'a> {
     pub phnum: u64,
     /// AT_ENTRY.
     pub entry: u64,
+    /// AT_BASE: where the dynamic linker is loaded (0: none).
+    pub base: u64,
     /// AT_HWCAP.
     pub hwcap: u64,
     /// AT_HWCAP2.
@@ -114,7 +116,7 @@ pub fn build(info: &ProcessInfo<'_>, top: u64, limit: usize) -> Result<InitialSt
         (at::PHENT, 56),
         (at::PHNUM, info.phnum),
         (at::PAGESZ, 4096),
-        (at::BASE, 0),
+        (at::BASE, info.base),
         (at::FLAGS, 0),
         (at::ENTRY, info.entry),
         (at::UID, info.uid),
@@ -180,6 +182,7 @@ mod tests {
             phdr: 0x40_0040,
             phnum: 4,
             entry: 0x40_1000,
+            base: 0,
             hwcap: 0x178b_fbff,
             hwcap2: 2,
             uid: 1000,
@@ -224,6 +227,7 @@ mod tests {
             phdr: 0,
             phnum: 0,
             entry: 0,
+            base: 0,
             hwcap: 0,
             hwcap2: 0,
             uid: 0,

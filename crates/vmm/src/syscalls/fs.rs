@@ -1,74 +1,24 @@
-//! File descriptors: stdin, stdout, stderr (and their duplicates), stat, poll, and the
-//! path-based calls of a program that has no filesystem yet.
+//! Descriptor I/O: read/write and their vector and positioned forms, lseek, close, dup,
+//! fcntl, ioctl, fstat, poll, pipes and eventfds, over the state in [`crate::linux`].
 //!
-//! The three standard streams behave like pipes (what a program gets from a process
-//! supervisor): `lseek` fails with ESPIPE, `ioctl(TCGETS)` with ENOTTY, `fstat` reports a
-//! FIFO.  There is no filesystem: opening a path fails with ENOENT (EROFS when creating or
-//! writing), except `readlink("/proc/self/exe")`.
+//! The standard streams behave like pipes (what a program gets from a process supervisor):
+//! `lseek` fails with ESPIPE, `ioctl(TCGETS)` with ENOTTY, `fstat` reports a FIFO.  With one
+//! thread, a read that would block forever (an empty pipe whose write end is open, an eventfd
+//! at zero) ends the run as a deadlock instead of hanging; `O_NONBLOCK` gives EAGAIN.
 
 use std::io::Read;
+use std::sync::Arc;
 
-use super::{Ctx, Errno, SysResult};
+use super::{Ctx, Errno, Stop, SysResult};
+use crate::linux::fdtable::{Description, File, PIPE_CAPACITY};
+use crate::linux::stat::{dev, FileStat};
+use crate::linux::view::Device;
 
-/// Most file descriptors a program may hold (RLIMIT_NOFILE).
-pub const MAX_FDS: usize = 1024;
+pub use crate::linux::fdtable::MAX_FDS;
 /// Largest single transfer; longer reads and writes are short, as Linux allows.
 const MAX_TRANSFER: u64 = 16 << 20;
 const CHUNK: usize = 64 << 10;
 const IOV_MAX: u64 = 1024;
-
-/// One of the standard streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// fd 0.
-    Stdin,
-    /// fd 1.
-    Stdout,
-    /// fd 2.
-    Stderr,
-}
-
-/// An open descriptor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdEntry {
-    /// What it refers to.
-    pub stream: Stream,
-    /// FD_CLOEXEC.
-    pub cloexec: bool,
-    /// O_NONBLOCK / O_APPEND as set by F_SETFL.
-    pub status_flags: u32,
-}
-
-/// The descriptor table.
-#[derive(Debug, Clone)]
-pub struct FdTable {
-    fds: Vec<Option<FdEntry>>,
-}
-
-impl Default for FdTable {
-    fn default() -> Self {
-        let e = |stream| Some(FdEntry { stream, cloexec: false, status_flags: 0 });
-        FdTable { fds: vec![e(Stream::Stdin), e(Stream::Stdout), e(Stream::Stderr)] }
-    }
-}
-
-impl FdTable {
-    /// The entry for `fd`, or EBADF.
-    pub fn get(&self, fd: u64) -> Result<FdEntry, Errno> {
-        usize::try_from(fd).ok().and_then(|i| self.fds.get(i).copied().flatten()).ok_or(Errno::EBADF)
-    }
-
-    fn put(&mut self, fd: usize, entry: FdEntry) {
-        if self.fds.len() <= fd {
-            self.fds.resize(fd + 1, None);
-        }
-        self.fds[fd] = Some(entry);
-    }
-
-    fn lowest_free(&self, from: usize) -> Result<usize, Errno> {
-        (from..MAX_FDS).find(|&i| self.fds.get(i).copied().flatten().is_none()).ok_or(Errno::EMFILE)
-    }
-}
 
 /// Where stdin comes from.
 #[derive(Debug, Clone)]
@@ -145,35 +95,13 @@ pub struct Io {
     pub stderr: Output,
 }
 
-fn write_stream(ctx: &mut Ctx<'_>, stream: Stream, data: &[u8]) -> Result<(), Errno> {
-    match stream {
-        Stream::Stdin => Err(Errno::EBADF),
-        Stream::Stdout => ctx.io.stdout.push(data, 1),
-        Stream::Stderr => ctx.io.stderr.push(data, 2),
-    }
-}
-
-/// Writes `len` bytes from guest address `buf` to `stream`, in chunks.
-fn write_from_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysResult {
-    let len = len.min(MAX_TRANSFER);
-    // Linux checks the whole buffer before writing anything.
-    ctx.mem.map.resolve(buf, len, false).ok_or(Errno::EFAULT)?;
-    let mut chunk = vec![0u8; CHUNK.min(len as usize)];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(CHUNK as u64) as usize;
-        ctx.mem.read(buf + done, &mut chunk[..n])?;
-        write_stream(ctx, stream, &chunk[..n])?;
-        done += n as u64;
-    }
-    Ok(len)
+fn deadlock(ctx: &mut Ctx<'_>, why: &'static str) -> SysResult {
+    ctx.stop = Some(Stop::Deadlock(why));
+    Err(Errno::EINTR)
 }
 
 /// Reads up to `len` bytes of stdin into guest address `buf`.
-fn read_to_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysResult {
-    if stream != Stream::Stdin {
-        return Err(Errno::EBADF);
-    }
+fn read_stdin(ctx: &mut Ctx<'_>, buf: u64, len: u64) -> SysResult {
     let len = len.min(MAX_TRANSFER);
     match &mut ctx.io.stdin {
         Input::Bytes { data, pos } => {
@@ -210,19 +138,187 @@ fn read_to_guest(ctx: &mut Ctx<'_>, stream: Stream, buf: u64, len: u64) -> SysRe
     }
 }
 
+/// Bytes `[offset, offset + len)` of a file held in memory (fewer at its end).
+fn slice_at(data: &[u8], offset: u64, len: u64) -> &[u8] {
+    let start = (offset.min(data.len() as u64)) as usize;
+    let end = (offset.saturating_add(len).min(data.len() as u64)) as usize;
+    &data[start..end]
+}
+
+/// Reads from `fd` into guest `buf`: at `pos` (pread) or at and advancing the file offset.
+fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> SysResult {
+    let len = len.min(MAX_TRANSFER);
+    let d = ctx.proc.files.fds.get(fd)?;
+    if !d.readable() {
+        return Err(Errno::EBADF);
+    }
+    let positioned = matches!(d.file, File::Host { .. } | File::Tmp { .. } | File::Generated { .. } | File::Device(_));
+    if pos.is_some() && !positioned {
+        return Err(if matches!(d.file, File::Dir { .. }) { Errno(libc::EISDIR) } else { Errno::ESPIPE });
+    }
+    let offset = pos.unwrap_or(d.offset);
+    let nonblocking = d.nonblocking();
+    let n = match d.file.clone() {
+        File::Stdin => return read_stdin(ctx, buf, len),
+        File::Stdout | File::Stderr => return Err(Errno::EBADF),
+        File::Dir { .. } => return Err(Errno(libc::EISDIR)),
+        File::Host { data, .. } | File::Generated { data, .. } => {
+            let bytes = slice_at(&data, offset, len);
+            ctx.mem.write(buf, bytes)?;
+            bytes.len() as u64
+        }
+        File::Tmp { ino } => {
+            let data = ctx.proc.files.tmp.data(ino)?.clone();
+            let bytes = slice_at(&data, offset, len);
+            ctx.mem.write(buf, bytes)?;
+            bytes.len() as u64
+        }
+        File::Device(Device::Null) => 0,
+        File::Device(dv) => {
+            ctx.mem.map.resolve(buf, len, true).ok_or(Errno::EFAULT)?;
+            let mut chunk = vec![0u8; CHUNK.min(len as usize)];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                if dv != Device::Zero {
+                    super::process::fill_random(&mut chunk[..n]);
+                }
+                ctx.mem.write(buf + done, &chunk[..n])?;
+                done += n as u64;
+            }
+            len
+        }
+        File::PipeRead(p) => {
+            let pipe = ctx.proc.files.fds.pipes.get(&p).ok_or(Errno::EBADF)?;
+            if pipe.buf.is_empty() {
+                if pipe.writers == 0 || len == 0 {
+                    return Ok(0);
+                }
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+                return deadlock(ctx, "read from an empty pipe that only this thread could fill");
+            }
+            let n = (len as usize).min(pipe.buf.len());
+            ctx.mem.map.resolve(buf, n as u64, true).ok_or(Errno::EFAULT)?;
+            let pipe = ctx.proc.files.fds.pipes.get_mut(&p).ok_or(Errno::EBADF)?;
+            let bytes: Vec<u8> = pipe.buf.drain(..n).collect();
+            ctx.mem.write(buf, &bytes)?;
+            n as u64
+        }
+        File::PipeWrite(_) => return Err(Errno::EBADF),
+        File::EventFd { count, semaphore } => {
+            if len < 8 {
+                return Err(Errno::EINVAL);
+            }
+            if count == 0 {
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+                return deadlock(ctx, "read from an eventfd at zero that only this thread could signal");
+            }
+            let (value, left) = if semaphore { (1, count - 1) } else { (count, 0) };
+            ctx.mem.write(buf, &value.to_le_bytes())?;
+            if let File::EventFd { count, .. } = &mut ctx.proc.files.fds.get_mut(fd)?.file {
+                *count = left;
+            }
+            return Ok(8);
+        }
+    };
+    if pos.is_none() && positioned {
+        ctx.proc.files.fds.get_mut(fd)?.offset = offset + n;
+    }
+    Ok(n)
+}
+
+/// Writes `len` bytes from guest `buf` to `fd`: at `pos` (pwrite) or at the file offset.
+fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> SysResult {
+    let len = len.min(MAX_TRANSFER);
+    let d = ctx.proc.files.fds.get(fd)?;
+    if !d.writable() {
+        return Err(Errno::EBADF);
+    }
+    let (file, append, offset, nonblocking) =
+        (d.file.clone(), d.flags & libc::O_APPEND as u32 != 0, d.offset, d.nonblocking());
+    if pos.is_some() && !matches!(file, File::Tmp { .. } | File::Device(_)) {
+        return Err(Errno::ESPIPE);
+    }
+    // Linux checks the whole buffer before writing anything.
+    ctx.mem.map.resolve(buf, len, false).ok_or(Errno::EFAULT)?;
+    match file {
+        File::Stdout | File::Stderr => {
+            let mut chunk = vec![0u8; CHUNK.min(len as usize)];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                ctx.mem.read(buf + done, &mut chunk[..n])?;
+                match file {
+                    File::Stdout => ctx.io.stdout.push(&chunk[..n], 1)?,
+                    _ => ctx.io.stderr.push(&chunk[..n], 2)?,
+                }
+                done += n as u64;
+            }
+            Ok(len)
+        }
+        File::Device(_) => Ok(len),
+        File::Tmp { ino } => {
+            let bytes = ctx.mem.read_vec(buf, len as usize)?;
+            let at = match pos {
+                Some(p) => p,
+                None if append => ctx.proc.files.tmp.data(ino)?.len() as u64,
+                None => offset,
+            };
+            ctx.proc.files.tmp.write(ino, at, &bytes)?;
+            if pos.is_none() {
+                ctx.proc.files.fds.get_mut(fd)?.offset = at + len;
+            }
+            Ok(len)
+        }
+        File::PipeWrite(p) => {
+            let pipe = ctx.proc.files.fds.pipes.get(&p).ok_or(Errno::EBADF)?;
+            if pipe.readers == 0 {
+                return Err(Errno::EPIPE);
+            }
+            let room = PIPE_CAPACITY - pipe.buf.len();
+            if room == 0 && len > 0 {
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+                return deadlock(ctx, "write to a full pipe that only this thread could drain");
+            }
+            let n = (len as usize).min(room);
+            let bytes = ctx.mem.read_vec(buf, n)?;
+            ctx.proc.files.fds.pipes.get_mut(&p).ok_or(Errno::EBADF)?.buf.extend(bytes);
+            Ok(n as u64)
+        }
+        File::EventFd { count, .. } => {
+            if len < 8 {
+                return Err(Errno::EINVAL);
+            }
+            let v = ctx.mem.read_u64(buf)?;
+            if v == u64::MAX {
+                return Err(Errno::EINVAL);
+            }
+            let Some(total) = count.checked_add(v).filter(|&t| t < u64::MAX) else {
+                return if nonblocking { Err(Errno::EAGAIN) } else { deadlock(ctx, "eventfd counter full") };
+            };
+            if let File::EventFd { count, .. } = &mut ctx.proc.files.fds.get_mut(fd)?.file {
+                *count = total;
+            }
+            Ok(8)
+        }
+        _ => Err(Errno::EBADF),
+    }
+}
+
 /// read(fd, buf, count)
 pub fn sys_read(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    read_to_guest(ctx, e.stream, a[1], a[2])
+    read_fd(ctx, a[0], a[1], a[2], None)
 }
 
 /// write(fd, buf, count)
 pub fn sys_write(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    if e.stream == Stream::Stdin {
-        return Err(Errno::EBADF);
-    }
-    write_from_guest(ctx, e.stream, a[1], a[2])
+    write_fd(ctx, a[0], a[1], a[2], None)
 }
 
 fn iovecs(ctx: &Ctx<'_>, iov: u64, count: u64) -> Result<Vec<(u64, u64)>, Errno> {
@@ -241,12 +337,16 @@ fn iovecs(ctx: &Ctx<'_>, iov: u64, count: u64) -> Result<Vec<(u64, u64)>, Errno>
     Ok(out)
 }
 
-/// readv(fd, iov, iovcnt)
-pub fn sys_readv(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
+fn readv_at(ctx: &mut Ctx<'_>, fd: u64, iov: u64, count: u64, pos: Option<u64>) -> SysResult {
+    ctx.proc.files.fds.get(fd)?;
     let mut total = 0;
-    for (base, len) in iovecs(ctx, a[1], a[2])? {
-        let n = read_to_guest(ctx, e.stream, base, len)?;
+    for (base, len) in iovecs(ctx, iov, count)? {
+        let n = match read_fd(ctx, fd, base, len, pos.map(|p| p + total)) {
+            Ok(n) => n,
+            Err(_) if total > 0 && ctx.stop.take().is_some_and(|s| matches!(s, Stop::Deadlock(_))) => break,
+            Err(e) if total > 0 && e == Errno::EAGAIN => break,
+            Err(e) => return Err(e),
+        };
         total += n;
         if n < len {
             break;
@@ -255,72 +355,140 @@ pub fn sys_readv(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(total)
 }
 
-/// writev(fd, iov, iovcnt)
-pub fn sys_writev(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    if e.stream == Stream::Stdin {
-        return Err(Errno::EBADF);
-    }
-    let vecs = iovecs(ctx, a[1], a[2])?;
+fn writev_at(ctx: &mut Ctx<'_>, fd: u64, iov: u64, count: u64, pos: Option<u64>) -> SysResult {
+    ctx.proc.files.fds.get(fd)?;
+    let vecs = iovecs(ctx, iov, count)?;
     for &(base, len) in &vecs {
         ctx.mem.map.resolve(base, len.min(MAX_TRANSFER), false).ok_or(Errno::EFAULT)?;
     }
     let mut total = 0;
     for (base, len) in vecs {
-        total += write_from_guest(ctx, e.stream, base, len)?;
+        let n = write_fd(ctx, fd, base, len, pos.map(|p| p + total))?;
+        total += n;
+        if n < len {
+            break;
+        }
     }
     Ok(total)
 }
 
-/// pread64: the standard streams are pipes, which cannot be read at an offset.
+/// readv(fd, iov, iovcnt)
+pub fn sys_readv(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    readv_at(ctx, a[0], a[1], a[2], None)
+}
+
+/// writev(fd, iov, iovcnt)
+pub fn sys_writev(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    writev_at(ctx, a[0], a[1], a[2], None)
+}
+
+fn position(p: u64) -> Result<u64, Errno> {
+    if (p as i64) < 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(p)
+}
+
+/// pread64(fd, buf, count, offset)
 pub fn sys_pread64(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.proc.files.get(a[0])?;
-    Err(Errno::ESPIPE)
+    read_fd(ctx, a[0], a[1], a[2], Some(position(a[3])?))
 }
 
-/// pwrite64: as pread64.
+/// pwrite64(fd, buf, count, offset)
 pub fn sys_pwrite64(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.proc.files.get(a[0])?;
-    Err(Errno::ESPIPE)
+    write_fd(ctx, a[0], a[1], a[2], Some(position(a[3])?))
 }
 
-/// lseek: pipes cannot seek.
+/// preadv(fd, iov, iovcnt, offset) (and preadv2 with flags 0)
+pub fn sys_preadv(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    readv_at(ctx, a[0], a[1], a[2], Some(position(a[3])?))
+}
+
+/// pwritev(fd, iov, iovcnt, offset)
+pub fn sys_pwritev(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    writev_at(ctx, a[0], a[1], a[2], Some(position(a[3])?))
+}
+
+/// Size of a file held in memory, for lseek and FIONREAD.
+fn file_size(ctx: &Ctx<'_>, file: &File) -> Option<u64> {
+    match file {
+        File::Host { data, .. } | File::Generated { data, .. } => Some(data.len() as u64),
+        File::Tmp { ino } => ctx.proc.files.tmp.data(*ino).ok().map(|d| d.len() as u64),
+        File::Dir { entries, .. } => Some(entries.len() as u64),
+        File::Device(_) => Some(0),
+        _ => None,
+    }
+}
+
+/// lseek(fd, offset, whence)
 pub fn sys_lseek(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.proc.files.get(a[0])?;
-    Err(Errno::ESPIPE)
+    let d = ctx.proc.files.fds.get(a[0])?;
+    let size = file_size(ctx, &d.file).ok_or(Errno::ESPIPE)?;
+    if matches!(d.file, File::Device(_)) {
+        return Ok(0);
+    }
+    let off = a[1] as i64;
+    let new = match a[2] as i32 {
+        libc::SEEK_SET => Some(off),
+        libc::SEEK_CUR => (d.offset as i64).checked_add(off),
+        libc::SEEK_END => (size as i64).checked_add(off),
+        libc::SEEK_DATA if off >= 0 && (off as u64) < size => Some(off),
+        libc::SEEK_HOLE if off >= 0 && (off as u64) < size => Some(size as i64),
+        libc::SEEK_DATA | libc::SEEK_HOLE => return Err(Errno(libc::ENXIO)),
+        _ => return Err(Errno::EINVAL),
+    };
+    let new = new.filter(|&n| n >= 0).ok_or(Errno::EINVAL)? as u64;
+    ctx.proc.files.fds.get_mut(a[0])?.offset = new;
+    Ok(new)
+}
+
+/// What closing the last descriptor of a description releases.
+fn released(ctx: &mut Ctx<'_>, file: Option<File>) {
+    if let Some(File::Tmp { ino }) = file {
+        ctx.proc.files.tmp.closed(ino);
+    }
 }
 
 /// close(fd)
 pub fn sys_close(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.proc.files.get(a[0])?;
-    ctx.proc.files.fds[a[0] as usize] = None;
+    let f = ctx.proc.files.fds.close(a[0])?;
+    released(ctx, f);
+    Ok(0)
+}
+
+/// close_range(first, last, flags): CLOSE_RANGE_CLOEXEC or closing.
+pub fn sys_close_range(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    const CLOEXEC: u64 = 4;
+    if a[2] & !(CLOEXEC | 2) != 0 || a[0] > a[1] {
+        return Err(Errno::EINVAL);
+    }
+    for fd in a[0]..=a[1].min(MAX_FDS as u64 - 1) {
+        if ctx.proc.files.fds.fd(fd).is_err() {
+            continue;
+        }
+        if a[2] & CLOEXEC != 0 {
+            ctx.proc.files.fds.set_cloexec(fd, true)?;
+        } else {
+            sys_close(ctx, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
     Ok(0)
 }
 
 /// dup(fd)
 pub fn sys_dup(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    let fd = ctx.proc.files.lowest_free(0)?;
-    ctx.proc.files.put(fd, FdEntry { cloexec: false, ..e });
-    Ok(fd as u64)
-}
-
-fn dup_to(ctx: &mut Ctx<'_>, old: u64, new: u64, cloexec: bool) -> SysResult {
-    let e = ctx.proc.files.get(old)?;
-    if new >= MAX_FDS as u64 {
-        return Err(Errno::EBADF);
-    }
-    ctx.proc.files.put(new as usize, FdEntry { cloexec, ..e });
-    Ok(new)
+    Ok(ctx.proc.files.fds.dup(a[0], 0, false)? as u64)
 }
 
 /// dup2(old, new)
 pub fn sys_dup2(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if a[0] == a[1] {
-        ctx.proc.files.get(a[0])?;
+        ctx.proc.files.fds.get(a[0])?;
         return Ok(a[1]);
     }
-    dup_to(ctx, a[0], a[1], false)
+    let f = ctx.proc.files.fds.dup_to(a[0], a[1], false)?;
+    released(ctx, f);
+    Ok(a[1])
 }
 
 /// dup3(old, new, flags)
@@ -328,160 +496,179 @@ pub fn sys_dup3(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if a[0] == a[1] || a[2] & !(libc::O_CLOEXEC as u64) != 0 {
         return Err(Errno::EINVAL);
     }
-    dup_to(ctx, a[0], a[1], a[2] != 0)
+    let f = ctx.proc.files.fds.dup_to(a[0], a[1], a[2] != 0)?;
+    released(ctx, f);
+    Ok(a[1])
 }
 
 /// fcntl(fd, cmd, arg)
 pub fn sys_fcntl(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    let fd = a[0] as usize;
+    let fds = &mut ctx.proc.files.fds;
+    let f = fds.fd(a[0])?;
     match a[1] as i32 {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             let from = usize::try_from(a[2]).ok().filter(|&f| f < MAX_FDS).ok_or(Errno::EINVAL)?;
-            let new = ctx.proc.files.lowest_free(from)?;
-            ctx.proc.files.put(new, FdEntry { cloexec: a[1] as i32 == libc::F_DUPFD_CLOEXEC, ..e });
-            Ok(new as u64)
+            Ok(fds.dup(a[0], from, a[1] as i32 == libc::F_DUPFD_CLOEXEC)? as u64)
         }
-        libc::F_GETFD => Ok(u64::from(e.cloexec)),
+        libc::F_GETFD => Ok(u64::from(f.cloexec)),
         libc::F_SETFD => {
-            ctx.proc.files.put(fd, FdEntry { cloexec: a[2] & 1 != 0, ..e });
+            fds.set_cloexec(a[0], a[2] & 1 != 0)?;
             Ok(0)
         }
-        libc::F_GETFL => {
-            let access = if e.stream == Stream::Stdin { libc::O_RDONLY } else { libc::O_WRONLY };
-            Ok(access as u64 | u64::from(e.status_flags))
-        }
+        libc::F_GETFL => Ok(u64::from(fds.get(a[0])?.flags)),
         libc::F_SETFL => {
             let settable = (libc::O_APPEND | libc::O_NONBLOCK) as u32;
-            ctx.proc.files.put(fd, FdEntry { status_flags: a[2] as u32 & settable, ..e });
+            let d = fds.get_mut(a[0])?;
+            d.flags = (d.flags & !settable) | (a[2] as u32 & settable);
             Ok(0)
         }
-        libc::F_GETPIPE_SZ => Ok(65536),
+        libc::F_GETPIPE_SZ => match fds.get(a[0])?.file {
+            File::PipeRead(_) | File::PipeWrite(_) | File::Stdin | File::Stdout | File::Stderr => {
+                Ok(PIPE_CAPACITY as u64)
+            }
+            _ => Err(Errno::EBADF),
+        },
+        libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => {
+            // One process: every lock is granted (F_GETLK reports F_UNLCK).
+            if matches!(a[1] as i32, libc::F_GETLK | libc::F_OFD_GETLK) {
+                ctx.mem.write(a[2], &(libc::F_UNLCK as u16).to_le_bytes())?;
+            }
+            Ok(0)
+        }
+        libc::F_ADD_SEALS | libc::F_GET_SEALS => Err(Errno::EINVAL),
         _ => Err(Errno::EINVAL),
     }
 }
 
-/// ioctl(fd, request, arg): no terminal here.
+/// ioctl(fd, request, arg): FIONREAD, FIONBIO, FIOCLEX/FIONCLEX; no terminal (ENOTTY).
 pub fn sys_ioctl(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
+    let d = ctx.proc.files.fds.get(a[0])?.clone();
     match a[1] {
-        r if r == libc::FIOCLEX => {
-            ctx.proc.files.put(a[0] as usize, FdEntry { cloexec: true, ..e });
+        r if r == libc::FIOCLEX || r == libc::FIONCLEX => {
+            ctx.proc.files.fds.set_cloexec(a[0], r == libc::FIOCLEX)?;
             Ok(0)
         }
-        r if r == libc::FIONCLEX => {
-            ctx.proc.files.put(a[0] as usize, FdEntry { cloexec: false, ..e });
+        r if r == libc::FIONBIO => {
+            let on = ctx.mem.read_vec(a[2], 4)? != [0, 0, 0, 0];
+            let d = ctx.proc.files.fds.get_mut(a[0])?;
+            if on {
+                d.flags |= libc::O_NONBLOCK as u32;
+            } else {
+                d.flags &= !(libc::O_NONBLOCK as u32);
+            }
             Ok(0)
         }
         r if r == libc::FIONREAD => {
-            let pending = match (&ctx.io.stdin, e.stream) {
-                (Input::Bytes { data, pos }, Stream::Stdin) => (data.len() - pos) as u32,
-                _ => 0,
+            let pending = match &d.file {
+                File::Stdin => match &ctx.io.stdin {
+                    Input::Bytes { data, pos } => (data.len() - pos) as u64,
+                    Input::Inherit => 0,
+                },
+                File::PipeRead(p) => ctx.proc.files.fds.pipes.get(p).map_or(0, |p| p.buf.len() as u64),
+                File::Dir { .. } => return Err(Errno::ENOTTY),
+                f => file_size(ctx, f).ok_or(Errno::ENOTTY)?.saturating_sub(d.offset),
             };
-            ctx.mem.write(a[2], &pending.to_le_bytes())?;
+            ctx.mem.write(a[2], &(pending.min(i32::MAX as u64) as u32).to_le_bytes())?;
             Ok(0)
         }
         _ => Err(Errno::ENOTTY),
     }
 }
 
-fn stat_bytes(stream: Stream) -> [u8; 144] {
-    let mut b = [0u8; 144];
-    let ino = match stream {
-        Stream::Stdin => 1u64,
-        Stream::Stdout => 2,
-        Stream::Stderr => 3,
-    };
-    b[0..8].copy_from_slice(&0xcu64.to_le_bytes()); // st_dev: pipefs
-    b[8..16].copy_from_slice(&ino.to_le_bytes());
-    b[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
-    b[24..28].copy_from_slice(&(libc::S_IFIFO | 0o600).to_le_bytes());
-    b[28..32].copy_from_slice(&1000u32.to_le_bytes());
-    b[32..36].copy_from_slice(&1000u32.to_le_bytes());
-    b[56..64].copy_from_slice(&4096u64.to_le_bytes()); // st_blksize
-    b
+/// Metadata of an open description.
+pub fn describe(ctx: &Ctx<'_>, d: &Description) -> Result<FileStat, Errno> {
+    Ok(match &d.file {
+        File::Stdin | File::Stdout | File::Stderr => {
+            let ino = match d.file {
+                File::Stdin => 1,
+                File::Stdout => 2,
+                _ => 3,
+            };
+            let mut st = FileStat::synthetic(dev::PIPEFS, ino, libc::S_IFIFO | 0o600, 0);
+            (st.uid, st.gid) = (1000, 1000);
+            st
+        }
+        File::Host { stat, .. } | File::Dir { stat, .. } | File::Generated { stat, .. } => *stat,
+        File::Tmp { ino } => ctx.proc.files.tmp.stat(*ino).ok_or(Errno::EBADF)?,
+        File::Device(dv) => dv.stat(),
+        File::PipeRead(p) | File::PipeWrite(p) => {
+            let mut st = FileStat::synthetic(dev::PIPEFS, 0x1000 + u64::from(*p), libc::S_IFIFO | 0o600, 0);
+            (st.uid, st.gid) = (1000, 1000);
+            st
+        }
+        File::EventFd { .. } => {
+            let mut st = FileStat::synthetic(dev::PIPEFS - 1, 0x2000, 0o600, 0);
+            (st.uid, st.gid) = (1000, 1000);
+            st
+        }
+    })
 }
 
 /// fstat(fd, statbuf)
 pub fn sys_fstat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let e = ctx.proc.files.get(a[0])?;
-    ctx.mem.write(a[1], &stat_bytes(e.stream))?;
+    let d = ctx.proc.files.fds.get(a[0])?.clone();
+    let st = describe(ctx, &d)?;
+    ctx.mem.write(a[1], &st.to_stat())?;
     Ok(0)
 }
 
-fn path_lookup_fails(ctx: &Ctx<'_>, path: u64) -> Errno {
-    match ctx.mem.read_cstr(path, 4096) {
-        Err(e) => e,
-        Ok(p) if p.is_empty() => Errno::ENOENT,
-        Ok(_) => Errno::ENOENT,
-    }
-}
-
-/// newfstatat(dirfd, path, statbuf, flags)
-pub fn sys_newfstatat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let path = ctx.mem.read_cstr(a[1], 4096)?;
-    if path.is_empty() && a[3] & libc::AT_EMPTY_PATH as u64 != 0 {
-        return sys_fstat(ctx, [a[0], a[2], 0, 0, 0, 0]);
-    }
-    Err(path_lookup_fails(ctx, a[1]))
-}
-
-/// statx(dirfd, path, flags, mask, statxbuf)
-pub fn sys_statx(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    let path = ctx.mem.read_cstr(a[1], 4096)?;
-    if !(path.is_empty() && a[2] & libc::AT_EMPTY_PATH as u64 != 0) {
-        return Err(path_lookup_fails(ctx, a[1]));
-    }
-    let e = ctx.proc.files.get(a[0])?;
-    let st = stat_bytes(e.stream);
-    let mut b = [0u8; 256];
-    let basic = 0x7ffu32; // STATX_BASIC_STATS
-    b[0..4].copy_from_slice(&basic.to_le_bytes());
-    b[4..8].copy_from_slice(&4096u32.to_le_bytes()); // stx_blksize
-    b[16..20].copy_from_slice(&1u32.to_le_bytes()); // stx_nlink
-    b[20..24].copy_from_slice(&st[28..32]); // uid
-    b[24..28].copy_from_slice(&st[32..36]); // gid
-    b[28..30].copy_from_slice(&(libc::S_IFIFO as u16 | 0o600).to_le_bytes());
-    b[32..40].copy_from_slice(&st[8..16]); // ino
-    b[136..140].copy_from_slice(&0xcu32.to_le_bytes()); // stx_dev_minor (pipefs)
-    ctx.mem.write(a[4], &b)?;
-    Ok(0)
-}
-
-fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64) -> SysResult {
+fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, infinite: bool) -> SysResult {
     if nfds > MAX_FDS as u64 {
         return Err(Errno::EINVAL);
     }
     let mut raw = ctx.mem.read_vec(fds, nfds as usize * 8)?;
     let mut ready = 0;
+    let mut could_change = false;
     for c in raw.chunks_exact_mut(8) {
         let fd = i32::from_le_bytes(c[..4].try_into().unwrap());
         let events = i16::from_le_bytes(c[4..6].try_into().unwrap());
+        let (pollin, pollout) = (libc::POLLIN | libc::POLLRDNORM, libc::POLLOUT | libc::POLLWRNORM);
         let revents: i16 = if fd < 0 {
             0
         } else {
-            match ctx.proc.files.get(fd as u64) {
+            match ctx.proc.files.fds.get(fd as u64).map(|d| d.file.clone()) {
                 Err(_) => libc::POLLNVAL,
-                Ok(e) => match e.stream {
-                    Stream::Stdin => match &ctx.io.stdin {
-                        Input::Bytes { data, pos } if *pos < data.len() => libc::POLLIN & events,
+                Ok(file) => match file {
+                    File::Stdin => match &ctx.io.stdin {
+                        Input::Bytes { data, pos } if *pos < data.len() => pollin & events,
                         Input::Bytes { .. } => libc::POLLHUP,
-                        Input::Inherit => libc::POLLIN & events,
+                        Input::Inherit => {
+                            could_change = true;
+                            pollin & events
+                        }
                     },
-                    _ => (libc::POLLOUT | libc::POLLWRNORM) & events,
+                    File::PipeRead(p) => match ctx.proc.files.fds.pipes.get(&p) {
+                        Some(pipe) if !pipe.buf.is_empty() => pollin & events,
+                        Some(pipe) if pipe.writers == 0 => libc::POLLHUP,
+                        _ => 0,
+                    },
+                    File::PipeWrite(p) => match ctx.proc.files.fds.pipes.get(&p) {
+                        Some(pipe) if pipe.readers == 0 => libc::POLLERR,
+                        Some(pipe) if pipe.buf.len() < PIPE_CAPACITY => pollout & events,
+                        _ => 0,
+                    },
+                    File::EventFd { count, .. } => {
+                        (if count > 0 { pollin & events } else { 0 })
+                            | (if count < u64::MAX - 1 { pollout & events } else { 0 })
+                    }
+                    _ => (pollin | pollout) & events,
                 },
             }
         };
         c[6..8].copy_from_slice(&revents.to_le_bytes());
         ready += u64::from(revents != 0);
     }
+    if ready == 0 && infinite && !could_change {
+        return deadlock(ctx, "poll with no timeout on descriptors only this thread could make ready");
+    }
     ctx.mem.write(fds, &raw)?;
     Ok(ready)
 }
 
-/// poll(fds, nfds, timeout): the standard streams are always ready (data, EOF or room).
+/// poll(fds, nfds, timeout): readiness now; a finite timeout with nothing ready returns 0 at
+/// once (nothing else can make a descriptor ready), an infinite one is a deadlock.
 pub fn sys_poll(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    poll_fds(ctx, a[0], a[1])
+    poll_fds(ctx, a[0], a[1], (a[2] as i32) < 0)
 }
 
 /// ppoll(fds, nfds, timeout, sigmask, sigsetsize)
@@ -489,64 +676,86 @@ pub fn sys_ppoll(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if a[2] != 0 {
         ctx.mem.read_vec(a[2], 16)?;
     }
-    poll_fds(ctx, a[0], a[1])
+    poll_fds(ctx, a[0], a[1], a[2] == 0)
 }
 
-fn open_path(ctx: &mut Ctx<'_>, path: u64, flags: u64) -> SysResult {
-    ctx.mem.read_cstr(path, 4096)?;
-    let writing = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64 != 0;
-    Err(if writing { Errno(libc::EROFS) } else { Errno::ENOENT })
-}
-
-/// open(path, flags, mode): no filesystem.
-pub fn sys_open(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    open_path(ctx, a[0], a[1])
-}
-
-/// openat(dirfd, path, flags, mode): no filesystem.
-pub fn sys_openat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    open_path(ctx, a[1], a[2])
-}
-
-/// access(path, mode)
-pub fn sys_access(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    Err(path_lookup_fails(ctx, a[0]))
-}
-
-/// faccessat(dirfd, path, mode, flags)
-pub fn sys_faccessat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    Err(path_lookup_fails(ctx, a[1]))
-}
-
-fn readlink_common(ctx: &mut Ctx<'_>, path: u64, buf: u64, size: u64) -> SysResult {
-    let p = ctx.mem.read_cstr(path, 4096)?;
-    if size == 0 || size > i32::MAX as u64 {
+/// pipe2(fds, flags)
+pub fn sys_pipe2(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    let flags = a[1] as i32;
+    if flags & !(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECT) != 0 {
         return Err(Errno::EINVAL);
     }
-    if p != b"/proc/self/exe" {
-        return Err(Errno::ENOENT);
+    ctx.mem.map.resolve(a[0], 8, true).ok_or(Errno::EFAULT)?;
+    let fds = &mut ctx.proc.files.fds;
+    if fds.open_count() + 2 > MAX_FDS {
+        return Err(Errno::EMFILE);
     }
-    let exe = ctx.proc.identity.exe.clone();
-    let n = exe.len().min(size as usize);
-    ctx.mem.write(buf, &exe[..n])?;
-    Ok(n as u64)
+    let status = (flags & libc::O_NONBLOCK) as u32;
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let p = fds.new_pipe();
+    let r = fds.open(Description::new(File::PipeRead(p), libc::O_RDONLY as u32 | status, None), cloexec)?;
+    let w = fds.open(Description::new(File::PipeWrite(p), libc::O_WRONLY as u32 | status, None), cloexec)?;
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&(r as i32).to_le_bytes());
+    out[4..].copy_from_slice(&(w as i32).to_le_bytes());
+    ctx.mem.write(a[0], &out)?;
+    Ok(0)
 }
 
-/// readlink(path, buf, size): only /proc/self/exe exists.
-pub fn sys_readlink(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    readlink_common(ctx, a[0], a[1], a[2])
+/// pipe(fds)
+pub fn sys_pipe(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    sys_pipe2(ctx, [a[0], 0, 0, 0, 0, 0])
 }
 
-/// readlinkat(dirfd, path, buf, size)
-pub fn sys_readlinkat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    readlink_common(ctx, a[1], a[2], a[3])
-}
-
-/// getcwd(buf, size): the program runs in "/".
-pub fn sys_getcwd(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    if a[1] < 2 {
-        return Err(Errno::ERANGE);
+/// eventfd2(initval, flags)
+pub fn sys_eventfd2(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    const EFD_SEMAPHORE: i32 = 1;
+    let flags = a[1] as i32;
+    if flags & !(libc::O_CLOEXEC | libc::O_NONBLOCK | EFD_SEMAPHORE) != 0 {
+        return Err(Errno::EINVAL);
     }
-    ctx.mem.write(a[0], b"/\0")?;
-    Ok(2)
+    let file = File::EventFd { count: u64::from(a[0] as u32), semaphore: flags & EFD_SEMAPHORE != 0 };
+    let status = libc::O_RDWR as u32 | (flags & libc::O_NONBLOCK) as u32;
+    Ok(ctx.proc.files.fds.open(Description::new(file, status, None), flags & libc::O_CLOEXEC != 0)? as u64)
+}
+
+/// eventfd(initval)
+pub fn sys_eventfd(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    sys_eventfd2(ctx, [a[0], 0, 0, 0, 0, 0])
+}
+
+/// ftruncate(fd, length): files in /tmp opened for writing.
+pub fn sys_ftruncate(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    let d = ctx.proc.files.fds.get(a[0])?;
+    let len = position(a[1])?;
+    match d.file {
+        File::Tmp { ino } if d.writable() => {
+            ctx.proc.files.tmp.truncate(ino, len)?;
+            Ok(0)
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// fsync / fdatasync / syncfs (fd): nothing to flush.
+pub fn sys_fsync(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
+    ctx.proc.files.fds.get(a[0])?;
+    Ok(0)
+}
+
+/// The bytes an `mmap` of `fd` at `offset` maps (`len` at most), checked as Linux does:
+/// EACCES for a write-shared mapping of a read-only description, ENODEV for what cannot be
+/// mapped (pipes, directories, eventfds; writable shared mappings of /tmp files).
+pub fn mapped_bytes(ctx: &Ctx<'_>, fd: u64, offset: u64, len: u64, shared_write: bool) -> Result<Arc<[u8]>, Errno> {
+    let d = ctx.proc.files.fds.get(fd)?;
+    if !d.readable() || (shared_write && !d.writable()) {
+        return Err(Errno::EACCES);
+    }
+    match &d.file {
+        File::Host { data, .. } | File::Generated { data, .. } => Ok(Arc::from(slice_at(data, offset, len))),
+        File::Tmp { .. } if shared_write => Err(Errno::ENODEV),
+        File::Tmp { ino } => Ok(Arc::from(slice_at(ctx.proc.files.tmp.data(*ino)?, offset, len))),
+        File::Device(Device::Zero) => Ok(Arc::from(&[][..])),
+        _ => Err(Errno::ENODEV),
+    }
 }

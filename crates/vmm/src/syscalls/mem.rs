@@ -11,8 +11,9 @@
 //!
 //! Known differences from Linux, none of which the host depends on: released memory stays
 //! accessible to the program until it is reused; `mprotect` records but does not enforce
-//! reduced rights; anonymous memory is never executable (W^X).  Only anonymous mappings
-//! exist (there are no files to map yet).
+//! reduced rights; the arena is executable only for programs that need it (dynamically
+//! linked ones: ld.so maps libraries there), never otherwise (W^X).  File mappings are copies
+//! of the file's bytes made at `mmap` time.
 
 use std::collections::BTreeMap;
 
@@ -206,14 +207,18 @@ pub fn sys_mmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if kind == 0 {
         return Err(Errno::EINVAL);
     }
-    if flags & libc::MAP_ANONYMOUS == 0 {
-        // A file mapping: only the standard streams exist, and pipes cannot be mapped.
-        ctx.proc.files.get(fd as u64)?;
-        return Err(Errno::ENODEV);
-    }
     if offset % PAGE_SIZE != 0 {
         return Err(Errno::EINVAL);
     }
+    // A file mapping is a copy of the file's bytes (MAP_SHARED included: files are read-only
+    // or private to this VM, so nobody else could see a difference except through writes,
+    // which mapped_bytes refuses for shared mappings).
+    let file = if flags & libc::MAP_ANONYMOUS == 0 {
+        let shared_write = kind != libc::MAP_PRIVATE && prot & libc::PROT_WRITE as u64 != 0;
+        Some(super::fs::mapped_bytes(ctx, fd as u32 as u64, offset, len, shared_write)?)
+    } else {
+        None
+    };
     let len = page_up(len).ok_or(Errno::ENOMEM)?;
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
     let start = if fixed {
@@ -243,6 +248,12 @@ pub fn sys_mmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         }
     };
     zero_released(ctx, start, start + len);
+    if let Some(bytes) = file {
+        // Beyond the end of the file the mapping reads zeros (it was zeroed above, or is
+        // untouched arena).
+        let gpa = ctx.mem.map.ram_gpa(start);
+        ctx.mem.ram.write(gpa, &bytes).expect("arena lies inside guest RAM");
+    }
     ctx.proc.mem.mappings.insert(start, (start + len, prot as u32));
     Ok(start)
 }

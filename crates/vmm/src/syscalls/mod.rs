@@ -5,7 +5,8 @@
 //!
 //! | module      | owns                                            |
 //! |-------------|-------------------------------------------------|
-//! | [`fs`]      | the descriptor table, stdin/stdout/stderr, stat |
+//! | [`fs`]      | descriptor I/O, stdin/stdout/stderr, pipes, eventfds (state: [`crate::linux`]) |
+//! | [`path`]    | calls that take a path, the working directory, changes to `/tmp` |
 //! | [`mem`]     | brk, the mmap map, zero-on-reuse bookkeeping    |
 //! | [`process`] | identity, exit, limits, scheduling, randomness  |
 //! | [`time`]    | clocks and sleeping                             |
@@ -24,6 +25,7 @@ pub mod api;
 pub mod fs;
 pub mod futex;
 pub mod mem;
+pub mod path;
 pub mod process;
 pub mod signal;
 pub mod time;
@@ -36,34 +38,7 @@ use crate::memory::{GuestMemory, Mapping};
 
 pub use fs::{Input, Output};
 
-/// A Linux errno value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-#[allow(missing_docs)]
-impl Errno {
-    pub const EPERM: Errno = Errno(libc::EPERM);
-    pub const ENOENT: Errno = Errno(libc::ENOENT);
-    pub const ESRCH: Errno = Errno(libc::ESRCH);
-    pub const EINTR: Errno = Errno(libc::EINTR);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
-    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
-    pub const EACCES: Errno = Errno(libc::EACCES);
-    pub const EFAULT: Errno = Errno(libc::EFAULT);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const ENODEV: Errno = Errno(libc::ENODEV);
-    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const EMFILE: Errno = Errno(libc::EMFILE);
-    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
-    pub const ESPIPE: Errno = Errno(libc::ESPIPE);
-    pub const EPIPE: Errno = Errno(libc::EPIPE);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
-    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
-}
+pub use crate::linux::errno::Errno;
 
 /// What a handler returns.
 pub type SysResult = Result<u64, Errno>;
@@ -216,8 +191,8 @@ pub enum Stop {
 pub struct Process {
     /// brk and mmap.
     pub mem: mem::MemoryState,
-    /// File descriptors.
-    pub files: fs::FdTable,
+    /// Open files, the file-system view, /tmp and the working directory.
+    pub files: crate::linux::Files,
     /// Signal dispositions and masks.
     pub signals: signal::SignalState,
     /// pid, uid, executable path, limits.
@@ -262,25 +237,50 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_writev => fs::sys_writev(ctx, a),
         SYS_pread64 => fs::sys_pread64(ctx, a),
         SYS_pwrite64 => fs::sys_pwrite64(ctx, a),
+        SYS_preadv | SYS_preadv2 => fs::sys_preadv(ctx, a),
+        SYS_pwritev | SYS_pwritev2 => fs::sys_pwritev(ctx, a),
         SYS_lseek => fs::sys_lseek(ctx, a),
         SYS_close => fs::sys_close(ctx, a),
+        SYS_close_range => fs::sys_close_range(ctx, a),
         SYS_dup => fs::sys_dup(ctx, a),
         SYS_dup2 => fs::sys_dup2(ctx, a),
         SYS_dup3 => fs::sys_dup3(ctx, a),
         SYS_fcntl => fs::sys_fcntl(ctx, a),
         SYS_ioctl => fs::sys_ioctl(ctx, a),
         SYS_fstat => fs::sys_fstat(ctx, a),
-        SYS_newfstatat => fs::sys_newfstatat(ctx, a),
-        SYS_statx => fs::sys_statx(ctx, a),
         SYS_poll => fs::sys_poll(ctx, a),
         SYS_ppoll => fs::sys_ppoll(ctx, a),
-        SYS_open => fs::sys_open(ctx, a),
-        SYS_openat => fs::sys_openat(ctx, a),
-        SYS_access => fs::sys_access(ctx, a),
-        SYS_faccessat | SYS_faccessat2 => fs::sys_faccessat(ctx, a),
-        SYS_readlink => fs::sys_readlink(ctx, a),
-        SYS_readlinkat => fs::sys_readlinkat(ctx, a),
-        SYS_getcwd => fs::sys_getcwd(ctx, a),
+        SYS_pipe => fs::sys_pipe(ctx, a),
+        SYS_pipe2 => fs::sys_pipe2(ctx, a),
+        SYS_eventfd => fs::sys_eventfd(ctx, a),
+        SYS_eventfd2 => fs::sys_eventfd2(ctx, a),
+        SYS_ftruncate => fs::sys_ftruncate(ctx, a),
+        SYS_fsync | SYS_fdatasync | SYS_syncfs => fs::sys_fsync(ctx, a),
+        SYS_open => path::sys_open(ctx, a),
+        SYS_creat => path::sys_creat(ctx, a),
+        SYS_openat => path::sys_openat(ctx, a),
+        SYS_openat2 => path::sys_openat2(ctx, a),
+        SYS_stat => path::sys_stat(ctx, a),
+        SYS_lstat => path::sys_lstat(ctx, a),
+        SYS_newfstatat => path::sys_newfstatat(ctx, a),
+        SYS_statx => path::sys_statx(ctx, a),
+        SYS_access => path::sys_access(ctx, a),
+        SYS_faccessat => path::sys_faccessat(ctx, a),
+        SYS_faccessat2 => path::sys_faccessat2(ctx, a),
+        SYS_readlink => path::sys_readlink(ctx, a),
+        SYS_readlinkat => path::sys_readlinkat(ctx, a),
+        SYS_getdents64 => path::sys_getdents64(ctx, a),
+        SYS_getcwd => path::sys_getcwd(ctx, a),
+        SYS_chdir => path::sys_chdir(ctx, a),
+        SYS_fchdir => path::sys_fchdir(ctx, a),
+        SYS_mkdir => path::sys_mkdir(ctx, a),
+        SYS_mkdirat => path::sys_mkdirat(ctx, a),
+        SYS_unlink => path::sys_unlink(ctx, a),
+        SYS_unlinkat => path::sys_unlinkat(ctx, a),
+        SYS_rmdir => path::sys_rmdir(ctx, a),
+        SYS_rename => path::sys_rename(ctx, a),
+        SYS_renameat => path::sys_renameat(ctx, a),
+        SYS_renameat2 => path::sys_renameat2(ctx, a),
         SYS_brk => mem::sys_brk(ctx, a),
         SYS_mmap => mem::sys_mmap(ctx, a),
         SYS_munmap => mem::sys_munmap(ctx, a),

@@ -33,6 +33,8 @@ pub struct TenantConfig {
     pub warmup: Vec<Request>,
     /// Most bytes of stdout/stderr kept per request.
     pub output_limit: usize,
+    /// What the program sees of the host's files, and the size of its /tmp.
+    pub fs: crate::linux::FsConfig,
 }
 
 impl TenantConfig {
@@ -51,6 +53,7 @@ impl TenantConfig {
             limits: ApiLimits::default(),
             warmup: Vec::new(),
             output_limit: 64 << 10,
+            fs: crate::linux::FsConfig { tmp_bytes: crate::linux::view::DEFAULT_TMP_BYTES, ..Default::default() },
         }
     }
 }

@@ -99,6 +99,7 @@ impl Tenant {
             fast_syscalls: true,
             io: captured_io(cfg.output_limit),
             limits: Some(cfg.limits),
+            fs: &cfg.fs,
         };
         let mut m = boot(program, spec)?;
         let fail = |m: &Machine, end: RunEnd| BootError::Guest {
