@@ -5,9 +5,12 @@
  * Every request answers with the state it found ("fds=... cwd=... tmp=... kept=... pipe=..."),
  * after changing every part of it: a leaked descriptor, dup2 onto 200, chdir("/"), a new
  * /tmp file, /tmp/init.txt unlinked, the kept file's offset moved, the pipe drained.  In an
- * ephemeral tenant every request must report the same state as the first. */
+ * ephemeral tenant every request must report the same state as the first.
+ * "/open" instead opens argv[1] again and reads the kept descriptor ("reopen=0 kept=4:....", or
+ * reopen=-13 on a thread whose seccomp filter refuses opening files). */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,7 +54,16 @@ int main(int argc, char **argv)
 	pipe(pipefd);
 	write(pipefd[1], "x", 1);
 	for (;;) {
-		tvm_wait_for_request();
+		const struct tvm_request *req = tvm_wait_for_request();
+		if (req->path_len == 5 && !memcmp(req->path, "/open", 5)) {
+			/* Open the kept file again now, and read the one opened during init. */
+			int again = open(argc > 1 ? argv[1] : "/proc/cpuinfo", O_RDONLY);
+			char b[8] = {0}, body[64];
+			long k = pread(kept, b, 4, 0);
+			int n = snprintf(body, sizeof body, "reopen=%d kept=%ld:%.4s", again < 0 ? -errno : 0, k, b);
+			respond_headers(200, &type, 1, body, (size_t)n);
+			continue;
+		}
 		char cwd[128] = "?", tmp[256], kept_bytes[8] = {0}, piped[4] = {0};
 		getcwd(cwd, sizeof cwd);
 		list_tmp(tmp, sizeof tmp);

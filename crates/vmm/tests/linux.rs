@@ -249,8 +249,8 @@ fn descriptor_exhaustion_is_emfile_and_tmp_is_bounded() {
     assert_eq!(lines[2], "leak /dev/null = 1021 -24", "EMFILE at 1024 descriptors");
 }
 
-fn probe_tenant(ephemeral: bool) -> vmm::Tenant {
-    let dir = scratch(if ephemeral { "probe-eph" } else { "probe-st" });
+fn probe_tenant(name: &str, ephemeral: bool) -> vmm::Tenant {
+    let dir = scratch(name);
     let kept = dir.join("allowed/a.txt");
     let mut cfg = vmm::TenantConfig::new(args(&["fsprobe", kept.to_str().unwrap()]));
     cfg.ephemeral = ephemeral;
@@ -265,7 +265,7 @@ fn reset_restores_fds_cwd_tmp_offsets_and_pipes() {
     if !kvm_or_skip() {
         return;
     }
-    let t = probe_tenant(true);
+    let t = probe_tenant("probe-eph", true);
     let mut inst = t.instance().unwrap();
     let req = Request { method: b"GET".to_vec(), path: b"/".to_vec(), ..Default::default() };
     let first = String::from_utf8(inst.call(&req).unwrap().response.body).unwrap();
@@ -275,7 +275,7 @@ fn reset_restores_fds_cwd_tmp_offsets_and_pipes() {
         assert_eq!(again, first, "every request starts from the snapshot's files");
     }
     // A stateful tenant keeps them: the second request sees the first one's changes.
-    let mut st = probe_tenant(false).instance().unwrap();
+    let mut st = probe_tenant("probe-st", false).instance().unwrap();
     let one = String::from_utf8(st.call(&req).unwrap().response.body).unwrap();
     let two = String::from_utf8(st.call(&req).unwrap().response.body).unwrap();
     assert_eq!(one, first);
@@ -298,4 +298,23 @@ fn repeated_dynamic_runs_keep_no_host_descriptors() {
     }
     // Other tests run in parallel threads of this process: allow their few descriptors.
     assert!(fds() <= before + 16, "{before} descriptors before {runs} runs, {} after", fds());
+}
+
+#[test]
+fn a_seccomp_restricted_thread_reads_init_files_but_opens_no_new_host_file() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let t = probe_tenant("probe-seccomp", true);
+    let open = Request { method: b"GET".to_vec(), path: b"/open".to_vec(), ..Default::default() };
+    let mut free = t.instance().unwrap();
+    assert_eq!(String::from_utf8(free.call(&open).unwrap().response.body).unwrap(), "reopen=0 kept=4:allo");
+    std::thread::spawn(move || {
+        vmm::sandbox::restrict_current_thread().unwrap();
+        let mut inst = t.instance().unwrap();
+        let body = String::from_utf8(inst.call(&open).unwrap().response.body).unwrap();
+        assert_eq!(body, "reopen=-13 kept=4:allo", "EACCES from the filter, the init-opened file still readable");
+    })
+    .join()
+    .unwrap();
 }
