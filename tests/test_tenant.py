@@ -142,7 +142,7 @@ def test_oversize_request_is_refused_before_running(apps: Path) -> None:
     assert vm.call(Request(body=b"ok")).body == b"ok"
 
 
-def test_boot_failures_are_typed(apps: Path) -> None:
+def test_boot_failures_are_typed(apps: Path, tmp_path: Path) -> None:
     with pytest.raises(tenantvm.NoResponse, match="status"):
         Tenant(apps / "exitcode.musl", args=["5"])
     with pytest.raises(tenantvm.GuestFault):
@@ -150,7 +150,10 @@ def test_boot_failures_are_typed(apps: Path) -> None:
     with pytest.raises(tenantvm.GuestTimeout):
         Tenant(apps / "loop.musl", boot_timeout=0.2)
     with pytest.raises(tenantvm.InvalidProgram):
-        Tenant("/bin/true")
+        (tmp_path / "script").write_text("#!/bin/sh\necho not an ELF\n")
+        Tenant(tmp_path / "script")
+    with pytest.raises(tenantvm.NoResponse, match="status 0"):
+        Tenant("/bin/true")  # dynamically linked: runs, and exits without serving
 
 
 def test_warmup_requests_run_before_the_snapshot(apps: Path) -> None:
