@@ -149,8 +149,8 @@ def test_boot_failures_are_typed(apps: Path, tmp_path: Path) -> None:
         Tenant(apps / "nullwrite.glibc")
     with pytest.raises(tenantvm.GuestTimeout):
         Tenant(apps / "loop.musl", boot_timeout=0.2)
+    (tmp_path / "script").write_text("#!/bin/sh\necho not an ELF\n")
     with pytest.raises(tenantvm.InvalidProgram):
-        (tmp_path / "script").write_text("#!/bin/sh\necho not an ELF\n")
         Tenant(tmp_path / "script")
     with pytest.raises(tenantvm.NoResponse, match="status 0"):
         Tenant("/bin/true")  # dynamically linked: runs, and exits without serving
