@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{app, apps_dir, args, require_kvm};
-use vmm::program::ExitKind;
+use vmm::ExitKind;
 use vmm::{Request, RunConfig};
 
 fn run_with(prog: &Path, argv: &[&str], f: impl FnOnce(&mut RunConfig)) -> vmm::RunOutcome {

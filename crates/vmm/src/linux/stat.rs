@@ -71,7 +71,7 @@ impl FileStat {
     }
 
     /// `struct stat` (x86-64, 144 bytes).
-    pub fn to_stat(&self) -> [u8; 144] {
+    pub fn to_stat(self) -> [u8; 144] {
         let mut b = [0u8; 144];
         let blocks = self.size.div_ceil(512);
         b[0..8].copy_from_slice(&self.dev.to_le_bytes());
@@ -92,7 +92,7 @@ impl FileStat {
     }
 
     /// `struct statx` (256 bytes) with the basic fields.
-    pub fn to_statx(&self) -> [u8; 256] {
+    pub fn to_statx(self) -> [u8; 256] {
         let mut b = [0u8; 256];
         let basic = 0x7ffu32; // STATX_BASIC_STATS
         b[0..4].copy_from_slice(&basic.to_le_bytes());
