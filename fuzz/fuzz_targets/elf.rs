@@ -17,6 +17,13 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(img.segments.iter().any(|s| s.exec && img.entry >= s.vaddr && img.entry < s.vaddr + s.mem_len));
         // Planning where it goes in a VM must not panic either.
-        let _ = vmm::fuzzing::window(&img, 64 << 20, 1 << 20);
+        let _ = vmm::fuzzing::window(img.start, img.end, 64 << 20, 1 << 20);
+        if let Some(path) = &img.interpreter {
+            assert!(path.starts_with('/'));
+        }
+    }
+    // The same bytes as a dynamic linker placed after a program: a value or an error.
+    if let Ok(interp) = ElfImage::parse_interpreter(data, 0x80_0000) {
+        assert!(interp.start >= 0x80_0000 && interp.interpreter.is_none());
     }
 });
