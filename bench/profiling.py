@@ -20,7 +20,7 @@ host the stops land mostly on system call boundaries, which skews the profile to
 whatever makes system calls (it showed ``getpid`` as 6% of all samples).
 
 A second server (``bench/apps/timed_tenantvm.py``: the same application with every
-``TenantVM.call`` timed) shows what one VM call costs inside the server under different loads:
+VM call timed) shows what one VM call costs inside the server under different loads:
 ``wrk -c1``, ``wrk -c16``, and one request every 1 ms or 10 ms (the server idle in between).
 
 Run alone: ``python bench/profiling.py [--seconds S]`` prints the breakdown as JSON.
@@ -184,12 +184,20 @@ _PACKAGE_CATEGORY = [
 ]
 
 
-def _native_call_lines() -> set[int]:
-    """Lines of ``tenantvm/tenant.py`` that call into the native module (the guest runs there)."""
-    import tenantvm.tenant
+#: Modules whose calls into an instance's native object run the guest.
+_NATIVE_CALLERS = ("tenantvm/tenant.py", "tenantvm/batcher.py")
 
-    lines = Path(tenantvm.tenant.__file__).read_text().splitlines()
-    return {i + 1 for i, text in enumerate(lines) if "self._native." in text}
+
+def _native_call_lines() -> set[tuple[str, int]]:
+    """(module, line) of the lines that call into the native module (the guest runs there)."""
+    import tenantvm
+
+    root = Path(tenantvm.__file__).parent.parent
+    out: set[tuple[str, int]] = set()
+    for module in _NATIVE_CALLERS:
+        lines = (root / module).read_text().splitlines()
+        out |= {(module, i + 1) for i, text in enumerate(lines) if "._native." in text}
+    return out
 
 
 def classify_pyspy(raw: Path) -> dict[str, Any]:
@@ -207,7 +215,8 @@ def classify_pyspy(raw: Path) -> dict[str, Any]:
         if leaf["func"].startswith(_IDLE_LEAVES):
             counts["idle"] += int(n)
             continue
-        if leaf["file"].endswith("tenantvm/tenant.py") and leaf["line"] and int(leaf["line"]) in native_lines:
+        module = next((m for m in _NATIVE_CALLERS if leaf["file"].endswith(m)), None)
+        if module and leaf["line"] and (module, int(leaf["line"])) in native_lines:
             counts["native_call"] += int(n)
             continue
         category = "python_other"

@@ -410,7 +410,8 @@ def _profile(profile: dict[str, Any], tight_p50: float | None = None) -> list[st
     if spy:
         busy = sum(v for k, v in spy.items() if k != "idle")
         lines.append(
-            f"py-spy saw the event-loop thread inside the native call (`TenantVM.call` → Rust → KVM) in "
+            "py-spy saw the event-loop thread inside the native call (`TenantVM.call`, or the server's "
+            f"`native_call` → Rust → KVM) in "
             f"{spy.get('native_call', 0) / max(1, busy):.0%} of its busy Python samples."
         )
     inside = profile.get("calls_in_server")
@@ -418,7 +419,7 @@ def _profile(profile: dict[str, Any], tight_p50: float | None = None) -> list[st
         lines += [
             "",
             "**One hello call inside the server** (`bench/apps/timed_tenantvm.py`: the same application with "
-            "`TenantVM.call` timed; a request served in a batch counts an equal share of the batch's time "
+            "every VM call timed; a request served in a batch counts an equal share of the batch's time "
             "and exits), by load:",
             "",
         ]
