@@ -16,6 +16,8 @@
  *   dup               dup/dup2/dup3/F_DUPFD_CLOEXEC/F_GETFD on stdout
  *   mmap PATH         map the file privately and print its first 16 bytes
  *   seek PATH         lseek SEEK_END / pread at 1
+ *   fill PATH MB      write MB MiB into PATH (prints the MiB written, then 0 or -ERRNO)
+ *   alloc MB          malloc and touch MB MiB (prints 0 or -ENOMEM), then free it
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -159,6 +161,26 @@ int main(int argc, char **argv) {
             long end = lseek(fd, 0, SEEK_END), pr = pread(fd, &c, 1, 1);
             printf("%ld %ld %c pipe=%ld\n", end, pr, c, (long)lseek(1, 0, SEEK_CUR) < 0 ? -errno : 0L);
             close(fd);
+        } else if (!strcmp(op, "fill")) {
+            int mb = atoi(argv[i + 2]), done = 0, err = 0;
+            i += 2;
+            int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0) { printf("-%d\n", errno); continue; }
+            static char chunk[1 << 20];
+            memset(chunk, 'x', sizeof chunk);
+            while (done < mb) {
+                if (write(fd, chunk, sizeof chunk) != (long)sizeof chunk) { err = -errno; break; }
+                done++;
+            }
+            close(fd);
+            printf("%d %d\n", done, err);
+        } else if (!strcmp(op, "alloc")) {
+            size_t n = (size_t)atoi(p) << 20;
+            i++;
+            char *m = malloc(n);
+            if (m) memset(m, 1, n);
+            printf("%d\n", m ? 0 : -ENOMEM);
+            free(m);
         } else {
             printf("unknown\n");
         }

@@ -268,6 +268,8 @@ fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) ->
                 None if append => ctx.proc.files.tmp.data(ino)?.len() as u64,
                 None => offset,
             };
+            let len_now = ctx.proc.files.tmp.data(ino)?.len() as u64;
+            tmp_room(ctx, (at + len).saturating_sub(len_now))?;
             ctx.proc.files.tmp.write(ino, at, &bytes)?;
             if pos.is_none() {
                 ctx.proc.files.fds.get_mut(fd)?.offset = at + len;
@@ -724,12 +726,24 @@ pub fn sys_eventfd(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     sys_eventfd2(ctx, [a[0], 0, 0, 0, 0, 0])
 }
 
+/// ENOSPC unless /tmp can grow by `bytes` within the program's memory: /tmp's contents count
+/// against the same budget as brk and mmap (its own limit is checked by the tmpfs).
+fn tmp_room(ctx: &Ctx<'_>, bytes: u64) -> Result<(), Errno> {
+    let m = &ctx.proc.mem;
+    if ctx.proc.files.tmp.used() + bytes + m.committed() > m.arena_size() {
+        return Err(Errno::ENOSPC);
+    }
+    Ok(())
+}
+
 /// ftruncate(fd, length): files in /tmp opened for writing.
 pub fn sys_ftruncate(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     let d = ctx.proc.files.fds.get(a[0])?;
     let len = position(a[1])?;
     match d.file {
         File::Tmp { ino } if d.writable() => {
+            let len_now = ctx.proc.files.tmp.data(ino)?.len() as u64;
+            tmp_room(ctx, len.saturating_sub(len_now))?;
             ctx.proc.files.tmp.truncate(ino, len)?;
             Ok(0)
         }

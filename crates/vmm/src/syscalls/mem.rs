@@ -108,6 +108,17 @@ impl MemoryState {
         page_up(self.brk).unwrap_or(self.top)
     }
 
+    /// Bytes of the arena handed out: the break's pages and every mapping.
+    pub fn committed(&self) -> u64 {
+        let heap = page_up(self.brk).unwrap_or(self.brk).saturating_sub(self.brk_start);
+        heap + self.mappings.iter().map(|(s, (e, _))| e - s).sum::<u64>()
+    }
+
+    /// Size of the arena: the program's memory for brk, mmap and (counted here too) /tmp.
+    pub fn arena_size(&self) -> u64 {
+        self.top.saturating_sub(self.brk_start)
+    }
+
     fn lowest_mapping(&self) -> u64 {
         self.mappings.keys().next().copied().unwrap_or(self.top)
     }
@@ -174,7 +185,10 @@ pub fn sys_brk(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         return Ok(old);
     }
     let Some(want_page) = page_up(want) else { return Ok(old) };
-    if want_page > m.lowest_mapping().min(m.top) {
+    let old_page_end = page_up(old).unwrap_or(old);
+    let grows = want_page.saturating_sub(old_page_end);
+    let tmp = ctx.proc.files.tmp.used();
+    if want_page > m.lowest_mapping().min(m.top) || m.committed() + grows + tmp > m.arena_size() {
         ctx.memory_exhausted = true;
         return Ok(old);
     }
@@ -221,6 +235,12 @@ pub fn sys_mmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     };
     let len = page_up(len).ok_or(Errno::ENOMEM)?;
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
+    // The files in /tmp live in the same budget as the arena (see guest-abi.md).  A fixed
+    // mapping usually replaces one, so only new mappings are checked.
+    let m = &ctx.proc.mem;
+    if !fixed && m.committed() + len + ctx.proc.files.tmp.used() > m.arena_size() {
+        return Err(out_of_memory(ctx));
+    }
     let start = if fixed {
         if addr % PAGE_SIZE != 0 {
             return Err(Errno::EINVAL);
