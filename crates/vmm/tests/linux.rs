@@ -27,7 +27,12 @@ fn ok(out: &vmm::RunOutcome) -> String {
 /// A scratch tree outside /tmp (the guest's /tmp is its own): allowed/{a.txt, link-out ->
 /// ../secret.txt, abs-out -> <abs secret>}, secret.txt beside it.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/linux-tests").join(name);
+    // The build tree, unless the checkout itself is where the guest has its own files (CI may
+    // clone under /tmp): then /var/tmp.
+    let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let guest_owned = ["/tmp", "/dev", "/proc", "/sys"].iter().any(|r| manifest.starts_with(r));
+    let base = if guest_owned { PathBuf::from("/var/tmp/tenantvm-tests") } else { manifest.join("../../target") };
+    let dir = base.join("linux-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("allowed")).unwrap();
     let dir = std::fs::canonicalize(dir).unwrap();

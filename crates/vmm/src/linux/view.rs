@@ -563,12 +563,16 @@ mod tests {
     /// allowed/{a.txt, sub/b.txt, abs -> /etc/passwd-like secret, rel -> ../secret.txt,
     /// inside -> sub/b.txt, up -> .., loop1 -> loop2 -> loop1}; secret.txt next to allowed/.
     fn tree() -> Tree {
-        // Not under /tmp: the guest's /tmp is the view's own, so host paths there cannot be allowed.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tvm-view-tests").join(format!(
-            "{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        // Not under /tmp: the guest's /tmp is the view's own, so host paths there cannot be
+        // allowed.  The build tree is the natural place, unless the checkout itself is under
+        // /tmp (CI may clone there): then /var/tmp.
+        let manifest = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let base = if is_reserved(&manifest.to_string_lossy()) {
+            PathBuf::from("/var/tmp/tenantvm-tests")
+        } else {
+            manifest.join("../../target")
+        };
+        let dir = base.join("tvm-view-tests").join(format!("{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("allowed/sub")).unwrap();
         let dir = std::fs::canonicalize(dir).unwrap();
