@@ -184,6 +184,24 @@ fn reset_restores_only_the_pages_a_request_touched() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn data_right_after_the_kernel_area_is_reset() {
+    // A musl program of a few KiB has its data in the first bitmap word after the kernel area
+    // (whose pages the reset leaves alone): that word must be restored like any other.
+    require_kvm();
+    let t = tenant("small_tenant.musl", |_| {});
+    let image = common::app("small_tenant.musl").image().clone();
+    assert!(image.end - image.start < 256 << 10, "the program must fit in 256 KiB: {image:?}");
+    let mut inst = t.instance().unwrap();
+    let got: Vec<String> = (0..3).map(|_| body(&mut inst, &get("/"))).collect();
+    assert_eq!(got, ["1", "1", "1"]);
+    let mut batched = t.instance().unwrap();
+    let got: Vec<Vec<u8>> =
+        batched.call_batch(&vec![get("/"); 4]).into_iter().map(|r| r.unwrap().response.body).collect();
+    assert_eq!(got, vec![b"1".to_vec(); 4]);
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn pages_that_stop_being_written_stop_being_copied_back() {
     // Pages written in a row stay writable ("hot") and are copied back at every reset; every
     // DEMOTE_EVERY resets they are re-protected, so one no longer written stops costing a copy.
