@@ -4,6 +4,7 @@
  *   POST /          (any path but the two below) digest, apply state changes, digest (below)
  *   POST /code      run the body as x86-64 machine code (called as a function; it may return,
  *                   fault, loop, make system calls, or attack the VM), then answer "returned"
+ *   GET /deep       answer "deep" from a frame 4 KiB down with junk in the callee-saved registers
  *   POST /syscalls  run a list of raw system calls: body = records of 7 little-endian u64
  *                   (number, six arguments); an argument 0xf00d0000_0000xxxx is replaced by
  *                   the address of scratch memory + xxxx.  Answers the return values.  With
@@ -71,6 +72,9 @@ static int have_avx, have_avx512, have_xsave;
 /* The extended register state at the return from wait_for_request, and its size. */
 static uint8_t entry_xstate[8192] __attribute__((aligned(64)));
 static uint32_t xstate_size = 512;
+/* rsp, rbx, r12..r15 at the return from wait_for_request (the callee-saved registers and the
+ * stack pointer are the program's own state: a reset must bring them back too). */
+static uint64_t entry_gprs[6];
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
@@ -131,9 +135,9 @@ static uint64_t digest_xstate(uint64_t h, const uint8_t *x)
 }
 
 /* One digest per part of the state, in this order. */
-enum { P_XSTATE, P_GLOBALS, P_ZEROED, P_TLS, P_HEAP, P_BRK, P_MMAP, P_STACK, P_SCRATCH, P_FDS, P_BREAK,
+enum { P_XSTATE, P_GPRS, P_GLOBALS, P_ZEROED, P_TLS, P_HEAP, P_BRK, P_MMAP, P_STACK, P_SCRATCH, P_FDS, P_BREAK,
        P_MALLOC, P_MMAP_NEXT, P_SIGMASK, NPARTS };
-static const char *const part_names[NPARTS] = { "xstate", "globals", "zeroed", "tls", "heap", "brk", "mmap",
+static const char *const part_names[NPARTS] = { "xstate", "gprs", "globals", "zeroed", "tls", "heap", "brk", "mmap",
 						 "stack", "scratch", "fds", "break", "malloc", "mmap_next",
 						 "sigmask" };
 
@@ -143,6 +147,7 @@ static uint64_t digest_parts(int memory_only, const uint8_t *xstate, uint64_t *p
 	for (int i = 0; i < NPARTS; i++)
 		part[i] = seed;
 	part[P_XSTATE] = digest_xstate(seed, xstate);
+	part[P_GPRS] = fnv(seed, entry_gprs, sizeof entry_gprs);
 	part[P_GLOBALS] = fnv(seed, globals, AREA);
 	part[P_ZEROED] = fnv(seed, zeroed, AREA);
 	part[P_TLS] = fnv(seed, tls, AREA);
@@ -350,16 +355,39 @@ static const struct tvm_request *wait_and_capture(void)
 	register long a4 __asm__("r10") = 0;
 	register long a5 __asm__("r8") = 0;
 	if (have_xsave)
-		__asm__ volatile("syscall\n mov %%rax, %%r9\n mov $-1, %%eax\n mov $-1, %%edx\n xsave (%%rbx)\n mov %%r9, %%rax"
+		__asm__ volatile("syscall\n"
+				 "mov %%rsp, entry_gprs(%%rip)\n mov %%rbx, entry_gprs+8(%%rip)\n mov %%r12, entry_gprs+16(%%rip)\n"
+				 "mov %%r13, entry_gprs+24(%%rip)\n mov %%r14, entry_gprs+32(%%rip)\n mov %%r15, entry_gprs+40(%%rip)\n"
+				 "mov %%rax, %%r9\n mov $-1, %%eax\n mov $-1, %%edx\n xsave (%%rbx)\n mov %%r9, %%rax"
 				 : "+r"(nr)
 				 : "D"(0), "S"(0), "b"(entry_xstate), "r"(a4), "r"(a5)
 				 : "rcx", "r11", "r9", "rdx", "memory");
 	else
-		__asm__ volatile("syscall\n fxsave (%%rbx)"
+		__asm__ volatile("syscall\n"
+				 "mov %%rsp, entry_gprs(%%rip)\n mov %%rbx, entry_gprs+8(%%rip)\n mov %%r12, entry_gprs+16(%%rip)\n"
+				 "mov %%r13, entry_gprs+24(%%rip)\n mov %%r14, entry_gprs+32(%%rip)\n mov %%r15, entry_gprs+40(%%rip)\n"
+				 "fxsave (%%rbx)"
 				 : "+r"(nr)
 				 : "D"(0), "S"(0), "d"(0), "b"(entry_xstate), "r"(a4), "r"(a5)
 				 : "rcx", "r11", "memory");
 	return (const struct tvm_request *)nr;
+}
+
+/* Responds from a frame 4 KiB below main's, with junk in the callee-saved registers: in
+ * ephemeral mode the next request must still start with the snapshot's rsp and registers. */
+static __attribute__((noinline)) void respond_deep(void)
+{
+	volatile uint8_t frame[4096];
+	frame[0] = 1;
+	static const char body[] = "deep";
+	register long r10 __asm__("r10") = (long)body;
+	register long r8 __asm__("r8") = 4;
+	__asm__ volatile("mov $0x1111111111111111, %%rbx\n mov $0x1212121212121212, %%r12\n"
+			 "mov $0x1313131313131313, %%r13\n mov $0x1414141414141414, %%r14\n"
+			 "mov $0x1515151515151515, %%r15\n syscall"
+			 :
+			 : "a"(TVM_SYS_RESPOND), "D"(200), "S"(0), "d"(0), "r"(r10), "r"(r8), "m"(frame[0])
+			 : "rbx", "r12", "r13", "r14", "r15", "rcx", "r11", "memory");
 }
 
 static int is_query(const struct tvm_request *r, const char *q)
@@ -398,6 +426,10 @@ int main(void)
 		/* Used in place, never copied: a copy would pass the request's random bytes through
 		 * vector registers, and the digests must depend on nothing random. */
 		const struct tvm_request *req = wait_and_capture();
+		if (is_path(req, "/deep")) {
+			respond_deep();
+			continue;
+		}
 		if (is_path(req, "/code")) {
 			run_code((const uint8_t *)req->body, req->body_len);
 			continue;

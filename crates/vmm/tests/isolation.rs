@@ -281,3 +281,24 @@ fn the_probe_sees_every_kind_of_state_when_it_is_kept() {
     inst.call(&syscalls_request(&[[63, common::probe::SCRATCH, 0, 0, 0, 0, 0]], false)).unwrap();
     assert_ne!(answer(&mut inst, &digest_request(&[], "")), clean, "a host write was not visible");
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn the_stack_pointer_and_registers_at_respond_are_not_the_next_requests() {
+    // `/deep` responds from a frame 4 KiB below main's with junk in rbx and r12-r15; the probe
+    // digests rsp and those registers as they are at the return from wait_for_request.
+    require_kvm();
+    let t = isolate();
+    let deep = Request { method: b"GET".to_vec(), path: b"/deep".to_vec(), ..Default::default() };
+    for query in ["mem", ""] {
+        let clean = fresh(&t, &digest_request(&[], query));
+        let mut inst = t.instance().unwrap();
+        assert_eq!(answer(&mut inst, &deep), "deep");
+        assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean, "single calls (query {query:?})");
+        let got =
+            inst.call_batch(&[deep.clone(), digest_request(&[], query), deep.clone(), digest_request(&[], query)]);
+        let bodies: Vec<String> =
+            got.iter().map(|r| String::from_utf8_lossy(&r.as_ref().unwrap().response.body).into_owned()).collect();
+        assert_eq!(bodies, ["deep", clean.as_str(), "deep", clean.as_str()], "batched (query {query:?})");
+    }
+}
