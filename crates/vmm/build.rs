@@ -164,6 +164,29 @@ fn mark_vm_tests_ignored_without_kvm() {
         println!("cargo:rustc-cfg=tenantvm_no_kvm");
         println!("cargo:warning=no usable /dev/kvm: the VM tests will be reported as ignored");
     }
+    // Likewise the tests that starve a thread with a SCHED_FIFO thread.
+    println!("cargo::rustc-check-cfg=cfg(tenantvm_no_realtime)");
+    if !required && !realtime_allowed() {
+        println!("cargo:rustc-cfg=tenantvm_no_realtime");
+        println!("cargo:warning=SCHED_FIFO not allowed: the starvation tests will be reported as ignored");
+    }
+}
+
+/// Whether this process may use SCHED_FIFO: it has CAP_SYS_NICE, or a real-time priority limit.
+fn realtime_allowed() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_sys_nice = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 23) != 0);
+    let limits = fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let rtprio = limits
+        .lines()
+        .find(|l| l.starts_with("Max realtime priority"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .is_some_and(|soft| soft == "unlimited" || soft.parse::<u64>().is_ok_and(|n| n > 0));
+    cap_sys_nice || rtprio
 }
 
 /// /dev/kvm opens and answers KVM_GET_API_VERSION with 12.

@@ -343,6 +343,7 @@ fn ok(r: Result<vmm::CallResult, vmm::CallError>) -> Vec<u8> {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+#[cfg_attr(tenantvm_no_realtime, ignore = "SCHED_FIFO not allowed")]
 fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
     require_kvm();
     let ms = std::time::Duration::from_millis;
