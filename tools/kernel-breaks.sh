@@ -20,13 +20,13 @@ skip=(-- --skip time_the_host_kept --skip wall_clock_limit --skip sleeping_is_ch
 # name @ file @ exact text @ replacement @ what it breaks
 BREAKS=$(
 	cat <<'EOF'
-no-restore@kernel.c@				restore_page(va, page);@				(void)page;@in-guest reset restores no page
-no-zero-fill@kernel.c@		zero_page(va);@		(void)va;@pages that were zero at the snapshot are not zeroed again
+no-restore@kernel.c@				restore_page(va, page);@				if (0) restore_page(va, page);@in-guest reset restores no page
+no-zero-fill@kernel.c@		zero_page(va);@		if (0) zero_page(va);@pages that were zero at the snapshot are not zeroed again
 host-touched-ignored@kernel.c@	if (VB(VB_HOST_TOUCHED) || i >= VB(VB_COUNT) || i >= VB_MAX)@	if (i >= VB(VB_COUNT) || i >= VB_MAX)@a request the host wrote memory for is reset in the guest (Dirty bits only)
 hot-not-restored@kernel.c@				restore_page(va, page);@				if (streak[page] < VB_HOT_AFTER) restore_page(va, page);@pages dirty in a row (hot) are not restored
 accessed-inverted@kernel.c@!(*pde & PTE_A))@(*pde & PTE_A))@page tables the CPU walked are skipped
 last-page-skipped@kernel.c@			for (u64 i = first; i < last; i++) {@			for (u64 i = first; i + 1 < last; i++) {@the last page of every range is not restored
-no-invlpg@kernel.c@				invlpg(va);@				(void)va;@a cleared Dirty bit stays cached in the TLB (the next write sets no Dirty bit)
+no-invlpg@kernel.c@				invlpg(va);@				if (0) invlpg(va);@a cleared Dirty bit stays cached in the TLB (the next write sets no Dirty bit)
 no-xrstor@kernel.S@	xrstor	KBASE + GPA_XSAVE@	nop@extended register state is not restored
 no-fs-base@kernel.S@	wrfsbase %rax@	nop@the FS base (TLS pointer) is not restored
 no-rsp@kernel.S@	mov	SNAP(6), %rsp@	nop@a batched request starts on the previous one's stack pointer
@@ -35,7 +35,8 @@ EOF
 )
 
 mkdir -p "$tree"
-# The scratch copy: sources only (no target, .venv, build outputs).
+# The scratch copy: sources only (no target, .venv, build outputs); its build is kept.
+find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 tar -C "$root" --exclude=./target --exclude=./.venv --exclude=./fuzz/target --exclude=./apps/build -cf - . | tar -C "$tree" -xf -
 export CARGO_TARGET_DIR=$tree/target TENANTVM_REQUIRE_KVM=1 TENANTVM_APPS=$root/apps/build
 guest=$tree/crates/vmm/guest
@@ -64,12 +65,16 @@ if text.count(old) != 1:
 open(path, "w").write(text.replace(old, new))
 PY
 	log=$tree/$name.log
-	if (cd "$tree" && cargo test -p tenantvm-vmm --release --no-fail-fast "${tests[@]}" "${skip[@]}" >"$log" 2>&1); then
+	if ! (cd "$tree" && cargo build -q -p tenantvm-vmm --release --tests >"$log" 2>&1); then
+		# A break that does not build proves nothing about the tests.
+		echo "NOBUILD $name: $what (see $log)"
+		missed=$((missed + 1))
+	elif (cd "$tree" && cargo test -p tenantvm-vmm --release --no-fail-fast "${tests[@]}" "${skip[@]}" >"$log" 2>&1); then
 		echo "MISSED  $name: $what"
 		missed=$((missed + 1))
 	else
-		failed=$(grep -E '^test .* FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | sort -u | tr '\n' ' ')
-		[ -n "$failed" ] || failed="(build or run failure, see $log)"
+		failed=$(grep -E '^test .* FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | sort -u | tr '\n' ' ' || true)
+		[ -n "$failed" ] || failed="(a test binary crashed, see $log)"
 		echo "CAUGHT  $name: $what -- by: $failed"
 	fi
 done <<<"$BREAKS"
