@@ -203,13 +203,16 @@ fn data_right_after_the_kernel_area_is_reset() {
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn pages_that_stop_being_written_stop_being_copied_back() {
+    // Resets between two demotions (reset.rs's DEMOTE_EVERY, 64; loops of more than twice
+    // that cross a demotion whatever its exact period up to 128).
+    const DEMOTE_EVERY: u64 = 130;
     // Pages written in a row stay writable ("hot") and are copied back at every reset; every
     // DEMOTE_EVERY resets they are re-protected, so one no longer written stops costing a copy.
     require_kvm();
     let mut inst = tenant("misbehave", |_| {}).instance().unwrap();
     let dirty = |kb: u32| Request { path: b"/dirty".to_vec(), query: format!("kb={kb}").into_bytes(), ..get("/") };
     // Past the first demotion, so a schedule that demoted only early on would show.
-    for _ in 0..vmm::reset::DEMOTE_EVERY + 6 {
+    for _ in 0..DEMOTE_EVERY + 6 {
         inst.call(&dirty(0)).unwrap();
     }
     let base = inst.stats().last_reset;
@@ -221,7 +224,7 @@ fn pages_that_stop_being_written_stop_being_copied_back() {
     }
     let hot = inst.stats().last_reset;
     assert!(hot.hot_pages >= base.hot_pages + 16, "16 pages written 4 times in a row: {base:?} then {hot:?}");
-    for _ in 0..vmm::reset::DEMOTE_EVERY + 4 {
+    for _ in 0..DEMOTE_EVERY + 4 {
         inst.call(&dirty(0)).unwrap();
     }
     let after = inst.stats().last_reset;
