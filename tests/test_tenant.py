@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import threading
 from pathlib import Path
 
@@ -213,3 +214,8 @@ def test_shared_constants_come_from_the_vmm() -> None:
     settings = tenantvm.config.TenantConfig(name="t", hosts=("t",), program=Path("p"))
     assert settings.timeout_ms == round(defaults["timeout"] * 1000)
     assert settings.max_response_bytes == defaults["max_response_bytes"]
+    # A one-shot run's defaults: the signature of tenantvm.run shows the VMM's.
+    run_defaults = inspect.signature(tenantvm.run).parameters
+    assert run_defaults["timeout"].default == _native.RUN_DEFAULTS["timeout"] == 10.0
+    assert run_defaults["memory_mb"].default == _native.RUN_DEFAULTS["memory_mb"] == 64
+    assert run_defaults["tmp_mb"].default == _native.RUN_DEFAULTS["tmp_mb"] == 16

@@ -52,6 +52,15 @@ API_SYSCALLS: dict[int, str]
 MAX_BATCH: int
 TENANT_DEFAULTS: TenantDefaults
 
+class RunDefaults(TypedDict):
+    """A one-shot run's limits when not given (``RunConfig::new`` in the VMM)."""
+
+    timeout: float
+    memory_mb: int
+    tmp_mb: int
+
+RUN_DEFAULTS: RunDefaults
+
 class DoctorReport(TypedDict):
     """The host's KVM as ``tenantvm doctor`` reports it."""
 

@@ -405,8 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: the program's; 139 fault, 124 timeout, 137 out of memory, 126 not runnable, "
         "127 not found, 1 host failure.",
     )
-    run.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S", help="time limit (default 10)")
-    run.add_argument("--memory-mb", type=_memory, default=64, metavar="N", help="guest memory in MiB (default 64)")
+    d = _native.RUN_DEFAULTS
+    run.add_argument(
+        "--timeout", type=_positive_float, default=d["timeout"], metavar="S", help="time limit (default %(default)g)"
+    )
+    run.add_argument(
+        "--memory-mb", type=_memory, default=d["memory_mb"], metavar="N", help="guest memory, MiB (default %(default)s)"
+    )
     run.add_argument(
         "--env", type=_env_entry, action="append", metavar="K=V", help="set an environment variable (repeatable)"
     )
@@ -419,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:GUEST",
         help="let the program read HOST at GUEST (repeatable)",
     )
-    run.add_argument("--tmp-mb", type=_tmp_mb, default=16, metavar="N", help="size of its private /tmp (default 16)")
+    run.add_argument(
+        "--tmp-mb", type=_tmp_mb, default=d["tmp_mb"], metavar="N", help="its private /tmp, MiB (default %(default)s)"
+    )
     run.add_argument("program", metavar="PROGRAM", help="an x86-64 Linux executable (static or dynamic)")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments passed to PROGRAM")
     run.set_defaults(func=_cmd_run)

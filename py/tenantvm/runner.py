@@ -161,8 +161,10 @@ def _program_path(path: str | os.PathLike[str]) -> str:
     return fspath
 
 
+#: A one-shot run's limits when not given, from the VMM (its ``RunConfig::new``).
+_RUN_DEFAULTS = _native.RUN_DEFAULTS
 #: Default size of the guest's private /tmp, in MiB.
-DEFAULT_TMP_MB = 16
+DEFAULT_TMP_MB: int = _RUN_DEFAULTS["tmp_mb"]
 
 
 def _fs_args(
@@ -196,8 +198,8 @@ def run(
     env: Mapping[StrOrBytes, StrOrBytes] | None = None,
     stdin: bytes | bytearray | memoryview | None = b"",
     *,
-    timeout: float = 10.0,
-    memory_mb: int = 64,
+    timeout: float = _RUN_DEFAULTS["timeout"],
+    memory_mb: int = _RUN_DEFAULTS["memory_mb"],
     capture_output: bool = True,
     argv0: StrOrBytes | None = None,
     allow_read: Iterable[str | os.PathLike[str]] = (),

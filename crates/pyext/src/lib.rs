@@ -245,8 +245,8 @@ fn restrict_current_thread(py: Python<'_>) -> PyResult<()> {
 
 /// The constants Python shares with the VMM, exported from their one source (guest/layout.h
 /// and the VMM's defaults) rather than repeated: `API_SYSCALLS` (number → name of the request
-/// API's system calls), `MAX_BATCH` (most requests per `call_batch` run) and `TENANT_DEFAULTS`
-/// (a tenant's configuration when not given).
+/// API's system calls), `MAX_BATCH` (most requests per `call_batch` run), `TENANT_DEFAULTS`
+/// (a tenant's configuration when not given) and `RUN_DEFAULTS` (a one-shot run's limits).
 fn constants(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("API_SYSCALLS", vmm::API_SYSCALLS.into_iter().collect::<BTreeMap<u64, &str>>())?;
@@ -263,6 +263,12 @@ fn constants(m: &Bound<'_, PyModule>) -> PyResult<()> {
     d.set_item("max_response_header_bytes", cfg.limits.max_response_header_bytes)?;
     d.set_item("output_limit", cfg.output_limit)?;
     m.add("TENANT_DEFAULTS", d)?;
+    let run = vmm::RunConfig::new(Vec::new());
+    let d = PyDict::new(py);
+    d.set_item("timeout", run.timeout.as_secs_f64())?;
+    d.set_item("memory_mb", run.memory >> 20)?;
+    d.set_item("tmp_mb", run.fs.tmp_bytes >> 20)?;
+    m.add("RUN_DEFAULTS", d)?;
     Ok(())
 }
 
