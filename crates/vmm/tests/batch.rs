@@ -81,18 +81,7 @@ fn failures_in_a_batch_are_per_request() {
         c.timeout = Duration::from_millis(300);
     });
     let mut inst = t.instance().unwrap();
-    type Check = fn(&Failure) -> bool;
-    let cases: Vec<(&str, Check)> = vec![
-        ("/fault", |k| matches!(k, Failure::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
-        ("/illegal", |k| matches!(k, Failure::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
-        ("/spin", |k| matches!(k, Failure::Timeout { .. })),
-        ("/exit", |k| matches!(k, Failure::NoResponse(m) if m.contains("status 3"))),
-        ("/abort", |k| matches!(k, Failure::NoResponse(m) if m.contains("signal 6"))),
-        ("/wait", |k| matches!(k, Failure::NoResponse(_))),
-        ("/big", |k| matches!(k, Failure::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
-        ("/badptr", |k| matches!(k, Failure::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
-        ("/oom", |k| matches!(k, Failure::OutOfMemory { .. })),
-    ];
+    let cases = common::misbehave_failures();
     // Each failure between two good requests, all in one batch.
     let mut reqs = vec![req("/count")];
     for (path, _) in &cases {

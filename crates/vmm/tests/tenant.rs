@@ -118,8 +118,6 @@ fn oversize_request_is_refused_without_running() {
     assert_eq!(body(&mut inst, &Request { body: b"ok".to_vec(), ..get("/") }), "ok");
 }
 
-type Check = fn(&Failure) -> bool;
-
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
@@ -131,18 +129,8 @@ fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
             c.timeout = std::time::Duration::from_millis(1000);
         });
         let mut inst = t.instance().unwrap();
-        let cases: Vec<(&str, Check)> = vec![
-            ("/fault", |k| matches!(k, Failure::Fault(vmm::GuestFault::PageFault { address: 0, .. }))),
-            ("/illegal", |k| matches!(k, Failure::Fault(vmm::GuestFault::InvalidOpcode { .. }))),
-            ("/spin", |k| matches!(k, Failure::Timeout { .. })),
-            ("/sleep?ms=1000", |k| matches!(k, Failure::Timeout { .. })),
-            ("/exit", |k| matches!(k, Failure::NoResponse(m) if m.contains("status 3"))),
-            ("/abort", |k| matches!(k, Failure::NoResponse(m) if m.contains("signal 6"))),
-            ("/wait", |k| matches!(k, Failure::NoResponse(_))),
-            ("/big", |k| matches!(k, Failure::Fault(vmm::GuestFault::ResponseTooLarge { what: "body", .. }))),
-            ("/badptr", |k| matches!(k, Failure::Fault(vmm::GuestFault::BadPointer { address: 0x10, .. }))),
-            ("/oom", |k| matches!(k, Failure::OutOfMemory { .. })),
-        ];
+        let mut cases = common::misbehave_failures();
+        cases.push(("/sleep?ms=1000", |k| matches!(k, Failure::Timeout { .. })));
         for (path, expected) in cases {
             let (p, q) = path.split_once('?').unwrap_or((path, ""));
             let req = Request { path: p.as_bytes().to_vec(), query: q.as_bytes().to_vec(), ..get("/") };

@@ -48,3 +48,23 @@ pub fn tenant(name: &str, f: impl FnOnce(&mut vmm::TenantConfig)) -> vmm::Tenant
     f(&mut cfg);
     vmm::Tenant::boot(&app(name), cfg).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
+
+/// How a request to one of `misbehave`'s failing endpoints must end.
+pub type FailureCheck = fn(&vmm::Failure) -> bool;
+
+/// `misbehave`'s failing endpoints and the typed failure each must give (shared by the
+/// single-call and batched tests, so both check the same list).
+pub fn misbehave_failures() -> Vec<(&'static str, FailureCheck)> {
+    use vmm::{Failure, GuestFault};
+    vec![
+        ("/fault", |k| matches!(k, Failure::Fault(GuestFault::PageFault { address: 0, .. }))),
+        ("/illegal", |k| matches!(k, Failure::Fault(GuestFault::InvalidOpcode { .. }))),
+        ("/spin", |k| matches!(k, Failure::Timeout { .. })),
+        ("/exit", |k| matches!(k, Failure::NoResponse(m) if m.contains("status 3"))),
+        ("/abort", |k| matches!(k, Failure::NoResponse(m) if m.contains("signal 6"))),
+        ("/wait", |k| matches!(k, Failure::NoResponse(_))),
+        ("/big", |k| matches!(k, Failure::Fault(GuestFault::ResponseTooLarge { what: "body", .. }))),
+        ("/badptr", |k| matches!(k, Failure::Fault(GuestFault::BadPointer { address: 0x10, .. }))),
+        ("/oom", |k| matches!(k, Failure::OutOfMemory { .. })),
+    ]
+}
