@@ -88,6 +88,7 @@ def test_the_wheel_carries_the_example_programs_and_the_sdk(wheel: Path) -> None
     assert "tenantvm/examples/tenants.toml" in names
     assert "tenantvm/sdk/tenantvm.h" in names
     assert "tenantvm/sdk/examples/hello.c" in names
+    assert {"tenantvm/sdk/lib/libtenantvm.so", "tenantvm/sdk/lib/libtenantvm.a"} <= names
 
 
 @pytest.mark.slow
@@ -200,5 +201,7 @@ def test_sdk_command_prints_the_package_sdk(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out == f"{bundled.SDK_DIR}\n"
     assert cli.main(["sdk", "--cflags"]) == 0
     assert capsys.readouterr().out == f"-I{bundled.SDK_DIR}\n"
+    assert cli.main(["sdk", "--libs"]) == 0
+    assert capsys.readouterr().out == f"-L{bundled.SDK_LIB_DIR} -ltenantvm\n"
     assert cli.main(["sdk"]) == 0
     assert str(bundled.SDK_HEADER) in capsys.readouterr().out

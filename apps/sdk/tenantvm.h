@@ -13,10 +13,17 @@
  *         }
  *     }
  *
- * The API is two raw system calls with numbers far above Linux's (docs/guest-abi.md), so any
- * language that can issue `syscall` can use it.  In ephemeral mode the VM is reset to the
- * snapshot after every response: nothing a request does is seen by the next one, and code
- * after respond() never runs.  In stateful mode respond() returns and the loop continues.
+ * The API is three raw system calls with numbers far above Linux's (docs/guest-abi.md), so any
+ * language that can issue `syscall` can use it.
+ *
+ * The same functions (the tvm_* ones) are exported by libtenantvm.so / libtenantvm.a, a plain C
+ * ABI for other languages' FFIs (docs/guest-abi.md, "libtenantvm").  Define TVM_USE_LIBRARY
+ * before including this header to declare them instead of defining them inline, and link with
+ * -ltenantvm.
+ *
+ * In ephemeral mode the VM is reset to the snapshot after every response: nothing a request
+ * does is seen by the next one, and code after respond() never runs.  In stateful mode
+ * respond() returns and the loop continues.
  *
  * The request lives in a read-only area at TVM_REQUEST_VA, valid until the next
  * wait_for_request(); every string is also NUL-terminated (the length does not count it).
@@ -32,6 +39,8 @@
 #define TVM_SYS_RESPOND_AND_WAIT 0x10002L
 #define TVM_REQUEST_VA 0x7f0000000000UL
 #define TVM_SHARED_VA 0x7e0000000000UL
+/* The version of libtenantvm's ABI (tvm_abi_version()); it changes only incompatibly. */
+#define TVM_ABI_VERSION 1
 
 struct tvm_header {
 	const char *name;
@@ -71,26 +80,30 @@ static inline long tvm_syscall5(long n, long a, long b, long c, long d, long e)
 	return ret;
 }
 
+/*
+ * TVM_API marks the functions libtenantvm exports.  Header-only use (the default) defines them
+ * static inline; with TVM_USE_LIBRARY they are only declared, and come from the library (whose
+ * own source defines TVM_BUILDING_LIBRARY to give them their exported definitions).
+ */
+#if defined(TVM_BUILDING_LIBRARY)
+#define TVM_API __attribute__((visibility("default")))
+#define TVM_DEFINE 1
+#elif defined(TVM_USE_LIBRARY)
+#define TVM_API extern
+#define TVM_DEFINE 0
+#else
+#define TVM_API static inline
+#define TVM_DEFINE 1
+#endif
+
+/* The ABI version of these functions and structures: TVM_ABI_VERSION. */
+TVM_API unsigned int tvm_abi_version(void);
 /* Blocks until the next request and returns it (read-only, valid until the next call). */
-static inline const struct tvm_request *tvm_wait_for_request(void)
-{
-	return (const struct tvm_request *)tvm_syscall5(TVM_SYS_WAIT_FOR_REQUEST, 0, 0, 0, 0, 0);
-}
-
-/* Copies the next request's descriptor into *req. */
-static inline void wait_for_request(struct tvm_request *req)
-{
-	*req = *tvm_wait_for_request();
-}
-
+TVM_API const struct tvm_request *tvm_wait_for_request(void);
 /* Sends the response.  Headers and body are copied out before this returns (stateful mode)
- * or the VM is reset (ephemeral mode).  Returns 0. */
-static inline long respond_headers(int status, const struct tvm_header *headers, size_t header_count,
-				   const void *body, size_t body_len)
-{
-	return tvm_syscall5(TVM_SYS_RESPOND, status, (long)headers, (long)header_count, (long)body, (long)body_len);
-}
-
+ * or the VM is reset (ephemeral mode: it never returns).  Returns 0. */
+TVM_API long tvm_respond(int status, const struct tvm_header *headers, size_t header_count, const void *body,
+			 size_t body_len);
 /* Responds and waits for the next request in one system call, returning it.  In stateful mode
  * this makes a request cost one VM exit instead of two (respond, then wait_for_request):
  *
@@ -100,12 +113,15 @@ static inline long respond_headers(int status, const struct tvm_header *headers,
  *         req = tvm_respond_and_wait(200, headers, n, body, len);
  *     }
  */
-static inline const struct tvm_request *tvm_respond_and_wait(int status, const struct tvm_header *headers,
-							     size_t header_count, const void *body, size_t body_len)
-{
-	return (const struct tvm_request *)tvm_syscall5(TVM_SYS_RESPOND_AND_WAIT, status, (long)headers,
-							(long)header_count, (long)body, (long)body_len);
-}
+TVM_API const struct tvm_request *tvm_respond_and_wait(int status, const struct tvm_header *headers,
+						       size_t header_count, const void *body, size_t body_len);
+/* tvm_respond with one header, Content-Type: content_type (NUL-terminated). */
+TVM_API long tvm_respond_simple(int status, const char *content_type, const void *body, size_t body_len);
+/* The first header named `name` (NUL-terminated, ASCII case-insensitive), or NULL. */
+TVM_API const struct tvm_header *tvm_header(const struct tvm_request *req, const char *name);
+/* The tenant's shared memory (shared by every instance, never reset; TVM_SHARED_VA).  It is
+ * mapped only if the tenant has shared memory.  Use atomics: instances run in parallel. */
+TVM_API void *tvm_shared(void);
 
 static inline size_t tvm_strlen(const char *s)
 {
@@ -115,21 +131,37 @@ static inline size_t tvm_strlen(const char *s)
 	return n;
 }
 
-/* respond(status, content_type, body, len): the common case, one Content-Type header. */
-static inline long respond(int status, const char *content_type, const void *body, size_t body_len)
+#if TVM_DEFINE
+TVM_API unsigned int tvm_abi_version(void)
+{
+	return TVM_ABI_VERSION;
+}
+
+TVM_API const struct tvm_request *tvm_wait_for_request(void)
+{
+	return (const struct tvm_request *)tvm_syscall5(TVM_SYS_WAIT_FOR_REQUEST, 0, 0, 0, 0, 0);
+}
+
+TVM_API long tvm_respond(int status, const struct tvm_header *headers, size_t header_count, const void *body,
+			 size_t body_len)
+{
+	return tvm_syscall5(TVM_SYS_RESPOND, status, (long)headers, (long)header_count, (long)body, (long)body_len);
+}
+
+TVM_API const struct tvm_request *tvm_respond_and_wait(int status, const struct tvm_header *headers,
+						       size_t header_count, const void *body, size_t body_len)
+{
+	return (const struct tvm_request *)tvm_syscall5(TVM_SYS_RESPOND_AND_WAIT, status, (long)headers,
+							(long)header_count, (long)body, (long)body_len);
+}
+
+TVM_API long tvm_respond_simple(int status, const char *content_type, const void *body, size_t body_len)
 {
 	struct tvm_header h = { "content-type", 12, content_type, tvm_strlen(content_type) };
-	return respond_headers(status, &h, 1, body, body_len);
+	return tvm_respond(status, &h, 1, body, body_len);
 }
 
-/* respond_text(status, content_type, "NUL-terminated body") */
-static inline long respond_text(int status, const char *content_type, const char *body)
-{
-	return respond(status, content_type, body, tvm_strlen(body));
-}
-
-/* The value of the first header named `name` (ASCII case-insensitive), or NULL. */
-static inline const struct tvm_header *tvm_header(const struct tvm_request *req, const char *name)
+TVM_API const struct tvm_header *tvm_header(const struct tvm_request *req, const char *name)
 {
 	size_t n = tvm_strlen(name);
 	for (uint32_t i = 0; i < req->header_count; i++) {
@@ -152,11 +184,38 @@ static inline const struct tvm_header *tvm_header(const struct tvm_request *req,
 	return 0;
 }
 
-/* The tenant's shared memory (shared by every instance, never reset), or NULL if the tenant
- * has none.  Use atomics: instances run in parallel. */
-static inline void *tvm_shared(void)
+TVM_API void *tvm_shared(void)
 {
 	return (void *)TVM_SHARED_VA;
 }
+#endif /* TVM_DEFINE */
 
+/* The C conveniences, over the functions above. */
+
+/* Copies the next request's descriptor into *req. */
+static inline void wait_for_request(struct tvm_request *req)
+{
+	*req = *tvm_wait_for_request();
+}
+
+/* tvm_respond: status, headers, body. */
+static inline long respond_headers(int status, const struct tvm_header *headers, size_t header_count,
+				   const void *body, size_t body_len)
+{
+	return tvm_respond(status, headers, header_count, body, body_len);
+}
+
+/* respond(status, content_type, body, len): the common case, one Content-Type header. */
+static inline long respond(int status, const char *content_type, const void *body, size_t body_len)
+{
+	return tvm_respond_simple(status, content_type, body, body_len);
+}
+
+/* respond_text(status, content_type, "NUL-terminated body") */
+static inline long respond_text(int status, const char *content_type, const char *body)
+{
+	return respond(status, content_type, body, tvm_strlen(body));
+}
+
+#undef TVM_DEFINE
 #endif

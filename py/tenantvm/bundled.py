@@ -6,6 +6,7 @@ the wheel is packed (``pip install .``) and ``make build`` runs in the source tr
     tenantvm/examples/tenants.toml   the bundled tenants file (``tenantvm serve`` without --config)
     tenantvm/examples/bin/           its programs: the example tenants, static x86-64 executables
     tenantvm/sdk/tenantvm.h          the C SDK header (``tenantvm sdk --path``)
+    tenantvm/sdk/lib/                libtenantvm.so and libtenantvm.a: the request API as a C ABI
     tenantvm/sdk/examples/           the examples' sources, to start a tenant from
 
 Build a tenant against the installed SDK with::
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["EXAMPLES_DIR", "SDK_DIR", "SDK_HEADER", "MissingPackageData", "sdk_dir"]
+__all__ = ["EXAMPLES_DIR", "SDK_DIR", "SDK_HEADER", "SDK_LIB_DIR", "MissingPackageData", "sdk_dir"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: The example tenants: their tenants file, and their programs in ``bin/``.
@@ -26,6 +27,8 @@ EXAMPLES_DIR = _PACKAGE_DIR / "examples"
 SDK_DIR = _PACKAGE_DIR / "sdk"
 #: The C SDK header.
 SDK_HEADER = SDK_DIR / "tenantvm.h"
+#: ``libtenantvm.so`` and ``libtenantvm.a``, for languages' FFIs and C tenants that link them.
+SDK_LIB_DIR = SDK_DIR / "lib"
 
 _BUILD_HINT = (
     "this tenantvm was installed without its build step: in a source tree run `make -C apps package` "

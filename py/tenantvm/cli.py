@@ -6,7 +6,7 @@
     tenantvm doctor [--json]
     tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N] [--interface rsgi|asgi]
     tenantvm check [FILE]
-    tenantvm sdk [--path | --cflags]
+    tenantvm sdk [--path | --cflags | --libs]
 
 ``serve`` validates the tenants file (``--config``, else ``$TENANTVM_CONFIG``, else the bundled
 examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's RSGI interface, the faster
@@ -379,12 +379,15 @@ def _cmd_sdk(ns: argparse.Namespace) -> int:
         print(sdk)
     elif ns.cflags:
         print(f"-I{sdk}")
+    elif ns.libs:
+        print(f"-L{bundled.SDK_LIB_DIR} -ltenantvm")
     else:
         print(f"tenantvm guest SDK: {sdk}")
         print(f"  header:    {bundled.SDK_HEADER}")
         if (sdk / "examples").is_dir():
             print(f"  examples:  {sdk / 'examples'}")
         print(f"  build:     gcc -static -O2 -I{sdk} -o mytenant mytenant.c")
+        print(f"  library:   {bundled.SDK_LIB_DIR} (libtenantvm.so/.a, the request API for any FFI)")
         print(f"  programs:  {bundled.EXAMPLES_DIR / 'bin'} (the example tenants, as served by default)")
     return 0
 
@@ -502,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     sdk_what = sdk.add_mutually_exclusive_group()
     sdk_what.add_argument("--path", action="store_true", help="print the SDK directory (it holds tenantvm.h)")
     sdk_what.add_argument("--cflags", action="store_true", help="print the C compiler flags to use the SDK")
+    sdk_what.add_argument("--libs", action="store_true", help="print the linker flags to link libtenantvm")
     sdk.set_defaults(func=_cmd_sdk)
     return parser
 
