@@ -63,7 +63,10 @@ hosts = ["Hello.Example:8080", "localhost"]
 program = "bin/hello"
 timeout_ms = 7
 env = { C = "tenant" }
-warmup = [{ path = "/", headers = { x-warm = "1" } }, { method = "POST", path = "/w", query = "q=1", body = "{}" }]
+warmup = [
+    { path = "/", headers = { x-warm = "1" } },
+    { method = "POST", path = "/w", query = "q=1", body = "{}", repeat = 2 },
+]
 
 [tenants.echo]
 hosts = ["echo.example"]
@@ -89,6 +92,7 @@ def test_inheritance_defaults_group_tenant(tmp_path: Path, programs: Path) -> No
     assert dict(hello.env) == {"A": "defaults", "B": "group", "C": "tenant"}  # merged key by key
     assert hello.warmup == (
         WarmupRequest(headers=(("x-warm", "1"),)),
+        WarmupRequest(method="POST", path="/w", query="q=1", body=b"{}"),
         WarmupRequest(method="POST", path="/w", query="q=1", body=b"{}"),
     )
     echo = f.tenant("echo")
@@ -181,6 +185,8 @@ BASE = '[tenants.web]\nhosts = ["web.example"]\nprogram = "bin/hello"\n'
         ("env = { A = 1 }", "env", "variable 'A' must be a string"),
         ('warmup = [{ path = "x" }]', "warmup", "path must start with '/'"),
         ('warmup = [{ pth = "/" }]', "warmup", "unknown key 'pth'"),
+        ("warmup = [{ repeat = 0 }]", "warmup", "repeat must be an integer between 1 and 10000, not 0"),
+        ('warmup = [{ repeat = "9" }]', "warmup", "repeat must be an integer"),
         ('group = "nope"', "group", "no group named 'nope'"),
     ],
 )
@@ -288,6 +294,24 @@ def test_check_boots_every_tenant_of_the_bundled_file(app) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     for name in ("hello", "counter", "echo", "calc"):
         assert any(line.split()[:2] == [name, "ok"] for line in p.stdout.splitlines()), p.stdout
+    # The runtime tenants boot wherever their runtime is installed (tools/setup-host.sh does).
+    for name, runtime in (("python", "/usr/bin/python3"), ("shop", "/usr/bin/python3"), ("lua", "/usr/bin/lua5.4")):
+        state = "ok" if Path(runtime).is_file() else "SKIPPED"
+        assert any(line.split()[:2] == [name, state] for line in p.stdout.splitlines()), p.stdout
+
+
+def test_check_reports_an_optional_tenant_left_out(app, tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        f'[tenants.good]\nhosts = ["g"]\nprogram = "{app("hello")}"\n'
+        '[tenants.lua]\nhosts = ["l"]\nprogram = "/nonexistent/lua5.4"\noptional = true\n'
+    )
+    p = check(path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = {line.split()[0]: line for line in p.stdout.splitlines() if line.startswith("  ")}
+    assert lines["good"].split()[1] == "ok"
+    assert lines["lua"].split()[1] == "SKIPPED"
+    assert "/nonexistent/lua5.4 does not exist" in lines["lua"]
 
 
 def test_check_reports_a_tenant_that_does_not_boot(app, tmp_path: Path) -> None:
@@ -312,3 +336,31 @@ def test_check_refuses_an_invalid_file(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "tenant 'web', key 'memory_mb'" in p.stderr
     assert "tenant 'web', key 'program'" in p.stderr
+
+
+def test_an_optional_tenant_whose_runtime_is_missing_is_left_out(tmp_path: Path, programs: Path) -> None:
+    text = (
+        BASE
+        + '[tenants.lua]\nhosts = ["lua.example"]\nprogram = "/nonexistent/lua5.4"\noptional = true\n'
+        + 'mounts = ["nope:/app"]\n'
+    )
+    f = load(tmp_path, text)
+    assert [t.name for t in f.tenants] == ["web"]
+    assert f.skipped == (
+        (
+            "lua",
+            "key 'program': /nonexistent/lua5.4 does not exist; key 'mounts': " + f"{tmp_path / 'nope'} does not exist",
+        ),
+    )
+    assert f.route("lua.example") is None
+    # Not optional: the same tenant makes the file invalid.
+    assert (
+        "key 'program': /nonexistent/lua5.4 does not exist"
+        in problems(tmp_path, text.replace("optional = true\n", ""))[0]
+    )
+    # Other problems of an optional tenant are still errors, and so is a left-out default tenant.
+    assert "must be true or false" in one_problem(tmp_path, BASE + "optional = 1\n")
+    bad = text.replace("optional = true\n", "optional = true\nmemory_mb = 1\n")
+    assert [p for p in problems(tmp_path, bad) if "memory_mb" in p]
+    default = '[server]\ndefault_tenant = "lua"\n' + text
+    assert "tenant 'lua' is left out: key 'program'" in one_problem(tmp_path, default)

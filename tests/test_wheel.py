@@ -89,6 +89,8 @@ def test_the_wheel_carries_the_example_programs_and_the_sdk(wheel: Path) -> None
     assert "tenantvm/sdk/tenantvm.h" in names
     assert "tenantvm/sdk/examples/hello.c" in names
     assert {"tenantvm/sdk/lib/libtenantvm.so", "tenantvm/sdk/lib/libtenantvm.a"} <= names
+    assert {"tenantvm/sdk/python/tenantvm_guest.py", "tenantvm/sdk/lua/tenantvm.so"} <= names
+    assert {"tenantvm/examples/python/hello.py", "tenantvm/examples/lua/hello.lua"} <= names
 
 
 @pytest.mark.slow

@@ -297,6 +297,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             _error(problem)
         _error("refusing to start: the tenants file is invalid")
         return EXIT_USAGE
+    for name, why in cfg.skipped:
+        _error(f"tenant '{name}' is left out (optional): {why}")
     os.environ[tconfig.CONFIG_ENV] = str(cfg.path)
     os.environ.pop(rundir.RUN_DIR_ENV, None)
     rundir.clean_stale()
@@ -345,7 +347,9 @@ def _cmd_check(ns: argparse.Namespace) -> int:
             _error(problem)
         return EXIT_USAGE
     print(f"{cfg.path}: valid, {len(cfg.tenants)} tenant(s)")
-    width = max(len(t.name) for t in cfg.tenants)
+    width = max(len(name) for name in [t.name for t in cfg.tenants] + [name for name, _ in cfg.skipped])
+    for name, why in cfg.skipped:
+        print(f"  {name:<{width}}  SKIPPED {why} (optional tenant: install what it needs to serve it)")
     failed = 0
     for t in cfg.tenants:
         kwargs = t.tenant_kwargs()  # shared memory stays private: a live server's is not touched

@@ -202,11 +202,14 @@ class TenantsFile:
         path: The file (absolute).
         server: The ``[server]`` settings.
         tenants: The tenants, in file order.
+        skipped: ``optional`` tenants left out because a path they need does not exist (a
+            runtime that is not installed): (name, why), in file order.
     """
 
     path: Path
     server: ServerConfig
     tenants: tuple[TenantConfig, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
     _by_host: Mapping[str, TenantConfig] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -309,6 +312,12 @@ def _nonempty_str(v: Any) -> str:
     return s
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Invalid(f"must be true or false, not {_tname(v)}")
+    return v
+
+
 def _mode(v: Any) -> bool:
     s = _str(v)
     if s not in ("ephemeral", "stateful"):
@@ -368,7 +377,8 @@ def _headers(v: Any, what: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-_WARMUP_KEYS = {"method", "path", "query", "headers", "body"}
+_WARMUP_KEYS = {"method", "path", "query", "headers", "body", "repeat"}
+_MAX_WARMUP_REPEAT = 10000
 
 
 def _warmup(v: Any) -> tuple[WarmupRequest, ...]:
@@ -391,15 +401,17 @@ def _warmup(v: Any) -> tuple[WarmupRequest, ...]:
         path = item.get("path", "/")
         if not path.startswith("/"):
             raise _Invalid(f"{what}: path must start with '/', not {path!r}")
-        out.append(
-            WarmupRequest(
-                method=method,
-                path=path,
-                query=item.get("query", ""),
-                headers=_headers(item.get("headers", {}), f"{what}: headers"),
-                body=item.get("body", "").encode(),
-            )
+        repeat = item.get("repeat", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= _MAX_WARMUP_REPEAT:
+            raise _Invalid(f"{what}: repeat must be an integer between 1 and {_MAX_WARMUP_REPEAT}, not {repeat!r}")
+        request = WarmupRequest(
+            method=method,
+            path=path,
+            query=item.get("query", ""),
+            headers=_headers(item.get("headers", {}), f"{what}: headers"),
+            body=item.get("body", "").encode(),
         )
+        out.extend([request] * repeat)  # runtimes specialize or compile code after many calls
     return tuple(out)
 
 
@@ -439,6 +451,7 @@ _SETTINGS: dict[str, Check] = {
     "allow_read": _paths,
     "mounts": _mounts,
     "tmp_mb": _int(0, MAX_MEMORY_MB),
+    "optional": _bool,
 }
 #: Keys only a tenant's own table has.
 _TENANT_ONLY: dict[str, Check] = {"hosts": _hosts, "group": _nonempty_str}
@@ -562,6 +575,7 @@ def parse(text: str, path: Path) -> TenantsFile:
     }
 
     tenants: list[TenantConfig] = []
+    skipped: list[tuple[str, str]] = []
     owners: dict[str, str] = {}
     names: set[str] = set()
     for name, table in _iter_named(problems, doc, "tenants", "tenant"):
@@ -588,15 +602,16 @@ def parse(text: str, path: Path) -> TenantsFile:
             problems.add(where, "program", "missing: the tenant's program (a path relative to this file)")
         if "hosts" not in own or "program" not in values:
             continue
-        program = _resolve_program(problems, where, base, values["program"])
         for h in own["hosts"]:
             if h in owners:
                 problems.add(where, "hosts", f"host '{h}' is already served by tenant '{owners[h]}'")
             else:
                 owners[h] = name
-        if program is None:
-            continue
-        settings = {_FIELD.get(k, k): v for k, v in values.items() if k not in ("program", "env", "hosts", "group")}
+        before = len(problems.items)
+        program = _resolve_program(problems, where, base, values["program"])
+        settings = {
+            _FIELD.get(k, k): v for k, v in values.items() if k not in ("program", "env", "hosts", "group", "optional")
+        }
         if "allow_read" in settings:
             settings["allow_read"] = tuple(
                 p
@@ -611,6 +626,15 @@ def parse(text: str, path: Path) -> TenantsFile:
                 )
                 if p
             )
+        if values.get("optional") and len(problems.items) > before:
+            # A tenant whose runtime may not be installed: what is missing leaves it out.
+            missing = problems.items[before:]
+            if all(line.endswith("does not exist") or " does not exist (" in line for line in missing):
+                del problems.items[before:]
+                skipped.append((name, "; ".join(line.split(f"{where}, ", 1)[-1] for line in missing)))
+                continue
+        if program is None:
+            continue
         tenants.append(
             TenantConfig(
                 name=name,
@@ -625,11 +649,13 @@ def parse(text: str, path: Path) -> TenantsFile:
     default = server_values.get("default_tenant")
     if default is not None and default not in names:
         problems.add("[server]", "default_tenant", f"no tenant named '{default}'")
+    elif default is not None and default in dict(skipped):
+        problems.add("[server]", "default_tenant", f"tenant '{default}' is left out: {dict(skipped)[default]}")
     if not problems.items and not tenants:
         problems.add("[tenants]", None, "no tenants defined")
     if problems.items:
         raise TenantsFileError(path, problems.items)
-    return TenantsFile(path=path, server=ServerConfig(**server_values), tenants=tuple(tenants))
+    return TenantsFile(path=path, server=ServerConfig(**server_values), tenants=tuple(tenants), skipped=tuple(skipped))
 
 
 def load(path: str | os.PathLike[str]) -> TenantsFile:

@@ -150,6 +150,8 @@ class TenantServer:
             RuntimeError: A tenant failed to boot (the message names it).
         """
         cfg = tconfig.load(tconfig.config_path(config_file))
+        for name, why in cfg.skipped:
+            log.warning("tenant %s is left out (optional): %s", name, why)
         # The server's run directory: from `tenantvm serve`, else (started by a plain `granian`)
         # the one of our parent, the Granian master.  prometheus-client picks its multiprocess
         # mode when first imported: point it at the run directory first (unless the environment

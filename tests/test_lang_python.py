@@ -1,0 +1,211 @@
+"""CPython tenants: Debian's python3 serving WSGI applications through tenantvm_guest.
+
+The binding (apps/sdk/python/tenantvm_guest.py, in the package's SDK) is ctypes over
+libtenantvm.so.  The bundled tenants file's python.localhost and shop.localhost run with it;
+tests/guest/pyprobe.py is a probe application: its state digest, its randomness and its ways to
+fail.  Isolation is the property of tests/test_isolation.py, for a big runtime: for any sequence
+of requests, a long-lived ephemeral instance answers each exactly as a new instance does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Tenant, TenantVM, bundled
+from tenantvm import config as tconfig
+
+PYTHON = Path("/usr/bin/python3")
+GUEST_APPS = Path(__file__).resolve().parent / "guest"
+pytestmark = [
+    pytest.mark.usefixtures("kvm"),
+    pytest.mark.skipif(not PYTHON.is_file(), reason="no Debian python3 (tools/setup-host.sh installs it)"),
+]
+
+EXAMPLES = int(os.environ.get("TENANTVM_FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def bundled_tenant(name: str) -> Tenant:
+    kwargs = tconfig.load(tconfig.BUNDLED_CONFIG).tenant(name).tenant_kwargs()
+    return Tenant(kwargs.pop("program"), **kwargs)
+
+
+def probe_tenant(**kwargs: Any) -> Tenant:
+    """The probe application, with the package's SDK, warmed up on every path that succeeds."""
+    warm = [Request("POST", "/state", body=b"[]"), Request("GET", "/random"), Request("GET", "/echo")] * 10
+    return Tenant(
+        PYTHON,
+        ["-I", "-B", "/opt/tenantvm/python/tenantvm_guest.py", "/app/pyprobe.py:app"],
+        mounts={bundled.SDK_DIR: "/opt/tenantvm", GUEST_APPS: "/app"},
+        memory_mb=64,
+        warmup=warm,
+        **{"timeout": 2.0, **kwargs},
+    )
+
+
+@pytest.fixture(scope="module")
+def probe() -> Tenant:
+    return probe_tenant()
+
+
+def state(vm: TenantVM, ops: list[Any] | None = None) -> dict[str, Any]:
+    r = vm.call(Request("POST", "/state", body=json.dumps(ops or []).encode()))
+    assert r.status == 200, r.stderr
+    return json.loads(r.body)
+
+
+def test_python_hello_is_one_exit_per_request() -> None:
+    vm = bundled_tenant("python").instance()
+    for _ in range(20):
+        r = vm.call(Request())
+        assert (r.status, r.body, r.header("content-type")) == (200, b"Hello World!", b"text/plain")
+        assert vm.stats().last_call_exits == 1
+    assert vm.stats().syscalls == {"tenantvm_respond_and_wait": 20}
+
+
+def test_shop_json_api() -> None:
+    vm = bundled_tenant("shop").instance()
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, Any, Any]:
+        r = vm.call(Request(method, path, body=b"" if body is None else json.dumps(body).encode()))
+        assert r.header("content-type") == b"application/json"
+        return r.status, json.loads(r.body), r.header("allow")
+
+    status, doc, _ = call("GET", "/products")
+    assert status == 200
+    assert [p["id"] for p in doc["products"]] == ["tea", "mug", "pot"]
+    assert call("GET", "/products/mug")[:2] == (200, {"id": "mug", "name": "Stoneware mug", "price_cents": 1200})
+    assert call("GET", "/products/nope")[:2] == (404, {"error": "no such product"})
+    cart = {"items": [{"id": "tea", "qty": 2}, {"id": "mug", "qty": 1}], "coupon": "welcome10"}
+    status, doc, _ = call("POST", "/quote", cart)
+    assert status == 200
+    assert (doc["subtotal_cents"], doc["discount_cents"], doc["tax_cents"], doc["total_cents"]) == (
+        2500,
+        250,
+        180,
+        2430,
+    )
+    for bad, error in [
+        ({"items": []}, "items must be a non-empty array"),
+        ({"items": [{"id": "tea", "qty": 0}]}, "items[0]: qty must be an integer between 1 and 1000"),
+        ({"items": [{"id": "gold", "qty": 1}]}, "items[0]: no product 'gold'"),
+        ({"items": [{"id": "tea", "qty": 1}], "coupon": "FREE"}, "unknown coupon 'FREE'"),
+        ([1], "the body must be a JSON object"),
+    ]:
+        assert call("POST", "/quote", bad)[:2] == (400, {"error": error})
+    assert call("GET", "/quote") == (405, {"error": "use POST"}, b"POST")
+    assert call("GET", "/elsewhere")[:2] == (404, {"error": "not found"})
+
+
+def test_wsgi_environ(probe: Tenant) -> None:
+    headers = [("Host", "shop.localhost:8080"), ("X-A", "1"), ("x-a", "2"), ("Content-Type", "text/plain")]
+    headers.append(("X_B", "dropped"))
+    r = probe.instance().call(Request("PUT", "/echo/%41b", "x=1&y", headers, b"hi"))
+    assert r.status == 200
+    assert json.loads(r.body) == {
+        "method": "PUT",
+        "path": "/echo/Ab",
+        "query": "x=1&y",
+        "server": ["shop.localhost", "8080"],
+        "headers": [
+            ["CONTENT_LENGTH", "2"],
+            ["CONTENT_TYPE", "text/plain"],
+            ["HTTP_HOST", "shop.localhost:8080"],
+            ["HTTP_X_A", "1,2"],
+        ],
+        "body": "hi",
+    }
+
+
+ALL_CHANGES = [
+    ["global", 0, 3],
+    ["cache", "a", 1],
+    ["lru", "k", 0],
+    ["registry", 0, "r"],
+    ["environ", "X", "1"],
+    ["path", "p", 0],
+    ["tmp", "f", "x"],
+    ["builtin", "b", 1],
+    ["module", 0, "m"],
+    ["garbage", 0, 3000],
+    ["recursion", 0, 7],
+    ["seed", 0, "s"],
+]
+
+
+def test_stateful_python_keeps_its_state_and_ephemeral_does_not(probe: Tenant) -> None:
+    eph = probe.instance()
+    first = state(eph, ALL_CHANGES)
+    assert state(eph, ALL_CHANGES) == first
+    st = probe_tenant(ephemeral=False).instance()
+    assert state(st, ALL_CHANGES) == first
+    kept = state(st)
+    assert (kept["counter"], kept["cache"], kept["lru"], kept["registry"]) == (3, [["a", 1]], 1, ["r"])
+    assert (kept["environ"], kept["tmp"], kept["builtins"], kept["json_attr"]) == (
+        [["PROBE_X", "1"]],
+        ["probe-f"],
+        ["probe_b"],
+        "m",
+    )
+    st.call(Request(path="/random"))  # no host system call in it (os.urandom is answered in the VM)
+    assert st.stats().last_call_exits == 1  # respond_and_wait: one exit per request when stateful too
+
+
+# One change: [kind, key, value] (a number; the probe turns it into what the kind needs).
+change = st.tuples(st.sampled_from([c[0] for c in ALL_CHANGES]), st.text("abc", max_size=2), st.integers(0, 9999))
+ops_strategy = st.lists(change.map(list), max_size=6)
+
+
+@pytest.fixture(scope="module")
+def long_lived(probe: Tenant) -> TenantVM:
+    return probe.instance()
+
+
+@FUZZ
+@given(sequence=st.lists(ops_strategy, min_size=1, max_size=4))
+def test_isolation_property_for_the_python_tenant(probe: Tenant, long_lived: TenantVM, sequence: list) -> None:
+    fresh = state(probe.instance())
+    for ops in sequence:
+        assert state(long_lived, ops) == fresh
+
+
+def test_randomness_is_fresh_in_every_request(probe: Tenant) -> None:
+    vm = probe.instance()
+    answers = [json.loads(vm.call(Request(path="/random")).body) for _ in range(3)]
+    answers.append(json.loads(probe.instance().call(Request(path="/random")).body))
+    for key in ("random", "bits", "urandom", "secrets", "uuid4"):
+        assert len({a[key] for a in answers}) == len(answers), key
+    # A generator the program seeded itself before the snapshot repeats (docs/guest-abi.md).
+    assert len({a["init_seeded"] for a in answers}) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [("/fault", GuestFault), ("/loop", GuestTimeout), ("/oom", GuestOutOfMemory)],
+)
+def test_a_failing_python_request_is_a_typed_error_and_the_next_is_served(path: str, error: type) -> None:
+    tenant = probe_tenant(timeout=1.0)
+    vm = tenant.instance()
+    clean = state(vm)
+    with pytest.raises(error):
+        vm.call(Request(path=path))
+    assert state(vm) == clean
+
+
+def test_an_exception_in_the_application_is_a_500_with_the_traceback_on_stderr(probe: Tenant) -> None:
+    vm = probe.instance()
+    r = vm.call(Request(path="/raise"))
+    assert (r.status, r.body) == (500, b"Internal Server Error")
+    assert b"ValueError: the probe raised" in r.stderr
+    assert state(vm) == state(probe.instance())
