@@ -9,6 +9,7 @@ packages=(
 	python3-venv python3-dev                       # the Python package
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd   # hardware-KVM test rig
 	wrk linux-perf                                 # HTTP benchmarks and their profile
+	chromium fonts-dejavu-core                     # the dashboard test (headless browser)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -29,9 +29,14 @@ from typing import Any
 import anyio
 
 from tenantvm import config as tconfig
+from tenantvm import rundir
+from tenantvm.admin import AdminAPI, load_token
 from tenantvm.aio import CompletionQueue
+from tenantvm.control import Control
 from tenantvm.dispatch import Dispatcher
+from tenantvm.errors import ConfigError
 from tenantvm.interfaces import Receive, Scope, Send, asgi_http, rsgi_http
+from tenantvm.reloader import Reloader
 from tenantvm.routing import RESERVED_PREFIX
 from tenantvm.server import TenantServer
 
@@ -93,18 +98,37 @@ class TenantApp:
         # any thread is restricted (the threads that run guests cannot open files).
         admin = ThreadPoolExecutor(1, thread_name_prefix="tenantvm-admin")
         admin.submit(lambda: None).result()
+        try:
+            control = Control(server.run.path if server.run is not None else rundir.server_dir(os.getppid()))
+            control.create()
+            control.set_config(server.config.path)
+            token = load_token(server.config.server)
+        except (OSError, ConfigError) as e:
+            log.error("refusing to start: %s", e)
+            admin.shutdown(wait=False)
+            server.close()
+            queue.close()
+            raise
+        reloader = Reloader(server, control, asyncio.get_running_loop())
+        reloader.start()
         self._queue = queue
         self.dispatcher.admin = admin
+        self.dispatcher.reloader = reloader
+        if token is not None:
+            self.dispatcher.admin_api = AdminAPI(token, server.config.server.admin_max_upload_bytes, control)
+            log.info("the admin API is on (PUT %s/tenants/NAME)", RESERVED_PREFIX)
         self.dispatcher.server = server
         log.info("worker %d ready: %d tenant(s) from %s", os.getpid(), len(server.tenants), server.config.path)
 
     async def shutdown(self) -> None:
         """Stops serving: closes the pools and releases the run directory."""
         dispatcher = self.dispatcher
-        server, admin = dispatcher.server, dispatcher.admin
-        dispatcher.server = dispatcher.admin = None
+        server, admin, reloader = dispatcher.server, dispatcher.admin, dispatcher.reloader
+        dispatcher.server = dispatcher.admin = dispatcher.reloader = dispatcher.admin_api = None
         if server is None or admin is None:
             return
+        if reloader is not None:
+            await asyncio.get_running_loop().run_in_executor(admin, reloader.stop)
         server.metrics.buffer.flush()
         # Removing the run directory needs file system calls the (restricted) loop thread may
         # no longer make: done on the admin thread.

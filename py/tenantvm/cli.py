@@ -6,6 +6,7 @@
     tenantvm doctor [--json]
     tenantvm serve [--config FILE] [--host 127.0.0.1] [--port 8080] [--workers N] [--interface rsgi|asgi]
     tenantvm check [FILE]
+    tenantvm reload [--server PID] [--timeout S]
     tenantvm sdk [--path | --cflags | --libs]
 
 ``serve`` validates the tenants file (``--config``, else ``$TENANTVM_CONFIG``, else the bundled
@@ -13,8 +14,12 @@ examples), then runs the HTTP server (``tenantvm.app:app`` under Granian's RSGI 
 one; ``--interface asgi`` for ASGI); an
 invalid file is reported and the exit status is 2.  ``check`` validates a tenants file and boots
 each tenant once: exit status 0 if all boot, 1 if one does not, 2 if the file is invalid.
-``sdk`` tells where the installed guest SDK is, to build tenants against it (exit status 1 if
-the package was installed without it).
+``reload`` makes a running server re-read its tenants file and swap in the tenants that
+changed, without dropping a request (SIGHUP to ``tenantvm serve`` does the same); it waits
+for every worker and prints each one's outcome: exit status 0 if all reloaded, 1 if one
+refused (the server goes on serving what it served; the reason is printed), 2 if no server
+was found or the file is invalid.  ``sdk`` tells where the installed guest SDK is, to build
+tenants against it (exit status 1 if the package was installed without it).
 
 ``run`` passes stdin, stdout and stderr through and exits with the program's status (128 +
 signal when a signal killed it).  When the program does not exit by itself, a one-line
@@ -315,7 +320,27 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         from granian.log import LogLevels
         from granian.server import Server
 
-        server = Server(
+        from tenantvm.control import Control
+
+        control = Control(run.path)
+        control.create()
+        control.set_config(cfg.path)
+
+        class _Server(Server):  # type: ignore[misc,valid-type]
+            """Granian's server, except that SIGHUP reloads the tenants.
+
+            Granian's own SIGHUP would restart every worker and boot every tenant again.
+            """
+
+            def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    generation = control.request_reload()
+                except OSError as e:
+                    _error(f"SIGHUP: cannot ask the workers to reload: {e}")
+                    return
+                print(f"tenantvm: SIGHUP: reload {generation} requested", file=sys.stderr, flush=True)
+
+        server = _Server(
             "tenantvm.app:app",
             address=ns.host,
             port=ns.port,
@@ -368,6 +393,53 @@ def _cmd_check(ns: argparse.Namespace) -> int:
         print(f"  {t.name:<{width}}  ok      booted in {ms:.1f} ms ({t.mode}; hosts: {', '.join(t.hosts)})")
     if failed:
         print(f"{failed} of {len(cfg.tenants)} tenant(s) failed to boot")
+    return EXIT_HOST if failed else 0
+
+
+def _cmd_reload(ns: argparse.Namespace) -> int:
+    from tenantvm import config as tconfig
+    from tenantvm import rundir
+    from tenantvm.control import Control
+
+    servers = rundir.running_servers()
+    if ns.server is not None:
+        servers = [(pid, d) for pid, d in servers if pid == ns.server]
+        if not servers:
+            _error(f"no tenantvm server with master process {ns.server} is running")
+            return EXIT_USAGE
+    servers = [(pid, d) for pid, d in servers if Control(d).exists()]
+    if not servers:
+        _error("no running tenantvm server found")
+        return EXIT_USAGE
+    if len(servers) > 1:
+        _error("several servers are running; choose one with --server PID: " + ", ".join(str(p) for p, _ in servers))
+        return EXIT_USAGE
+    pid, directory = servers[0]
+    control = Control(directory)
+    config = control.config()
+    if config is not None:
+        # Checked here too, for a quick answer; each worker checks the file again.
+        try:
+            tconfig.load(config, control.overrides())
+        except tconfig.TenantsFileError as e:
+            for problem in e.problems:
+                _error(problem)
+            _error("reload refused: the tenants file is invalid; the server goes on as it was")
+            return EXIT_USAGE
+    generation = control.request_reload()
+    statuses = control.wait(generation, ns.timeout)
+    if statuses is None:
+        _error(f"the workers of server {pid} did not all report reload {generation} within {ns.timeout:g} s")
+        return EXIT_HOST
+    failed = 0
+    for st in statuses:
+        outcome = st.outcome
+        if outcome is None:
+            continue
+        print(f"worker {st.pid}: {'ok' if outcome.ok else 'REFUSED'}: {outcome.message} ({outcome.ms:.0f} ms)")
+        for problem in outcome.problems:
+            print(f"  {problem}")
+        failed += not outcome.ok
     return EXIT_HOST if failed else 0
 
 
@@ -499,6 +571,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tenants file (default: $TENANTVM_CONFIG, else the bundled examples)",
     )
     check.set_defaults(func=_cmd_check)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make a running server re-read its tenants file",
+        description="Make a running server re-read its tenants file: each worker boots the tenants that "
+        "changed and swaps them in without dropping a request.  An invalid file or a failing boot "
+        "leaves the server as it was.",
+        epilog="Exit status: 0 if every worker reloaded, 1 if one refused, 2 if no server or an invalid file.",
+    )
+    reload.add_argument("--server", type=int, metavar="PID", help="the server's master process (if several run)")
+    reload.add_argument(
+        "--timeout", type=_positive_float, default=120.0, metavar="S", help="wait this long for the workers"
+    )
+    reload.set_defaults(func=_cmd_reload)
 
     sdk = sub.add_parser(
         "sdk",

@@ -186,12 +186,20 @@ class ServerConfig:
         batch_budget_us: Inline calls of an ephemeral tenant that arrive together run as one
             batch (fewer VM exits); a batch starts no request after this many microseconds.
             0: no batching.
+        admin_token_file: The admin API's bearer token is this file's content (stripped); a
+            path relative to the tenants file.  The admin API is off unless this or
+            ``admin_token_env`` is set.
+        admin_token_env: The admin API's bearer token is this environment variable's value.
+        admin_max_upload_bytes: Largest program or settings document the admin API accepts.
     """
 
     default_tenant: str | None = None
     inline_timeout_ms: int = 20
     retry_after_s: int = 1
     batch_budget_us: int = 2000
+    admin_token_file: str | None = None
+    admin_token_env: str | None = None
+    admin_max_upload_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +469,9 @@ _SERVER: dict[str, Check] = {
     "inline_timeout_ms": _int(0, 10_000),
     "retry_after_s": _int(0, 3600),
     "batch_budget_us": _int(0, 1_000_000),
+    "admin_token_file": _nonempty_str,
+    "admin_token_env": _nonempty_str,
+    "admin_max_upload_bytes": _int(1, 1 << 31),
 }
 _TOP = ("server", "defaults", "groups", "tenants")
 #: Keys whose field name differs from the key.
@@ -545,10 +556,12 @@ def _iter_named(problems: _Problems, doc: dict[str, Any], key: str, what: str) -
             yield name, t
 
 
-def parse(text: str, path: Path) -> TenantsFile:
+def parse(text: str, path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> TenantsFile:
     """Validates the tenants file ``text``, read from ``path``.
 
-    Relative paths in it are resolved against the directory of ``path``.
+    Relative paths in it are resolved against the directory of ``path``.  ``overrides``
+    (tenant -> keys of its table, e.g. from the admin API) replace keys of the tenants' own
+    tables before validation; those of tenants the file does not have are ignored.
 
     Raises:
         TenantsFileError: Everything that is wrong with it.
@@ -560,6 +573,11 @@ def parse(text: str, path: Path) -> TenantsFile:
     except tomllib.TOMLDecodeError as e:
         raise TenantsFileError(path, [f"{path}: invalid TOML: {e}"]) from None
     base = path.parent
+    if overrides:
+        tables = doc.get("tenants")
+        for name, keys in overrides.items():
+            if isinstance(tables, dict) and isinstance(tables.get(name), dict):
+                tables[name] = {**tables[name], **keys}
 
     for key in doc:
         if key not in _TOP:
@@ -646,6 +664,9 @@ def parse(text: str, path: Path) -> TenantsFile:
             )
         )
 
+    if "admin_token_file" in server_values:
+        p = Path(os.path.expanduser(server_values["admin_token_file"]))
+        server_values["admin_token_file"] = os.path.normpath(base / p if not p.is_absolute() else p)
     default = server_values.get("default_tenant")
     if default is not None and default not in names:
         problems.add("[server]", "default_tenant", f"no tenant named '{default}'")
@@ -658,8 +679,8 @@ def parse(text: str, path: Path) -> TenantsFile:
     return TenantsFile(path=path, server=ServerConfig(**server_values), tenants=tuple(tenants), skipped=tuple(skipped))
 
 
-def load(path: str | os.PathLike[str]) -> TenantsFile:
-    """Reads and validates the tenants file at ``path``.
+def load(path: str | os.PathLike[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> TenantsFile:
+    """Reads and validates the tenants file at ``path`` (with ``overrides``, see :func:`parse`).
 
     Raises:
         TenantsFileError: The file cannot be read or is invalid (every problem is listed).
@@ -671,7 +692,7 @@ def load(path: str | os.PathLike[str]) -> TenantsFile:
         raise TenantsFileError(p, [f"{p}: cannot read the tenants file: {e.strerror or e}"]) from None
     except UnicodeDecodeError as e:
         raise TenantsFileError(p, [f"{p}: not UTF-8 text: {e}"]) from None
-    return parse(text, p)
+    return parse(text, p, overrides)
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -18,10 +18,13 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from tenantvm import dashboard, stats
+from tenantvm.admin import AdminAPI
 from tenantvm.answers import Answer, classify, error_answer, final_headers, plain
 from tenantvm.errors import GuestError, GuestTimeout, RequestTooLarge
 from tenantvm.pool import PoolBusy, PoolClosed
-from tenantvm.routing import RESERVED_PREFIX, Reserved, reserved_route
+from tenantvm.reloader import Reloader
+from tenantvm.routing import RESERVED_PREFIX, TENANTS_PREFIX, Reserved, reserved_route
 from tenantvm.server import TenantRuntime, TenantServer
 
 __all__ = ["MAX_HEADER_BYTES", "BodyTooLarge", "Dispatcher", "ReadBody"]
@@ -41,6 +44,8 @@ class BodyTooLarge(Exception):
 ReadBody = Callable[[int], Awaitable[bytes]]
 
 _NOT_STARTED = "tenantvm: the server is not started\n"
+_PAGE = dashboard.PAGE.encode()
+_CSP = (b"content-security-policy", dashboard.CSP.encode())
 _CLOSE = (b"connection", b"close")
 
 
@@ -52,6 +57,35 @@ class Dispatcher:
         #: Runs scrapes (reading every worker's metric files); made before any thread is
         #: restricted, since the threads that run guests cannot open files.
         self.admin: ThreadPoolExecutor | None = None
+        #: This worker's live updates (None: not started).
+        self.reloader: Reloader | None = None
+        #: The admin API (None: off).
+        self.admin_api: AdminAPI | None = None
+
+    async def _tenant_update(self, name: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody | None) -> Answer:
+        """``PUT /_tenantvm/tenants/NAME`` (see :mod:`tenantvm.admin`)."""
+        api, server, reloader = self.admin_api, self.server, self.reloader
+        if api is None or server is None or reloader is None or read_body is None:
+            return plain(404, "tenantvm: the admin API is off ([server] admin_token_file or admin_token_env)\n")
+        refused = api.refused(headers)
+        if refused is not None:
+            return refused
+        if name not in server.tenants:
+            return api.not_found(name)
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        content_type = next((v for k, v in headers if k == b"content-type"), b"")
+        if length is not None and (not length.isdigit() or int(length) > api.max_upload):
+            return api.too_large(api.max_upload)
+        try:
+            body = await read_body(api.max_upload)
+        except BodyTooLarge:
+            return api.too_large(api.max_upload)
+        change = api.change(name, content_type, body)
+        if not callable(change):
+            return change
+        outcome = await reloader.reload_now(change)
+        rt = self.server.tenants.get(name) if self.server is not None else None
+        return api.outcome_answer(name, outcome, rt.version if rt else None, reloader.generation)
 
     async def tenant(
         self,
@@ -97,9 +131,15 @@ class Dispatcher:
             server.metrics.unrouted.inc()
             shown = host.decode("latin-1")[:200]
             return plain(404, f"tenantvm: no tenant serves the host name {shown!r}\n")
-        answer = await self._serve(
-            rt, server, method, raw_path, query, headers, read_body, h2, length, chunked, shown_path
-        )
+        # Counted from routing on: a reload drains this runtime only once none of its requests
+        # is under way (some wait for their body, not yet for an instance).
+        rt.active += 1
+        try:
+            answer = await self._serve(
+                rt, server, method, raw_path, query, headers, read_body, h2, length, chunked, shown_path
+            )
+        finally:
+            rt.active -= 1
         rt.count(answer[0], started)
         return answer
 
@@ -177,13 +217,22 @@ class Dispatcher:
             log.warning("tenant %s: timed out on the event loop; its calls run in threads for a while", name)
         return error_answer(status, kind)
 
-    async def reserved(self, method: str, path: str) -> Answer:
+    async def reserved(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        read_body: ReadBody | None = None,
+    ) -> Answer:
         """The answer to a request under the reserved prefix (see :mod:`tenantvm.routing`)."""
         route = reserved_route(method, path)
         if route is Reserved.NOT_FOUND:
             return plain(404, f"tenantvm: no such endpoint under {RESERVED_PREFIX}/\n")
         if route is Reserved.METHOD_NOT_ALLOWED:
-            return plain(405, "tenantvm: method not allowed\n", (b"allow", b"GET, HEAD"))
+            allow = b"PUT" if path.startswith(TENANTS_PREFIX) else b"GET, HEAD"
+            return plain(405, "tenantvm: method not allowed\n", (b"allow", allow))
+        if route is Reserved.TENANT_UPDATE:
+            return await self._tenant_update(path[len(TENANTS_PREFIX) :], headers or [], read_body)
         worker = (b"x-tenantvm-worker", str(os.getpid()).encode())
         server = self.server
         if route is Reserved.METRICS:
@@ -192,6 +241,21 @@ class Dispatcher:
             server.metrics.buffer.flush()
             text = await asyncio.get_running_loop().run_in_executor(self.admin, server.metrics.render)
             return 200, [(b"content-type", server.metrics.content_type.encode()), worker], text
+        if route is Reserved.DASHBOARD:
+            return 200, [(b"content-type", b"text/html; charset=utf-8"), _CSP, worker], _PAGE
+        if route is Reserved.STATS:
+            if server is None or self.admin is None:
+                return plain(503, _NOT_STARTED)
+            server.metrics.buffer.flush()
+            local = {
+                name: {"boot_ms": round(rt.boot_seconds * 1000, 2), "booted_at": rt.booted_at}
+                for name, rt in server.tenants.items()
+            }
+            data = await asyncio.get_running_loop().run_in_executor(
+                self.admin, lambda: stats.snapshot(server, server.metrics.families(), local)
+            )
+            body = json.dumps(data, separators=(",", ":")).encode()
+            return 200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), worker], body
         data = server.health() if server is not None else {"ok": False, "worker": os.getpid(), "tenants": {}}
         body = json.dumps(data, separators=(",", ":")).encode()
         status = 200 if data["ok"] else 503

@@ -72,7 +72,7 @@ async def asgi_http(dispatcher: Dispatcher, scope: Scope, receive: Receive, send
     method: str = scope["method"]
     try:
         if is_reserved(path):
-            answer = await dispatcher.reserved(method, path)
+            answer = await dispatcher.reserved(method, path, scope["headers"], lambda limit: _asgi_body(receive, limit))
         else:
             answer = await dispatcher.tenant(
                 method,
@@ -162,7 +162,12 @@ async def rsgi_http(dispatcher: Dispatcher, scope: Any, protocol: Any) -> None:
     method: str = scope.method
     try:
         if is_reserved(path):
-            answer = await dispatcher.reserved(method, path)
+            answer = await dispatcher.reserved(
+                method,
+                path,
+                [(k.encode(), v.encode()) for k, v in scope.headers.items()],
+                lambda limit: _rsgi_body(protocol, limit),
+            )
         else:
             answer = await dispatcher.tenant(
                 method,

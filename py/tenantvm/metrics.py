@@ -21,6 +21,10 @@ process only.
 ``tenantvm_pool_busy{tenant}``                 instances serving a request (all workers)
 ``tenantvm_workers``                           live worker processes
 ``tenantvm_unrouted_requests_total``           requests for a host no tenant serves
+``tenantvm_tenant_version{tenant}``            the version each tenant serves: 1 at start,
+                                               +1 per reload that changed it (max of workers)
+``tenantvm_reloads_total{result}``             reloads per worker: ``ok``, ``invalid`` (the
+                                               tenants file), ``failed`` (a tenant's boot)
 =============================================  =============================================
 """
 
@@ -109,6 +113,14 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.tenant_version = Gauge(
+            "tenantvm_tenant_version",
+            "Version of each tenant: 1 at start, +1 per reload that booted it again.",
+            ["tenant"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
+        self.reloads = Counter("tenantvm_reloads", "Reloads, by result.", ["result"], registry=reg)
         self.workers = Gauge("tenantvm_workers", "Live worker processes.", multiprocess_mode="livesum", registry=reg)
         #: Where the event loop records its updates (see :class:`LoopBuffer`).
         self.buffer = LoopBuffer()
@@ -123,6 +135,14 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._dir)
         return generate_latest(registry)
+
+    def families(self) -> list[Any]:
+        """The metric families of the whole server (every worker), as :meth:`render` shows them."""
+        if self._registry is not None:
+            return list(self._registry.collect())
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._dir)
+        return list(registry.collect())
 
     def process_exit(self) -> None:
         """Removes this process's live gauges (call when the worker stops)."""

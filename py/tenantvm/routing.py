@@ -6,8 +6,11 @@ Two decisions, in this order:
    ``/%5Ftenantvm/...`` is reserved too) is the server's, for every Host; no tenant sees it:
 
    ========================  ====================================================
+   ``GET /_tenantvm/``         the dashboard (:mod:`tenantvm.dashboard`)
+   ``GET /_tenantvm/stats``    the dashboard's figures, JSON (:mod:`tenantvm.stats`)
    ``GET /_tenantvm/metrics``  Prometheus metrics of the whole server (all workers)
    ``GET /_tenantvm/health``   this worker's pools (JSON; 503 when a pool is empty)
+   ``PUT /_tenantvm/tenants/NAME``  the admin API (:mod:`tenantvm.admin`; 404 when off)
    another method on those     405
    anything else under it      404
    ========================  ====================================================
@@ -24,10 +27,20 @@ from typing import Generic, TypeVar
 
 from tenantvm.config import normalize_host
 
-__all__ = ["RESERVED_PREFIX", "ROUTE_CACHE_SIZE", "HostRouter", "Reserved", "is_reserved", "reserved_route"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "ROUTE_CACHE_SIZE",
+    "TENANTS_PREFIX",
+    "HostRouter",
+    "Reserved",
+    "is_reserved",
+    "reserved_route",
+]
 
 #: Paths under this prefix belong to the server, for every host.
 RESERVED_PREFIX = "/_tenantvm"
+#: The admin API's path of a tenant: this + its name.
+TENANTS_PREFIX = RESERVED_PREFIX + "/tenants/"
 #: Most raw Host values whose tenant the router remembers.
 ROUTE_CACHE_SIZE = 4096
 
@@ -39,11 +52,19 @@ class Reserved(Enum):
 
     METRICS = "metrics"
     HEALTH = "health"
+    DASHBOARD = "dashboard"
+    STATS = "stats"
+    TENANT_UPDATE = "tenant_update"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
 
 
-_ENDPOINTS = {f"{RESERVED_PREFIX}/metrics": Reserved.METRICS, f"{RESERVED_PREFIX}/health": Reserved.HEALTH}
+_ENDPOINTS = {
+    f"{RESERVED_PREFIX}/metrics": Reserved.METRICS,
+    f"{RESERVED_PREFIX}/health": Reserved.HEALTH,
+    f"{RESERVED_PREFIX}/": Reserved.DASHBOARD,
+    f"{RESERVED_PREFIX}/stats": Reserved.STATS,
+}
 
 
 def is_reserved(path: str) -> bool:
@@ -55,6 +76,8 @@ def reserved_route(method: str, path: str) -> Reserved:
     """What answers ``method path``, a reserved path."""
     endpoint = _ENDPOINTS.get(path)
     if endpoint is None:
+        if path.startswith(TENANTS_PREFIX) and "/" not in path[len(TENANTS_PREFIX) :]:
+            return Reserved.TENANT_UPDATE if method == "PUT" else Reserved.METHOD_NOT_ALLOWED
         return Reserved.NOT_FOUND
     if method not in ("GET", "HEAD"):
         return Reserved.METHOD_NOT_ALLOWED

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["RUN_DIR_ENV", "RunDir", "base_dir", "clean_stale", "server_dir"]
+__all__ = ["RUN_DIR_ENV", "RunDir", "base_dir", "clean_stale", "running_servers", "server_dir"]
 
 #: Environment variable with the run directory (set by ``tenantvm serve`` for its workers).
 RUN_DIR_ENV = "TENANTVM_RUN_DIR"
@@ -128,6 +128,21 @@ class RunDir:
         finally:
             os.close(fd)
         return removed
+
+
+def running_servers(base: Path | None = None) -> list[tuple[int, Path]]:
+    """The run directories of servers whose master process runs: (master pid, directory)."""
+    root = base or base_dir()
+    found = []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return found
+    for d in entries:
+        m = _NAME_RE.match(d.name)
+        if m and d.is_dir() and not d.is_symlink() and _start_time(int(m.group(1))) == int(m.group(2)):
+            found.append((int(m.group(1)), d))
+    return found
 
 
 def clean_stale(base: Path | None = None) -> list[Path]:

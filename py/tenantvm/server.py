@@ -8,6 +8,9 @@ is decided here, per tenant, from its time limit (see ``docs/http.md``).
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import hashlib
 import logging
 import os
 import sys
@@ -22,6 +25,7 @@ from tenantvm import rundir
 from tenantvm.aio import AsyncTenantVM, CompletionQueue
 from tenantvm.batcher import Batcher
 from tenantvm.callers import BatchedCaller, Caller, InlineCaller, ThreadCaller, VcpuCaller, restrict_once
+from tenantvm.control import Control
 from tenantvm.pool import Pool
 from tenantvm.routing import HostRouter
 from tenantvm.tenant import Tenant
@@ -52,6 +56,16 @@ class TenantRuntime:
     batch_budget: float = 0.0
     inline_blocked_until: float = 0.0
     served: int = 0
+    #: Requests routed to it and not answered yet.
+    active: int = 0
+    #: What the tenant is: its config, its program's digest and how its calls run.  A reload
+    #: boots the tenant again only when this changes.
+    identity: tuple[Any, ...] = ()
+    #: 1 when the worker started, +1 each time a reload swapped a new snapshot in.
+    version: int = 1
+    #: When it was booted (time.time()) and how long booting took (s).
+    booted_at: float = 0.0
+    boot_seconds: float = 0.0
     _by_status: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +124,16 @@ class TenantRuntime:
         self.buffer.observe(self.batch_size, served)
 
 
+def _identity(tc: tconfig.TenantConfig, server: tconfig.ServerConfig, queue: CompletionQueue | None) -> tuple[Any, ...]:
+    """What decides whether a reload must boot ``tc`` again (see TenantRuntime.identity)."""
+    digest = hashlib.sha256()
+    with open(tc.program, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    inline = tc.timeout_ms <= server.inline_timeout_ms or queue is None
+    return (tc, digest.hexdigest(), inline, server.batch_budget_us)
+
+
 def _boot(cfg: tconfig.TenantConfig, run: rundir.RunDir | None) -> Tenant:
     shm = run.shared_memory_path(cfg.name) if run is not None and cfg.shared_memory_kb else None
     kwargs = cfg.tenant_kwargs(shm)
@@ -126,15 +150,25 @@ class TenantServer:
         tenants: dict[str, TenantRuntime],
         run: rundir.RunDir | None,
     ) -> None:
-        self.config = cfg
         self.metrics = metrics
-        self.tenants = tenants
         self.run = run
+        #: Where the vCPU threads of new instances complete (None: every call inline).
+        self.queue: CompletionQueue | None = None
+        self._use(cfg, tenants)
+        #: Completed reloads (swaps) in this worker.
+        self.reloads = 0
+        self._draining: set[asyncio.Task[None]] = set()
+
+    def _use(self, cfg: tconfig.TenantsFile, tenants: dict[str, TenantRuntime]) -> None:
+        """Serves ``tenants`` from now on (one assignment per attribute: atomic on the loop)."""
         default = tenants[cfg.server.default_tenant] if cfg.server.default_tenant else None
-        self.router: HostRouter[TenantRuntime] = HostRouter(
+        router: HostRouter[TenantRuntime] = HostRouter(
             {h: rt for rt in tenants.values() for h in rt.config.hosts}, default
         )
-        self.route = self.router.route
+        self.config = cfg
+        self.tenants = tenants
+        self.router = router
+        self.route = router.route
         self.retry_after = str(cfg.server.retry_after_s).encode()
 
     @classmethod
@@ -165,6 +199,11 @@ class TenantServer:
         try:
             rundir.clean_stale()
             run = rundir.RunDir.open(run_path)
+            # Changes made through the admin API last as long as the server: a worker started
+            # later (Granian respawned one) serves them too.
+            overrides = Control(run.path).overrides()
+            if overrides:
+                cfg = tconfig.load(cfg.path, overrides)
             mp = multiprocess_dir()
             if mp:
                 Path(mp).mkdir(parents=True, exist_ok=True)
@@ -172,12 +211,87 @@ class TenantServer:
             tenants: dict[str, TenantRuntime] = {}
             for tc in cfg.tenants:
                 tenants[tc.name] = cls._start_tenant(tc, cfg.server, run, metrics, queue)
+                metrics.tenant_version.labels(tc.name).set(1)
+                metrics.pool_busy.labels(tc.name).set(0)
             metrics.workers.set(1)
         except BaseException:
             if run is not None:
                 run.close()
             raise
-        return cls(cfg, metrics, tenants, run)
+        server = cls(cfg, metrics, tenants, run)
+        server.queue = queue
+        return server
+
+    def stage(self, cfg: tconfig.TenantsFile) -> dict[str, TenantRuntime]:
+        """Boots the tenants of ``cfg`` that are new or changed (blocking, off the loop).
+
+        Returns them by name; nothing changes in what the worker serves until :meth:`swap`.
+
+        Raises:
+            RuntimeError: A tenant failed to boot (the message names it); the others booted
+                for this reload are closed.
+        """
+        staged: dict[str, TenantRuntime] = {}
+        try:
+            for tc in cfg.tenants:
+                try:
+                    identity = _identity(tc, cfg.server, self.queue)
+                except OSError as e:
+                    raise RuntimeError(f"tenant '{tc.name}': cannot read {tc.program}: {e.strerror or e}") from e
+                old = self.tenants.get(tc.name)
+                if old is not None and old.identity == identity:
+                    continue
+                assert self.run is not None
+                rt = self._start_tenant(tc, cfg.server, self.run, self.metrics, self.queue, identity)
+                rt.version = old.version + 1 if old is not None else 1
+                staged[tc.name] = rt
+        except BaseException:
+            for rt in staged.values():
+                rt.pool.close()
+            raise
+        return staged
+
+    def swap(self, cfg: tconfig.TenantsFile, staged: dict[str, TenantRuntime]) -> list[str]:
+        """Serves ``cfg`` with the ``staged`` tenants (call on the event loop); returns removed names.
+
+        New requests go to the new runtimes at once; requests under way finish on the old
+        ones, which are drained and closed in the background (:meth:`_drain`).
+        """
+        tenants = {tc.name: staged.get(tc.name) or self.tenants[tc.name] for tc in cfg.tenants}
+        replaced = [rt for name, rt in self.tenants.items() if tenants.get(name) is not rt]
+        removed = [name for name in self.tenants if name not in tenants]
+        self._use(cfg, tenants)
+        self.reloads += 1
+        for rt in staged.values():
+            self.metrics.tenant_version.labels(rt.config.name).set(rt.version)
+        for name in removed:
+            self.metrics.pool_instances.labels(name).set(0)
+        loop = asyncio.get_running_loop()
+        for rt in replaced:
+            task = loop.create_task(self._drain(rt))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        return removed
+
+    #: How often a drain looks whether the old instances are all back (s).
+    DRAIN_POLL = 0.02
+
+    async def _drain(self, rt: TenantRuntime) -> None:
+        """Waits until no request uses ``rt``'s instances any more, then frees them."""
+        pool = rt.pool
+        while rt.active or pool.busy or pool.waiting:
+            await asyncio.sleep(self.DRAIN_POLL)
+        pool.close()
+        log.info("tenant %s: version %d drained and freed", rt.config.name, rt.version)
+        del rt, pool
+        # The runtime's callers refer back to it (cycles): collect them now, so that the VMs'
+        # memory and file descriptors go back at once rather than at some later collection.
+        gc.collect()
+
+    @property
+    def draining(self) -> int:
+        """Old tenant versions still finishing their requests."""
+        return len(self._draining)
 
     @staticmethod
     def _start_tenant(
@@ -186,10 +300,13 @@ class TenantServer:
         run: rundir.RunDir,
         metrics: Metrics,
         queue: CompletionQueue | None,
+        identity: tuple[Any, ...] | None = None,
     ) -> TenantRuntime:
         started = time.perf_counter()
         inline = tc.timeout_ms <= server.inline_timeout_ms or queue is None
         try:
+            if identity is None:
+                identity = _identity(tc, server, queue)
             tenant = _boot(tc, run)
             make: Callable[[], Any] = (
                 tenant.instance if inline else lambda t=tenant: AsyncTenantVM(t, queue)  # type: ignore[misc]
@@ -199,9 +316,18 @@ class TenantServer:
             raise RuntimeError(f"tenant '{tc.name}' ({tc.program}) failed to boot: {type(e).__name__}: {e}") from e
         replacements = metrics.replacements.labels(tc.name)
         pool = Pool(tc.name, make, tc.pool_size, instances, on_replace=replacements.inc)
-        rt = TenantRuntime(tc, tenant, pool, inline, metrics, batch_budget=server.batch_budget_us / 1e6)
+        rt = TenantRuntime(
+            tc,
+            tenant,
+            pool,
+            inline,
+            metrics,
+            batch_budget=server.batch_budget_us / 1e6,
+            identity=identity,
+            booted_at=time.time(),
+            boot_seconds=time.perf_counter() - started,
+        )
         metrics.pool_instances.labels(tc.name).set(tc.pool_size)
-        metrics.pool_busy.labels(tc.name).set(0)
         log.info(
             "tenant %s: booted in %.1f ms, %d instance(s), %s, %s calls, hosts %s",
             tc.name,
