@@ -77,6 +77,14 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss(pid: int) -> int:
+    """Resident memory of ``pid`` (bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def answer(server: Server, client: httpx.Client | None = None) -> tuple[int, bytes]:
     c = client or server.client
     r = c.post("/", content=BODY, headers={"host": "app.test"})
@@ -117,6 +125,7 @@ def test_reloads_under_load_drop_nothing_and_free_the_old_instances(live: tuple[
     pids = workers(server)
     assert len(pids) == 2
     before = {pid: fds(pid) for pid in pids}
+    rss_before = {pid: rss(pid) for pid in pids}
 
     seen: Counter[tuple[int, bytes]] = Counter()
     stop = threading.Event()
@@ -159,6 +168,10 @@ def test_reloads_under_load_drop_nothing_and_free_the_old_instances(live: tuple[
         return all(fds(pid) <= before[pid] + 4 for pid in pids)
 
     wait_for(flat)
+    # Memory: each version's snapshot and instances go back too (20 kept versions would hold
+    # their guest RAM and page tables: far more than this margin).
+    grown = {pid: (rss(pid) - rss_before[pid]) >> 20 for pid in pids}
+    assert all(mb < 48 for mb in grown.values()), f"RSS grew by {grown} MiB"
 
 
 def test_an_invalid_file_or_a_failing_boot_leaves_the_server_unchanged(live: tuple[Server, Path], apps: Path) -> None:
@@ -216,6 +229,9 @@ def test_only_changed_tenants_boot_again(live: tuple[Server, Path], apps: Path) 
     assert answer(server) == (200, BODY)
     assert server.metric("tenantvm_tenant_version", {"tenant": "app"}) == 3
     assert server.metric("tenantvm_tenant_version", {"tenant": "other"}) == 1
+    last = server.get("/_tenantvm/stats").json()["last_reload"]
+    assert last["ok"] is True
+    assert "booted app" in last["message"]
 
 
 def test_reload_without_a_server_fails_clearly(tmp_path: Path) -> None:

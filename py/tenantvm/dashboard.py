@@ -141,7 +141,10 @@ function render(stats) {
     rows.push(tr);
   }
   body.replaceChildren(...rows);
-  const reloads = Object.entries(stats.reloads).map(([k, v]) => k + " " + v).join(", ") || "none";
+  let reloads = Object.entries(stats.reloads).map(([k, v]) => k + " " + v).join(", ") || "none";
+  if (stats.last_reload) {
+    reloads += " (last: " + (stats.last_reload.ok ? "ok" : "refused") + ", " + stats.last_reload.ms.toFixed(0) + " ms)";
+  }
   document.getElementById("summary").textContent =
     Object.keys(stats.tenants).length + " tenants · " + stats.workers + " worker(s) · " +
     (previous ? total.toFixed(1) + " req/s · " : "") + "reloads: " + reloads + " · " + stats.config;

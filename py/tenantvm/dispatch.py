@@ -251,8 +251,9 @@ class Dispatcher:
                 name: {"boot_ms": round(rt.boot_seconds * 1000, 2), "booted_at": rt.booted_at}
                 for name, rt in server.tenants.items()
             }
+            last = self.reloader.last if self.reloader is not None else None
             data = await asyncio.get_running_loop().run_in_executor(
-                self.admin, lambda: stats.snapshot(server, server.metrics.families(), local)
+                self.admin, lambda: stats.snapshot(server, server.metrics.families(), local, last)
             )
             body = json.dumps(data, separators=(",", ":")).encode()
             return 200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), worker], body

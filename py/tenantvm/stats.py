@@ -53,8 +53,13 @@ def _samples(families: list[Any]) -> dict[str, list[tuple[dict[str, str], float]
     return out
 
 
-def snapshot(server: TenantServer, families: list[Any], local: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The stats document from the metric ``families`` and this worker's ``local`` figures."""
+def snapshot(
+    server: TenantServer, families: list[Any], local: dict[str, dict[str, Any]], last_reload: Any = None
+) -> dict[str, Any]:
+    """The stats document from the metric ``families`` and this worker's ``local`` figures.
+
+    ``last_reload``: the answering worker's last :class:`~tenantvm.control.ReloadOutcome`.
+    """
     samples = _samples(families)
     names = list(server.tenants)
     tenants: dict[str, dict[str, Any]] = {}
@@ -124,5 +129,8 @@ def snapshot(server: TenantServer, families: list[Any], local: dict[str, dict[st
         "workers": int(workers),
         "config": str(server.config.path),
         "reloads": reloads,
+        "last_reload": None
+        if last_reload is None
+        else {"ok": last_reload.ok, "message": last_reload.message, "ms": last_reload.ms},
         "tenants": tenants,
     }
