@@ -128,6 +128,10 @@ def test_wsgi_environ(probe: Tenant) -> None:
     }
 
 
+def without_counts(digest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in digest.items() if k not in ("blocks", "gc_objects")}
+
+
 ALL_CHANGES = [
     ["global", 0, 3],
     ["cache", "a", 1],
@@ -149,7 +153,8 @@ def test_stateful_python_keeps_its_state_and_ephemeral_does_not(probe: Tenant) -
     first = state(eph, ALL_CHANGES)
     assert state(eph, ALL_CHANGES) == first
     st = probe_tenant(ephemeral=False).instance()
-    assert state(st, ALL_CHANGES) == first
+    # Another boot: its allocator counts may differ (the hash seed differs per boot).
+    assert without_counts(state(st, ALL_CHANGES)) == without_counts(first)
     kept = state(st)
     assert (kept["counter"], kept["cache"], kept["lru"], kept["registry"]) == (3, [["a", 1]], 1, ["r"])
     assert (kept["environ"], kept["tmp"], kept["builtins"], kept["json_attr"]) == (
