@@ -3,9 +3,10 @@
 The floor is the cheapest VM round trip this host allows: a bare guest looping on a no-op
 call that exits to the host (``tenantvm._native.measure_round_trip``).  Every round measures
 it, then each call variant in turn (``floor, hello-ephemeral, hello-stateful, state-stateful,
-echo-1k, echo-64k, floor, ...``): a tight loop of N ``TenantVM.call``s, each timed with
-``perf_counter_ns``, with ``vm.stats()`` before and after for exits, restored pages and reset
-time per call.
+echo-1k, echo-64k, python-hello, lua-hello, ..., floor, ...``; the language runtimes' hellos
+are the bundled tenants file's, left out where their runtime is not installed): a tight loop of
+N ``TenantVM.call``s, each timed with ``perf_counter_ns``, with ``vm.stats()`` before and after
+for exits, restored pages and reset time per call.
 
 The "pause" part measures an ephemeral hello call that follows a pause of the calling thread:
 busy-spinning, sleeping, or walking a 64 MiB buffer (evicting caches and TLBs) for 1 or 10 ms.
@@ -27,6 +28,7 @@ from common import APPS_BUILD, log, median, percentile
 
 import tenantvm
 from tenantvm import _native
+from tenantvm import config as tconfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class CallVariant:
     request: tenantvm.Request
     #: Requests per ``TenantVM.call_batch`` (1: plain ``call``s); times are per request.
     batch: int = 1
+    #: A tenant of the bundled tenants file (a language runtime's hello) instead of ``program``.
+    bundled: str | None = None
 
 
 VARIANTS = [
@@ -64,6 +68,10 @@ VARIANTS = [
         True,
         tenantvm.Request("POST", "/echo", body=b"y" * 65536),
     ),
+    CallVariant(
+        "python-hello", "CPython WSGI hello (python.localhost)", "", True, tenantvm.Request(), bundled="python"
+    ),
+    CallVariant("lua-hello", "Lua 5.4 hello (lua.localhost)", "", True, tenantvm.Request(), bundled="lua"),
     CallVariant(
         "hello-batch32",
         "hello, ephemeral, call_batch of 32 (per request)",
@@ -193,9 +201,17 @@ def run(rounds: int = 7, calls: int = 3000, pause_calls: int = 60, quick: bool =
     floor_exits, floor_samples = (1000, 3) if quick else (2000, 5)
     tenants: dict[tuple[str, bool], tenantvm.Tenant] = {}
     vms: dict[str, tenantvm.TenantVM] = {}
+    bundled = tconfig.load(tconfig.BUNDLED_CONFIG)
+    variants = [v for v in VARIANTS if v.bundled is None or v.bundled in {t.name for t in bundled.tenants}]
     for v in VARIANTS:
-        key = (v.program, v.ephemeral)
-        if key not in tenants:
+        if v not in variants:
+            log(f"calls: {v.key} left out: {dict(bundled.skipped).get(v.bundled or '', 'not in the tenants file')}")
+    for v in variants:
+        key = (v.bundled or v.program, v.ephemeral)
+        if key not in tenants and v.bundled:
+            kwargs = bundled.tenant(v.bundled).tenant_kwargs()
+            tenants[key] = tenantvm.Tenant(kwargs.pop("program"), **kwargs)
+        elif key not in tenants:
             tenants[key] = tenantvm.Tenant(APPS_BUILD / v.program, memory_mb=16, ephemeral=v.ephemeral, timeout=1.0)
         vms[v.key] = vm = tenants[key].instance()
         for _ in range(min(500, calls) // v.batch):  # warm: copy-on-write faults, hot pages, caches
@@ -210,14 +226,14 @@ def run(rounds: int = 7, calls: int = 3000, pause_calls: int = 60, quick: bool =
         "calls_per_round": calls,
         "pause_calls_per_round": pause_calls,
         "floor_us": [],
-        "variants": {v.key: {"label": v.label, "rounds": []} for v in VARIANTS},
+        "variants": {v.key: {"label": v.label, "rounds": []} for v in variants},
         "pauses": {key: {"label": label, "rounds": []} for key, label, _, _ in PAUSES},
     }
     for r in range(rounds):
         floor = measure_floor(floor_exits, floor_samples)
         out["floor_us"].append(floor)
         line = [f"floor {floor:.1f}"]
-        for v in VARIANTS:
+        for v in variants:
             res = time_calls(vms[v.key], v.request, calls, v.batch)
             res["ratio_p50_floor"] = res["p50_us"] / floor
             out["variants"][v.key]["rounds"].append(res)
