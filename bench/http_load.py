@@ -11,7 +11,11 @@ Variants, all ``python -m granian --interface I --workers W`` with the same othe
   (``bench/apps/wasm_hello``);
 - ``d`` fork: Starlette + ``os.fork()`` per request (``bench/apps/fork_hello``);
 - ``e`` tenantvm (RSGI) with batching off (``batch_budget_us = 0``): every request its own VM
-  entry.
+  entry;
+- ``g`` tenantvm (RSGI) serving the CPython WSGI hello (the bundled file's ``python`` tenant:
+  Debian's python3 with tenantvm_guest), ``h`` the Lua hello (``lua``), each only where its
+  runtime is installed;
+- ``i`` the same WSGI hello served natively by Granian's WSGI interface (no isolation).
 
 The baselines are ASGI applications (Starlette has no RSGI interface).
 
@@ -56,7 +60,53 @@ VARIANTS = [
         "e", "tenantvm-unbatched", "tenantvm, RSGI, batches off (batch_budget_us = 0)", "tenantvm.app:app", "rsgi"
     ),
     HttpVariant("f", "tenantvm-asgi", "tenantvm, ASGI (hello, ephemeral VM per request)", "tenantvm.app:app"),
+    HttpVariant(
+        "g", "tenantvm-python", "tenantvm, RSGI, CPython WSGI hello (python3 per VM)", "tenantvm.app:app", "rsgi"
+    ),
+    HttpVariant("h", "tenantvm-lua", "tenantvm, RSGI, Lua 5.4 hello", "tenantvm.app:app", "rsgi"),
+    HttpVariant("i", "wsgi", "the same WSGI hello under Granian's WSGI (no isolation)", "wsgi_hello:app", "wsgi"),
 ]
+
+RUNTIME_TENANTS = """\
+# Written by bench/http_load.py: the bundled file's {name} tenant alone, for every host.
+[server]
+default_tenant = "{name}"
+
+[tenants.{name}]
+hosts = ["127.0.0.1", "localhost"]
+program = "{program}"
+args = {args}
+env = {{ {env} }}
+mounts = {mounts}
+memory_mb = {memory_mb}
+timeout_ms = {timeout_ms}
+pool_size = 4
+warmup = [{{ path = "/", repeat = 20 }}]
+"""
+
+
+@contextlib.contextmanager
+def runtime_tenants(name: str) -> Iterator[Path | None]:
+    """A temporary tenants file serving the bundled ``name`` tenant (None: runtime missing)."""
+    from tenantvm import config as tconfig
+
+    bundled = tconfig.load(tconfig.BUNDLED_CONFIG)
+    if name not in {t.name for t in bundled.tenants}:
+        yield None
+        return
+    t = bundled.tenant(name)
+    text = RUNTIME_TENANTS.format(
+        name=name,
+        program=t.program,
+        args=json.dumps(list(t.args)),
+        env=", ".join(f"{k} = {json.dumps(v)}" for k, v in t.env),
+        mounts=json.dumps([f"{host}:{guest}" for host, guest in t.mounts]),
+        memory_mb=t.memory_mb,
+        timeout_ms=t.timeout_ms,
+    )
+    with tenants_file(text) as path:
+        yield path
+
 
 HELLO_TENANTS = """\
 # Written by bench/http_load.py: the hello tenant alone, ephemeral, calls inline.
@@ -123,14 +173,27 @@ def run(
         "floor_us": [],
         "rounds_data": [],
     }
-    with hello_tenants() as config, hello_tenants(batch_budget_us=0) as unbatched:
+    with (
+        hello_tenants() as config,
+        hello_tenants(batch_budget_us=0) as unbatched,
+        runtime_tenants("python") as python,
+        runtime_tenants("lua") as lua,
+    ):
+        configs = {"e": unbatched, "g": python, "h": lua}
+        for key, missing in (("g", python), ("h", lua)):
+            if missing is None and any(v.key == key for v in variants):
+                log(f"http: variant {key} left out: its runtime is not installed")
+        variants = [v for v in variants if v.key not in configs or configs[v.key] is not None]
+        kept = {v.key for v in variants}
+        out["variants"] = {k: v for k, v in out["variants"].items() if k in kept}
+        out["interfaces"] = {k: v for k, v in out["interfaces"].items() if k in kept}
         for r in range(rounds):
             floor = measure_floor(2000, 5)
             out["floor_us"].append(floor)
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             data: dict[str, Any] = {"floor_us": floor, "order": [v.key for v in order]}
             for v in order:
-                cfg = unbatched if v.key == "e" else config
+                cfg = configs.get(v.key) or config
                 data[v.key] = measure_variant(v, cfg, workers=workers, seconds=seconds, warmup=warmup)
                 c1, c16 = data[v.key]["c1"], data[v.key]["c16"]
                 log(
@@ -138,7 +201,8 @@ def run(
                     f"c16 {c16['rps']:.0f} req/s p50 {c16['p50_us']:.0f} µs"
                 )
             ratios: dict[str, float] = {}
-            for num, den in ("ae", "ab", "fb", "af", "ac", "ad"):
+            # g/i and h/a: a runtime in tenantvm against it natively, and against the C hello.
+            for num, den in ("ae", "ab", "fb", "af", "ac", "ad", "gi", "ga", "ha"):
                 if num in data and den in data:
                     for load in ("c16", "c1"):
                         ratios[f"{num}/{den} {load}"] = data[num][load]["rps"] / data[den][load]["rps"]
