@@ -217,3 +217,20 @@ def test_an_exception_in_the_application_is_a_500_with_the_traceback_on_stderr(p
     assert (r.status, r.body) == (500, b"Internal Server Error")
     assert b"ValueError: the probe raised" in r.stderr
     assert state(vm) == state(probe.instance())
+
+
+def test_warm_up_puts_specialized_code_in_the_snapshot() -> None:
+    # CPython 3.11 rewrites bytecode it runs often (specialization): without warm-up every
+    # request does that again, writing (and dirtying) the code objects' pages.
+    kwargs = tconfig.load(tconfig.BUNDLED_CONFIG).tenant("python").tenant_kwargs()
+    assert len(kwargs["warmup"]) >= 10
+
+    def pages_per_request(warmup: list[Request]) -> int:
+        args = {k: v for k, v in kwargs.items() if k != "program"}
+        vm = Tenant(kwargs["program"], **{**args, "warmup": warmup}).instance()
+        for _ in range(5):
+            vm.call(Request())
+        return vm.stats().last_reset["guest_pages"]
+
+    cold, warm = pages_per_request([]), pages_per_request(kwargs["warmup"])
+    assert warm < cold * 0.9, (cold, warm)
