@@ -30,6 +30,7 @@
  *               | VC_BATCH           0x03000 |  batch control block and response records
  *               | kernel stack       0x04000 |  .. 0x08000 (top)
  *               | exception stack    0x08000 |  .. 0x0c000 (top, IST1 on hardware KVM)
+ *               | trampoline         0x0c000 |  user r-x at TRAMPOLINE_VA: resumes a preempted thread
  *               | request area       0x10000 |  mapped read-only at REQUEST_VA for the program
  *               | response area              |  1 MiB, page aligned after the request area:
  *               |                            |  batched responses, copied out by the kernel
@@ -96,6 +97,8 @@
 #define VC_BATCH 0x3000
 #define VC_KSTACK_TOP 0x8000
 #define VC_ISTACK_TOP 0xc000
+/* The thread-switch trampoline page (code + slots), user r-x at TRAMPOLINE_VA (vmm::sched) */
+#define VC_TRAMPOLINE 0xc000
 #define VC_REQUEST 0x10000
 
 /* VCD fields (byte offsets from VC_DATA) */
@@ -147,6 +150,7 @@
 #define REQUEST_VA 0x7f0000000000
 #define SHARED_VA 0x7e0000000000
 #define USER_VA_LIMIT 0x7e0000000000
+#define TRAMPOLINE_VA 0x7f8000000000
 
 /* Exits from the guest kernel to the VMM: `out %al, $port` */
 #define PORT_SYSCALL 0x10

@@ -36,6 +36,8 @@
 //! - `loader`        a guest's initial RAM: kernel, page tables, program image, stack
 //! - `machine`       a booted program: the run loop dispatching exits to `syscalls`, and how a
 //!   run failed (`RunEnd::failure`, the one classification of failures)
+//! - `sched`         switching the vCPU between the program's threads (an extension of
+//!   `Machine`: saving and loading their CPU state; the thread table is `linux::threads`)
 //! - `reset`         restoring an instance's RAM from its snapshot
 //! - `program`       [`Program`], the one boot path (`program::boot`), the one-shot [`run`]
 //! - `tenant`        [`Tenant`]: `config` < `snapshot` (the frozen state) < `instance` (one VM
@@ -66,6 +68,7 @@ mod program;
 mod reset;
 mod restore_view;
 pub mod sandbox;
+mod sched;
 mod stack;
 mod syscalls;
 mod tenant;

@@ -85,6 +85,8 @@ pub struct MachineStats {
     pub blocked: Duration,
     /// Deadlines moved because the thread had been kept waiting for a CPU.
     pub starvation_grants: u64,
+    /// Switches of the vCPU from one of the program's threads to another.
+    pub thread_switches: u64,
 }
 
 /// Most time a run is given back for having waited for a CPU (see `Machine::run_until`).
@@ -216,6 +218,7 @@ impl Machine {
             proc_touched: false,
             clock,
         };
+        crate::sched::install_trampoline(&machine.vm.vcpu_area);
         machine.refill_entropy();
         machine
     }
@@ -309,15 +312,28 @@ impl Machine {
         let cpu_started = thread_cpu_time();
         let blocked_before = self.stats.blocked;
         let mut current = alarm(deadline(self));
-        let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), current)?;
+        // The running thread's time slice (only armed while another thread is runnable).
+        let mut slice_end = Instant::now() + crate::sched::TIME_SLICE;
+        let mut armed = current;
+        let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
         loop {
+            let want = self.next_alarm(current, slice_end);
+            if want != armed {
+                drop(guard);
+                armed = want;
+                guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
+            }
             self.stats.entries += 1;
             let exit = vcpu::run(&mut self.vm)?;
             self.stats.exits += 1;
             match exit {
                 Exit::Io { port } if u64::from(port) == PORT_SYSCALL => {
-                    if let Some(stop) = self.syscall(current) {
+                    let switches = self.stats.thread_switches;
+                    if let Some(stop) = self.syscall(current)? {
                         return Ok(RunEnd::Stopped(stop));
+                    }
+                    if self.stats.thread_switches != switches {
+                        slice_end = Instant::now() + crate::sched::TIME_SLICE;
                     }
                 }
                 Exit::Io { port } if u64::from(port) == PORT_BATCH_DONE => return Ok(RunEnd::Stopped(Stop::BatchDone)),
@@ -325,8 +341,20 @@ impl Machine {
                     return Ok(RunEnd::Fault(self.exception(u64::from(port) - PORT_EXCEPTION_BASE)));
                 }
                 Exit::Interrupted => {
-                    let mut due = deadline(self);
+                    guard.rearm_after_interrupt();
                     let now = Instant::now();
+                    if self.proc.threads.multi() {
+                        // Sleepers whose time is up become runnable (and so preempt).
+                        self.proc.threads.wake_expired(now);
+                    }
+                    if self.proc.threads.others_runnable() && now >= slice_end {
+                        let switches = self.stats.thread_switches;
+                        if let Some(stop) = self.preempt(current)? {
+                            return Ok(RunEnd::Stopped(stop));
+                        }
+                        slice_end = self.next_slice(now, self.stats.thread_switches != switches);
+                    }
+                    let mut due = deadline(self);
                     if now >= due {
                         let limit = due.saturating_duration_since(started);
                         let charged = (thread_cpu_time().saturating_sub(cpu_started))
@@ -339,13 +367,10 @@ impl Machine {
                         }
                         self.stats.starvation_grants += 1;
                     }
-                    let next = alarm(due);
-                    if next != current {
-                        drop(guard);
-                        current = next;
-                        guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), current)?;
-                    } else {
-                        guard.rearm_after_interrupt();
+                    current = alarm(due);
+                    if now >= armed {
+                        // The timer fired: it must be set again even if nothing moved.
+                        armed = now;
                     }
                 }
                 Exit::Shutdown => return Ok(RunEnd::Fault(GuestFault::TripleFault { rip: self.vm.regs().rip })),
@@ -357,8 +382,9 @@ impl Machine {
         }
     }
 
-    /// Handles a forwarded system call; `Some` when a handler stopped the run.
-    fn syscall(&mut self, deadline: Instant) -> Option<Stop> {
+    /// Handles a forwarded system call; `Some` when a handler stopped the run.  With
+    /// several threads the call may leave the vCPU to another thread (`crate::sched`).
+    fn syscall(&mut self, deadline: Instant) -> Result<Option<Stop>> {
         let r = *self.vm.regs();
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
         if !(crate::guest::api::BASE..=crate::guest::api::NOP).contains(&r.rax) {
@@ -375,16 +401,22 @@ impl Machine {
             deadline: Some(deadline),
             api: self.api.as_ref(),
             stop: None,
+            sched: None,
             memory_exhausted: false,
             blocked: Duration::ZERO,
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
-        let (stop, exhausted) = (ctx.stop.take(), ctx.memory_exhausted);
+        let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted);
         self.stats.blocked += ctx.blocked;
         self.memory_exhausted |= exhausted;
         self.vm.regs().rax = rax;
         self.vm.regs_changed();
-        stop
+        match (stop, sched) {
+            (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(r.rax, deadline),
+            (Some(stop), _) => Ok(Some(stop)),
+            (None, Some(sched)) => self.on_sched(sched, deadline),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Decodes the frame the exception stub left on the kernel stack.

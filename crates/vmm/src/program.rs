@@ -22,7 +22,7 @@ use crate::machine::{Machine, RunEnd};
 use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::Io;
-use crate::syscalls::process::{fill_random, Identity, ThreadState};
+use crate::syscalls::process::{fill_random, Identity};
 use crate::syscalls::signal::SignalState;
 use crate::syscalls::{Input, Output, Process, Stop, SyscallCounts};
 use crate::vm::{self, SharedRegion, Vm};
@@ -271,7 +271,7 @@ fn new_process(
             memory_limit: memory,
             name: [0; 16],
         },
-        thread: ThreadState::default(),
+        threads: crate::linux::threads::Threads::new(loader::PID),
     }
 }
 

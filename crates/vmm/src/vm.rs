@@ -283,6 +283,38 @@ impl Vm {
         self.vcpu.set_sync_dirty_reg(SyncReg::Register);
     }
 
+    /// The vCPU's XSAVE image (x87/SSE/AVX state), with an ioctl.
+    pub fn xsave(&self) -> Result<Box<[u32; 1024]>> {
+        let x = self.vcpu.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
+        Ok(Box::new(x.region))
+    }
+
+    /// Loads an XSAVE image taken by [`Vm::xsave`] on this VM.
+    pub fn set_xsave(&self, region: &[u32; 1024]) -> Result<()> {
+        let x = kvm_bindings::kvm_xsave { region: *region, ..Default::default() };
+        // SAFETY: `x` is a plain kvm_xsave of the legacy 4 KiB size, which is what
+        // KVM_SET_XSAVE reads (no trailing flexible array is used: the image came from
+        // KVM_GET_XSAVE on this vCPU).
+        unsafe { self.vcpu.set_xsave(&x) }.map_err(Error::kvm("KVM_SET_XSAVE"))
+    }
+
+    /// FS and GS bases, with an ioctl.
+    pub fn segment_bases(&self) -> Result<(u64, u64)> {
+        let s = self.vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        Ok((s.fs.base, s.gs.base))
+    }
+
+    /// Sets FS and GS bases (an ioctl pair, skipped when they are already right).
+    pub fn set_segment_bases(&self, fs: u64, gs: u64) -> Result<()> {
+        let mut s = self.vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        if s.fs.base == fs && s.gs.base == gs {
+            return Ok(());
+        }
+        s.fs.base = fs;
+        s.gs.base = gs;
+        self.vcpu.set_sregs(&s).map_err(Error::kvm("KVM_SET_SREGS"))
+    }
+
     /// CR2 (the last page-fault address), read with an ioctl (fault paths only).
     pub fn cr2(&self) -> u64 {
         self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0)

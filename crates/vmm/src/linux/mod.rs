@@ -12,6 +12,7 @@
 //! | [`fdtable`]   | descriptors, open file descriptions, pipes, eventfds             |
 //! | [`synthetic`] | generated files: `/proc/cpuinfo`, the format of `/proc/self/maps` |
 //! | [`stat`]      | `struct stat` / `struct statx` as the guest sees them            |
+//! | [`threads`]   | the threads: who runs, who waits for what, saved CPU states        |
 //! | [`errno`]     | errno values                                                      |
 //!
 //! Reset: [`Files`] is part of [`crate::syscalls::Process`], which a snapshot holds by value;
@@ -24,6 +25,7 @@ pub mod fdtable;
 pub mod hostfs;
 pub mod stat;
 pub mod synthetic;
+pub mod threads;
 pub mod tmpfs;
 pub mod view;
 

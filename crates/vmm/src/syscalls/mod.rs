@@ -11,7 +11,8 @@
 //! | [`process`] | identity, exit, limits, scheduling, randomness  |
 //! | [`time`]    | clocks and sleeping                             |
 //! | [`signal`]  | signal dispositions and masks (no async delivery) |
-//! | [`futex`]   | futexes (one thread)                            |
+//! | [`thread`]  | creating threads (`clone`, `clone3`)            |
+//! | [`futex`]   | futexes: waits and wakes between threads        |
 //! | [`api`]     | the tenantvm request API                        |
 //!
 //! Handlers return `Result<u64, Errno>`; the guest sees `-errno` on error, as from Linux.
@@ -28,6 +29,7 @@ pub mod mem;
 pub mod path;
 pub mod process;
 pub mod signal;
+pub mod thread;
 pub mod time;
 
 use std::collections::BTreeMap;
@@ -185,6 +187,23 @@ pub enum Stop {
     BatchDone,
 }
 
+/// What a handler asks of the scheduler (`crate::sched` acts on it after the call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sched {
+    /// The running thread waits, exited or yields (its state says which): switch threads.
+    Switch,
+    /// `clone` made thread `index`: its CPU state is the caller's, with rax = 0, `stack` as
+    /// rsp (if not 0) and `tls` as FS base (if set).
+    Spawn {
+        /// Index in the thread table.
+        index: usize,
+        /// The new stack pointer, or 0 to keep the caller's.
+        stack: u64,
+        /// The new FS base (CLONE_SETTLS).
+        tls: Option<u64>,
+    },
+}
+
 /// The emulated process: everything about the program the host keeps between calls.
 /// Cloned into a snapshot and back on reset.
 #[derive(Debug, Clone)]
@@ -197,8 +216,8 @@ pub struct Process {
     pub signals: signal::SignalState,
     /// pid, uid, executable path, limits.
     pub identity: process::Identity,
-    /// set_tid_address / set_robust_list / rseq registrations.
-    pub thread: process::ThreadState,
+    /// The threads, their registrations and saved CPU states.
+    pub threads: crate::linux::threads::Threads,
 }
 
 /// Everything a handler may use.
@@ -215,6 +234,8 @@ pub struct Ctx<'a> {
     pub api: Option<&'a api::ApiLimits>,
     /// Set by a handler to stop the run.
     pub stop: Option<Stop>,
+    /// Set by a handler that needs the scheduler (threads).
+    pub sched: Option<Sched>,
     /// Set when a memory request failed for lack of guest memory.
     pub memory_exhausted: bool,
     /// Time a handler waited on the program's behalf (a sleep, input): charged to its time
@@ -319,6 +340,8 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_rt_sigprocmask => signal::sys_rt_sigprocmask(ctx, a),
         SYS_sigaltstack => signal::sys_sigaltstack(ctx, a),
         SYS_futex => futex::sys_futex(ctx, a),
+        SYS_clone => thread::sys_clone(ctx, a),
+        SYS_clone3 => thread::sys_clone3(ctx, a),
         _ if nr == crate::guest::api::WAIT_FOR_REQUEST && ctx.api.is_some() => api::sys_wait_for_request(ctx, a),
         _ if nr == crate::guest::api::RESPOND && ctx.api.is_some() => api::sys_respond(ctx, a),
         _ if nr == crate::guest::api::RESPOND_AND_WAIT && ctx.api.is_some() => api::sys_respond_and_wait(ctx, a),

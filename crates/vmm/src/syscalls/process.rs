@@ -1,9 +1,11 @@
 //! The process itself: identity, exit, limits, scheduling, thread registrations, randomness.
 //!
-//! A tenantvm program is one process with one thread.  Its ids are fixed (pid 2, its parent
-//! "init" pid 1, uid/gid 1000) so that a reset VM and a fresh VM look the same.
+//! A tenantvm program is one process (threads: [`super::thread`]).  Its ids are fixed (pid 2,
+//! its parent "init" pid 1, uid/gid 1000) so that a reset VM and a fresh VM look the same.
 
-use super::{Ctx, Errno, Stop, SysResult};
+use crate::linux::threads::RunState;
+
+use super::{Ctx, Errno, Sched, Stop, SysResult};
 
 /// Who the program is and what it may use.
 #[derive(Debug, Clone)]
@@ -26,26 +28,26 @@ pub struct Identity {
     pub name: [u8; 16],
 }
 
-/// Registrations made by the C library's thread set-up.
-#[derive(Debug, Clone, Default)]
-pub struct ThreadState {
-    /// set_tid_address.
-    pub clear_child_tid: u64,
-    /// set_robust_list head.
-    pub robust_list: u64,
-    /// rseq area and signature.
-    pub rseq: Option<(u64, u32, u32)>,
-}
-
-/// exit(status)
+/// exit(status): ends the calling thread; the last thread's exit ends the process.  A thread
+/// with a clear-child-tid address gets 0 written there and one futex waiter woken (how
+/// `pthread_join` learns of the exit).
 pub fn sys_exit(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.stop = Some(Stop::Exited((a[0] & 0xff) as i32));
+    if !ctx.proc.threads.multi() {
+        return sys_exit_group(ctx, a);
+    }
+    let clear = ctx.proc.threads.current().clear_child_tid;
+    if clear != 0 && ctx.mem.write(clear, &0u32.to_le_bytes()).is_ok() {
+        ctx.proc.threads.futex_wake(clear, u32::MAX, 1);
+    }
+    ctx.proc.threads.current_mut().state = RunState::Exited;
+    ctx.sched = Some(Sched::Switch);
     Ok(0)
 }
 
-/// exit_group(status): with one thread, the same as exit.
+/// exit_group(status): ends every thread.
 pub fn sys_exit_group(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    sys_exit(ctx, a)
+    ctx.stop = Some(Stop::Exited((a[0] & 0xff) as i32));
+    Ok(0)
 }
 
 /// getpid()
@@ -53,9 +55,9 @@ pub fn sys_getpid(ctx: &mut Ctx<'_>, _: [u64; 6]) -> SysResult {
     Ok(ctx.proc.identity.pid)
 }
 
-/// gettid(): one thread, so the pid.
+/// gettid(): the first thread's is the pid.
 pub fn sys_gettid(ctx: &mut Ctx<'_>, _: [u64; 6]) -> SysResult {
-    Ok(ctx.proc.identity.pid)
+    Ok(ctx.proc.threads.current().tid)
 }
 
 /// getppid()
@@ -102,8 +104,9 @@ pub fn sys_arch_prctl(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 
 /// set_tid_address(tidptr): returns the caller's tid.
 pub fn sys_set_tid_address(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    ctx.proc.thread.clear_child_tid = a[0];
-    Ok(ctx.proc.identity.pid)
+    let me = ctx.proc.threads.current_mut();
+    me.clear_child_tid = a[0];
+    Ok(me.tid)
 }
 
 /// set_robust_list(head, len)
@@ -111,7 +114,7 @@ pub fn sys_set_robust_list(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if a[1] != 24 {
         return Err(Errno::EINVAL);
     }
-    ctx.proc.thread.robust_list = a[0];
+    ctx.proc.threads.current_mut().robust_list = a[0];
     Ok(0)
 }
 
@@ -121,9 +124,10 @@ pub fn sys_rseq(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     const RSEQ_FLAG_UNREGISTER: u64 = 1;
     let (area, len, flags, sig) = (a[0], a[1] as u32, a[2], a[3] as u32);
     if flags & RSEQ_FLAG_UNREGISTER != 0 {
-        return match ctx.proc.thread.rseq {
+        let registered = ctx.proc.threads.current().rseq;
+        return match registered {
             Some((r, l, s)) if r == area && l == len && s == sig => {
-                ctx.proc.thread.rseq = None;
+                ctx.proc.threads.current_mut().rseq = None;
                 Ok(0)
             }
             Some(_) => Err(Errno::EPERM),
@@ -133,13 +137,13 @@ pub fn sys_rseq(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if flags != 0 || len < 32 || area % 32 != 0 {
         return Err(Errno::EINVAL);
     }
-    if let Some((r, l, s)) = ctx.proc.thread.rseq {
+    if let Some((r, l, s)) = ctx.proc.threads.current().rseq {
         return Err(if r == area && l == len && s == sig { Errno(libc::EBUSY) } else { Errno::EINVAL });
     }
     // cpu_id_start, cpu_id = 0; rseq_cs untouched; node_id, mm_cid = 0.
     ctx.mem.write(area, &[0u8; 8])?;
     ctx.mem.write(area + 20, &[0u8; 8])?;
-    ctx.proc.thread.rseq = Some((area, len, sig));
+    ctx.proc.threads.current_mut().rseq = Some((area, len, sig));
     Ok(0)
 }
 
@@ -193,8 +197,12 @@ pub fn sys_sched_getaffinity(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(8)
 }
 
-/// sched_yield(): nothing else to run.
-pub fn sys_sched_yield(_: &mut Ctx<'_>, _: [u64; 6]) -> SysResult {
+/// sched_yield(): lets another runnable thread run, if there is one.
+pub fn sys_sched_yield(ctx: &mut Ctx<'_>, _: [u64; 6]) -> SysResult {
+    if ctx.proc.threads.others_runnable() {
+        ctx.proc.threads.current_mut().state = RunState::Runnable;
+        ctx.sched = Some(Sched::Switch);
+    }
     Ok(0)
 }
 
@@ -246,17 +254,23 @@ pub fn sys_kill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Err(Errno::ESRCH)
 }
 
-/// tgkill(tgid, tid, sig)
+/// tgkill(tgid, tid, sig): to one of the program's own threads.
 pub fn sys_tgkill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    if a[0] != ctx.proc.identity.pid || a[1] != ctx.proc.identity.pid {
+    if (a[0] as i64) <= 0 || (a[1] as i64) <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    if a[0] != ctx.proc.identity.pid || !ctx.proc.threads.contains(a[1]) {
         return Err(Errno::ESRCH);
     }
     signal_self(ctx, a[2])
 }
 
-/// tkill(tid, sig)
+/// tkill(tid, sig): to one of the program's own threads.
 pub fn sys_tkill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    if a[0] != ctx.proc.identity.pid {
+    if (a[0] as i64) <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    if !ctx.proc.threads.contains(a[0]) {
         return Err(Errno::ESRCH);
     }
     signal_self(ctx, a[1])

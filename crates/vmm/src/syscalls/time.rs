@@ -88,7 +88,15 @@ fn read_timespec(ctx: &Ctx<'_>, va: u64) -> Result<Duration, Errno> {
 }
 
 /// Sleeps for `duration`, or stops the run as a timeout if that would pass the deadline.
+/// With other threads the sleeper leaves the vCPU to them instead.
 pub fn sleep_for(ctx: &mut Ctx<'_>, duration: Duration) -> SysResult {
+    if ctx.proc.threads.multi() {
+        let until = Instant::now().checked_add(duration).unwrap_or_else(super::futex::far_future);
+        ctx.proc.threads.current_mut().state =
+            crate::linux::threads::RunState::Waiting(crate::linux::threads::Wait::Sleep(until));
+        ctx.sched = Some(super::Sched::Switch);
+        return Ok(0);
+    }
     let start = Instant::now();
     let wake = start.checked_add(duration);
     match (wake, ctx.deadline) {

@@ -1,0 +1,175 @@
+/*
+ * threads — POSIX threads inside tenantvm (crates/vmm/tests/threads.rs).
+ *
+ *   threads pool      8 threads take turns through a mutex and a condition variable and
+ *                     add up a known sum; distinct tids; joined.  Prints "sum=... turns=...".
+ *   threads preempt   main spins (no system call) on a flag only another thread sets, with
+ *                     rcx/r11/xmm0 holding values it checks: a time slice must move the vCPU
+ *                     to the other thread, and back, without corrupting them.
+ *   threads deadlock  main joins a thread that waits on a condition nobody signals.
+ *   threads many      creates threads until pthread_create fails; prints how many and why.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define N 8
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int turn;
+static long sum, turns;
+static long tids[N];
+
+static void *worker(void *arg)
+{
+	long id = (long)arg;
+	tids[id] = syscall(SYS_gettid);
+	for (int round = 0; round < 50; round++) {
+		pthread_mutex_lock(&lock);
+		while (turn % N != id)
+			pthread_cond_wait(&cond, &lock);
+		sum += (id + 1) * (round + 1);
+		turns++;
+		turn++;
+		pthread_cond_broadcast(&cond);
+		pthread_mutex_unlock(&lock);
+	}
+	return (void *)(id * 10);
+}
+
+static int pool(void)
+{
+	pthread_t t[N];
+	for (long i = 0; i < N; i++)
+		if (pthread_create(&t[i], NULL, worker, (void *)i) != 0)
+			return 1;
+	long rets = 0;
+	for (int i = 0; i < N; i++) {
+		void *r;
+		pthread_join(t[i], &r);
+		rets += (long)r;
+	}
+	int distinct = 1;
+	for (int i = 0; i < N; i++)
+		for (int j = 0; j < i; j++)
+			if (tids[i] == tids[j] || tids[i] == getpid())
+				distinct = 0;
+	printf("sum=%ld turns=%ld rets=%ld distinct=%d main=%d\n", sum, turns, rets, distinct,
+	       (int)syscall(SYS_gettid) == getpid());
+	return 0;
+}
+
+static volatile int flag;
+
+static void *setter(void *arg)
+{
+	(void)arg;
+	struct timespec ts = {0, 2 * 1000 * 1000};
+	/* Sleep first: the main thread is then resumed from a system-call exit although it was
+	 * preempted in user mode (the trampoline path). */
+	nanosleep(&ts, NULL);
+	volatile double x = 1.0;
+	for (int i = 0; i < 100000; i++)
+		x = x * 1.000001;
+	flag = 1;
+	return NULL;
+}
+
+static int preempt(void)
+{
+	pthread_t t;
+	if (pthread_create(&t, NULL, setter, NULL) != 0)
+		return 1;
+	long bad = 0;
+	double keep_d = 3.25;
+	long keep;
+	memcpy(&keep, &keep_d, sizeof keep);
+	__asm__ volatile(
+		"movq %[keep], %%xmm0\n"
+		"mov $0x1111222233334444, %%rcx\n"
+		"mov $0x5555666677778888, %%r11\n"
+		"1: cmpl $0, (%[flag])\n"
+		"jne 2f\n"
+		"mov $0x1111222233334444, %%rax\n"
+		"cmp %%rax, %%rcx\n"
+		"jne 3f\n"
+		"mov $0x5555666677778888, %%rax\n"
+		"cmp %%rax, %%r11\n"
+		"jne 3f\n"
+		"movq %%xmm0, %%rax\n"
+		"cmp %[keep], %%rax\n"
+		"jne 3f\n"
+		"jmp 1b\n"
+		"3: mov $1, %[bad]\n"
+		"2:\n"
+		: [bad] "+r"(bad)
+		: [flag] "r"(&flag), [keep] "r"(keep)
+		: "rax", "rcx", "r11", "xmm0", "memory", "cc");
+	pthread_join(t, NULL);
+	printf("spun until the other thread ran: registers %s\n", bad ? "CORRUPTED" : "intact");
+	return 0;
+}
+
+static void *never(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&lock);
+	for (;;)
+		pthread_cond_wait(&cond, &lock);
+	return NULL;
+}
+
+static int deadlock(void)
+{
+	pthread_t t;
+	pthread_create(&t, NULL, never, NULL);
+	pthread_join(t, NULL);
+	return 0;
+}
+
+static void *idle(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&lock);
+	pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	return NULL;
+}
+
+static int many(void)
+{
+	int n = 0, err = 0;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setstacksize(&a, 64 * 1024);
+	for (;;) {
+		pthread_t t;
+		err = pthread_create(&t, &a, idle, NULL);
+		if (err)
+			break;
+		n++;
+	}
+	printf("created=%d err=%s\n", n, err == EAGAIN ? "EAGAIN" : strerror(err));
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "pool";
+	setvbuf(stdout, NULL, _IONBF, 0);
+	if (!strcmp(mode, "pool"))
+		return pool();
+	if (!strcmp(mode, "preempt"))
+		return preempt();
+	if (!strcmp(mode, "deadlock"))
+		return deadlock();
+	if (!strcmp(mode, "many"))
+		return many();
+	return 2;
+}

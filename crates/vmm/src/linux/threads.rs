@@ -1,0 +1,351 @@
+//! The program's threads as plain data: who exists, who runs, who waits for what.
+//!
+//! Every thread of a tenantvm program runs on the VM's one vCPU.  The thread that runs owns
+//! the vCPU's registers; every other thread keeps its CPU state here ([`CpuState`]), saved
+//! and loaded by `crate::sched` when the vCPU switches between them.  Switches happen only
+//! where a thread cannot go on (a futex wait, a sleep, a read that would block, exit), where
+//! it asks for it (`sched_yield`), or when its time slice ends: scheduling is cooperative
+//! with a preemptive backstop, so a spinning thread cannot starve the one it waits for.
+//!
+//! Futex waiters are threads in [`Wait::Futex`]; a wake takes them in the order they started
+//! waiting.  The table is part of [`crate::syscalls::Process`], so threads are in a tenant's
+//! snapshot and a reset brings back exactly the threads (and their states) of the snapshot.
+
+use std::time::Instant;
+
+use super::errno::Errno;
+
+/// Most threads a VM may have at once; `clone` beyond is EAGAIN.
+pub const MAX_THREADS: usize = 64;
+
+/// The CPU state of a thread that is not running, as it would be in user mode: `rip` and
+/// `rflags` are the program's (a thread stopped in a system call has `rcx = rip` and
+/// `r11 = rflags`, as Linux leaves them after `syscall`).
+#[derive(Debug, Clone)]
+pub struct CpuState {
+    /// General registers, rip and rflags.
+    pub regs: kvm_bindings::kvm_regs,
+    /// FS base (the thread pointer).
+    pub fs_base: u64,
+    /// GS base.
+    pub gs_base: u64,
+    /// The XSAVE image (x87, SSE, AVX state), as KVM_GET_XSAVE gives it.
+    pub xsave: Box<[u32; 1024]>,
+}
+
+/// What a thread that is not runnable waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// `futex` WAIT on `addr` (matching `bitset` on wakes), until `until` if set.
+    Futex {
+        /// The futex word's address.
+        addr: u64,
+        /// The waiter's bitset (all ones for plain FUTEX_WAIT).
+        bitset: u32,
+        /// Timeout.
+        until: Option<Instant>,
+        /// Order of arrival (wakes take the oldest first).
+        seq: u64,
+    },
+    /// A sleep until the instant.
+    Sleep(Instant),
+    /// A call that would have blocked (an empty pipe, ...): it is made again once another
+    /// thread has done something.
+    Retry,
+}
+
+/// Where a thread is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// On the vCPU.
+    Running,
+    /// Ready to run.
+    Runnable,
+    /// Waiting.
+    Waiting(Wait),
+    /// Called `exit`; removed at the next switch.
+    Exited,
+}
+
+/// One thread.
+#[derive(Debug, Clone)]
+pub struct Thread {
+    /// Its id (the first thread's is the pid).
+    pub tid: u64,
+    /// Where it is.
+    pub state: RunState,
+    /// Its CPU state while it is not running.
+    pub cpu: Option<CpuState>,
+    /// set_tid_address / CLONE_CHILD_CLEARTID: zeroed and futex-woken at exit.
+    pub clear_child_tid: u64,
+    /// set_robust_list head.
+    pub robust_list: u64,
+    /// rseq area, length and signature.
+    pub rseq: Option<(u64, u32, u32)>,
+}
+
+impl Thread {
+    fn new(tid: u64, state: RunState) -> Thread {
+        Thread { tid, state, cpu: None, clear_child_tid: 0, robust_list: 0, rseq: None }
+    }
+}
+
+/// All threads of the process.
+#[derive(Debug, Clone)]
+pub struct Threads {
+    list: Vec<Thread>,
+    current: usize,
+    next_tid: u64,
+    seq: u64,
+}
+
+impl Threads {
+    /// One running thread whose tid is `pid`.
+    pub fn new(pid: u64) -> Threads {
+        Threads { list: vec![Thread::new(pid, RunState::Running)], current: 0, next_tid: pid + 1, seq: 0 }
+    }
+
+    /// How many threads exist (exited ones not yet removed included).
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether more than one thread exists: the scheduler has work to do.
+    pub fn multi(&self) -> bool {
+        self.list.len() > 1
+    }
+
+    /// The running thread.
+    pub fn current(&self) -> &Thread {
+        &self.list[self.current]
+    }
+
+    /// The running thread, mutably.
+    pub fn current_mut(&mut self) -> &mut Thread {
+        &mut self.list[self.current]
+    }
+
+    /// Index of the running thread.
+    pub fn current_index(&self) -> usize {
+        self.current
+    }
+
+    /// Thread by index.
+    pub fn get_mut(&mut self, i: usize) -> &mut Thread {
+        &mut self.list[i]
+    }
+
+    /// Whether `tid` is one of the threads.
+    pub fn contains(&self, tid: u64) -> bool {
+        self.list.iter().any(|t| t.tid == tid && t.state != RunState::Exited)
+    }
+
+    /// Whether a thread other than the running one could run now.
+    pub fn others_runnable(&self) -> bool {
+        self.list.iter().enumerate().any(|(i, t)| i != self.current && t.state == RunState::Runnable)
+    }
+
+    /// Adds a runnable thread (its CPU state to be filled in by the caller); its index and tid.
+    pub fn spawn(&mut self) -> Result<(usize, u64), Errno> {
+        if self.list.len() >= MAX_THREADS {
+            return Err(Errno::EAGAIN);
+        }
+        let tid = self.next_tid;
+        self.next_tid += 1;
+        self.list.push(Thread::new(tid, RunState::Runnable));
+        Ok((self.list.len() - 1, tid))
+    }
+
+    /// Puts the running thread to wait on futex `addr`.
+    pub fn wait_futex(&mut self, addr: u64, bitset: u32, until: Option<Instant>) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.current_mut().state = RunState::Waiting(Wait::Futex { addr, bitset, until, seq });
+    }
+
+    /// Waiters on `addr` whose bitset meets `bitset`, oldest first.
+    fn waiters(&self, addr: u64, bitset: u32) -> Vec<usize> {
+        let mut w: Vec<(u64, usize)> = self
+            .list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.state {
+                RunState::Waiting(Wait::Futex { addr: a, bitset: b, seq, .. }) if a == addr && b & bitset != 0 => {
+                    Some((seq, i))
+                }
+                _ => None,
+            })
+            .collect();
+        w.sort_unstable();
+        w.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Wakes up to `n` waiters on `addr` (bitset matching); how many were woken.  A woken
+    /// waiter's `futex` returns 0 (the value its saved registers already hold).
+    pub fn futex_wake(&mut self, addr: u64, bitset: u32, n: u64) -> u64 {
+        let mut woken = 0;
+        for i in self.waiters(addr, bitset) {
+            if woken >= n {
+                break;
+            }
+            self.list[i].state = RunState::Runnable;
+            woken += 1;
+        }
+        woken
+    }
+
+    /// Wakes up to `wake` waiters on `addr` and moves up to `requeue` of the rest to `addr2`;
+    /// (woken, requeued).
+    pub fn futex_requeue(&mut self, addr: u64, wake: u64, addr2: u64, requeue: u64) -> (u64, u64) {
+        let (mut woken, mut moved) = (0, 0);
+        for i in self.waiters(addr, u32::MAX) {
+            if woken < wake {
+                self.list[i].state = RunState::Runnable;
+                woken += 1;
+            } else if moved < requeue {
+                if let RunState::Waiting(Wait::Futex { addr: a, .. }) = &mut self.list[i].state {
+                    *a = addr2;
+                }
+                moved += 1;
+            } else {
+                break;
+            }
+        }
+        (woken, moved)
+    }
+
+    /// Makes runnable every waiter whose time is up at `now`; a futex wait that timed out
+    /// returns ETIMEDOUT (written into its saved rax), a sleep 0.  True when that futex
+    /// waiter is the running thread (whose registers are on the vCPU, not saved here).
+    pub fn wake_expired(&mut self, now: Instant) -> bool {
+        let mut current_timed_out = false;
+        for (i, t) in self.list.iter_mut().enumerate() {
+            let (due, timed_out) = match t.state {
+                RunState::Waiting(Wait::Futex { until: Some(u), .. }) => (u <= now, true),
+                RunState::Waiting(Wait::Sleep(u)) => (u <= now, false),
+                _ => (false, false),
+            };
+            if due {
+                t.state = RunState::Runnable;
+                if timed_out {
+                    match t.cpu.as_mut() {
+                        Some(cpu) => cpu.regs.rax = (-i64::from(libc::ETIMEDOUT)) as u64,
+                        None => current_timed_out |= i == self.current,
+                    }
+                }
+            }
+        }
+        current_timed_out
+    }
+
+    /// The earliest time a waiting thread becomes runnable by itself.
+    pub fn earliest_timeout(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|t| match t.state {
+                RunState::Waiting(Wait::Futex { until, .. }) => until,
+                RunState::Waiting(Wait::Sleep(u)) => Some(u),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Makes every thread waiting to retry a call runnable (another thread did something).
+    pub fn wake_retriers(&mut self) {
+        for t in &mut self.list {
+            if t.state == RunState::Waiting(Wait::Retry) {
+                t.state = RunState::Runnable;
+            }
+        }
+    }
+
+    /// The next runnable thread after the running one, round robin (the running one last).
+    pub fn pick_next(&self) -> Option<usize> {
+        let n = self.list.len();
+        (1..=n).map(|k| (self.current + k) % n).find(|&i| self.list[i].state == RunState::Runnable)
+    }
+
+    /// Makes thread `next` the running one; drops the previous one if it exited.  Returns
+    /// the new index of `next`.
+    pub fn switch_to(&mut self, next: usize) -> usize {
+        let mut next = next;
+        if self.list[self.current].state == RunState::Exited && self.current != next {
+            self.list.remove(self.current);
+            if next > self.current {
+                next -= 1;
+            }
+        }
+        self.current = next;
+        self.list[next].state = RunState::Running;
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn three() -> Threads {
+        let mut t = Threads::new(2);
+        assert_eq!(t.spawn().unwrap(), (1, 3));
+        assert_eq!(t.spawn().unwrap(), (2, 4));
+        t
+    }
+
+    #[test]
+    fn wakes_take_the_oldest_waiters_first_and_respect_bitsets() {
+        let mut t = three();
+        t.wait_futex(0x1000, u32::MAX, None); // thread 0
+        t.switch_to(1);
+        t.wait_futex(0x1000, 0b10, None); // thread 1
+        t.switch_to(2);
+        assert_eq!(t.futex_wake(0x1000, 0b01, 5), 1, "only thread 0's bitset matches");
+        assert_eq!(t.list[0].state, RunState::Runnable);
+        assert!(matches!(t.list[1].state, RunState::Waiting(_)));
+        assert_eq!(t.futex_wake(0x2000, u32::MAX, 5), 0);
+        assert_eq!(t.futex_wake(0x1000, u32::MAX, 5), 1);
+    }
+
+    #[test]
+    fn requeue_wakes_some_and_moves_the_rest() {
+        let mut t = three();
+        t.wait_futex(0x10, u32::MAX, None);
+        t.switch_to(1);
+        t.wait_futex(0x10, u32::MAX, None);
+        t.switch_to(2);
+        assert_eq!(t.futex_requeue(0x10, 1, 0x20, 10), (1, 1));
+        assert_eq!(t.list[0].state, RunState::Runnable, "the oldest is woken");
+        assert_eq!(t.futex_wake(0x10, u32::MAX, 10), 0);
+        assert_eq!(t.futex_wake(0x20, u32::MAX, 10), 1);
+    }
+
+    #[test]
+    fn the_cap_is_eagain_and_exited_threads_leave_at_the_switch() {
+        let mut t = Threads::new(2);
+        for _ in 1..MAX_THREADS {
+            t.spawn().unwrap();
+        }
+        assert_eq!(t.spawn(), Err(Errno::EAGAIN));
+        t.current_mut().state = RunState::Exited;
+        let next = t.pick_next().unwrap();
+        assert_eq!(t.switch_to(next), 0);
+        assert_eq!(t.count(), MAX_THREADS - 1);
+        assert_eq!(t.current().tid, 3);
+    }
+
+    #[test]
+    fn timeouts_make_waiters_runnable_with_etimedout() {
+        let mut t = three();
+        let now = Instant::now();
+        t.wait_futex(0x10, u32::MAX, Some(now));
+        t.list[0].cpu = Some(CpuState { regs: Default::default(), fs_base: 0, gs_base: 0, xsave: Box::new([0; 1024]) });
+        t.switch_to(1);
+        t.current_mut().state = RunState::Waiting(Wait::Sleep(now + Duration::from_secs(60)));
+        assert_eq!(t.earliest_timeout(), Some(now));
+        t.wake_expired(now);
+        assert_eq!(t.list[0].state, RunState::Runnable);
+        assert_eq!(t.list[0].cpu.as_ref().unwrap().regs.rax as i64, -i64::from(libc::ETIMEDOUT));
+        assert!(matches!(t.list[1].state, RunState::Waiting(Wait::Sleep(_))));
+    }
+}

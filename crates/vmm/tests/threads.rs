@@ -1,0 +1,142 @@
+//! Threads: `clone` for POSIX threads on the VM's one vCPU, futexes between them, time
+//! slices, deadlock detection, the thread cap, and threads in a tenant's snapshot.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{app, apps_dir, args, require_kvm};
+use vmm::{ExitKind, Failure, Request, RunConfig};
+
+fn run(name: &str, mode: &str) -> vmm::RunOutcome {
+    let program = app(name);
+    let mut cfg = RunConfig::new(args(&[name, mode]));
+    // glibc gives every thread an 8 MiB stack (RLIMIT_STACK) out of the VM's memory.
+    cfg.memory = 256 << 20;
+    // Generous: this is about behaviour, and test machines are busy.
+    cfg.timeout = Duration::from_secs(60);
+    vmm::run(&program, cfg).unwrap()
+}
+
+fn stdout(out: &vmm::RunOutcome) -> String {
+    assert_eq!(out.exit, ExitKind::Exited(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// 8 workers x 50 rounds, each adding (id + 1) * (round + 1) in strict turn order.
+const POOL: &str = "sum=45900 turns=400 rets=280 distinct=1 main=1\n";
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn eight_pthreads_with_mutex_and_condvar_compute_the_known_sum() {
+    require_kvm();
+    for libc in ["threads.glibc", "threads.musl"] {
+        let out = run(libc, "pool");
+        assert_eq!(stdout(&out), POOL, "{libc}");
+        assert!(out.syscalls.unsupported.is_empty(), "{libc}: {:?}", out.syscalls.unsupported);
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn dynamically_linked_pthreads_work() {
+    require_kvm();
+    if !std::path::Path::new("/lib64/ld-linux-x86-64.so.2").exists() {
+        eprintln!("SKIPPED (not run, although reported ok): no dynamic linker on this host");
+        return;
+    }
+    let path = apps_dir().join("threads.dyn");
+    let program = vmm::Program::from_file(&path).unwrap();
+    let mut cfg = RunConfig::new(args(&[path.to_str().unwrap(), "pool"]));
+    cfg.memory = 256 << 20;
+    cfg.timeout = Duration::from_secs(60);
+    assert_eq!(stdout(&vmm::run(&program, cfg).unwrap()), POOL);
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_spinning_thread_is_preempted_and_its_registers_survive() {
+    require_kvm();
+    // Main spins without a system call until the other thread sets a flag: only a time
+    // slice can move the vCPU.  The other thread sleeps first, so main is resumed from a
+    // system-call exit although it was stopped in user mode (rcx, r11 and xmm0 checked).
+    for libc in ["threads.glibc", "threads.musl"] {
+        let out = run(libc, "preempt");
+        assert_eq!(stdout(&out), "spun until the other thread ran: registers intact\n", "{libc}");
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn threads_that_all_wait_forever_are_a_deadlock() {
+    require_kvm();
+    let out = run("threads.glibc", "deadlock");
+    assert!(matches!(out.exit, ExitKind::Deadlock(_)), "{:?}", out.exit);
+    assert!(out.elapsed < Duration::from_secs(60), "stopped at once, not at the time limit");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn threads_beyond_the_cap_are_eagain() {
+    require_kvm();
+    assert_eq!(stdout(&run("threads.glibc", "many")), "created=63 err=EAGAIN\n");
+}
+
+fn request(path: &str) -> Request {
+    Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn body(inst: &mut vmm::Instance, path: &str) -> String {
+    String::from_utf8(inst.call(&request(path)).unwrap().response.body).unwrap()
+}
+
+fn thread_tenant(ephemeral: bool) -> vmm::Tenant {
+    common::tenant("thread_tenant", |c| {
+        c.ephemeral = ephemeral;
+        c.memory = 128 << 20;
+        c.timeout = Duration::from_secs(20);
+    })
+}
+
+/// Job k (counted since boot) adds k + 1: the first request's 4 jobs sum to 10.  Tids: main
+/// 2, workers 3-6, the request's thread 7.
+const FIRST: &str = "sum=10 jobs=4 left=-1 new=7";
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_tenant_with_threads_is_reset_with_its_threads() {
+    require_kvm();
+    let t = thread_tenant(true);
+    let mut inst = t.instance().unwrap();
+    for _ in 0..5 {
+        // The thread the last request started is gone, and the same tid is handed out again.
+        assert_eq!(body(&mut inst, "/"), FIRST);
+    }
+    // A request that deadlocks fails typed, and the instance serves on from the snapshot.
+    let err = inst.call(&request("/deadlock")).unwrap_err();
+    assert!(matches!(err.kind, Failure::Deadlock { .. }), "{:?}", err.kind);
+    assert_eq!(body(&mut inst, "/"), FIRST);
+    // Batched requests see the same.
+    for r in inst.call_batch(&[request("/"), request("/"), request("/")]) {
+        assert_eq!(String::from_utf8(r.unwrap().response.body).unwrap(), FIRST);
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_stateful_tenant_keeps_its_threads() {
+    require_kvm();
+    let mut inst = thread_tenant(false).instance().unwrap();
+    assert_eq!(body(&mut inst, "/"), FIRST);
+    // The job count and the thread the first request started survive.
+    assert_eq!(body(&mut inst, "/"), "sum=26 jobs=8 left=0 new=8");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn rust_std_threads_and_channels() {
+    require_kvm();
+    let out = run("threads.rust", "");
+    assert_eq!(stdout(&out), "squares=338350 jobs=100 scoped=500500\n");
+    assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
+}
