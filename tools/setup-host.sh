@@ -6,6 +6,7 @@ packages=(
 	gcc make binutils libc6-dev musl-tools         # guest programs and the guest kernel
 	g++ python3 perl lua5.4                        # dynamically linked guest programs (C++, CPython, Perl, Lua)
 	liblua5.4-dev                                  # the Lua binding (apps/sdk/lua), a C module for lua5.4
+	golang-go                                      # a static Go guest program (threads, epoll)
 	python3-venv python3-dev                       # the Python package
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd   # hardware-KVM test rig
 	wrk linux-perf                                 # HTTP benchmarks and their profile

@@ -8,12 +8,16 @@
  *                     to the other thread, and back, without corrupting them.
  *   threads deadlock  main joins a thread that waits on a condition nobody signals.
  *   threads many      creates threads until pthread_create fails; prints how many and why.
+ *   threads epoll     epoll between threads: a wait that times out (0 events), a wait that
+ *                     another thread's pipe write ends, EPOLLONESHOT, and poll with a timeout.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -159,6 +163,47 @@ static int many(void)
 	return 0;
 }
 
+static int pipefd[2];
+
+static void *writer(void *arg)
+{
+	(void)arg;
+	struct timespec ts = {0, 3 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+	if (write(pipefd[1], "x", 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+static int epoll(void)
+{
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0 || pipe(pipefd) != 0)
+		return 1;
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 0xfeed};
+	epoll_ctl(ep, EPOLL_CTL_ADD, pipefd[0], &ev);
+	int dup_add = epoll_ctl(ep, EPOLL_CTL_ADD, pipefd[0], &ev) < 0 ? errno : 0;
+	struct epoll_event out[4];
+	pthread_t t;
+	pthread_create(&t, NULL, writer, NULL);
+	/* Nothing yet: the writer sleeps 3 ms, so a 1 ms wait times out. */
+	int first = epoll_wait(ep, out, 4, 1);
+	/* The writer's byte ends this one. */
+	int second = epoll_wait(ep, out, 4, 10000);
+	unsigned long long data = second == 1 ? out[0].data.u64 : 0;
+	/* One-shot: still readable, but not reported again until re-armed. */
+	int third = epoll_wait(ep, out, 4, 0);
+	ev.events = EPOLLIN;
+	epoll_ctl(ep, EPOLL_CTL_MOD, pipefd[0], &ev);
+	int fourth = epoll_wait(ep, out, 4, 0);
+	pthread_join(t, NULL);
+	struct pollfd p = {.fd = pipefd[1], .events = POLLIN};
+	int polled = poll(&p, 1, 2);
+	printf("epoll: eexist=%d timeout=%d woken=%d data=%llx oneshot=%d rearmed=%d poll=%d\n", dup_add == EEXIST,
+	       first, second, data, third, fourth, polled);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "pool";
@@ -171,5 +216,7 @@ int main(int argc, char **argv)
 		return deadlock();
 	if (!strcmp(mode, "many"))
 		return many();
+	if (!strcmp(mode, "epoll"))
+		return epoll();
 	return 2;
 }

@@ -24,7 +24,7 @@ use crate::memory::user::UserMap;
 use crate::memory::Mapping;
 use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::Io;
-use crate::syscalls::{self, Ctx, Process, Stop, SyscallCounts, UserMemory};
+use crate::syscalls::{self, Ctx, Process, Sched, Stop, SyscallCounts, UserMemory};
 use crate::timer::Deadline;
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
@@ -412,10 +412,19 @@ impl Machine {
         self.vm.regs().rax = rax;
         self.vm.regs_changed();
         match (stop, sched) {
-            (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(r.rax, deadline),
+            (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(r.rax, None, deadline),
             (Some(stop), _) => Ok(Some(stop)),
-            (None, Some(sched)) => self.on_sched(sched, deadline),
-            (None, None) => Ok(None),
+            (None, Some(Sched::Retry(until))) => self.retry_later(r.rax, until, deadline),
+            (None, sched) => {
+                if self.proc.threads.multi() {
+                    // A call made again after a wait is done: its deadline goes with it.
+                    self.proc.threads.current_mut().retry_until = None;
+                }
+                match sched {
+                    Some(sched) => self.on_sched(sched, deadline),
+                    None => Ok(None),
+                }
+            }
         }
     }
 

@@ -131,6 +131,10 @@ impl Machine {
                 Ok(None)
             }
             Sched::Switch => self.reschedule(At::Syscall, deadline),
+            Sched::Retry(until) => {
+                let nr = self.vm.regs().rax;
+                self.retry_later(nr, until, deadline)
+            }
         }
     }
 
@@ -149,11 +153,13 @@ impl Machine {
 
     /// A call that would block (it asked to stop with a deadlock) while other threads exist:
     /// the thread waits and makes the call again after another thread did something.
-    pub(crate) fn retry_later(&mut self, nr: u64, deadline: Instant) -> Result<Option<Stop>> {
+    pub(crate) fn retry_later(&mut self, nr: u64, until: Option<Instant>, deadline: Instant) -> Result<Option<Stop>> {
         let r = self.vm.regs();
         r.rax = nr;
         r.rcx -= 2; // back to the `syscall` instruction
-        self.proc.threads.current_mut().state = RunState::Waiting(Wait::Retry);
+        let me = self.proc.threads.current_mut();
+        me.state = RunState::Waiting(Wait::Retry(until));
+        me.retry_until = until;
         self.reschedule(At::Syscall, deadline)
     }
 
@@ -195,16 +201,16 @@ impl Machine {
     /// without one.
     fn reschedule(&mut self, at: At, deadline: Instant) -> Result<Option<Stop>> {
         let outgoing = self.proc.threads.current_index();
-        if self.proc.threads.current().state != RunState::Waiting(Wait::Retry) {
+        if !matches!(self.proc.threads.current().state, RunState::Waiting(Wait::Retry(_))) {
             // Something happened that a waiting read may have been waiting for.
             self.proc.threads.wake_retriers();
         }
         self.proc_touched = true;
         loop {
             let now = Instant::now();
-            if self.proc.threads.wake_expired(now) {
-                // The running thread's own futex wait timed out (its registers are live).
-                self.vm.regs().rax = (-i64::from(libc::ETIMEDOUT)) as u64;
+            if let Some(how) = self.proc.threads.wake_expired(now) {
+                // The running thread's own wait timed out (its registers are live).
+                how.finish(self.vm.regs(), at == At::Syscall);
                 self.vm.regs_changed();
             }
             if let Some(next) = self.proc.threads.pick_next() {

@@ -140,3 +140,36 @@ fn rust_std_threads_and_channels() {
     assert_eq!(stdout(&out), "squares=338350 jobs=100 scoped=500500\n");
     assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn epoll_and_poll_wait_for_other_threads() {
+    require_kvm();
+    // A 1 ms wait times out with 0 events while the writer sleeps 3 ms; a long wait ends with
+    // the writer's byte (and its data); one-shot is reported once until re-armed; poll on a
+    // pipe's write end asks for input only: nothing, after its 2 ms.
+    for libc in ["threads.glibc", "threads.musl"] {
+        let out = run(libc, "epoll");
+        assert_eq!(stdout(&out), "epoll: eexist=1 timeout=0 woken=1 data=feed oneshot=0 rearmed=1 poll=0\n", "{libc}");
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_static_go_program_runs_its_goroutines() {
+    require_kvm();
+    let path = apps_dir().join("goroutines.go");
+    if !path.exists() {
+        assert!(!common::strict(), "{} missing: install golang-go (make setup)", path.display());
+        eprintln!("SKIPPED (not run, although reported ok): no Go toolchain built {}", path.display());
+        return;
+    }
+    let program = vmm::Program::from_file(&path).unwrap();
+    let mut cfg = RunConfig::new(args(&["goroutines"]));
+    // Go reserves over 512 MiB of address space (page summaries) before it runs anything.
+    cfg.memory = 1 << 30;
+    cfg.timeout = Duration::from_secs(60);
+    let out = vmm::run(&program, cfg).unwrap();
+    assert_eq!(stdout(&out), "total=407989 goroutines=16 procs=4 timer=true\n");
+    assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
+}

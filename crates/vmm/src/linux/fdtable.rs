@@ -65,6 +65,8 @@ pub enum File {
         /// EFD_SEMAPHORE.
         semaphore: bool,
     },
+    /// An epoll instance: its interest list, descriptor → (events, data).
+    Epoll(BTreeMap<u64, (u32, u64)>),
 }
 
 /// An open file description.

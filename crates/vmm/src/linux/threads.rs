@@ -49,9 +49,9 @@ pub enum Wait {
     },
     /// A sleep until the instant.
     Sleep(Instant),
-    /// A call that would have blocked (an empty pipe, ...): it is made again once another
-    /// thread has done something.
-    Retry,
+    /// A call that would have blocked (an empty pipe, `epoll_wait`, ...): it is made again
+    /// once another thread has done something, or returns 0 at the instant if set.
+    Retry(Option<Instant>),
 }
 
 /// Where a thread is.
@@ -65,6 +65,37 @@ pub enum RunState {
     Waiting(Wait),
     /// Called `exit`; removed at the next switch.
     Exited,
+}
+
+/// How a wait whose time is up ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimedOut {
+    /// A futex wait: ETIMEDOUT.
+    Futex,
+    /// A call waiting to be made again: it returns 0 instead (nothing became ready).
+    Retry,
+    /// A sleep: 0 (already in rax).
+    Sleep,
+}
+
+impl TimedOut {
+    /// Sets the result in `regs`, a thread stopped at its `syscall` instruction (made again)
+    /// or after it.  `at_syscall_exit`: the registers are the vCPU's at a system-call exit
+    /// (user rip in rcx) rather than a saved user-mode state.
+    pub fn finish(self, regs: &mut kvm_bindings::kvm_regs, at_syscall_exit: bool) {
+        match self {
+            TimedOut::Futex => regs.rax = (-i64::from(libc::ETIMEDOUT)) as u64,
+            TimedOut::Retry => {
+                // Step over the `syscall` instruction it was to make again.
+                regs.rax = 0;
+                regs.rcx += 2;
+                if !at_syscall_exit {
+                    regs.rip += 2;
+                }
+            }
+            TimedOut::Sleep => {}
+        }
+    }
 }
 
 /// One thread.
@@ -82,11 +113,13 @@ pub struct Thread {
     pub robust_list: u64,
     /// rseq area, length and signature.
     pub rseq: Option<(u64, u32, u32)>,
+    /// The deadline of the call it waits to make again (kept across its attempts).
+    pub retry_until: Option<Instant>,
 }
 
 impl Thread {
     fn new(tid: u64, state: RunState) -> Thread {
-        Thread { tid, state, cpu: None, clear_child_tid: 0, robust_list: 0, rseq: None }
+        Thread { tid, state, cpu: None, clear_child_tid: 0, robust_list: 0, rseq: None, retry_until: None }
     }
 }
 
@@ -214,28 +247,31 @@ impl Threads {
         (woken, moved)
     }
 
-    /// Makes runnable every waiter whose time is up at `now`; a futex wait that timed out
-    /// returns ETIMEDOUT (written into its saved rax), a sleep 0.  True when that futex
-    /// waiter is the running thread (whose registers are on the vCPU, not saved here).
-    pub fn wake_expired(&mut self, now: Instant) -> bool {
-        let mut current_timed_out = false;
+    /// Makes runnable every waiter whose time is up at `now`: a futex wait that timed out
+    /// returns ETIMEDOUT, a call waiting to be made again returns 0 (both written into the
+    /// saved registers), a sleep 0.  When that waiter is the running thread (whose registers
+    /// are on the vCPU, not saved here), says how the caller must finish its call.
+    pub fn wake_expired(&mut self, now: Instant) -> Option<TimedOut> {
+        let mut current = None;
         for (i, t) in self.list.iter_mut().enumerate() {
-            let (due, timed_out) = match t.state {
-                RunState::Waiting(Wait::Futex { until: Some(u), .. }) => (u <= now, true),
-                RunState::Waiting(Wait::Sleep(u)) => (u <= now, false),
-                _ => (false, false),
+            let how = match t.state {
+                RunState::Waiting(Wait::Futex { until: Some(u), .. }) if u <= now => Some(TimedOut::Futex),
+                RunState::Waiting(Wait::Retry(Some(u))) if u <= now => Some(TimedOut::Retry),
+                RunState::Waiting(Wait::Sleep(u)) if u <= now => Some(TimedOut::Sleep),
+                _ => None,
             };
-            if due {
-                t.state = RunState::Runnable;
-                if timed_out {
-                    match t.cpu.as_mut() {
-                        Some(cpu) => cpu.regs.rax = (-i64::from(libc::ETIMEDOUT)) as u64,
-                        None => current_timed_out |= i == self.current,
-                    }
-                }
+            let Some(how) = how else { continue };
+            t.state = RunState::Runnable;
+            if how == TimedOut::Retry {
+                t.retry_until = None;
+            }
+            match t.cpu.as_mut() {
+                Some(cpu) => how.finish(&mut cpu.regs, false),
+                None if i == self.current => current = Some(how),
+                None => {}
             }
         }
-        current_timed_out
+        current
     }
 
     /// The earliest time a waiting thread becomes runnable by itself.
@@ -253,7 +289,7 @@ impl Threads {
     /// Makes every thread waiting to retry a call runnable (another thread did something).
     pub fn wake_retriers(&mut self) {
         for t in &mut self.list {
-            if t.state == RunState::Waiting(Wait::Retry) {
+            if matches!(t.state, RunState::Waiting(Wait::Retry(_))) {
                 t.state = RunState::Runnable;
             }
         }
@@ -343,7 +379,7 @@ mod tests {
         t.switch_to(1);
         t.current_mut().state = RunState::Waiting(Wait::Sleep(now + Duration::from_secs(60)));
         assert_eq!(t.earliest_timeout(), Some(now));
-        t.wake_expired(now);
+        assert_eq!(t.wake_expired(now), None, "the running thread sleeps on");
         assert_eq!(t.list[0].state, RunState::Runnable);
         assert_eq!(t.list[0].cpu.as_ref().unwrap().regs.rax as i64, -i64::from(libc::ETIMEDOUT));
         assert!(matches!(t.list[1].state, RunState::Waiting(Wait::Sleep(_))));

@@ -8,6 +8,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Ctx, Errno, Stop, SysResult};
 use crate::linux::fdtable::{Description, File, PIPE_CAPACITY};
@@ -95,7 +96,8 @@ pub struct Io {
     pub stderr: Output,
 }
 
-fn deadlock(ctx: &mut Ctx<'_>, why: &'static str) -> SysResult {
+/// Ends the run as a deadlock (a single thread waits for what only it could do).
+pub fn deadlock(ctx: &mut Ctx<'_>, why: &'static str) -> SysResult {
     ctx.stop = Some(Stop::Deadlock(why));
     Err(Errno::EINTR)
 }
@@ -207,6 +209,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
             n as u64
         }
         File::PipeWrite(_) => return Err(Errno::EBADF),
+        File::Epoll(_) => return Err(Errno::EINVAL),
         File::EventFd { count, semaphore } => {
             if len < 8 {
                 return Err(Errno::EINVAL);
@@ -598,7 +601,7 @@ pub fn describe(ctx: &Ctx<'_>, d: &Description) -> Result<FileStat, Errno> {
             (st.uid, st.gid) = (1000, 1000);
             st
         }
-        File::EventFd { .. } => {
+        File::EventFd { .. } | File::Epoll(_) => {
             let mut st = FileStat::synthetic(dev::PIPEFS - 1, 0x2000, 0o600, 0);
             (st.uid, st.gid) = (1000, 1000);
             st
@@ -614,7 +617,42 @@ pub fn sys_fstat(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(0)
 }
 
-fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, infinite: bool) -> SysResult {
+/// The `poll` events of descriptor `fd` among `events` (POLLHUP, POLLERR always), and
+/// whether something outside the program could change them (inherited stdin); `None` for a
+/// descriptor that is not open.
+pub fn poll_events(ctx: &Ctx<'_>, fd: u64, events: i16) -> Option<(i16, bool)> {
+    let (pollin, pollout) = (libc::POLLIN | libc::POLLRDNORM, libc::POLLOUT | libc::POLLWRNORM);
+    let file = ctx.proc.files.fds.get(fd).ok()?.file.clone();
+    let mut could_change = false;
+    let revents = match file {
+        File::Stdin => match &ctx.io.stdin {
+            Input::Bytes { data, pos } if *pos < data.len() => pollin & events,
+            Input::Bytes { .. } => libc::POLLHUP,
+            Input::Inherit => {
+                could_change = true;
+                pollin & events
+            }
+        },
+        File::PipeRead(p) => match ctx.proc.files.fds.pipes.get(&p) {
+            Some(pipe) if !pipe.buf.is_empty() => pollin & events,
+            Some(pipe) if pipe.writers == 0 => libc::POLLHUP,
+            _ => 0,
+        },
+        File::PipeWrite(p) => match ctx.proc.files.fds.pipes.get(&p) {
+            Some(pipe) if pipe.readers == 0 => libc::POLLERR,
+            Some(pipe) if pipe.buf.len() < PIPE_CAPACITY => pollout & events,
+            _ => 0,
+        },
+        File::EventFd { count, .. } => {
+            (if count > 0 { pollin & events } else { 0 }) | (if count < u64::MAX - 1 { pollout & events } else { 0 })
+        }
+        File::Epoll(_) => 0,
+        _ => (pollin | pollout) & events,
+    };
+    Some((revents, could_change))
+}
+
+fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, timeout: Option<Duration>) -> SysResult {
     if nfds > MAX_FDS as u64 {
         return Err(Errno::EINVAL);
     }
@@ -624,44 +662,27 @@ fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, infinite: bool) -> SysResult
     for c in raw.chunks_exact_mut(8) {
         let fd = i32::from_le_bytes(c[..4].try_into().unwrap());
         let events = i16::from_le_bytes(c[4..6].try_into().unwrap());
-        let (pollin, pollout) = (libc::POLLIN | libc::POLLRDNORM, libc::POLLOUT | libc::POLLWRNORM);
         let revents: i16 = if fd < 0 {
             0
         } else {
-            match ctx.proc.files.fds.get(fd as u64).map(|d| d.file.clone()) {
-                Err(_) => libc::POLLNVAL,
-                Ok(file) => match file {
-                    File::Stdin => match &ctx.io.stdin {
-                        Input::Bytes { data, pos } if *pos < data.len() => pollin & events,
-                        Input::Bytes { .. } => libc::POLLHUP,
-                        Input::Inherit => {
-                            could_change = true;
-                            pollin & events
-                        }
-                    },
-                    File::PipeRead(p) => match ctx.proc.files.fds.pipes.get(&p) {
-                        Some(pipe) if !pipe.buf.is_empty() => pollin & events,
-                        Some(pipe) if pipe.writers == 0 => libc::POLLHUP,
-                        _ => 0,
-                    },
-                    File::PipeWrite(p) => match ctx.proc.files.fds.pipes.get(&p) {
-                        Some(pipe) if pipe.readers == 0 => libc::POLLERR,
-                        Some(pipe) if pipe.buf.len() < PIPE_CAPACITY => pollout & events,
-                        _ => 0,
-                    },
-                    File::EventFd { count, .. } => {
-                        (if count > 0 { pollin & events } else { 0 })
-                            | (if count < u64::MAX - 1 { pollout & events } else { 0 })
-                    }
-                    _ => (pollin | pollout) & events,
-                },
+            match poll_events(ctx, fd as u64, events) {
+                None => libc::POLLNVAL,
+                Some((r, changes)) => {
+                    could_change |= changes;
+                    r
+                }
             }
         };
         c[6..8].copy_from_slice(&revents.to_le_bytes());
         ready += u64::from(revents != 0);
     }
-    if ready == 0 && infinite && !could_change {
-        return deadlock(ctx, "poll with no timeout on descriptors only this thread could make ready");
+    if ready == 0 && !could_change && timeout != Some(Duration::ZERO) && (timeout.is_none() || ctx.proc.threads.multi())
+    {
+        return super::epoll::wait_for_others(
+            ctx,
+            timeout,
+            "poll with no timeout on descriptors only this thread could make ready",
+        );
     }
     ctx.mem.write(fds, &raw)?;
     Ok(ready)
@@ -670,15 +691,24 @@ fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, infinite: bool) -> SysResult
 /// poll(fds, nfds, timeout): readiness now; a finite timeout with nothing ready returns 0 at
 /// once (nothing else can make a descriptor ready), an infinite one is a deadlock.
 pub fn sys_poll(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    poll_fds(ctx, a[0], a[1], (a[2] as i32) < 0)
+    let ms = a[2] as i32;
+    poll_fds(ctx, a[0], a[1], (ms >= 0).then(|| Duration::from_millis(ms as u64)))
 }
 
 /// ppoll(fds, nfds, timeout, sigmask, sigsetsize)
 pub fn sys_ppoll(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    if a[2] != 0 {
-        ctx.mem.read_vec(a[2], 16)?;
-    }
-    poll_fds(ctx, a[0], a[1], a[2] == 0)
+    let timeout = if a[2] != 0 {
+        let t = ctx.mem.read_vec(a[2], 16)?;
+        let (sec, nsec) =
+            (i64::from_le_bytes(t[..8].try_into().unwrap()), i64::from_le_bytes(t[8..].try_into().unwrap()));
+        if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+            return Err(Errno::EINVAL);
+        }
+        Some(Duration::new(sec as u64, nsec as u32))
+    } else {
+        None
+    };
+    poll_fds(ctx, a[0], a[1], timeout)
 }
 
 /// pipe2(fds, flags)

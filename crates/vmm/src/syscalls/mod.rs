@@ -5,6 +5,7 @@
 //!
 //! | module      | owns                                            |
 //! |-------------|-------------------------------------------------|
+//! | [`epoll`]   | epoll instances: interest lists, waiting for readiness |
 //! | [`fs`]      | descriptor I/O, stdin/stdout/stderr, pipes, eventfds (state: [`crate::linux`]) |
 //! | [`path`]    | calls that take a path, the working directory, changes to `/tmp` |
 //! | [`mem`]     | brk, the mmap map, zero-on-reuse bookkeeping    |
@@ -23,6 +24,7 @@
 //! reach this table only in the cases it declines (bad pointers, unusual clocks, ...).
 
 pub mod api;
+pub mod epoll;
 pub mod fs;
 pub mod futex;
 pub mod mem;
@@ -192,6 +194,10 @@ pub enum Stop {
 pub enum Sched {
     /// The running thread waits, exited or yields (its state says which): switch threads.
     Switch,
+    /// Nothing the call waits for is ready: make it again after another thread has done
+    /// something, or return 0 at the instant if set (`epoll_wait`, `poll`, reads that would
+    /// block).
+    Retry(Option<std::time::Instant>),
     /// `clone` made thread `index`: its CPU state is the caller's, with rax = 0, `stack` as
     /// rsp (if not 0) and `tls` as FS base (if set).
     Spawn {
@@ -340,6 +346,11 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_rt_sigprocmask => signal::sys_rt_sigprocmask(ctx, a),
         SYS_sigaltstack => signal::sys_sigaltstack(ctx, a),
         SYS_futex => futex::sys_futex(ctx, a),
+        SYS_epoll_create => epoll::sys_epoll_create(ctx, a),
+        SYS_epoll_create1 => epoll::sys_epoll_create1(ctx, a),
+        SYS_epoll_ctl => epoll::sys_epoll_ctl(ctx, a),
+        SYS_epoll_wait => epoll::sys_epoll_wait(ctx, a),
+        SYS_epoll_pwait => epoll::sys_epoll_pwait(ctx, a),
         SYS_clone => thread::sys_clone(ctx, a),
         SYS_clone3 => thread::sys_clone3(ctx, a),
         _ if nr == crate::guest::api::WAIT_FOR_REQUEST && ctx.api.is_some() => api::sys_wait_for_request(ctx, a),
