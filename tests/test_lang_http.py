@@ -107,3 +107,13 @@ def test_python_failures_are_answered_as_a_c_tenants(
     after = failures.request("POST", "/state", host=host, content=b"[]")
     assert after.status_code == 200
     assert json.loads(after.content)["counter"] == 0
+
+
+@needs_python
+def test_python_exceptions_and_lazily_needed_modules_work_on_a_serving_thread(failures: Server) -> None:
+    # Serving threads cannot open files: what the binding needs for an error (traceback) or a
+    # percent-encoded path (urllib.parse) must already be imported at the snapshot.
+    r = failures.get("/raise", host="probe.test")
+    assert (r.status_code, r.text) == (500, "Internal Server Error")
+    r = failures.get("/echo/%41b", host="probe.test")
+    assert (r.status_code, r.json()["path"]) == (200, "/echo/Ab")

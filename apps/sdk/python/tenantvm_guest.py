@@ -23,13 +23,18 @@ layout of the SDK that ``tenantvm sdk --path`` prints).
 
 from __future__ import annotations
 
+# Everything a request may need is imported here, not when first needed: a request served on
+# a restricted thread cannot open a module's file (docs/security.md); what init imported is in
+# the snapshot (traceback for errors, urllib.parse for percent-encoded paths).
 import ctypes
 import gc
 import io
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 __all__ = [
     "ABI_VERSION",
@@ -248,19 +253,13 @@ def serve_requests(handler: Callable[[Request], Answer]) -> None:
             _out_of_memory()
             raise
         except Exception:
-            import traceback
-
             traceback.print_exc()
             status, headers, body = 500, [("content-type", "text/plain")], b"Internal Server Error"
         address = _respond_and_wait(status, headers, body)
 
 
 def _unquote(path: str) -> str:
-    if "%" not in path:
-        return path
-    from urllib.parse import unquote
-
-    return unquote(path, "latin-1")
+    return unquote(path, "latin-1") if "%" in path else path
 
 
 def wsgi_environ(request: Request) -> dict:
@@ -329,7 +328,7 @@ def serve(app: Callable[..., Iterable[bytes]]) -> None:
 
 def _load_app(spec: str) -> Callable[..., Iterable[bytes]]:
     """``FILE.py:NAME`` or ``MODULE:NAME`` (NAME defaults to ``app``)."""
-    import importlib
+    import importlib  # at start-up only
 
     target, _, attr = spec.partition(":")
     if target.endswith(".py"):
