@@ -25,6 +25,7 @@ from tenantvm.errors import (
     NoResponse,
     RequestTooLarge,
     ResponseTooLarge,
+    SnapshotFileError,
     TenantVMError,
 )
 from tenantvm.runner import RunResult, run
@@ -51,6 +52,7 @@ __all__ = [
     "Response",
     "ResponseTooLarge",
     "RunResult",
+    "SnapshotFileError",
     "Tenant",
     "TenantVM",
     "TenantVMError",

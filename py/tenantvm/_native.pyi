@@ -159,12 +159,21 @@ class Tenant:
         mounts: list[tuple[str, str]] = ...,
         tmp_mb: int = 16,
     ) -> None: ...
+    @staticmethod
+    def from_snapshot_file(path: str | os.PathLike[str], shared_memory_path: str | None = None) -> Tenant: ...
+    def write_snapshot_file(self, path: str | os.PathLike[str]) -> None: ...
     def instance(self) -> Instance: ...
     def worker(self, completions: Completions, sandbox: bool = True) -> Worker: ...
     @property
     def boot_time(self) -> float: ...
     @property
     def resident_pages(self) -> int: ...
+    @property
+    def ephemeral(self) -> bool: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def memory_mb(self) -> int: ...
 
 class Completions:
     """Results of calls submitted to workers; readable fileno() means results are waiting."""
@@ -279,6 +288,14 @@ class GuestOutOfMemory(GuestError):
 
 class NoResponse(GuestError):
     """A request handler stopped without responding."""
+
+class SnapshotFileError(TenantVMError, ValueError):
+    """A snapshot file was refused (or could not be written); nothing ran."""
+
+    #: ``not_a_snapshot``, ``version``, ``truncated``, ``corrupt``, ``host``, ``unsupported``, ``io``.
+    reason: str
+    #: The file (None when not about one).
+    path: str | None
 
 class ResponseTooLarge(GuestError):
     """A response exceeded a configured limit."""

@@ -120,6 +120,9 @@ class TenantConfig:
         allow_read: Host paths its program may read, at the same path (absolute).
         mounts: Host paths its program may read at another guest path: (host, guest).
         tmp_mb: Size of its private in-memory ``/tmp``, in MiB.
+        snapshot: A snapshot file of the tenant (``tenantvm snapshot``) to start from instead
+            of booting (absolute; it need not exist: then, or when it is refused, the server
+            boots the program and says why).
     """
 
     name: str
@@ -143,6 +146,7 @@ class TenantConfig:
     allow_read: tuple[Path, ...] = ()
     mounts: tuple[tuple[Path, str], ...] = ()
     tmp_mb: int = 16
+    snapshot: Path | None = None
 
     @property
     def mode(self) -> str:
@@ -459,6 +463,7 @@ _SETTINGS: dict[str, Check] = {
     "allow_read": _paths,
     "mounts": _mounts,
     "tmp_mb": _int(0, MAX_MEMORY_MB),
+    "snapshot": _nonempty_str,
     "optional": _bool,
 }
 #: Keys only a tenant's own table has.
@@ -636,6 +641,9 @@ def parse(text: str, path: Path, overrides: Mapping[str, Mapping[str, Any]] | No
                 for p in (_resolve_host_path(problems, where, "allow_read", base, a) for a in settings["allow_read"])
                 if p
             )
+        if "snapshot" in settings:
+            snap = Path(os.path.expanduser(settings["snapshot"]))
+            settings["snapshot"] = Path(os.path.normpath(base / snap if not snap.is_absolute() else snap))
         if "mounts" in settings:
             settings["mounts"] = tuple(
                 (p, guest)

@@ -21,7 +21,9 @@ attributes are documented in ``tenantvm/_native.pyi``:
   ``details``;
 - :class:`GuestTimeout`: ``timeout``, ``deadlock``;
 - :class:`GuestOutOfMemory`: ``memory_mb``, ``exit_code``;
-- :class:`ResponseTooLarge`: ``what``, ``size``, ``limit``.
+- :class:`ResponseTooLarge`: ``what``, ``size``, ``limit``;
+- :class:`SnapshotFileError`: ``reason`` (``not_a_snapshot``, ``version``, ``truncated``,
+  ``corrupt``, ``host``, ``unsupported``, ``io``), ``path``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tenantvm._native import (
     NoResponse,
     RequestTooLarge,
     ResponseTooLarge,
+    SnapshotFileError,
     TenantVMError,
 )
 
@@ -53,5 +56,6 @@ __all__ = [
     "NoResponse",
     "RequestTooLarge",
     "ResponseTooLarge",
+    "SnapshotFileError",
     "TenantVMError",
 ]

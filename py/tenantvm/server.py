@@ -26,6 +26,7 @@ from tenantvm.aio import AsyncTenantVM, CompletionQueue
 from tenantvm.batcher import Batcher
 from tenantvm.callers import BatchedCaller, Caller, InlineCaller, ThreadCaller, VcpuCaller, restrict_once
 from tenantvm.control import Control
+from tenantvm.errors import SnapshotFileError
 from tenantvm.pool import Pool
 from tenantvm.routing import HostRouter
 from tenantvm.tenant import Tenant
@@ -136,8 +137,41 @@ def _identity(tc: tconfig.TenantConfig, server: tconfig.ServerConfig, queue: Com
 
 def _boot(cfg: tconfig.TenantConfig, run: rundir.RunDir | None) -> Tenant:
     shm = run.shared_memory_path(cfg.name) if run is not None and cfg.shared_memory_kb else None
+    if cfg.snapshot is not None:
+        tenant = _from_snapshot(cfg, shm)
+        if tenant is not None:
+            return tenant
     kwargs = cfg.tenant_kwargs(shm)
     return Tenant(kwargs.pop("program"), **kwargs)
+
+
+def _from_snapshot(cfg: tconfig.TenantConfig, shm: Path | None) -> Tenant | None:
+    """The tenant from its snapshot file, or None (then it boots) when there is none fit to use."""
+    assert cfg.snapshot is not None
+    if not cfg.snapshot.exists():
+        log.warning(
+            "tenant %s: no snapshot file %s: booting (make it with `tenantvm snapshot`)", cfg.name, cfg.snapshot
+        )
+        return None
+    try:
+        tenant = Tenant.from_snapshot(cfg.snapshot, shared_memory_path=shm)
+    except SnapshotFileError as e:
+        log.warning("tenant %s: snapshot file refused (%s): %s; booting", cfg.name, e.reason, e)
+        return None
+    made = (tenant.memory_mb, tenant.ephemeral, round(tenant.timeout * 1000))
+    wanted = (cfg.memory_mb, cfg.ephemeral, cfg.timeout_ms)
+    if made != wanted:
+        log.warning(
+            "tenant %s: snapshot file %s was made with other settings (memory_mb, ephemeral, timeout_ms: %s, "
+            "not %s): booting",
+            cfg.name,
+            cfg.snapshot,
+            made,
+            wanted,
+        )
+        return None
+    log.info("tenant %s: started from its snapshot file %s", cfg.name, cfg.snapshot)
+    return tenant
 
 
 class TenantServer:

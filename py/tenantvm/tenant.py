@@ -287,6 +287,40 @@ class Tenant:
             **_fs_args(allow_read, mounts, tmp_mb),
         )
 
+    @classmethod
+    def from_snapshot(
+        cls, path: str | os.PathLike[str], *, shared_memory_path: str | os.PathLike[str] | None = None
+    ) -> Tenant:
+        """The tenant a snapshot file holds (see :meth:`write_snapshot`), started without booting.
+
+        The file's RAM is mapped as the copy-on-write base of every instance; the tenant's
+        settings are those it was booted with.  ``shared_memory_path`` replaces the file
+        backing its shared memory (if it has any).
+
+        Raises:
+            SnapshotFileError: The file is not a snapshot file, is damaged or truncated, was made
+                by another tenantvm build or on a host with CPU features this one lacks
+                (``reason`` says which); nothing ran.
+            KvmUnavailable, HostError: Host-side failures.
+        """
+        self = cls.__new__(cls)
+        self._native = _native.Tenant.from_snapshot_file(
+            os.fspath(path), os.fspath(shared_memory_path) if shared_memory_path is not None else None
+        )
+        self.program = os.fspath(path)
+        self.memory_mb = int(self._native.memory_mb)
+        self.ephemeral = bool(self._native.ephemeral)
+        self.timeout = float(self._native.timeout)
+        return self
+
+    def write_snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Writes the snapshot to the file ``path`` (whole, or not at all), for :meth:`from_snapshot`.
+
+        Raises:
+            SnapshotFileError: Its state cannot be written to a file, or writing failed.
+        """
+        self._native.write_snapshot_file(os.fspath(path))
+
     @property
     def boot_time(self) -> float:
         """Seconds it took to boot (and warm up) to the snapshot."""

@@ -12,8 +12,8 @@
 //!   ├── InvalidProgram (ValueError)   │   ├── GuestFault
 //!   ├── KvmUnavailable (OSError)      │   ├── GuestTimeout
 //!   ├── HostError (OSError)           │   ├── GuestOutOfMemory
-//!   └── RequestTooLarge (ValueError)  │   ├── NoResponse
-//!                                     │   └── ResponseTooLarge
+//!   ├── RequestTooLarge (ValueError)  │   ├── NoResponse
+//!   └── SnapshotFileError (ValueError)│   └── ResponseTooLarge
 //! ```
 //!
 //! [`to_py`] is the only place that decides which class a Rust error becomes and which
@@ -37,6 +37,7 @@ struct Classes {
     kvm_unavailable: Py<PyType>,
     host_error: Py<PyType>,
     request_too_large: Py<PyType>,
+    snapshot_file_error: Py<PyType>,
     guest_error: Py<PyType>,
     guest_fault: Py<PyType>,
     guest_timeout: Py<PyType>,
@@ -132,6 +133,15 @@ impl Classes {
                  Attributes: size (its encoded size in bytes), limit.",
                 &[("size", none()), ("limit", none())],
             )?,
+            snapshot_file_error: class(
+                py,
+                "SnapshotFileError",
+                &[b, &value_error],
+                "A snapshot file was refused (or could not be written); nothing ran.\n\n\
+                 Attributes: reason (not_a_snapshot, version, truncated, corrupt, host, unsupported,\n\
+                 io), path (the file).",
+                &[("reason", none()), ("path", none())],
+            )?,
             guest_fault: class(
                 py,
                 "GuestFault",
@@ -200,6 +210,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &c.kvm_unavailable,
         &c.host_error,
         &c.request_too_large,
+        &c.snapshot_file_error,
         &c.guest_error,
         &c.guest_fault,
         &c.guest_timeout,
@@ -219,6 +230,8 @@ pub(crate) enum Raised<'a> {
     Host(&'a Error),
     /// A value Python could not hand over as asked (e.g. a timeout too large for a `Duration`).
     Config(String),
+    /// A snapshot file refused or not written.
+    SnapshotFile(&'a vmm::SnapshotFileError),
     /// A failed run, boot or call.
     Guest {
         /// The whole message (the failure with the context it happened in).
@@ -230,6 +243,15 @@ pub(crate) enum Raised<'a> {
         /// Its stderr.
         stderr: &'a [u8],
     },
+}
+
+impl<'a> From<&'a vmm::SnapshotFileError> for Raised<'a> {
+    fn from(e: &'a vmm::SnapshotFileError) -> Self {
+        match e {
+            vmm::SnapshotFileError::Vmm(e) => Raised::Host(e),
+            other => Raised::SnapshotFile(other),
+        }
+    }
 }
 
 impl<'a> From<&'a Error> for Raised<'a> {
@@ -268,6 +290,22 @@ fn build<'py>(py: Python<'py>, raised: Raised<'_>) -> PyResult<PyErr> {
     let new = |ty: &Py<PyType>, args: Bound<'py, PyTuple>| -> PyResult<Bound<'py, PyAny>> { ty.bind(py).call1(args) };
     let exc = match raised {
         Raised::Config(message) => new(&c.config_error, (message,).into_pyobject(py)?)?,
+        Raised::SnapshotFile(err) => {
+            use vmm::SnapshotFileError as E;
+            let (reason, path) = match err {
+                E::Io { path, .. } => ("io", Some(path)),
+                E::NotASnapshot { path } => ("not_a_snapshot", Some(path)),
+                E::Version { path, .. } => ("version", Some(path)),
+                E::Truncated { path, .. } => ("truncated", Some(path)),
+                E::Corrupt { path, .. } => ("corrupt", Some(path)),
+                E::Host { path, .. } => ("host", Some(path)),
+                E::Unsupported(_) | E::Vmm(_) => ("unsupported", None),
+            };
+            let exc = new(&c.snapshot_file_error, (err.to_string(),).into_pyobject(py)?)?;
+            exc.setattr("reason", reason)?;
+            exc.setattr("path", path.map(|p| p.display().to_string()))?;
+            exc
+        }
         Raised::Host(err) => {
             let (ty, errno) = match err {
                 Error::InvalidProgram(_) => (&c.invalid_program, None),

@@ -77,6 +77,21 @@ impl Tenant {
         booted.map(|inner| Tenant { inner }).map_err(|e| to_py(py, &e))
     }
 
+    /// Starts from the snapshot file at `path` without booting (see
+    /// `vmm::tenant::snapshot_file`); `shared_memory_path` replaces the shared-memory file it
+    /// was booted with.  Raises `SnapshotFileError` when the file is refused.
+    #[staticmethod]
+    #[pyo3(signature = (path, shared_memory_path=None))]
+    fn from_snapshot_file(py: Python<'_>, path: PathBuf, shared_memory_path: Option<PathBuf>) -> PyResult<Tenant> {
+        let loaded = py.detach(|| vmm::Tenant::from_snapshot_file(&path, shared_memory_path));
+        loaded.map(|inner| Tenant { inner }).map_err(|e| to_py(py, &e))
+    }
+
+    /// Writes the snapshot to the file `path` (atomically: a temporary file renamed).
+    fn write_snapshot_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.write_snapshot_file(&path)).map_err(|e| to_py(py, &e))
+    }
+
     /// A new instance at the snapshot's state (GIL released while the VM is created).
     fn instance(&self, py: Python<'_>) -> PyResult<Instance> {
         let inner = py.detach(|| self.inner.instance()).map_err(|e| to_py(py, &e))?;
@@ -93,6 +108,24 @@ impl Tenant {
     #[getter]
     fn resident_pages(&self) -> u64 {
         self.inner.snapshot().resident_pages()
+    }
+
+    /// Whether instances reset after every request.
+    #[getter]
+    fn ephemeral(&self) -> bool {
+        self.inner.snapshot().config().ephemeral
+    }
+
+    /// Time limit of one request (s).
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.inner.snapshot().config().timeout.as_secs_f64()
+    }
+
+    /// Guest memory per instance (MiB).
+    #[getter]
+    fn memory_mb(&self) -> u64 {
+        self.inner.snapshot().config().memory >> 20
     }
 
     /// A new instance on a vCPU thread of its own, delivering results to `completions`

@@ -40,6 +40,7 @@
 //!   `Machine`: saving and loading their CPU state; the thread table is `linux::threads`)
 //! - `reset`         restoring an instance's RAM from its snapshot
 //! - `program`       [`Program`], the one boot path (`program::boot`), the one-shot [`run`]
+//! - `persist`       the binary encoding of state in snapshot files
 //! - `tenant`        [`Tenant`]: `config` < `snapshot` (the frozen state) < `instance` (one VM
 //!   serving requests; `instance::batch` the batch block and its loop) < booting
 //! - `sandbox`, `worker`, `doctor`   seccomp for vCPU threads, instances on vCPU threads,
@@ -64,6 +65,7 @@ mod loader;
 mod machine;
 mod memory;
 mod paging;
+mod persist;
 mod program;
 mod reset;
 mod restore_view;
@@ -90,7 +92,8 @@ pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
 pub use syscalls::api::{ApiLimits, Request, Response};
 pub use syscalls::{Input, Output, SyscallCounts};
 pub use tenant::{
-    BootError, CallError, CallResult, Instance, InstanceStats, Snapshot, Tenant, TenantConfig, MAX_BATCH,
+    BootError, CallError, CallResult, Instance, InstanceStats, Snapshot, SnapshotFileError, Tenant, TenantConfig,
+    MAX_BATCH,
 };
 
 /// Internals the cargo-fuzz targets (`fuzz/`) drive directly.  Not part of the API.

@@ -319,3 +319,73 @@ mod tests {
         assert!(t.pipes.is_empty());
     }
 }
+
+// Snapshot files (crate::persist): the table as it is, descriptions with their share counts.
+crate::persist::persist_fields!(FdTable { fds, descs, pipes, next_id });
+crate::persist::persist_fields!(Description { file, flags, offset, path, refs });
+crate::persist::persist_fields!(Pipe { buf, readers, writers });
+crate::persist::persist_fields!(Fd { desc, cloexec });
+
+impl crate::persist::Persist for File {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        match self {
+            File::Stdin => e.u64(0),
+            File::Stdout => e.u64(1),
+            File::Stderr => e.u64(2),
+            File::Host { data, stat } => {
+                e.u64(3);
+                data.save(e)?;
+                stat.save(e)?;
+            }
+            File::Dir { entries, stat } => {
+                e.u64(4);
+                entries.save(e)?;
+                stat.save(e)?;
+            }
+            File::Tmp { ino } => {
+                e.u64(5);
+                ino.save(e)?;
+            }
+            File::Device(d) => {
+                e.u64(6);
+                d.save(e)?;
+            }
+            File::Generated { data, stat } => {
+                e.u64(7);
+                data.save(e)?;
+                stat.save(e)?;
+            }
+            File::PipeRead(id) => {
+                e.u64(8);
+                id.save(e)?;
+            }
+            File::PipeWrite(id) => {
+                e.u64(9);
+                id.save(e)?;
+            }
+            File::EventFd { count, semaphore } => {
+                e.u64(10);
+                count.save(e)?;
+                semaphore.save(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use crate::persist::Persist;
+        Ok(match d.tag("open file", 11)? {
+            0 => File::Stdin,
+            1 => File::Stdout,
+            2 => File::Stderr,
+            3 => File::Host { data: Persist::load(d)?, stat: Persist::load(d)? },
+            4 => File::Dir { entries: Persist::load(d)?, stat: Persist::load(d)? },
+            5 => File::Tmp { ino: Persist::load(d)? },
+            6 => File::Device(Persist::load(d)?),
+            7 => File::Generated { data: Persist::load(d)?, stat: Persist::load(d)? },
+            8 => File::PipeRead(Persist::load(d)?),
+            9 => File::PipeWrite(Persist::load(d)?),
+            _ => File::EventFd { count: Persist::load(d)?, semaphore: Persist::load(d)? },
+        })
+    }
+}

@@ -164,6 +164,8 @@ type FileKey = (u64, u64, u64, (i64, u32));
 pub struct View {
     mounts: Vec<Mount>,
     tmp_limit: u64,
+    /// What it was made from (a snapshot file stores this and makes the view again).
+    source: FsConfig,
     open_files: std::sync::Mutex<std::collections::HashMap<FileKey, std::sync::Weak<[u8]>>>,
 }
 
@@ -238,7 +240,12 @@ fn view_ino(path: &str) -> u64 {
 impl View {
     /// Nothing but the view's own files and an empty 16 MiB `/tmp`.
     pub fn empty() -> View {
-        View { mounts: Vec::new(), tmp_limit: DEFAULT_TMP_BYTES, open_files: Default::default() }
+        View {
+            mounts: Vec::new(),
+            tmp_limit: DEFAULT_TMP_BYTES,
+            source: FsConfig { tmp_bytes: DEFAULT_TMP_BYTES, ..Default::default() },
+            open_files: Default::default(),
+        }
     }
 
     /// Opens every allowed root (with the host's normal resolution: the operator chose these
@@ -276,7 +283,7 @@ impl View {
             mounts.push(Mount { guest, root });
         }
         mounts.sort_by(|a, b| a.guest.cmp(&b.guest));
-        Ok(View { mounts, tmp_limit: cfg.tmp_bytes, open_files: Default::default() })
+        Ok(View { mounts, tmp_limit: cfg.tmp_bytes, source: cfg.clone(), open_files: Default::default() })
     }
 
     /// Reads host file `name` in `parent` (whose metadata is `stat`), sharing the copy with
@@ -297,6 +304,11 @@ impl View {
             m.insert((st.dev, st.ino, st.size, st.mtime), Arc::downgrade(&data));
         }
         Ok((data, st))
+    }
+
+    /// The configuration it was made from.
+    pub fn source(&self) -> &FsConfig {
+        &self.source
     }
 
     /// Size limit of `/tmp`.

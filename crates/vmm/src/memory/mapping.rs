@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub struct Memfd {
     fd: OwnedFd,
     size: u64,
+    /// Where the memory starts in the file (page-aligned): 0, except for a snapshot file's
+    /// RAM, which follows its header.
+    offset: u64,
 }
 
 impl Memfd {
@@ -35,7 +38,7 @@ impl Memfd {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } < 0 {
             return Err(Error::last_os("ftruncate(memfd)"));
         }
-        Ok(Memfd { fd, size })
+        Ok(Memfd { fd, size, offset: 0 })
     }
 
     /// Opens an existing shared-memory object by fd (e.g. one inherited from a parent process).
@@ -46,7 +49,16 @@ impl Memfd {
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
             return Err(Error::last_os("fstat(shared memory)"));
         }
-        Ok(Memfd { fd, size: st.st_size as u64 })
+        Ok(Memfd { fd, size: st.st_size as u64, offset: 0 })
+    }
+
+    /// The `size` bytes at `offset` (page-aligned) of a regular file, e.g. a snapshot file's
+    /// RAM: mapped from there, read-only or copy-on-write (the file is opened read-only).
+    pub fn from_file_range(fd: OwnedFd, offset: u64, size: u64) -> Result<Memfd> {
+        if offset % 4096 != 0 || size == 0 {
+            return Err(Error::Config(format!("a file range at {offset} of {size} bytes cannot be mapped")));
+        }
+        Ok(Memfd { fd, size, offset })
     }
 
     /// Size in bytes.
@@ -62,7 +74,7 @@ impl Memfd {
             libc::fallocate(
                 self.fd.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
+                (self.offset + offset) as libc::off_t,
                 len as libc::off_t,
             )
         };
@@ -106,13 +118,13 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn map(len: usize, prot: i32, flags: i32, fd: i32, sharing: Sharing) -> Result<Mapping> {
+    fn map(len: usize, prot: i32, flags: i32, fd: i32, offset: u64, sharing: Sharing) -> Result<Mapping> {
         if len == 0 {
             return Err(Error::Config("cannot map 0 bytes".into()));
         }
         // SAFETY: a new mapping at an address of the kernel's choice; it cannot overlap any
         // Rust object.  The result is checked.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset as libc::off_t) };
         if ptr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap"));
         }
@@ -126,6 +138,7 @@ impl Mapping {
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
+            0,
             Sharing::Anonymous,
         )
     }
@@ -133,7 +146,14 @@ impl Mapping {
     /// A writable `MAP_SHARED` mapping of the first `len` bytes of `file` (see
     /// [`ReadOnlyMapping`] for one that is not).
     pub fn shared(file: &Memfd, len: usize) -> Result<Mapping> {
-        Self::map(len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.fd.as_raw_fd(), Sharing::Shared)
+        Self::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.fd.as_raw_fd(),
+            file.offset,
+            Sharing::Shared,
+        )
     }
 
     /// A copy-on-write (`MAP_PRIVATE`) mapping of the first `len` bytes of `file`.
@@ -143,6 +163,7 @@ impl Mapping {
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_NORESERVE,
             file.fd.as_raw_fd(),
+            file.offset,
             Sharing::Private,
         )
     }
@@ -259,7 +280,8 @@ pub struct ReadOnlyMapping {
 impl ReadOnlyMapping {
     /// A read-only `MAP_SHARED` mapping of the first `len` bytes of `file`.
     pub fn of(file: &Memfd, len: usize) -> Result<ReadOnlyMapping> {
-        let map = Mapping::map(len, libc::PROT_READ, libc::MAP_SHARED, file.fd.as_raw_fd(), Sharing::Shared)?;
+        let map =
+            Mapping::map(len, libc::PROT_READ, libc::MAP_SHARED, file.fd.as_raw_fd(), file.offset, Sharing::Shared)?;
         Ok(ReadOnlyMapping { map })
     }
 

@@ -145,3 +145,6 @@ pub fn sys_sigaltstack(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     }
     Ok(0)
 }
+
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(SignalState { actions, mask, altstack });

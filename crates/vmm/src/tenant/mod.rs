@@ -10,11 +10,13 @@
 //!
 //! Layers, each importing only those below it: [`config`] (what the user asked for) <
 //! [`snapshot`] (the frozen state) < [`instance`] (one VM serving requests, and its batches)
-//! < this module (booting, making instances).
+//! < this module (booting, making instances).  [`snapshot_file`] writes a snapshot to a file
+//! and reads it back.
 
 pub mod config;
 pub mod instance;
 pub mod snapshot;
+pub mod snapshot_file;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +24,7 @@ use std::time::Instant;
 pub use config::TenantConfig;
 pub use instance::{CallError, CallResult, Instance, InstanceStats, MAX_BATCH};
 pub use snapshot::Snapshot;
+pub use snapshot_file::SnapshotFileError;
 
 use crate::error::{Error, Failure, Result};
 use crate::guest::layout::VC_REQUEST;
@@ -121,6 +124,27 @@ impl Tenant {
         }
         let snapshot = snapshot::freeze(m, shared, request_area, cfg, started.elapsed())?;
         Ok(Tenant { snapshot: Arc::new(snapshot) })
+    }
+
+    /// Starts from the snapshot file at `path` (see [`snapshot_file`]) without booting: its
+    /// RAM is mapped from the file as the copy-on-write base of every instance.  With
+    /// `shared_path`, the tenant's shared memory (if it has any) is that file instead of the
+    /// one it was booted with.
+    pub fn from_snapshot_file(
+        path: &std::path::Path,
+        shared_path: Option<std::path::PathBuf>,
+    ) -> Result<Tenant, SnapshotFileError> {
+        let mut loaded = snapshot_file::read(path)?;
+        if shared_path.is_some() {
+            loaded.config.shared_path = shared_path;
+        }
+        let shared = shared_region(&loaded.config)?;
+        Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)?) })
+    }
+
+    /// Writes the snapshot to `path` (see [`snapshot_file`]).
+    pub fn write_snapshot_file(&self, path: &std::path::Path) -> Result<(), SnapshotFileError> {
+        snapshot_file::write(&self.snapshot, path)
     }
 
     /// A new instance, at the snapshot's state.

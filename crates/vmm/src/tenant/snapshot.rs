@@ -53,6 +53,11 @@ pub struct Snapshot {
     boot_time: Duration,
     /// Pages of RAM that hold data (written during boot).
     resident_pages: u64,
+    /// The program's writable ranges of RAM (GPA `[start, end)`), which in-guest resets restore.
+    writable: Vec<(u64, u64)>,
+    /// Which pages hold data, for a snapshot read from a file (whose page-cache residency says
+    /// nothing about that); None for a booted one (its memfd's residency says it).
+    data: Option<Vec<bool>>,
 }
 
 impl Snapshot {
@@ -109,6 +114,44 @@ impl Snapshot {
     /// Pages of RAM that hold data.
     pub fn resident_pages(&self) -> u64 {
         self.resident_pages
+    }
+
+    /// The program's writable ranges of RAM (guest-physical, page-aligned).
+    pub fn writable(&self) -> &[(u64, u64)] {
+        &self.writable
+    }
+
+    /// Which pages of the RAM may hold data (the others read as zeros and need not be
+    /// read: reading a hole of the memfd would allocate it).
+    pub fn data_pages(&self) -> impl Fn(u64) -> bool + '_ {
+        let residency = if self.data.is_none() { residency(&self.ram_view) } else { None };
+        move |page: u64| match &self.data {
+            Some(data) => data.get(page as usize).copied().unwrap_or(false),
+            None => residency.as_ref().is_none_or(|r| r.get(page as usize).is_some_and(|&b| b & 1 != 0)),
+        }
+    }
+
+    /// The snapshot a snapshot file holds ([`super::snapshot_file::read`]), with its shared
+    /// memory (made anew from the configuration, as when booting).
+    pub(super) fn from_file(f: super::snapshot_file::Loaded, shared: Option<Arc<SharedRegion>>) -> Result<Snapshot> {
+        let data = f.data;
+        let resident = |page: u64| data.get(page as usize).copied().unwrap_or(false);
+        let restore_view = Arc::new(crate::restore_view::build(&f.ram_view, &f.writable, resident)?);
+        Ok(Snapshot {
+            ram: f.ram,
+            ram_view: f.ram_view,
+            restore_view,
+            regs: f.regs,
+            proc: f.proc,
+            map: f.map,
+            shared,
+            request_area: f.request_area,
+            config: f.config,
+            boot_time: f.boot_time,
+            resident_pages: f.resident_pages,
+            writable: f.writable,
+            data: Some(data),
+        })
     }
 }
 
@@ -174,6 +217,8 @@ pub(super) fn freeze(
         config: cfg,
         boot_time,
         resident_pages,
+        writable,
+        data: None,
     })
 }
 

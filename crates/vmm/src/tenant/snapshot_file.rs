@@ -1,0 +1,562 @@
+//! Snapshot files: a booted tenant written to disk, and started again from it without booting.
+//!
+//! ```text
+//!   offset 0      header (HEADER_LEN bytes, fixed layout, little-endian):
+//!                   magic "TENANTVM" "SNAPSHOT", format, state offset/length/CRC,
+//!                   RAM offset/size, RAM CRC, file size, header CRC
+//!   HEADER_LEN    state: tenantvm version, guest-kernel digest, platform, CPU features the
+//!                   snapshot needs, the RAM's data pages, registers, the emulated process,
+//!                   the address space and the tenant's configuration (crate::persist)
+//!   RAM offset    guest RAM (page-aligned), as the snapshot's memfd had it; pages without
+//!                   data are holes (sparse file) and read as zeros
+//! ```
+//!
+//! Loading maps the RAM range of the file as the snapshot's memory: read-only for host resets
+//! (a [`ReadOnlyMapping`](crate::memory::ReadOnlyMapping), as any snapshot) and copy-on-write for each
+//! instance, so a tenant is ready without booting, and its instances share the file's pages in
+//! the page cache.
+//!
+//! Everything is checked before anything runs: the magic (else [`SnapshotFileError::NotASnapshot`]),
+//! the format and the tenantvm build ([`SnapshotFileError::Version`]), the file's size
+//! ([`SnapshotFileError::Truncated`]), CRC-32 checksums of the header, the state and every data
+//! page of RAM ([`SnapshotFileError::Corrupt`]), that no data lies outside the recorded pages,
+//! and that this host offers the platform and every CPU feature the snapshot was made with
+//! ([`SnapshotFileError::Host`]): the guest's C library picked its code paths (AVX2...) when it
+//! booted, and its saved FPU state names the XSAVE components it used.
+//!
+//! The checksums detect damage (a bad disk, a truncated copy), not an attacker who can write
+//! the file: such a person could as well give the server a hostile program, which the VM
+//! contains.  A file changed while it is in use changes what new instances see in the same way.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvm_bindings::kvm_regs;
+
+use super::config::TenantConfig;
+use super::snapshot::Snapshot;
+use crate::error::Error;
+use crate::guest::PAGE_SIZE;
+use crate::kvm::Host;
+use crate::linux::View;
+use crate::memory::user::UserMap;
+use crate::memory::{Memfd, ReadOnlyMapping};
+use crate::persist::{Dec, Enc, Malformed, Persist, Unsupported};
+use crate::syscalls::Process;
+
+/// The file's magic: "TENANTVM" "SNAPSHOT".
+const MAGIC: &[u8; 16] = b"TENANTVMSNAPSHOT";
+/// The layout of the header and of the state encoding.  Raise it with any change to either
+/// (including a field added to a persisted type): older files are then refused, not misread.
+pub const FORMAT: u64 = 1;
+/// Bytes of the fixed header.
+const HEADER_LEN: u64 = 128;
+/// The version of this tenantvm (the guest kernel's digest pins the build further).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a snapshot file was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// Reading or writing the file failed.
+    #[error("snapshot file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a tenantvm snapshot file (wrong magic, or shorter than a header).
+    #[error("{path} is not a tenantvm snapshot file")]
+    NotASnapshot {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was made by another format or another build of tenantvm.
+    #[error("{path} was made by {found}; this is {expected}: make the snapshot again")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// What made it.
+        found: String,
+        /// What this is.
+        expected: String,
+    },
+    /// The file is shorter (or longer) than its header says.
+    #[error("{path} is truncated: {actual} bytes, its header says {expected}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The size the header gives.
+        expected: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// A checksum does not match, or the contents are out of shape.
+    #[error("{path} is corrupt: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (which part).
+        what: String,
+    },
+    /// This host cannot run the snapshot (another platform, missing CPU features).
+    #[error("{path} cannot run on this host: {why}")]
+    Host {
+        /// The file.
+        path: PathBuf,
+        /// What this host lacks.
+        why: String,
+    },
+    /// The tenant's state cannot be written to a file.
+    #[error("the tenant cannot be written to a snapshot file: {0}")]
+    Unsupported(#[from] Unsupported),
+    /// A host-side failure starting from the file (mapping it, the KVM, the file-system view).
+    #[error(transparent)]
+    Vmm(#[from] Error),
+}
+
+/// The CPU features a snapshot needs: KVM's CPUID words (function, index, register) the guest
+/// saw, and the XSAVE components (XCR0) its FPU state uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CpuNeeds {
+    xcr0: u64,
+    words: Vec<(u32, u32, u8, u32)>,
+}
+
+/// The CPUID words that name instruction-set features: leaf 1 ECX/EDX, leaf 7 EBX/ECX/EDX,
+/// leaf 0xd.1 EAX (XSAVE variants), leaf 0x80000001 ECX/EDX.
+const FEATURE_WORDS: &[(u32, u32, u8)] =
+    &[(1, 0, 2), (1, 0, 3), (7, 0, 1), (7, 0, 2), (7, 0, 3), (0xd, 1, 0), (0x8000_0001, 0, 2), (0x8000_0001, 0, 3)];
+
+impl CpuNeeds {
+    fn of(host: &Host) -> CpuNeeds {
+        let words = FEATURE_WORDS
+            .iter()
+            .map(|&(function, index, reg)| {
+                let e = host.cpuid.as_slice().iter().find(|e| e.function == function && e.index == index);
+                let v = e.map_or(0, |e| [e.eax, e.ebx, e.ecx, e.edx][reg as usize]);
+                (function, index, reg, v)
+            })
+            .collect();
+        CpuNeeds { xcr0: crate::vm::Vm::xcr0(host), words }
+    }
+
+    /// What `self` needs that `have` lacks, described; None if nothing.
+    fn missing(&self, have: &CpuNeeds) -> Option<String> {
+        let mut out = Vec::new();
+        if self.xcr0 & !have.xcr0 != 0 {
+            out.push(format!("XSAVE components {:#x}", self.xcr0 & !have.xcr0));
+        }
+        for &(f, i, r, bits) in &self.words {
+            let h = have.words.iter().find(|w| (w.0, w.1, w.2) == (f, i, r)).map_or(0, |w| w.3);
+            if bits & !h != 0 {
+                let reg = ["eax", "ebx", "ecx", "edx"][r as usize & 3];
+                out.push(format!("CPUID {f:#x}.{i} {reg} bits {:#x}", bits & !h));
+            }
+        }
+        (!out.is_empty()).then(|| out.join(", "))
+    }
+}
+
+crate::persist::persist_fields!(CpuNeeds { xcr0, words });
+
+/// The digest of the guest kernel this build runs (a snapshot's RAM holds it).
+fn kernel_digest() -> u32 {
+    crc32fast::hash(crate::guest::kernel::IMAGE)
+}
+
+/// Who made a file: this is compared whole.
+fn build_id() -> String {
+    format!("tenantvm {VERSION} (format {FORMAT}, guest kernel {:08x})", kernel_digest())
+}
+
+/// The fixed header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    state_len: u64,
+    state_crc: u32,
+    ram_offset: u64,
+    ram_size: u64,
+    ram_crc: u32,
+    file_size: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let mut b = [0u8; HEADER_LEN as usize];
+        b[..16].copy_from_slice(MAGIC);
+        let fields = [
+            FORMAT,
+            self.state_len,
+            u64::from(self.state_crc),
+            self.ram_offset,
+            self.ram_size,
+            u64::from(self.ram_crc),
+            self.file_size,
+        ];
+        for (i, v) in fields.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b[..HEADER_LEN as usize - 8]);
+        b[HEADER_LEN as usize - 8..].copy_from_slice(&u64::from(crc).to_le_bytes());
+        b
+    }
+
+    fn decode(path: &Path, b: &[u8; HEADER_LEN as usize]) -> Result<Header, SnapshotFileError> {
+        if &b[..16] != MAGIC {
+            return Err(SnapshotFileError::NotASnapshot { path: path.into() });
+        }
+        let word = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().expect("8 bytes"));
+        let format = word(0);
+        if format != FORMAT {
+            return Err(SnapshotFileError::Version {
+                path: path.into(),
+                found: format!("snapshot file format {format}"),
+                expected: format!("format {FORMAT}"),
+            });
+        }
+        let stored = u64::from_le_bytes(b[HEADER_LEN as usize - 8..].try_into().expect("8 bytes"));
+        if stored != u64::from(crc32fast::hash(&b[..HEADER_LEN as usize - 8])) {
+            return Err(corrupt(path, "the header's checksum does not match"));
+        }
+        let h = Header {
+            state_len: word(1),
+            state_crc: word(2) as u32,
+            ram_offset: word(3),
+            ram_size: word(4),
+            ram_crc: word(5) as u32,
+            file_size: word(6),
+        };
+        let ram_end = h.ram_offset.checked_add(h.ram_size);
+        if h.ram_offset % PAGE_SIZE != 0
+            || h.ram_size % PAGE_SIZE != 0
+            || h.ram_size == 0
+            || HEADER_LEN + h.state_len > h.ram_offset
+            || ram_end != Some(h.file_size)
+        {
+            return Err(corrupt(path, "the header's sizes are inconsistent"));
+        }
+        Ok(h)
+    }
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> SnapshotFileError {
+    SnapshotFileError::Corrupt { path: path.into(), what: what.into() }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotFileError + '_ {
+    move |source| SnapshotFileError::Io { path: path.into(), source }
+}
+
+/// Runs of data pages `(first page, pages)`, ascending.
+type Runs = Vec<(u64, u64)>;
+
+fn runs_of(pages: impl Iterator<Item = u64>) -> Runs {
+    let mut runs: Runs = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs
+}
+
+/// CRC-32 of the data pages of `ram`, in order.
+fn ram_crc(ram: &ReadOnlyMapping, runs: &Runs) -> Option<u32> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 64 * PAGE_SIZE as usize];
+    for &(start, n) in runs {
+        let (mut at, end) = (start * PAGE_SIZE, (start + n) * PAGE_SIZE);
+        while at < end {
+            let len = (end - at).min(buf.len() as u64) as usize;
+            ram.read(at, &mut buf[..len])?;
+            h.update(&buf[..len]);
+            at += len as u64;
+        }
+    }
+    Some(h.finalize())
+}
+
+/// The emulated process, without its file-system view (rebuilt from `view` on loading, since it
+/// holds descriptors of host directories).
+fn save_process(p: &Process, e: &mut Enc) -> Result<(), Unsupported> {
+    let Process { mem, files, signals, identity, thread } = p;
+    let crate::linux::Files { fds, view, tmp, cwd } = files;
+    view.source().save(e)?;
+    mem.save(e)?;
+    fds.save(e)?;
+    tmp.save(e)?;
+    cwd.save(e)?;
+    signals.save(e)?;
+    identity.save(e)?;
+    thread.save(e)
+}
+
+fn load_process(d: &mut Dec<'_>) -> Result<(crate::linux::FsConfig, impl FnOnce(Arc<View>) -> Process), Malformed> {
+    let fs = Persist::load(d)?;
+    let mem = Persist::load(d)?;
+    let fds = Persist::load(d)?;
+    let tmp = Persist::load(d)?;
+    let cwd = Persist::load(d)?;
+    let signals = Persist::load(d)?;
+    let identity = Persist::load(d)?;
+    let thread = Persist::load(d)?;
+    Ok((fs, move |view| Process { mem, files: crate::linux::Files { fds, view, tmp, cwd }, signals, identity, thread }))
+}
+
+/// Writes `snap` to `path` (through a temporary file renamed into place: a reader sees no
+/// half-written file).  Its shared memory, if any, is not part of it (it is shared, not
+/// reset); `shared_path` is kept as configured.
+pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
+    let host = crate::kvm::host()?;
+    let ram = snap.ram_view();
+    let pages = ram.len() as u64 / PAGE_SIZE;
+    let data = snap.data_pages();
+    let runs = runs_of((0..pages).filter(|&p| data(p)));
+    let mut e = Enc::default();
+    build_id().save(&mut e)?;
+    host.platform.name().to_string().save(&mut e)?;
+    CpuNeeds::of(host).save(&mut e)?;
+    runs.save(&mut e)?;
+    snap.regs().save(&mut e)?;
+    snap.request_area().save(&mut e)?;
+    snap.boot_time().save(&mut e)?;
+    snap.resident_pages().save(&mut e)?;
+    snap.writable().to_vec().save(&mut e)?;
+    snap.config().save(&mut e)?;
+    snap.map().save(&mut e)?;
+    save_process(snap.proc(), &mut e)?;
+    let state = e.buf;
+    let ram_offset = (HEADER_LEN + state.len() as u64).next_multiple_of(PAGE_SIZE);
+    let header = Header {
+        state_len: state.len() as u64,
+        state_crc: crc32fast::hash(&state),
+        ram_offset,
+        ram_size: ram.len() as u64,
+        ram_crc: ram_crc(ram, &runs).ok_or_else(|| corrupt(path, "the snapshot's RAM cannot be read"))?,
+        file_size: ram_offset + ram.len() as u64,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&header.encode())?;
+        f.write_all(&state)?;
+        f.set_len(header.file_size)?; // the rest is holes until written
+        let mut buf = vec![0u8; 64 * PAGE_SIZE as usize];
+        for &(start, n) in &runs {
+            let (mut at, end) = (start * PAGE_SIZE, (start + n) * PAGE_SIZE);
+            while at < end {
+                let len = (end - at).min(buf.len() as u64) as usize;
+                ram.read(at, &mut buf[..len]).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                f.write_all_at(&buf[..len], ram_offset + at)?;
+                at += len as u64;
+            }
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SnapshotFileError::Io { path: path.into(), source });
+    }
+    Ok(())
+}
+
+/// Where data lies in `file` between `from` and `to` (SEEK_DATA/SEEK_HOLE), as byte ranges;
+/// None if the file system cannot say.
+fn data_extents(file: &File, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return None,
+        };
+        if start >= to {
+            break;
+        }
+        let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).ok()?;
+        out.push((start, end.min(to)));
+        at = end;
+    }
+    Some(out)
+}
+
+/// What [`read`] gives back to make the [`Snapshot`].
+pub struct Loaded {
+    /// The RAM (the file's range).
+    pub ram: Arc<Memfd>,
+    /// Read-only view of it.
+    pub ram_view: ReadOnlyMapping,
+    /// Which pages hold data.
+    pub data: Vec<bool>,
+    /// Registers at the freeze.
+    pub regs: kvm_regs,
+    /// The emulated process.
+    pub proc: Process,
+    /// The address space.
+    pub map: UserMap,
+    /// Size of the request area.
+    pub request_area: u64,
+    /// The configuration it was booted with.
+    pub config: TenantConfig,
+    /// Its boot time.
+    pub boot_time: std::time::Duration,
+    /// Pages that held data.
+    pub resident_pages: u64,
+    /// The program's writable RAM ranges (for the restore view).
+    pub writable: Vec<(u64, u64)>,
+}
+
+/// Reads and checks the snapshot file at `path` (see the module's documentation for what is
+/// checked); maps its RAM.
+pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let actual = file.metadata().map_err(io(path))?.len();
+    let mut hb = [0u8; HEADER_LEN as usize];
+    if actual < HEADER_LEN {
+        return Err(SnapshotFileError::NotASnapshot { path: path.into() });
+    }
+    file.read_exact(&mut hb).map_err(io(path))?;
+    let header = Header::decode(path, &hb)?;
+    if actual != header.file_size {
+        return Err(SnapshotFileError::Truncated { path: path.into(), expected: header.file_size, actual });
+    }
+    let mut state = vec![0u8; header.state_len as usize];
+    file.read_exact(&mut state).map_err(io(path))?;
+    if crc32fast::hash(&state) != header.state_crc {
+        return Err(corrupt(path, "the state's checksum does not match"));
+    }
+    let bad = |e: Malformed| corrupt(path, format!("the state is out of shape: {e}"));
+    let mut d = Dec::new(&state);
+    let made_by = String::load(&mut d).map_err(bad)?;
+    if made_by != build_id() {
+        return Err(SnapshotFileError::Version { path: path.into(), found: made_by, expected: build_id() });
+    }
+    let host = crate::kvm::host()?;
+    let platform = String::load(&mut d).map_err(bad)?;
+    if platform != host.platform.name() {
+        let why = format!("it was made on {platform}, this host is {}", host.platform.name());
+        return Err(SnapshotFileError::Host { path: path.into(), why });
+    }
+    let needs = CpuNeeds::load(&mut d).map_err(bad)?;
+    if let Some(missing) = needs.missing(&CpuNeeds::of(host)) {
+        return Err(SnapshotFileError::Host { path: path.into(), why: format!("it needs {missing}") });
+    }
+    let runs = Runs::load(&mut d).map_err(bad)?;
+    let regs = kvm_regs::load(&mut d).map_err(bad)?;
+    let request_area = u64::load(&mut d).map_err(bad)?;
+    let boot_time = Persist::load(&mut d).map_err(bad)?;
+    let resident_pages = u64::load(&mut d).map_err(bad)?;
+    let writable = Vec::<(u64, u64)>::load(&mut d).map_err(bad)?;
+    let config = TenantConfig::load(&mut d).map_err(bad)?;
+    let map = UserMap::load(&mut d).map_err(bad)?;
+    let (fs, process) = load_process(&mut d).map_err(bad)?;
+    if !d.done() {
+        return Err(corrupt(path, "the state has trailing bytes"));
+    }
+    let pages = header.ram_size / PAGE_SIZE;
+    let mut data = vec![false; pages as usize];
+    for &(start, n) in &runs {
+        let end =
+            start.checked_add(n).filter(|&e| e <= pages).ok_or_else(|| corrupt(path, "a data page is past the RAM"))?;
+        data[start as usize..end as usize].iter_mut().for_each(|p| *p = true);
+    }
+    let extents = data_extents(&file, header.ram_offset, header.file_size);
+    let ram = Arc::new(Memfd::from_file_range(file.into(), header.ram_offset, header.ram_size)?);
+    let ram_view = ReadOnlyMapping::of(&ram, header.ram_size as usize)?;
+    if ram_crc(&ram_view, &runs) != Some(header.ram_crc) {
+        return Err(corrupt(path, "the RAM's checksum does not match"));
+    }
+    // Data where the file should have holes (a flipped bit in a hole makes one) is damage the
+    // checksum over the data pages would not see; it must read as zeros.  (A file system
+    // without holes reports all of it as data: then every page is read.)
+    let unknown = match extents {
+        Some(extents) => extents
+            .into_iter()
+            .flat_map(|(s, e)| (s - header.ram_offset) / PAGE_SIZE..(e - header.ram_offset).div_ceil(PAGE_SIZE))
+            .filter(|&p| !data[p as usize])
+            .collect::<Vec<u64>>(),
+        None => (0..pages).filter(|&p| !data[p as usize]).collect(),
+    };
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for p in unknown {
+        if ram_view.read(p * PAGE_SIZE, &mut page).is_none() || page.iter().any(|&b| b != 0) {
+            return Err(corrupt(path, format!("the RAM holds data outside its recorded pages (page {p})")));
+        }
+    }
+    let view = View::new(&fs).map_err(|e| SnapshotFileError::Host {
+        path: path.into(),
+        why: format!("the files the tenant was allowed to read are not all there: {e}"),
+    })?;
+    Ok(Loaded {
+        ram,
+        ram_view,
+        data,
+        regs,
+        proc: process(Arc::new(view)),
+        map,
+        request_area,
+        config,
+        boot_time,
+        resident_pages,
+        writable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything a snapshot holds except the view's host descriptors, as text.
+    fn state(s: &Snapshot) -> String {
+        let Process { mem, files, signals, identity, thread } = s.proc();
+        let crate::linux::Files { fds, view, tmp, cwd } = files;
+        format!(
+            "{:?}\n{mem:?}\n{fds:?}\n{tmp:?}\n{cwd:?}\n{signals:?}\n{identity:?}\n{thread:?}\n{:?}\n{:?}\n{:?}\n{}\n{:?}\n{:?}",
+            view.source(),
+            s.map(),
+            s.config(),
+            s.regs(),
+            s.request_area(),
+            s.writable(),
+            s.boot_time(),
+        )
+    }
+
+    #[test]
+    #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+    fn every_part_of_the_state_survives_the_round_trip() {
+        if crate::kvm::host().is_err() {
+            return; // the integration tests say why (require_kvm)
+        }
+        let apps = std::env::var_os("TENANTVM_APPS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../apps/build"));
+        let dir = std::env::temp_dir().join(format!("tenantvm-snapfile-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A dynamically linked program: host files open in its view, a C library's state.
+        for name in ["libhello.dyn", "state"] {
+            let program = crate::Program::from_file(apps.join(name)).unwrap();
+            let mut cfg = TenantConfig::new(vec![name.as_bytes().to_vec()]);
+            cfg.memory = 32 << 20;
+            cfg.fs.allow_read = vec![apps.join("libtenantvm.so")];
+            let booted = crate::Tenant::boot(&program, cfg).unwrap();
+            let path = dir.join(name);
+            booted.write_snapshot_file(&path).unwrap();
+            let loaded = crate::Tenant::from_snapshot_file(&path, None).unwrap();
+            assert_eq!(state(loaded.snapshot()), state(booted.snapshot()), "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

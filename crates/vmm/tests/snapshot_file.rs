@@ -1,0 +1,169 @@
+//! Snapshot files: a tenant written to a file and started from it serves as the booted one;
+//! every damaged, foreign or mismatched file is refused with a typed error, never run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::{require_kvm, tenant};
+use vmm::{Request, SnapshotFileError, Tenant};
+
+fn get(path: &str) -> Request {
+    Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn body(inst: &mut vmm::Instance, req: &Request) -> Vec<u8> {
+    inst.call(req).unwrap().response.body
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tenantvm-snapfile-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Header fields (little-endian u64 after the 16-byte magic): format, state length, state CRC,
+/// RAM offset, RAM size, RAM CRC, file size; the header's CRC in its last 8 bytes.
+const HEADER_LEN: usize = 128;
+
+fn field(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().unwrap())
+}
+
+fn set_field(b: &mut [u8], i: usize, v: u64) {
+    b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+}
+
+fn seal_header(b: &mut [u8]) {
+    let crc = crc32fast::hash(&b[..HEADER_LEN - 8]);
+    b[HEADER_LEN - 8..HEADER_LEN].copy_from_slice(&u64::from(crc).to_le_bytes());
+}
+
+fn load(path: &Path) -> Result<Tenant, SnapshotFileError> {
+    Tenant::from_snapshot_file(path, None)
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_tenant_started_from_its_file_serves_like_the_booted_one() {
+    require_kvm();
+    let dir = scratch("serve");
+    for (name, ephemeral, want) in [
+        ("hello", true, vec![b"Hello World!".to_vec(); 3]),
+        ("state", true, vec![b"1".to_vec(); 3]),
+        ("state", false, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]),
+    ] {
+        let booted = tenant(name, |c| c.ephemeral = ephemeral);
+        let path = dir.join(format!("{name}-{ephemeral}.snap"));
+        booted.write_snapshot_file(&path).unwrap();
+        let started = Instant::now();
+        let loaded = load(&path).unwrap();
+        let mut inst = loaded.instance().unwrap();
+        let ready = started.elapsed();
+        let got: Vec<Vec<u8>> = (0..3).map(|_| body(&mut inst, &get("/"))).collect();
+        assert_eq!(got, want, "{name} (ephemeral: {ephemeral})");
+        // Two instances of the loaded tenant do not see each other's writes.
+        if !ephemeral {
+            let mut other = loaded.instance().unwrap();
+            assert_eq!(body(&mut other, &get("/")), b"1");
+        }
+        assert_eq!(loaded.snapshot().boot_time(), booted.snapshot().boot_time());
+        eprintln!(
+            "{name}: booted in {:.2} ms, ready from its file in {:.2} ms (file {} KiB on disk)",
+            booted.snapshot().boot_time().as_secs_f64() * 1e3,
+            ready.as_secs_f64() * 1e3,
+            std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) / 2).unwrap_or(0)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn damaged_foreign_and_mismatched_files_are_refused() {
+    require_kvm();
+    let dir = scratch("damage");
+    let good = dir.join("good.snap");
+    tenant("hello", |c| c.memory = 16 << 20).write_snapshot_file(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.join("bad.snap");
+    let try_bytes = |b: &[u8]| {
+        std::fs::write(&bad, b).unwrap();
+        load(&bad)
+    };
+    let (state_len, ram_offset) = (field(&bytes, 1) as usize, field(&bytes, 3) as usize);
+    // A data page of RAM: the first one that is not all zeros.
+    let data_page =
+        (ram_offset..bytes.len()).step_by(4096).find(|&o| bytes[o..o + 4096].iter().any(|&b| b != 0)).unwrap();
+    let hole_page =
+        (ram_offset..bytes.len()).step_by(4096).rev().find(|&o| bytes[o..o + 4096].iter().all(|&b| b == 0)).unwrap();
+
+    // Bit flips: header (magic, fields, CRC), state, RAM data, a hole of RAM.
+    let flips = [0, 20, 40, 64, HEADER_LEN - 1, HEADER_LEN + 3, HEADER_LEN + state_len / 2, HEADER_LEN + state_len - 1]
+        .into_iter()
+        .chain([data_page + 100, data_page + 4095, hole_page + 7]);
+    for at in flips {
+        let mut b = bytes.clone();
+        b[at] ^= 0x10;
+        match try_bytes(&b) {
+            Err(SnapshotFileError::NotASnapshot { .. }) => assert!(at < 16, "flip at {at}"),
+            Err(SnapshotFileError::Version { .. }) => assert!((16..24).contains(&at), "flip at {at}"),
+            Err(SnapshotFileError::Corrupt { what, .. }) => assert!(!what.is_empty()),
+            Err(SnapshotFileError::Truncated { .. }) => assert!((64..72).contains(&at), "flip at {at}"),
+            other => panic!("a bit flipped at {at} of {} was not refused: {other:?}", bytes.len()),
+        }
+    }
+
+    // Truncations, anywhere.
+    for len in
+        [0, 10, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + state_len - 1, ram_offset, data_page + 1, bytes.len() - 1]
+    {
+        match try_bytes(&bytes[..len]) {
+            Err(SnapshotFileError::NotASnapshot { .. }) => assert!(len < HEADER_LEN),
+            Err(SnapshotFileError::Truncated { expected, actual, .. }) => {
+                assert_eq!((expected, actual), (bytes.len() as u64, len as u64));
+            }
+            other => panic!("truncated to {len} bytes: {other:?}"),
+        }
+    }
+    // And a longer file is not the file either.
+    assert!(matches!(try_bytes(&[bytes.as_slice(), b"x"].concat()), Err(SnapshotFileError::Truncated { .. })));
+
+    // Another format (header CRC made to match): Version.
+    let mut b = bytes.clone();
+    let format = field(&b, 0);
+    set_field(&mut b, 0, format + 1);
+    seal_header(&mut b);
+    assert!(matches!(try_bytes(&b), Err(SnapshotFileError::Version { .. })));
+
+    // Another tenantvm build (its id in the state, every CRC made to match): Version, naming it.
+    let mut b = bytes.clone();
+    let state = &mut b[HEADER_LEN..HEADER_LEN + state_len];
+    let at = state.windows(9).position(|w| w == b"tenantvm ").unwrap();
+    state[at + 9] = b'9';
+    let crc = crc32fast::hash(state);
+    set_field(&mut b, 2, u64::from(crc));
+    seal_header(&mut b);
+    match try_bytes(&b) {
+        Err(SnapshotFileError::Version { found, expected, .. }) => {
+            assert!(found.contains("tenantvm 9"), "{found}");
+            assert_ne!(found, expected);
+        }
+        other => panic!("another build's file: {other:?}"),
+    }
+
+    // Foreign files: a program, text, nothing.
+    let elf = std::fs::read(common::apps_dir().join("hello")).unwrap();
+    for foreign in [elf.as_slice(), b"not a snapshot at all".as_slice(), &[0u8; 4096]] {
+        assert!(matches!(try_bytes(foreign), Err(SnapshotFileError::NotASnapshot { .. })));
+    }
+    assert!(matches!(load(&dir.join("missing")), Err(SnapshotFileError::Io { .. })));
+
+    // The good file still loads (the damage was all in copies).
+    load(&good).unwrap().instance().unwrap();
+    // The errors read well.
+    let e = try_bytes(&bytes[..HEADER_LEN + 5]).unwrap_err().to_string();
+    assert!(e.contains("truncated") && e.contains("bad.snap"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
