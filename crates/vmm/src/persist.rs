@@ -379,7 +379,6 @@ persist_fields!(crate::linux::stat::FileStat { dev, ino, mode, nlink, uid, gid, 
 persist_fields!(crate::linux::hostfs::DirEntry { name, ino, dtype });
 persist_fields!(crate::syscalls::signal::SigAction { handler, flags, restorer, mask });
 persist_fields!(crate::syscalls::process::Identity { pid, ppid, uid, gid, exe, stack_limit, memory_limit, name });
-persist_fields!(crate::syscalls::process::ThreadState { clear_child_tid, robust_list, rseq });
 persist_fields!(crate::syscalls::mem::MemoryState { brk_start, brk, top, mappings, released, fixed });
 persist_fields!(crate::memory::user::Perm { read, write, exec });
 persist_fields!(crate::memory::user::Area { start, end, perm, backing });

@@ -167,3 +167,19 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     assert!(e.contains("truncated") && e.contains("bad.snap"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_tenant_with_threads_at_its_snapshot_is_refused_clearly() {
+    require_kvm();
+    let dir = scratch("threads");
+    let path = dir.join("threads.snap");
+    let threaded = tenant("thread_tenant", |_| {});
+    match threaded.write_snapshot_file(&path) {
+        Err(SnapshotFileError::Unsupported(why)) => assert!(why.to_string().contains("threads"), "{why}"),
+        other => panic!("a tenant with worker threads was written: {other:?}"),
+    }
+    assert!(!path.exists(), "nothing is left behind");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no temporary file either");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -271,55 +271,6 @@ impl FdTable {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dup_shares_the_description_and_close_frees_it_last() {
-        let mut t = FdTable::default();
-        let data: Arc<[u8]> = Arc::from(&b"abc"[..]);
-        let fd = t.open(Description::new(File::Host { data, stat: FileStat::default() }, 0, None), true).unwrap();
-        assert_eq!(fd, 3);
-        let d = t.dup(3, 0, false).unwrap();
-        assert_eq!(d, 4);
-        t.get_mut(3).unwrap().offset = 2;
-        assert_eq!(t.get(4).unwrap().offset, 2, "dup shares the offset");
-        assert!(t.fd(3).unwrap().cloexec && !t.fd(4).unwrap().cloexec);
-        assert!(t.close(3).unwrap().is_none());
-        assert!(matches!(t.close(4).unwrap(), Some(File::Host { .. })));
-        assert_eq!(t.close(4).unwrap_err(), Errno::EBADF);
-        assert_eq!(t.open_count(), 3);
-    }
-
-    #[test]
-    fn exhaustion_is_emfile_and_dup2_replaces() {
-        let mut t = FdTable::default();
-        for _ in 3..MAX_FDS {
-            t.dup(1, 0, false).unwrap();
-        }
-        assert_eq!(t.dup(1, 0, false).unwrap_err(), Errno::EMFILE);
-        assert_eq!(t.dup_to(1, MAX_FDS as u64, false).unwrap_err(), Errno::EBADF);
-        t.dup_to(0, 5, false).unwrap();
-        assert!(matches!(t.get(5).unwrap().file, File::Stdin));
-    }
-
-    #[test]
-    fn pipe_ends_are_counted() {
-        let mut t = FdTable::default();
-        let p = t.new_pipe();
-        let r = t.open(Description::new(File::PipeRead(p), libc::O_RDONLY as u32, None), false).unwrap();
-        let w = t.open(Description::new(File::PipeWrite(p), libc::O_WRONLY as u32, None), false).unwrap();
-        let w2 = t.dup(w as u64, 0, false).unwrap();
-        assert_eq!((t.pipes[&p].readers, t.pipes[&p].writers), (1, 1));
-        t.close(w as u64).unwrap();
-        t.close(w2 as u64).unwrap();
-        assert_eq!(t.pipes[&p].writers, 0, "EOF once every write end is closed");
-        t.close(r as u64).unwrap();
-        assert!(t.pipes.is_empty());
-    }
-}
-
 // Snapshot files (crate::persist): the table as it is, descriptions with their share counts.
 crate::persist::persist_fields!(FdTable { fds, descs, pipes, next_id });
 crate::persist::persist_fields!(Description { file, flags, offset, path, refs });
@@ -368,13 +319,17 @@ impl crate::persist::Persist for File {
                 count.save(e)?;
                 semaphore.save(e)?;
             }
+            File::Epoll(interest) => {
+                e.u64(11);
+                interest.save(e)?;
+            }
         }
         Ok(())
     }
 
     fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
         use crate::persist::Persist;
-        Ok(match d.tag("open file", 11)? {
+        Ok(match d.tag("open file", 12)? {
             0 => File::Stdin,
             1 => File::Stdout,
             2 => File::Stderr,
@@ -385,7 +340,57 @@ impl crate::persist::Persist for File {
             7 => File::Generated { data: Persist::load(d)?, stat: Persist::load(d)? },
             8 => File::PipeRead(Persist::load(d)?),
             9 => File::PipeWrite(Persist::load(d)?),
-            _ => File::EventFd { count: Persist::load(d)?, semaphore: Persist::load(d)? },
+            10 => File::EventFd { count: Persist::load(d)?, semaphore: Persist::load(d)? },
+            _ => File::Epoll(Persist::load(d)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dup_shares_the_description_and_close_frees_it_last() {
+        let mut t = FdTable::default();
+        let data: Arc<[u8]> = Arc::from(&b"abc"[..]);
+        let fd = t.open(Description::new(File::Host { data, stat: FileStat::default() }, 0, None), true).unwrap();
+        assert_eq!(fd, 3);
+        let d = t.dup(3, 0, false).unwrap();
+        assert_eq!(d, 4);
+        t.get_mut(3).unwrap().offset = 2;
+        assert_eq!(t.get(4).unwrap().offset, 2, "dup shares the offset");
+        assert!(t.fd(3).unwrap().cloexec && !t.fd(4).unwrap().cloexec);
+        assert!(t.close(3).unwrap().is_none());
+        assert!(matches!(t.close(4).unwrap(), Some(File::Host { .. })));
+        assert_eq!(t.close(4).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.open_count(), 3);
+    }
+
+    #[test]
+    fn exhaustion_is_emfile_and_dup2_replaces() {
+        let mut t = FdTable::default();
+        for _ in 3..MAX_FDS {
+            t.dup(1, 0, false).unwrap();
+        }
+        assert_eq!(t.dup(1, 0, false).unwrap_err(), Errno::EMFILE);
+        assert_eq!(t.dup_to(1, MAX_FDS as u64, false).unwrap_err(), Errno::EBADF);
+        t.dup_to(0, 5, false).unwrap();
+        assert!(matches!(t.get(5).unwrap().file, File::Stdin));
+    }
+
+    #[test]
+    fn pipe_ends_are_counted() {
+        let mut t = FdTable::default();
+        let p = t.new_pipe();
+        let r = t.open(Description::new(File::PipeRead(p), libc::O_RDONLY as u32, None), false).unwrap();
+        let w = t.open(Description::new(File::PipeWrite(p), libc::O_WRONLY as u32, None), false).unwrap();
+        let w2 = t.dup(w as u64, 0, false).unwrap();
+        assert_eq!((t.pipes[&p].readers, t.pipes[&p].writers), (1, 1));
+        t.close(w as u64).unwrap();
+        t.close(w2 as u64).unwrap();
+        assert_eq!(t.pipes[&p].writers, 0, "EOF once every write end is closed");
+        t.close(r as u64).unwrap();
+        assert!(t.pipes.is_empty());
     }
 }

@@ -317,6 +317,50 @@ impl Threads {
     }
 }
 
+// Snapshot files (crate::persist): a process with one thread, running, is written; more
+// threads (or one that waits) are refused: their saved CPU states and wait deadlines
+// (monotonic instants) have no meaning in another process.
+impl crate::persist::Persist for Threads {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        let Threads { list, current, next_tid, seq } = self;
+        let [thread] = list.as_slice() else {
+            return Err(crate::persist::Unsupported(format!(
+                "it has {} threads at its snapshot (only a single-threaded tenant can be written)",
+                list.len()
+            )));
+        };
+        let Thread { tid, state, cpu, clear_child_tid, robust_list, rseq, retry_until } = thread;
+        if !matches!(state, RunState::Running) || cpu.is_some() || retry_until.is_some() {
+            return Err(crate::persist::Unsupported(format!("its thread is not running at its snapshot ({state:?})")));
+        }
+        tid.save(e)?;
+        clear_child_tid.save(e)?;
+        robust_list.save(e)?;
+        rseq.save(e)?;
+        current.save(e)?;
+        next_tid.save(e)?;
+        seq.save(e)
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use crate::persist::Persist;
+        let thread = Thread {
+            tid: Persist::load(d)?,
+            state: RunState::Running,
+            cpu: None,
+            clear_child_tid: Persist::load(d)?,
+            robust_list: Persist::load(d)?,
+            rseq: Persist::load(d)?,
+            retry_until: None,
+        };
+        let current: usize = Persist::load(d)?;
+        if current != 0 {
+            return Err(crate::persist::Malformed(format!("thread {current} of 1 is current")));
+        }
+        Ok(Threads { list: vec![thread], current, next_tid: Persist::load(d)?, seq: Persist::load(d)? })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

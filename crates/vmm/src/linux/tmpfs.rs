@@ -284,6 +284,33 @@ impl Tmpfs {
     }
 }
 
+// Snapshot files (crate::persist): the whole tree, with its accounting.
+crate::persist::persist_fields!(Tmpfs { inodes, next_ino, used, limit });
+crate::persist::persist_fields!(Inode { content, perm, nlink, open, mtime });
+
+impl crate::persist::Persist for Content {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        match self {
+            Content::Dir(names) => {
+                e.u64(0);
+                names.save(e)
+            }
+            Content::File(data) => {
+                e.u64(1);
+                data.save(e)
+            }
+        }
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use crate::persist::Persist;
+        Ok(match d.tag("/tmp inode", 2)? {
+            0 => Content::Dir(Persist::load(d)?),
+            _ => Content::File(Persist::load(d)?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,32 +358,5 @@ mod tests {
         assert_eq!(snap.data(f).unwrap().as_slice(), b"snapshot");
         t = snap.clone();
         assert_eq!(t.data(f).unwrap().as_slice(), b"snapshot");
-    }
-}
-
-// Snapshot files (crate::persist): the whole tree, with its accounting.
-crate::persist::persist_fields!(Tmpfs { inodes, next_ino, used, limit });
-crate::persist::persist_fields!(Inode { content, perm, nlink, open, mtime });
-
-impl crate::persist::Persist for Content {
-    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
-        match self {
-            Content::Dir(names) => {
-                e.u64(0);
-                names.save(e)
-            }
-            Content::File(data) => {
-                e.u64(1);
-                data.save(e)
-            }
-        }
-    }
-
-    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
-        use crate::persist::Persist;
-        Ok(match d.tag("/tmp inode", 2)? {
-            0 => Content::Dir(Persist::load(d)?),
-            _ => Content::File(Persist::load(d)?),
-        })
     }
 }

@@ -161,6 +161,9 @@ impl UserMap {
     }
 }
 
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(UserMap { areas, ram_offset, request_va, shared_va });
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +203,3 @@ mod tests {
         m.add(Area { start: 0x40_1000, end: 0x40_2000, perm: Perm::R, backing: Backing::Ram });
     }
 }
-
-// Snapshot files (crate::persist).
-crate::persist::persist_fields!(UserMap { areas, ram_offset, request_va, shared_va });

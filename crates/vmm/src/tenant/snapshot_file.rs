@@ -284,7 +284,7 @@ fn ram_crc(ram: &ReadOnlyMapping, runs: &Runs) -> Option<u32> {
 /// The emulated process, without its file-system view (rebuilt from `view` on loading, since it
 /// holds descriptors of host directories).
 fn save_process(p: &Process, e: &mut Enc) -> Result<(), Unsupported> {
-    let Process { mem, files, signals, identity, thread } = p;
+    let Process { mem, files, signals, identity, threads } = p;
     let crate::linux::Files { fds, view, tmp, cwd } = files;
     view.source().save(e)?;
     mem.save(e)?;
@@ -293,7 +293,7 @@ fn save_process(p: &Process, e: &mut Enc) -> Result<(), Unsupported> {
     cwd.save(e)?;
     signals.save(e)?;
     identity.save(e)?;
-    thread.save(e)
+    threads.save(e)
 }
 
 fn load_process(d: &mut Dec<'_>) -> Result<(crate::linux::FsConfig, impl FnOnce(Arc<View>) -> Process), Malformed> {
@@ -304,8 +304,14 @@ fn load_process(d: &mut Dec<'_>) -> Result<(crate::linux::FsConfig, impl FnOnce(
     let cwd = Persist::load(d)?;
     let signals = Persist::load(d)?;
     let identity = Persist::load(d)?;
-    let thread = Persist::load(d)?;
-    Ok((fs, move |view| Process { mem, files: crate::linux::Files { fds, view, tmp, cwd }, signals, identity, thread }))
+    let threads = Persist::load(d)?;
+    Ok((fs, move |view| Process {
+        mem,
+        files: crate::linux::Files { fds, view, tmp, cwd },
+        signals,
+        identity,
+        threads,
+    }))
 }
 
 /// Writes `snap` to `path` (through a temporary file renamed into place: a reader sees no
@@ -520,10 +526,10 @@ mod tests {
 
     /// Everything a snapshot holds except the view's host descriptors, as text.
     fn state(s: &Snapshot) -> String {
-        let Process { mem, files, signals, identity, thread } = s.proc();
+        let Process { mem, files, signals, identity, threads } = s.proc();
         let crate::linux::Files { fds, view, tmp, cwd } = files;
         format!(
-            "{:?}\n{mem:?}\n{fds:?}\n{tmp:?}\n{cwd:?}\n{signals:?}\n{identity:?}\n{thread:?}\n{:?}\n{:?}\n{:?}\n{}\n{:?}\n{:?}",
+            "{:?}\n{mem:?}\n{fds:?}\n{tmp:?}\n{cwd:?}\n{signals:?}\n{identity:?}\n{threads:?}\n{:?}\n{:?}\n{:?}\n{}\n{:?}\n{:?}",
             view.source(),
             s.map(),
             s.config(),
