@@ -3,7 +3,7 @@
 The floor is the cheapest VM round trip this host allows: a bare guest looping on a no-op
 call that exits to the host (``tenantvm._native.measure_round_trip``).  Every round measures
 it, then each call variant in turn (``floor, hello-ephemeral, hello-stateful, state-stateful,
-echo-1k, echo-64k, python-hello, lua-hello, ..., floor, ...``; the language runtimes' hellos
+echo-1k, echo-64k, python-hello, lua-hello, node-hello, ..., floor, ...``; the language runtimes' hellos
 are the bundled tenants file's, left out where their runtime is not installed): a tight loop of
 N ``TenantVM.call``s, each timed with ``perf_counter_ns``, with ``vm.stats()`` before and after
 for exits, restored pages and reset time per call.
@@ -72,6 +72,7 @@ VARIANTS = [
         "python-hello", "CPython WSGI hello (python.localhost)", "", True, tenantvm.Request(), bundled="python"
     ),
     CallVariant("lua-hello", "Lua 5.4 hello (lua.localhost)", "", True, tenantvm.Request(), bundled="lua"),
+    CallVariant("node-hello", "Node.js hello (node.localhost)", "", True, tenantvm.Request(), bundled="node"),
     CallVariant(
         "hello-batch32",
         "hello, ephemeral, call_batch of 32 (per request)",

@@ -13,8 +13,8 @@ Variants, all ``python -m granian --interface I --workers W`` with the same othe
 - ``e`` tenantvm (RSGI) with batching off (``batch_budget_us = 0``): every request its own VM
   entry;
 - ``g`` tenantvm (RSGI) serving the CPython WSGI hello (the bundled file's ``python`` tenant:
-  Debian's python3 with tenantvm_guest), ``h`` the Lua hello (``lua``), each only where its
-  runtime is installed;
+  Debian's python3 with tenantvm_guest), ``h`` the Lua hello (``lua``), ``j`` the Node.js hello
+  (``node``), each only where its runtime is installed;
 - ``i`` the same WSGI hello served natively by Granian's WSGI interface (no isolation).
 
 The baselines are ASGI applications (Starlette has no RSGI interface).
@@ -64,6 +64,7 @@ VARIANTS = [
         "g", "tenantvm-python", "tenantvm, RSGI, CPython WSGI hello (python3 per VM)", "tenantvm.app:app", "rsgi"
     ),
     HttpVariant("h", "tenantvm-lua", "tenantvm, RSGI, Lua 5.4 hello", "tenantvm.app:app", "rsgi"),
+    HttpVariant("j", "tenantvm-node", "tenantvm, RSGI, Node.js hello", "tenantvm.app:app", "rsgi"),
     HttpVariant("i", "wsgi", "the same WSGI hello under Granian's WSGI (no isolation)", "wsgi_hello:app", "wsgi"),
 ]
 
@@ -80,8 +81,9 @@ env = {{ {env} }}
 mounts = {mounts}
 memory_mb = {memory_mb}
 timeout_ms = {timeout_ms}
+boot_timeout_ms = {boot_timeout_ms}
 pool_size = 4
-warmup = [{{ path = "/", repeat = 20 }}]
+warmup = [{{ path = "/", repeat = {warmups} }}]
 """
 
 
@@ -103,6 +105,8 @@ def runtime_tenants(name: str) -> Iterator[Path | None]:
         mounts=json.dumps([f"{host}:{guest}" for host, guest in t.mounts]),
         memory_mb=t.memory_mb,
         timeout_ms=t.timeout_ms,
+        boot_timeout_ms=t.boot_timeout_ms,
+        warmups=max(1, len(t.warmup)),  # the hellos' warm-up: GET / repeated
     )
     with tenants_file(text) as path:
         yield path
@@ -178,9 +182,10 @@ def run(
         hello_tenants(batch_budget_us=0) as unbatched,
         runtime_tenants("python") as python,
         runtime_tenants("lua") as lua,
+        runtime_tenants("node") as node,
     ):
-        configs = {"e": unbatched, "g": python, "h": lua}
-        for key, missing in (("g", python), ("h", lua)):
+        configs = {"e": unbatched, "g": python, "h": lua, "j": node}
+        for key, missing in (("g", python), ("h", lua), ("j", node)):
             if missing is None and any(v.key == key for v in variants):
                 log(f"http: variant {key} left out: its runtime is not installed")
         variants = [v for v in variants if v.key not in configs or configs[v.key] is not None]
@@ -201,8 +206,8 @@ def run(
                     f"c16 {c16['rps']:.0f} req/s p50 {c16['p50_us']:.0f} µs"
                 )
             ratios: dict[str, float] = {}
-            # g/i and h/a: a runtime in tenantvm against it natively, and against the C hello.
-            for num, den in ("ae", "ab", "fb", "af", "ac", "ad", "gi", "ga", "ha"):
+            # g/i, g/a, h/a, j/a: a runtime in tenantvm against it natively, and against the C hello.
+            for num, den in ("ae", "ab", "fb", "af", "ac", "ad", "gi", "ga", "ha", "ja"):
                 if num in data and den in data:
                     for load in ("c16", "c1"):
                         ratios[f"{num}/{den} {load}"] = data[num][load]["rps"] / data[den][load]["rps"]
