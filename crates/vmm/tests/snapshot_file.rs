@@ -24,7 +24,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// Header fields (little-endian u64 after the 16-byte magic): format, state length, state CRC,
-/// RAM offset, RAM size, RAM CRC, file size; the header's CRC in its last 8 bytes.
+/// RAM offset, RAM size, RAM CRC, file size, restore-view offset, size and CRC; the header's
+/// CRC in its last 8 bytes.
 const HEADER_LEN: usize = 128;
 
 fn field(b: &[u8], i: usize) -> u64 {
@@ -96,13 +97,16 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     // A data page of RAM: the first one that is not all zeros.
     let data_page =
         (ram_offset..bytes.len()).step_by(4096).find(|&o| bytes[o..o + 4096].iter().any(|&b| b != 0)).unwrap();
+    let ram_end = ram_offset + field(&bytes, 4) as usize;
     let hole_page =
-        (ram_offset..bytes.len()).step_by(4096).rev().find(|&o| bytes[o..o + 4096].iter().all(|&b| b == 0)).unwrap();
+        (ram_offset..ram_end).step_by(4096).rev().find(|&o| bytes[o..o + 4096].iter().all(|&b| b == 0)).unwrap();
+    // A page of the restore view (after the RAM): its last.
+    let view_page = bytes.len() - 4096;
 
     // Bit flips: header (magic, fields, CRC), state, RAM data, a hole of RAM.
     let flips = [0, 20, 40, 64, HEADER_LEN - 1, HEADER_LEN + 3, HEADER_LEN + state_len / 2, HEADER_LEN + state_len - 1]
         .into_iter()
-        .chain([data_page + 100, data_page + 4095, hole_page + 7]);
+        .chain([data_page + 100, data_page + 4095, hole_page + 7, ram_end + 5, view_page + 2000]);
     for at in flips {
         let mut b = bytes.clone();
         b[at] ^= 0x10;

@@ -139,7 +139,7 @@ impl Tenant {
             loaded.config.shared_path = shared_path;
         }
         let shared = shared_region(&loaded.config)?;
-        Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)?) })
+        Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)) })
     }
 
     /// Writes the snapshot to `path` (see [`snapshot_file`]).

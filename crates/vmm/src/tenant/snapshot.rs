@@ -133,14 +133,11 @@ impl Snapshot {
 
     /// The snapshot a snapshot file holds ([`super::snapshot_file::read`]), with its shared
     /// memory (made anew from the configuration, as when booting).
-    pub(super) fn from_file(f: super::snapshot_file::Loaded, shared: Option<Arc<SharedRegion>>) -> Result<Snapshot> {
-        let data = f.data;
-        let resident = |page: u64| data.get(page as usize).copied().unwrap_or(false);
-        let restore_view = Arc::new(crate::restore_view::build(&f.ram_view, &f.writable, resident)?);
-        Ok(Snapshot {
+    pub(super) fn from_file(f: super::snapshot_file::Loaded, shared: Option<Arc<SharedRegion>>) -> Snapshot {
+        Snapshot {
             ram: f.ram,
             ram_view: f.ram_view,
-            restore_view,
+            restore_view: Arc::new(f.restore_view),
             regs: f.regs,
             proc: f.proc,
             map: f.map,
@@ -150,8 +147,8 @@ impl Snapshot {
             boot_time: f.boot_time,
             resident_pages: f.resident_pages,
             writable: f.writable,
-            data: Some(data),
-        })
+            data: Some(f.data),
+        }
     }
 }
 

@@ -9,12 +9,16 @@
 //!                   the address space and the tenant's configuration (crate::persist)
 //!   RAM offset    guest RAM (page-aligned), as the snapshot's memfd had it; pages without
 //!                   data are holes (sparse file) and read as zeros
+//!   view offset   the restore view (right after the RAM): what in-guest resets copy back
+//!                   (crate::restore_view), stored rather than built again on loading
 //! ```
 //!
 //! Loading maps the RAM range of the file as the snapshot's memory: read-only for host resets
 //! (a [`ReadOnlyMapping`](crate::memory::ReadOnlyMapping), as any snapshot) and copy-on-write for each
 //! instance, so a tenant is ready without booting, and its instances share the file's pages in
-//! the page cache.
+//! the page cache.  The restore view is mapped from the file as well: building it again
+//! (copying every writable page with data into a new memfd) was most of the time it took to
+//! load a runtime's snapshot (a CPython tenant: 15 MiB of data).
 //!
 //! Everything is checked before anything runs: the magic (else [`SnapshotFileError::NotASnapshot`]),
 //! the format and the tenantvm build ([`SnapshotFileError::Version`]), the file's size
@@ -51,7 +55,7 @@ use crate::syscalls::Process;
 const MAGIC: &[u8; 16] = b"TENANTVMSNAPSHOT";
 /// The layout of the header and of the state encoding.  Raise it with any change to either
 /// (including a field added to a persisted type): older files are then refused, not misread.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 /// Bytes of the fixed header.
 const HEADER_LEN: u64 = 128;
 /// The version of this tenantvm (the guest kernel's digest pins the build further).
@@ -182,6 +186,9 @@ struct Header {
     ram_size: u64,
     ram_crc: u32,
     file_size: u64,
+    view_offset: u64,
+    view_size: u64,
+    view_crc: u32,
 }
 
 impl Header {
@@ -196,6 +203,9 @@ impl Header {
             self.ram_size,
             u64::from(self.ram_crc),
             self.file_size,
+            self.view_offset,
+            self.view_size,
+            u64::from(self.view_crc),
         ];
         for (i, v) in fields.iter().enumerate() {
             b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
@@ -229,13 +239,20 @@ impl Header {
             ram_size: word(4),
             ram_crc: word(5) as u32,
             file_size: word(6),
+            view_offset: word(7),
+            view_size: word(8),
+            view_crc: word(9) as u32,
         };
         let ram_end = h.ram_offset.checked_add(h.ram_size);
+        let view_end = h.view_offset.checked_add(h.view_size);
         if h.ram_offset % PAGE_SIZE != 0
             || h.ram_size % PAGE_SIZE != 0
             || h.ram_size == 0
-            || HEADER_LEN + h.state_len > h.ram_offset
-            || ram_end != Some(h.file_size)
+            || h.view_size % PAGE_SIZE != 0
+            || h.view_size == 0
+            || HEADER_LEN.checked_add(h.state_len).is_none_or(|e| e > h.ram_offset)
+            || ram_end != Some(h.view_offset)
+            || view_end != Some(h.file_size)
         {
             return Err(corrupt(path, "the header's sizes are inconsistent"));
         }
@@ -265,8 +282,13 @@ fn runs_of(pages: impl Iterator<Item = u64>) -> Runs {
     runs
 }
 
+/// CRC-32 of the whole of `view`.
+fn view_crc(view: &ReadOnlyMapping) -> Option<u32> {
+    ram_crc(view, &[(0, view.len() as u64 / PAGE_SIZE)])
+}
+
 /// CRC-32 of the data pages of `ram`, in order.
-fn ram_crc(ram: &ReadOnlyMapping, runs: &Runs) -> Option<u32> {
+fn ram_crc(ram: &ReadOnlyMapping, runs: &[(u64, u64)]) -> Option<u32> {
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 64 * PAGE_SIZE as usize];
     for &(start, n) in runs {
@@ -338,13 +360,18 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
     save_process(snap.proc(), &mut e)?;
     let state = e.buf;
     let ram_offset = (HEADER_LEN + state.len() as u64).next_multiple_of(PAGE_SIZE);
+    let view = snap.restore_view();
+    let view_offset = ram_offset + ram.len() as u64;
     let header = Header {
         state_len: state.len() as u64,
         state_crc: crc32fast::hash(&state),
         ram_offset,
         ram_size: ram.len() as u64,
         ram_crc: ram_crc(ram, &runs).ok_or_else(|| corrupt(path, "the snapshot's RAM cannot be read"))?,
-        file_size: ram_offset + ram.len() as u64,
+        file_size: view_offset + view.len() as u64,
+        view_offset,
+        view_size: view.len() as u64,
+        view_crc: view_crc(view).ok_or_else(|| corrupt(path, "the snapshot's restore view cannot be read"))?,
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -366,6 +393,13 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
                 f.write_all_at(&buf[..len], ram_offset + at)?;
                 at += len as u64;
             }
+        }
+        let mut at = 0;
+        while at < view.len() as u64 {
+            let len = (view.len() as u64 - at).min(buf.len() as u64) as usize;
+            view.read(at, &mut buf[..len]).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            f.write_all_at(&buf[..len], view_offset + at)?;
+            at += len as u64;
         }
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -404,6 +438,8 @@ pub struct Loaded {
     pub ram: Arc<Memfd>,
     /// Read-only view of it.
     pub ram_view: ReadOnlyMapping,
+    /// The restore view (the file's range).
+    pub restore_view: ReadOnlyMapping,
     /// Which pages hold data.
     pub data: Vec<bool>,
     /// Registers at the freeze.
@@ -478,7 +514,13 @@ pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
             start.checked_add(n).filter(|&e| e <= pages).ok_or_else(|| corrupt(path, "a data page is past the RAM"))?;
         data[start as usize..end as usize].iter_mut().for_each(|p| *p = true);
     }
-    let extents = data_extents(&file, header.ram_offset, header.file_size);
+    let extents = data_extents(&file, header.ram_offset, header.view_offset);
+    let view_file =
+        Memfd::from_file_range(file.try_clone().map_err(io(path))?.into(), header.view_offset, header.view_size)?;
+    let restore_view = ReadOnlyMapping::of(&view_file, header.view_size as usize)?;
+    if view_crc(&restore_view) != Some(header.view_crc) {
+        return Err(corrupt(path, "the restore view's checksum does not match"));
+    }
     let ram = Arc::new(Memfd::from_file_range(file.into(), header.ram_offset, header.ram_size)?);
     let ram_view = ReadOnlyMapping::of(&ram, header.ram_size as usize)?;
     if ram_crc(&ram_view, &runs) != Some(header.ram_crc) {
@@ -508,6 +550,7 @@ pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
     Ok(Loaded {
         ram,
         ram_view,
+        restore_view,
         data,
         regs,
         proc: process(Arc::new(view)),
