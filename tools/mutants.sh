@@ -45,8 +45,11 @@ CAMPAIGNS=(
 	"batch;crates/vmm/src/tenant/instance/batch.rs;.;--test batch --test isolation --test tenant;$SKIP_TIMING"
 	"timer;crates/vmm/src/timer.rs;.;--test tenant --test batch --test run;--skip allocation"
 )
-# MUTANTS_CAMPAIGNS="reset batch" runs only those campaigns.
+# MUTANTS_CAMPAIGNS="reset batch" runs only those campaigns.  MUTANTS_ITERATE=1 re-runs only
+# the mutants a campaign's last run did not catch (cargo-mutants --iterate), e.g. to check
+# that new tests kill them.
 only=${MUTANTS_CAMPAIGNS:-}
+iterate=${MUTANTS_ITERATE:+--iterate}
 
 # Each mutant is built with the `mutation` profile (release, incremental, 64 codegen units, no
 # debug info): a mutant's rebuild takes seconds instead of the minute or two of `release`.
@@ -55,7 +58,7 @@ PROFILE=mutation
 rust() {
 	command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 	make -s -C apps >/dev/null
-	local tree=$out/tree
+	local tree=${MUTANTS_TREE:-$out/tree}  # another scratch tree lets a check run beside a campaign
 	mkdir -p "$tree"
 	# A fresh copy of the sources; the build (target/) is kept, so it is incremental.
 	find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
@@ -82,11 +85,11 @@ rust() {
 			continue
 		fi
 		echo "== cargo mutants: $name ($file, /$re/; $tests), ${left}s left" >&2
-		rm -rf "$out/$name"
+		[ -n "$iterate" ] || rm -rf "$out/$name"
 		local started=$SECONDS
 		# Exit status 2 means mutants survived: that is a result, not a failure of the script.
 		# shellcheck disable=SC2086 # $tests and $args are lists of words
-		(cd "$tree" && timeout "$left" nice -n 10 cargo mutants -p tenantvm-vmm --profile $PROFILE --in-place \
+		(cd "$tree" && timeout "$left" nice -n 10 cargo mutants -p tenantvm-vmm --profile $PROFILE --in-place $iterate \
 			--baseline skip --timeout "${MUTANT_TIMEOUT:-40}" --build-timeout 600 --no-shuffle \
 			-f "$file" -F "$re" -o "$out/$name" -- $tests -- $args) || true
 		local n

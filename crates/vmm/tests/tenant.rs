@@ -19,15 +19,22 @@ fn hello_serves_with_one_exit_per_request() {
     require_kvm();
     let t = tenant("hello", |_| {});
     let mut inst = t.instance().unwrap();
+    let (mut restored, mut reset_time) = (0, std::time::Duration::ZERO);
     for _ in 0..200 {
         let r = inst.call(&get("/")).unwrap();
         assert_eq!(r.response.status, 200);
         assert_eq!(r.response.body, b"Hello World!");
         assert_eq!(r.response.headers, vec![(b"content-type".to_vec(), b"text/plain".to_vec())]);
+        let last = inst.stats().last_reset;
+        restored += last.pages_restored;
+        reset_time += last.duration;
     }
     let s = inst.stats();
     assert_eq!(s.last_call_exits, 1, "steady-state ephemeral hello must exit exactly once");
     assert_eq!(s.resets, 200);
+    // The totals are the sums of what each reset reported.
+    assert!(restored >= 200, "every request writes its stack: {restored} pages restored in 200 resets");
+    assert_eq!((s.pages_restored, s.reset_time), (restored, reset_time));
     // Kernel-area pages (page tables whose Accessed/Dirty bits the CPU set) are counted
     // apart and never restored.
     assert!(s.last_reset.pages_restored <= 4, "a hello request touches a few pages, not {:?}", s.last_reset);
@@ -226,6 +233,32 @@ fn pages_that_stop_being_written_stop_being_copied_back() {
     // Only page tables (Accessed/Dirty bits) change in the kernel area: a handful per reset.
     assert!(after.kernel_pages < 64, "{after:?}");
     assert_eq!(body(&mut inst, &get("/count")), "1");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn after_a_demotion_pages_must_be_written_in_a_row_again_to_be_hot() {
+    // Every DEMOTE_EVERY (64) resets the hot pages are re-protected and their streaks start
+    // over: a page written at every request is hot again only after HOT_AFTER (2) more writes,
+    // not at once (reset.rs).  Watched over 140 requests, so at least two demotions.
+    require_kvm();
+    let mut inst = tenant("misbehave", |_| {}).instance().unwrap();
+    let dirty = Request { path: b"/dirty".to_vec(), query: b"kb=64".to_vec(), ..get("/") };
+    let hot: Vec<u64> = (0..140)
+        .map(|_| {
+            inst.call(&dirty).unwrap();
+            inst.stats().last_reset.hot_pages
+        })
+        .collect();
+    let demotions: Vec<usize> = (4..hot.len() - 2).filter(|&i| hot[i] == 0).collect();
+    assert!(!demotions.is_empty() && hot[3] >= 16, "no demotion seen: {hot:?}");
+    for d in demotions {
+        if hot[d - 1] == 0 {
+            continue; // the reset after a demotion, checked below
+        }
+        assert_eq!(hot[d + 1], 0, "hot again one write after the demotion at {d}: {hot:?}");
+        assert!(hot[d + 2] >= 16, "not hot two writes after the demotion at {d}: {hot:?}");
+    }
 }
 
 #[test]
