@@ -93,7 +93,7 @@ rust() {
 			--baseline skip --timeout "${MUTANT_TIMEOUT:-40}" --build-timeout 600 --no-shuffle \
 			-f "$file" -F "$re" -o "$out/$name" -- $tests -- $args) || true
 		local n
-		n=$(cat "$out/$name/mutants.out/outcomes.json" 2>/dev/null | grep -c '"scenario":{"Mutant"' || true)
+		n=$(cat "$out/$name/mutants.out/"{caught,missed,timeout,unviable}.txt 2>/dev/null | wc -l)
 		echo "-- $name: $((SECONDS - started)) s for $n mutants" >&2
 		for kind in caught missed timeout unviable; do
 			printf '%-9s %4d\n' "$kind" "$(cat "$out/$name/mutants.out/$kind.txt" 2>/dev/null | wc -l)"
