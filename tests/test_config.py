@@ -351,7 +351,8 @@ def test_an_optional_tenant_whose_runtime_is_missing_is_left_out(tmp_path: Path,
     assert f.skipped == (
         (
             "lua",
-            "key 'program': /nonexistent/lua5.4 does not exist; key 'mounts': " + f"{tmp_path / 'nope'} does not exist",
+            "key 'program': /nonexistent/lua5.4 does not exist (a language runtime that is not installed: "
+            f"`apt-get install lua5.4`); key 'mounts': {tmp_path / 'nope'} does not exist",
         ),
     )
     assert f.route("lua.example") is None

