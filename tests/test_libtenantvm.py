@@ -27,6 +27,8 @@ EXPORTED = {
     "tvm_header",
     "tvm_shared",
 }
+#: Added in TENANTVM_1.1 (the key-value calls).
+EXPORTED_1_1 = {"tvm_kv_get", "tvm_kv_set", "tvm_kv_incr", "tvm_kv_delete"}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,13 @@ def test_the_library_needs_nothing_and_exports_exactly_the_documented_abi(lib: P
     assert undefined.stdout.strip() == ""
     defined = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True, check=True)
     symbols = {line.split()[-1] for line in defined.stdout.splitlines()}
-    assert symbols == {f"{name}@@TENANTVM_1" for name in EXPORTED} | {"TENANTVM_1"}
+    assert symbols == {f"{name}@@TENANTVM_1" for name in EXPORTED} | {"TENANTVM_1"} | {
+        f"{name}@@TENANTVM_1.1" for name in EXPORTED_1_1
+    } | {"TENANTVM_1.1"}
     abi = (REPO / "docs" / "guest-abi.md").read_text()
     section = abi[abi.index("## libtenantvm") :]
-    assert {name for name in EXPORTED if re.search(rf"`[^`]*\b{name}\(", section)} == EXPORTED
+    every = EXPORTED | EXPORTED_1_1
+    assert {name for name in every if re.search(rf"`[^`]*\b{name}\(", section)} == every
 
 
 class Header(ctypes.Structure):

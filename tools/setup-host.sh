@@ -11,6 +11,7 @@ packages=(
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils zstd   # hardware-KVM test rig
 	wrk linux-perf                                 # HTTP benchmarks and their profile
 	chromium fonts-dejavu-core                     # the dashboard test (headless browser)
+	redis-server haproxy                           # the key-value store and load-balancer tests (started by the tests)
 )
 missing=()
 for p in "${packages[@]}"; do

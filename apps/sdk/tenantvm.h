@@ -37,6 +37,10 @@
 #define TVM_SYS_WAIT_FOR_REQUEST 0x10000L
 #define TVM_SYS_RESPOND 0x10001L
 #define TVM_SYS_RESPOND_AND_WAIT 0x10002L
+#define TVM_SYS_KV_GET 0x10100L
+#define TVM_SYS_KV_SET 0x10101L
+#define TVM_SYS_KV_INCR 0x10102L
+#define TVM_SYS_KV_DELETE 0x10103L
 #define TVM_REQUEST_VA 0x7f0000000000UL
 #define TVM_SHARED_VA 0x7e0000000000UL
 /* The version of libtenantvm's ABI (tvm_abi_version()); it changes only incompatibly. */
@@ -123,6 +127,25 @@ TVM_API const struct tvm_header *tvm_header(const struct tvm_request *req, const
  * mapped only if the tenant has shared memory.  Use atomics: instances run in parallel. */
 TVM_API void *tvm_shared(void);
 
+/*
+ * Key-value storage scoped to the tenant (docs/guest-abi.md, "Key-value storage"): shared by
+ * all instances of the tenant on every server using the same store; the server's tenants file
+ * chooses the store.  Each returns a negative errno on failure: -ENOENT (get: no such key),
+ * -EIO (the store is unavailable: answer 503), -ETIMEDOUT (the store is too slow), -EINVAL
+ * (empty key), -ENAMETOOLONG (key too long), -E2BIG (value too long), -EDQUOT (too many KV
+ * calls in this request), -EBADMSG (incr of a value that is not an integer), -EOVERFLOW,
+ * -EFAULT, -ENOSYS (the tenant has no store).
+ */
+/* Copies up to buf_len bytes of key's value to buf; returns the value's full length. */
+TVM_API long tvm_kv_get(const void *key, size_t key_len, void *buf, size_t buf_len);
+/* Sets key to value; ttl_ms > 0 makes it expire after that many milliseconds.  Returns 0. */
+TVM_API long tvm_kv_set(const void *key, size_t key_len, const void *value, size_t value_len,
+			uint64_t ttl_ms);
+/* Adds delta to key's integer value (missing: 0), atomically; *result = the new value; 0. */
+TVM_API long tvm_kv_incr(const void *key, size_t key_len, int64_t delta, int64_t *result);
+/* Deletes key: 1 if it existed, 0 if not. */
+TVM_API long tvm_kv_delete(const void *key, size_t key_len);
+
 static inline size_t tvm_strlen(const char *s)
 {
 	size_t n = 0;
@@ -187,6 +210,26 @@ TVM_API const struct tvm_header *tvm_header(const struct tvm_request *req, const
 TVM_API void *tvm_shared(void)
 {
 	return (void *)TVM_SHARED_VA;
+}
+
+TVM_API long tvm_kv_get(const void *key, size_t key_len, void *buf, size_t buf_len)
+{
+	return tvm_syscall5(TVM_SYS_KV_GET, (long)key, (long)key_len, (long)buf, (long)buf_len, 0);
+}
+
+TVM_API long tvm_kv_set(const void *key, size_t key_len, const void *value, size_t value_len, uint64_t ttl_ms)
+{
+	return tvm_syscall5(TVM_SYS_KV_SET, (long)key, (long)key_len, (long)value, (long)value_len, (long)ttl_ms);
+}
+
+TVM_API long tvm_kv_incr(const void *key, size_t key_len, int64_t delta, int64_t *result)
+{
+	return tvm_syscall5(TVM_SYS_KV_INCR, (long)key, (long)key_len, (long)delta, (long)result, 0);
+}
+
+TVM_API long tvm_kv_delete(const void *key, size_t key_len)
+{
+	return tvm_syscall5(TVM_SYS_KV_DELETE, (long)key, (long)key_len, 0, 0, 0);
 }
 #endif /* TVM_DEFINE */
 

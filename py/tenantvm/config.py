@@ -195,6 +195,13 @@ class ServerConfig:
             ``admin_token_env`` is set.
         admin_token_env: The admin API's bearer token is this environment variable's value.
         admin_max_upload_bytes: Largest program or settings document the admin API accepts.
+        kv: The tenants' key-value store (the request API's ``kv_*`` calls): ``sqlite`` (the
+            default: ``$XDG_STATE_HOME/tenantvm/kv.sqlite3``, shared by the workers of one
+            machine), ``sqlite:///path`` (relative: to the tenants file), or
+            ``redis://host:port/db`` (Redis or Valkey, shared by several machines).
+        kv_timeout_ms: Longest a guest's KV call waits for the store (then ETIMEDOUT: 503).
+        kv_max_ops: Most KV calls in one request (then EDQUOT).
+        kv_max_value_bytes: Largest value (then E2BIG).
     """
 
     default_tenant: str | None = None
@@ -204,6 +211,10 @@ class ServerConfig:
     admin_token_file: str | None = None
     admin_token_env: str | None = None
     admin_max_upload_bytes: int = 64 << 20
+    kv: str | None = None
+    kv_timeout_ms: int = 1000
+    kv_max_ops: int = 64
+    kv_max_value_bytes: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +332,16 @@ def _nonempty_str(v: Any) -> str:
     s = _str(v)
     if not s:
         raise _Invalid("must not be empty")
+    return s
+
+
+def _kv_url(v: Any) -> str:
+    from tenantvm.kv import check_url
+
+    s = _nonempty_str(v)
+    why = check_url(s)
+    if why:
+        raise _Invalid(why)
     return s
 
 
@@ -477,6 +498,10 @@ _SERVER: dict[str, Check] = {
     "admin_token_file": _nonempty_str,
     "admin_token_env": _nonempty_str,
     "admin_max_upload_bytes": _int(1, 1 << 31),
+    "kv": _kv_url,
+    "kv_timeout_ms": _int(1, 60_000),
+    "kv_max_ops": _int(0, 100_000),
+    "kv_max_value_bytes": _int(0, 1 << 20),
 }
 _TOP = ("server", "defaults", "groups", "tenants")
 #: Keys whose field name differs from the key.
@@ -682,6 +707,9 @@ def parse(text: str, path: Path, overrides: Mapping[str, Mapping[str, Any]] | No
             )
         )
 
+    kv_url = server_values.get("kv")
+    if kv_url and kv_url.startswith("sqlite:") and not kv_url.startswith("sqlite:///"):
+        server_values["kv"] = "sqlite:///" + os.path.normpath(base / kv_url[len("sqlite:") :].lstrip("/"))
     if "admin_token_file" in server_values:
         p = Path(os.path.expanduser(server_values["admin_token_file"]))
         server_values["admin_token_file"] = os.path.normpath(base / p if not p.is_absolute() else p)

@@ -135,6 +135,30 @@ def _identity(tc: tconfig.TenantConfig, server: tconfig.ServerConfig, queue: Com
     return (tc, digest.hexdigest(), inline, server.batch_budget_us)
 
 
+#: This process's bridge to the key-value store, by ([server] kv, kv_timeout_ms): made once,
+#: before any thread of the process runs a guest (its threads must not inherit the seccomp
+#: filter), and kept for the process's life (a reload that changes ``kv`` needs a restart).
+_kv_bridges: dict[tuple[str | None, int], Any] = {}
+
+
+def _kv_bridge(server: tconfig.ServerConfig) -> Any:
+    """The process's ``KvBridge`` for ``server``'s store (see :mod:`tenantvm.kv`)."""
+    from tenantvm.kv import open_bridge
+
+    key = (server.kv, server.kv_timeout_ms)
+    if key not in _kv_bridges:
+        if _kv_bridges:
+            log.warning("[server] kv changed: the new store is used only after a restart")
+            return next(iter(_kv_bridges.values()))
+        _kv_bridges[key] = open_bridge(server.kv, timeout_ms=server.kv_timeout_ms)
+    return _kv_bridges[key]
+
+
+def _with_kv(tenant: Tenant, cfg: tconfig.TenantConfig, server: tconfig.ServerConfig) -> Tenant:
+    """``tenant`` with the server's key-value store, its keys in the namespace ``cfg.name``."""
+    return tenant.with_kv(_kv_bridge(server), cfg.name, max_ops=server.kv_max_ops, max_value=server.kv_max_value_bytes)
+
+
 def _boot(cfg: tconfig.TenantConfig, run: rundir.RunDir | None) -> Tenant:
     shm = run.shared_memory_path(cfg.name) if run is not None and cfg.shared_memory_kb else None
     if cfg.snapshot is not None:
@@ -242,6 +266,7 @@ class TenantServer:
             if mp:
                 Path(mp).mkdir(parents=True, exist_ok=True)
             metrics = Metrics()
+            _kv_bridge(cfg.server)
             tenants: dict[str, TenantRuntime] = {}
             for tc in cfg.tenants:
                 tenants[tc.name] = cls._start_tenant(tc, cfg.server, run, metrics, queue)
@@ -341,7 +366,7 @@ class TenantServer:
         try:
             if identity is None:
                 identity = _identity(tc, server, queue)
-            tenant = _boot(tc, run)
+            tenant = _with_kv(_boot(tc, run), tc, server)
             make: Callable[[], Any] = (
                 tenant.instance if inline else lambda t=tenant: AsyncTenantVM(t, queue)  # type: ignore[misc]
             )

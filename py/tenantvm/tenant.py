@@ -313,6 +313,28 @@ class Tenant:
         self.timeout = float(self._native.timeout)
         return self
 
+    def with_kv(
+        self,
+        bridge: Any,
+        namespace: str | bytes,
+        *,
+        max_key: int = 512,
+        max_value: int = 65536,
+        max_ops: int = 64,
+    ) -> Tenant:
+        """This tenant, whose instances made from now on reach the key-value store ``bridge``.
+
+        ``bridge`` is a ``tenantvm._native.KvBridge`` (:func:`tenantvm.kv.open_bridge`); the
+        keys of the guest's ``kv_*`` calls live in ``namespace`` (a server uses the tenant's
+        name), so tenants with different namespaces never see each other's keys.  Limits:
+        key and value sizes in bytes, KV calls per request (docs/guest-abi.md).
+        """
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        ns = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
+        other._native = self._native.with_kv(bridge, ns, max_key=max_key, max_value=max_value, max_ops=max_ops)
+        return other
+
     def write_snapshot(self, path: str | os.PathLike[str]) -> None:
         """Writes the snapshot to the file ``path`` (whole, or not at all), for :meth:`from_snapshot`.
 

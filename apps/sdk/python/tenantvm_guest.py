@@ -38,8 +38,14 @@ from urllib.parse import unquote
 
 __all__ = [
     "ABI_VERSION",
+    "KvError",
+    "KvUnavailable",
     "Request",
     "abi_version",
+    "kv_delete",
+    "kv_get",
+    "kv_incr",
+    "kv_set",
     "respond",
     "serve",
     "serve_requests",
@@ -118,6 +124,14 @@ def _load() -> ctypes.CDLL:
     lib.tvm_respond_and_wait.argtypes = respond_args
     lib.tvm_respond.restype = ctypes.c_long
     lib.tvm_respond.argtypes = respond_args
+    lib.tvm_kv_get.restype = ctypes.c_long
+    lib.tvm_kv_get.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    lib.tvm_kv_set.restype = ctypes.c_long
+    lib.tvm_kv_set.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
+    lib.tvm_kv_incr.restype = ctypes.c_long
+    lib.tvm_kv_incr.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+    lib.tvm_kv_delete.restype = ctypes.c_long
+    lib.tvm_kv_delete.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     version = lib.tvm_abi_version()
     if version != ABI_VERSION:
         raise ImportError(f"libtenantvm ABI {version}, this module speaks {ABI_VERSION}")
@@ -239,7 +253,8 @@ def _out_of_memory() -> None:
 def serve_requests(handler: Callable[[Request], Answer]) -> None:
     """Serves every request with ``handler(request) -> (status, headers, body)``; never returns.
 
-    An exception in the handler answers 500 (traceback on stderr); ``MemoryError`` ends the
+    An exception in the handler answers 500 (traceback on stderr), :class:`KvUnavailable` 503;
+    ``MemoryError`` ends the
     program instead (the host answers 502, out of memory, and resets the instance).
     """
     _freeze_heap()
@@ -252,10 +267,71 @@ def serve_requests(handler: Callable[[Request], Answer]) -> None:
         except MemoryError:
             _out_of_memory()
             raise
+        except KvUnavailable as e:
+            print(f"tenantvm_guest: {e}", file=sys.stderr)
+            status, headers, body = 503, [("content-type", "text/plain")], b"Service Unavailable\n"
         except Exception:
             traceback.print_exc()
             status, headers, body = 500, [("content-type", "text/plain")], b"Internal Server Error"
         address = _respond_and_wait(status, headers, body)
+
+
+class KvError(OSError):
+    """A key-value call failed; ``errno`` is the code (docs/guest-abi.md, "Key-value storage")."""
+
+
+class KvUnavailable(KvError):
+    """The store is unavailable or too slow (EIO, ETIMEDOUT): :func:`serve_requests` answers 503."""
+
+
+_EIO, _ETIMEDOUT, _ENOENT = 5, 110, 2
+_kv_buffer = ctypes.create_string_buffer(1 << 16)
+_kv_result = ctypes.c_int64()
+
+
+def _kv_check(rc: int, what: str) -> int:
+    if rc >= 0:
+        return rc
+    errno = -rc
+    cls = KvUnavailable if errno in (_EIO, _ETIMEDOUT) else KvError
+    raise cls(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _key(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else bytes(key)
+
+
+def kv_get(key: str | bytes) -> bytes | None:
+    """The value of ``key`` in the tenant's key-value store, or None if it is not set."""
+    global _kv_buffer
+    k = _key(key)
+    while True:
+        rc = _lib.tvm_kv_get(k, len(k), _kv_buffer, len(_kv_buffer))
+        if rc == -_ENOENT:
+            return None
+        n = _kv_check(rc, "kv_get")
+        if n <= len(_kv_buffer):
+            return _kv_buffer.raw[:n]
+        _kv_buffer = ctypes.create_string_buffer(n)
+
+
+def kv_set(key: str | bytes, value: bytes, ttl_ms: int = 0) -> None:
+    """Sets ``key`` to ``value`` (expiring after ``ttl_ms`` milliseconds unless 0)."""
+    k = _key(key)
+    _kv_check(_lib.tvm_kv_set(k, len(k), bytes(value), len(value), ttl_ms), "kv_set")
+
+
+def kv_incr(key: str | bytes, delta: int = 1) -> int:
+    """Adds ``delta`` to the integer at ``key`` (missing: 0), atomically; returns the new value."""
+    k = _key(key)
+    _kv_check(_lib.tvm_kv_incr(k, len(k), delta, ctypes.byref(_kv_result)), "kv_incr")
+    return int(_kv_result.value)
+
+
+def kv_delete(key: str | bytes) -> bool:
+    """Removes ``key``; whether it was set."""
+    k = _key(key)
+    return bool(_kv_check(_lib.tvm_kv_delete(k, len(k)), "kv_delete"))
 
 
 def _unquote(path: str) -> str:

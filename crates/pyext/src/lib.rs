@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod errors;
+mod kv;
 mod tenant;
 
 use std::collections::BTreeMap;
@@ -279,6 +280,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     constants(m)?;
     m.add_class::<RunOutcome>()?;
     m.add_class::<tenant::Tenant>()?;
+    m.add_class::<kv::KvBridge>()?;
     m.add_class::<tenant::Instance>()?;
     m.add_class::<tenant::Completions>()?;
     m.add_class::<tenant::Worker>()?;

@@ -92,6 +92,22 @@ impl Tenant {
         py.detach(|| self.inner.write_snapshot_file(&path)).map_err(|e| to_py(py, &e))
     }
 
+    /// This tenant with `bridge` as the key-value store of instances made from it from now
+    /// on, its keys in `namespace` (the tenant's name in a server), with the given limits.
+    #[pyo3(signature = (bridge, namespace, *, max_key = 512, max_value = 65536, max_ops = 64))]
+    fn with_kv(
+        &self,
+        bridge: &crate::kv::KvBridge,
+        namespace: Vec<u8>,
+        max_key: usize,
+        max_value: usize,
+        max_ops: u32,
+    ) -> Tenant {
+        let limits = vmm::kv::KvLimits { max_key, max_value, max_ops_per_request: max_ops };
+        let access = vmm::kv::KvAccess { store: bridge.store.clone(), namespace, limits };
+        Tenant { inner: self.inner.clone().with_kv(Some(access)) }
+    }
+
     /// A new instance at the snapshot's state (GIL released while the VM is created).
     fn instance(&self, py: Python<'_>) -> PyResult<Instance> {
         let inner = py.detach(|| self.inner.instance()).map_err(|e| to_py(py, &e))?;

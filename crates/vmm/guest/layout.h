@@ -181,6 +181,12 @@
 #define API_RESPOND 0x10001
 #define API_RESPOND_AND_WAIT 0x10002
 #define API_NOP 0x100ff
+/* Key-value calls (docs/guest-abi.md): above API_NOP, so the host treats them like any host
+ * system call (a batch stops going on in the guest after one; the host may write memory). */
+#define API_KV_GET 0x10100
+#define API_KV_SET 0x10101
+#define API_KV_INCR 0x10102
+#define API_KV_DELETE 0x10103
 /* The request as the program sees it: a 128-byte header, then 32-byte header entries */
 #define REQUEST_HEADER_SIZE 128
 #define REQUEST_ENTRY_SIZE 32

@@ -59,6 +59,7 @@ mod error;
 mod guest;
 #[allow(unsafe_code)]
 mod host;
+pub mod kv;
 mod kvm;
 mod linux;
 mod loader;

@@ -188,6 +188,10 @@ pub struct Machine {
     pub io: Io,
     /// Request API limits (tenant mode).
     pub api: Option<ApiLimits>,
+    /// The tenant's key-value store (instances of a tenant that has one; not while booting).
+    pub kv: Option<crate::kv::KvAccess>,
+    /// KV calls in the current request (reset by the instance when a request starts).
+    pub kv_ops: u32,
     /// Counters.
     pub stats: MachineStats,
     /// Set when a memory request was refused for lack of guest memory.
@@ -213,6 +217,8 @@ impl Machine {
             proc,
             io,
             api,
+            kv: None,
+            kv_ops: 0,
             stats: MachineStats::default(),
             memory_exhausted: false,
             proc_touched: false,
@@ -400,6 +406,8 @@ impl Machine {
             io: &mut self.io,
             deadline: Some(deadline),
             api: self.api.as_ref(),
+            kv: self.kv.as_ref(),
+            kv_ops: self.kv_ops,
             stop: None,
             sched: None,
             memory_exhausted: false,
@@ -407,6 +415,7 @@ impl Machine {
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
         let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted);
+        self.kv_ops = ctx.kv_ops;
         self.stats.blocked += ctx.blocked;
         self.memory_exhausted |= exhausted;
         self.vm.regs().rax = rax;

@@ -49,12 +49,24 @@ pub mod api {
     pub const RESPOND_AND_WAIT: u64 = layout::API_RESPOND_AND_WAIT;
     /// No-op that always exits to the host: used to measure the exit round trip.
     pub const NOP: u64 = layout::API_NOP;
+    /// `kv_get(key, key_len, buf, buf_len)`: the value's length (docs/guest-abi.md).
+    pub const KV_GET: u64 = layout::API_KV_GET;
+    /// `kv_set(key, key_len, value, value_len, ttl_ms)`.
+    pub const KV_SET: u64 = layout::API_KV_SET;
+    /// `kv_incr(key, key_len, delta, result)`.
+    pub const KV_INCR: u64 = layout::API_KV_INCR;
+    /// `kv_delete(key, key_len)`.
+    pub const KV_DELETE: u64 = layout::API_KV_DELETE;
     /// Every call with its name (as `tenantvm_<name>`), for reports.
-    pub const NAMES: [(u64, &str); 4] = [
+    pub const NAMES: [(u64, &str); 8] = [
         (WAIT_FOR_REQUEST, "tenantvm_wait_for_request"),
         (RESPOND, "tenantvm_respond"),
         (RESPOND_AND_WAIT, "tenantvm_respond_and_wait"),
         (NOP, "tenantvm_nop"),
+        (KV_GET, "tenantvm_kv_get"),
+        (KV_SET, "tenantvm_kv_set"),
+        (KV_INCR, "tenantvm_kv_incr"),
+        (KV_DELETE, "tenantvm_kv_delete"),
     ];
 }
 
@@ -93,6 +105,10 @@ mod tests {
         assert_eq!(define(sdk, "TVM_SYS_RESPOND_AND_WAIT"), API_RESPOND_AND_WAIT);
         assert_eq!(define(sdk, "TVM_REQUEST_VA"), REQUEST_VA);
         assert_eq!(define(sdk, "TVM_SHARED_VA"), SHARED_VA);
+        assert_eq!(define(sdk, "TVM_SYS_KV_GET"), API_KV_GET);
+        assert_eq!(define(sdk, "TVM_SYS_KV_SET"), API_KV_SET);
+        assert_eq!(define(sdk, "TVM_SYS_KV_INCR"), API_KV_INCR);
+        assert_eq!(define(sdk, "TVM_SYS_KV_DELETE"), API_KV_DELETE);
         let size_assert = |what: &str| {
             let line = sdk.lines().find(|l| l.contains(&format!("sizeof(struct {what})"))).unwrap();
             line.split("==").nth(1).unwrap().split(',').next().unwrap().trim().parse::<u64>().unwrap()

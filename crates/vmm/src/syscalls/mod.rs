@@ -15,6 +15,7 @@
 //! | [`thread`]  | creating threads (`clone`, `clone3`)            |
 //! | [`futex`]   | futexes: waits and wakes between threads        |
 //! | [`api`]     | the tenantvm request API                        |
+//! | [`kv`]      | the request API's key-value calls (store: [`crate::kv`]) |
 //!
 //! Handlers return `Result<u64, Errno>`; the guest sees `-errno` on error, as from Linux.
 //! Unknown numbers return `-ENOSYS` and are counted per number.  A handler never trusts a
@@ -27,6 +28,7 @@ pub mod api;
 pub mod epoll;
 pub mod fs;
 pub mod futex;
+pub mod kv;
 pub mod mem;
 pub mod path;
 pub mod process;
@@ -238,6 +240,10 @@ pub struct Ctx<'a> {
     pub deadline: Option<Instant>,
     /// Whether the tenantvm request API is available (tenant mode).
     pub api: Option<&'a api::ApiLimits>,
+    /// The tenant's key-value store, if it has one (requests only, not boot).
+    pub kv: Option<&'a crate::kv::KvAccess>,
+    /// KV calls made so far in this request (checked against the limit).
+    pub kv_ops: u32,
     /// Set by a handler to stop the run.
     pub stop: Option<Stop>,
     /// Set by a handler that needs the scheduler (threads).
@@ -357,6 +363,10 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         _ if nr == crate::guest::api::RESPOND && ctx.api.is_some() => api::sys_respond(ctx, a),
         _ if nr == crate::guest::api::RESPOND_AND_WAIT && ctx.api.is_some() => api::sys_respond_and_wait(ctx, a),
         _ if nr == crate::guest::api::NOP => Ok(0),
+        _ if nr == crate::guest::api::KV_GET => kv::sys_kv_get(ctx, a),
+        _ if nr == crate::guest::api::KV_SET => kv::sys_kv_set(ctx, a),
+        _ if nr == crate::guest::api::KV_INCR => kv::sys_kv_incr(ctx, a),
+        _ if nr == crate::guest::api::KV_DELETE => kv::sys_kv_delete(ctx, a),
         _ => {
             *counts.unsupported.entry(nr).or_default() += 1;
             return encode(Err(Errno::ENOSYS));

@@ -154,6 +154,12 @@ fn take_output(out: &mut Output) -> Vec<u8> {
 impl Instance {
     /// Creates a VM whose RAM is a copy-on-write view of the snapshot.
     pub fn new(snapshot: Arc<Snapshot>) -> crate::Result<Instance> {
+        Instance::with_kv(snapshot, None)
+    }
+
+    /// Like [`Instance::new`], with the tenant's key-value store (the request API's `kv_*`
+    /// calls; without one they return ENOSYS).
+    pub fn with_kv(snapshot: Arc<Snapshot>, kv: Option<crate::kv::KvAccess>) -> crate::Result<Instance> {
         let started = Instant::now();
         let host = kvm::host()?;
         let mut ram = GuestMemory::from_snapshot(snapshot.ram().clone())?;
@@ -167,6 +173,7 @@ impl Instance {
         let cfg = snapshot.config();
         let io = captured_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map().clone(), snapshot.proc().clone(), io, Some(cfg.limits));
+        machine.kv = kv;
         machine.start_kernel()?;
         let stats = InstanceStats { create_time: started.elapsed(), ..Default::default() };
         Ok(Instance {
@@ -272,6 +279,7 @@ impl Instance {
         }
         self.machine.vm.vcpu_area.write(VC_REQUEST, request);
         self.end_requests_at(request.len());
+        self.machine.kv_ops = 0;
         if self.state == State::AtSnapshot {
             self.start_from_snapshot(REQUEST_VA)?;
         } else {

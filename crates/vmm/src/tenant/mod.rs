@@ -57,6 +57,7 @@ pub enum BootError {
 #[derive(Debug, Clone)]
 pub struct Tenant {
     snapshot: Arc<Snapshot>,
+    kv: Option<crate::kv::KvAccess>,
 }
 
 fn shared_region(cfg: &TenantConfig) -> Result<Option<Arc<SharedRegion>>> {
@@ -123,7 +124,7 @@ impl Tenant {
             m.vm.vcpu_area.write(VC_REQUEST, &bytes);
         }
         let snapshot = snapshot::freeze(m, shared, request_area, cfg, started.elapsed())?;
-        Ok(Tenant { snapshot: Arc::new(snapshot) })
+        Ok(Tenant { snapshot: Arc::new(snapshot), kv: None })
     }
 
     /// Starts from the snapshot file at `path` (see [`snapshot_file`]) without booting: its
@@ -139,7 +140,7 @@ impl Tenant {
             loaded.config.shared_path = shared_path;
         }
         let shared = shared_region(&loaded.config)?;
-        Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)) })
+        Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)), kv: None })
     }
 
     /// Writes the snapshot to `path` (see [`snapshot_file`]).
@@ -149,7 +150,14 @@ impl Tenant {
 
     /// A new instance, at the snapshot's state.
     pub fn instance(&self) -> Result<Instance> {
-        Instance::new(self.snapshot.clone())
+        Instance::with_kv(self.snapshot.clone(), self.kv.clone())
+    }
+
+    /// This tenant with `kv` as the key-value store of the instances made from now on (the
+    /// embedder's store, bound to the tenant's namespace; not part of the snapshot).
+    pub fn with_kv(mut self, kv: Option<crate::kv::KvAccess>) -> Tenant {
+        self.kv = kv;
+        self
     }
 
     /// The snapshot.
