@@ -9,6 +9,7 @@ of requests, a long-lived ephemeral instance answers each exactly as a new insta
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -234,3 +235,33 @@ def test_warm_up_puts_specialized_code_in_the_snapshot() -> None:
 
     cold, warm = pages_per_request([]), pages_per_request(kwargs["warmup"])
     assert warm < cold * 0.9, (cold, warm)
+
+
+def test_the_binding_reaches_the_key_value_store_and_a_store_down_is_a_503(tmp_path: Path) -> None:
+    from tenantvm import _native
+    from tenantvm.kv import SqliteKv
+
+    class Down:
+        def incr(self, ns: bytes, key: bytes, delta: int) -> int:
+            raise ConnectionError("the store is down")
+
+    paths = ["/incr", "/set", "/get", "/delete", "/other"]
+    tenant = Tenant(
+        PYTHON,
+        ["-I", "-B", "/opt/tenantvm/python/tenantvm_guest.py", "/app/pykv.py:app"],
+        mounts={bundled.SDK_DIR: "/opt/tenantvm", GUEST_APPS: "/app"},
+        memory_mb=32,
+        timeout=2.0,
+        warmup=[Request("GET", p) for p in paths] * 5,
+    )
+    vm = tenant.with_kv(_native.KvBridge(SqliteKv(tmp_path / "kv.sqlite3"), timeout=5), "py").instance()
+    assert [vm.call(Request("GET", "/incr")).body for _ in range(3)] == [b"1", b"2", b"3"]
+    assert vm.call(Request("GET", "/get")).body == b"<none>"
+    assert vm.call(Request("POST", "/set", body=b"\x00value")).body == b"ok"
+    assert vm.call(Request("GET", "/get")).body == b"\x00value"
+    assert vm.call(Request("GET", "/other")).body == b"errno %d" % errno.EBADMSG
+    assert vm.call(Request("GET", "/delete")).body == b"True"
+    down = tenant.with_kv(_native.KvBridge(Down(), timeout=5), "py").instance()
+    r = down.call(Request("GET", "/incr"))
+    assert r.status == 503
+    assert b"kv_incr: Input/output error" in r.stderr  # the host's reason stays on the host
