@@ -3,6 +3,7 @@ store down / slow / restarted, and guests reaching it through the request API.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import re
@@ -131,7 +132,6 @@ def test_redis_down_is_eio_and_paused_is_etimedout_and_both_recover(tmp_path: Pa
         # Every client's commands wait 3 s: the bridge gives up first.
         assert r.command("CLIENT", "PAUSE", "3000", "ALL").startswith(b"+OK")
         assert oserror(bridge.execute, b"n", "incr", b"k", delta=1) == errno.ETIMEDOUT
-        r.command("CLIENT", "UNPAUSE")
         r.stop()
         assert oserror(bridge.execute, b"n", "get", b"k") == errno.EIO
         r.start()
@@ -247,3 +247,30 @@ def test_the_kv_counter_counts_exactly_across_tenants_instances(app, tmp_path: P
     instances = [tenant.instance() for _ in range(3)]
     seen = [call(vm, "GET", "/").body for vm, _ in zip(itertools.cycle(instances), range(30))]
     assert seen == [b"Hello %d World!" % n for n in range(1, 31)]
+
+
+def test_a_stuck_store_never_holds_a_request_past_its_time_limit(app) -> None:  # type: ignore[no-untyped-def]
+    from tenantvm.errors import GuestTimeout
+
+    class Stuck:
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def incr(self, ns: bytes, key: bytes, delta: int) -> int:
+            self.release.wait(60)
+            return 1
+
+    stuck = Stuck()
+    # The store answers only when released (by the watchdog after 20 s at the latest) and the
+    # bridge would wait 60 s: only the request's own limit (300 ms) ends the call before that.
+    watchdog = threading.Timer(20, stuck.release.set)
+    watchdog.start()
+    try:
+        bridge = _native.KvBridge(stuck, timeout=60)
+        vm = Tenant(app("counter_kv"), ephemeral=False, timeout=0.3).with_kv(bridge, "c").instance()
+        with contextlib.suppress(GuestTimeout):
+            assert call(vm, "GET", "/").status == 503
+        assert not stuck.release.is_set(), "the call waited for the store past the request's limit"
+    finally:
+        stuck.release.set()
+        watchdog.cancel()

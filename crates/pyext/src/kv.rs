@@ -10,7 +10,7 @@
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
@@ -38,16 +38,21 @@ impl std::fmt::Debug for Job {
 }
 
 impl KvStore for Bridged {
-    fn execute(&self, namespace: &[u8], op: KvOp) -> Result<KvReply, KvError> {
+    fn execute(&self, namespace: &[u8], op: KvOp, deadline: Option<Instant>) -> Result<KvReply, KvError> {
+        // Never past the request's time limit: a slow store holds no request longer than that.
+        let wait = match deadline {
+            Some(d) => self.timeout.min(d.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         let job = Job { namespace: namespace.to_vec(), op, reply: tx };
         self.jobs.try_send(job).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => KvError::Unavailable("too many operations waiting for the store".into()),
             mpsc::TrySendError::Disconnected(_) => KvError::Unavailable("the store was closed".into()),
         })?;
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(wait) {
             Ok(r) => r,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(KvError::Timeout(self.timeout)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(KvError::Timeout(wait)),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(KvError::Unavailable("the store's thread ended".into())),
         }
     }
@@ -160,7 +165,7 @@ impl KvBridge {
         };
         let is_set = matches!(op, KvOp::Set { .. });
         let store = self.store.clone();
-        let r = py.detach(move || store.execute(&namespace, op));
+        let r = py.detach(move || store.execute(&namespace, op, None));
         match r {
             Ok(KvReply::Done(_)) if is_set => Ok(py.None().into_bound(py)),
             Ok(KvReply::Value(Some(v))) => Ok(PyBytes::new(py, &v).into_any()),

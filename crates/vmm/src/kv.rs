@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One operation on a tenant's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +76,9 @@ pub enum KvError {
 
 /// A key-value store, provided by the embedder.
 pub trait KvStore: Send + Sync + fmt::Debug {
-    /// Runs `op` on the keys of `namespace`.
-    fn execute(&self, namespace: &[u8], op: KvOp) -> Result<KvReply, KvError>;
+    /// Runs `op` on the keys of `namespace`, giving up (`KvError::Timeout`) at `deadline` if
+    /// set: the request's time limit, so that a slow store never holds a request past it.
+    fn execute(&self, namespace: &[u8], op: KvOp, deadline: Option<Instant>) -> Result<KvReply, KvError>;
 }
 
 /// Size and rate limits of the KV calls.
@@ -127,7 +129,7 @@ pub struct MemoryKv {
 }
 
 impl KvStore for MemoryKv {
-    fn execute(&self, namespace: &[u8], op: KvOp) -> Result<KvReply, KvError> {
+    fn execute(&self, namespace: &[u8], op: KvOp, _: Option<Instant>) -> Result<KvReply, KvError> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         let live = |e: &(Vec<u8>, Option<std::time::Instant>)| e.1.is_none_or(|t| t > now);
@@ -174,9 +176,9 @@ mod tests {
     #[test]
     fn the_memory_store_keeps_namespaces_apart() {
         let kv = MemoryKv::default();
-        kv.execute(b"a", KvOp::Set { key: b"k".to_vec(), value: b"1".to_vec(), ttl_ms: 0 }).unwrap();
-        assert_eq!(kv.execute(b"b", KvOp::Get { key: b"k".to_vec() }).unwrap(), KvReply::Value(None));
-        assert_eq!(kv.execute(b"a", KvOp::Incr { key: b"k".to_vec(), delta: 2 }).unwrap(), KvReply::Int(3));
-        assert_eq!(kv.execute(b"a", KvOp::Incr { key: b"k".to_vec(), delta: i64::MAX }), Err(KvError::Overflow));
+        kv.execute(b"a", KvOp::Set { key: b"k".to_vec(), value: b"1".to_vec(), ttl_ms: 0 }, None).unwrap();
+        assert_eq!(kv.execute(b"b", KvOp::Get { key: b"k".to_vec() }, None).unwrap(), KvReply::Value(None));
+        assert_eq!(kv.execute(b"a", KvOp::Incr { key: b"k".to_vec(), delta: 2 }, None).unwrap(), KvReply::Int(3));
+        assert_eq!(kv.execute(b"a", KvOp::Incr { key: b"k".to_vec(), delta: i64::MAX }, None), Err(KvError::Overflow));
     }
 }

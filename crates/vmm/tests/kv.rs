@@ -75,7 +75,7 @@ fn tenants_sharing_a_store_never_see_each_others_keys() {
     assert_eq!(call(&mut b, &req("DELETE", "/k/secret", "", b"")).2, b"0");
     assert_eq!(call(&mut a2, &req("GET", "/k/secret", "", b"")).2, b"of a");
     assert_eq!(
-        store.execute(b"a", KvOp::Get { key: b"secret".to_vec() }).unwrap(),
+        store.execute(b"a", KvOp::Get { key: b"secret".to_vec() }, None).unwrap(),
         KvReply::Value(Some(b"of a".to_vec()))
     );
 }
@@ -87,7 +87,7 @@ struct Flaky {
 }
 
 impl KvStore for Flaky {
-    fn execute(&self, _: &[u8], _: KvOp) -> Result<KvReply, KvError> {
+    fn execute(&self, _: &[u8], _: KvOp, _: Option<std::time::Instant>) -> Result<KvReply, KvError> {
         match self.mode.load(Ordering::SeqCst) {
             0 => Ok(KvReply::Int(1)),
             1 => Err(KvError::Unavailable("down".into())),
@@ -137,4 +137,36 @@ fn kv_calls_work_on_a_seccomp_restricted_thread() {
     })
     .join()
     .unwrap();
+}
+
+/// Records the deadline each call was given.
+#[derive(Debug, Default)]
+struct Deadlines {
+    seen: std::sync::Mutex<Vec<Option<std::time::Duration>>>,
+}
+
+impl KvStore for Deadlines {
+    fn execute(&self, _: &[u8], _: KvOp, deadline: Option<std::time::Instant>) -> Result<KvReply, KvError> {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        self.seen.lock().unwrap().push(left);
+        Ok(KvReply::Int(1))
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_store_is_never_given_longer_than_the_requests_time_limit() {
+    require_kvm();
+    let store = Arc::new(Deadlines::default());
+    let limit = Duration::from_millis(300);
+    let t = tenant("counter_kv", |c| {
+        c.ephemeral = false;
+        c.timeout = limit;
+    });
+    let access = KvAccess { store: store.clone(), namespace: b"c".to_vec(), limits: KvLimits::default() };
+    let mut inst = t.with_kv(Some(access)).instance().unwrap();
+    assert_eq!(inst.call(&req("GET", "/", "", b"")).unwrap().response.status, 200);
+    let seen = store.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].is_some_and(|left| left <= limit), "{seen:?}");
 }

@@ -32,9 +32,14 @@ fn begin(ctx: &mut Ctx<'_>, key: u64, key_len: u64) -> Result<Vec<u8>, Errno> {
     ctx.mem.read_vec(key, key_len as usize)
 }
 
-fn run(ctx: &Ctx<'_>, op: KvOp) -> Result<KvReply, Errno> {
+/// Runs `op` on the tenant's store, at most until the request's deadline; the wait is charged
+/// to the request's time limit like a sleep.
+fn run(ctx: &mut Ctx<'_>, op: KvOp) -> Result<KvReply, Errno> {
     let kv = ctx.kv.ok_or(Errno::ENOSYS)?;
-    kv.store.execute(&kv.namespace, op).map_err(|e| errno(&e))
+    let started = std::time::Instant::now();
+    let result = kv.store.execute(&kv.namespace, op, ctx.deadline);
+    ctx.blocked += started.elapsed();
+    result.map_err(|e| errno(&e))
 }
 
 /// kv_get(key, key_len, buf, buf_len): copies up to `buf_len` bytes of the value to `buf` and
