@@ -454,9 +454,13 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
     require_kvm();
-    // It gets about half the CPU: charged for well over a quarter of its limit, no grace, so
-    // on an overloaded host wall time still bounds what a spinning tenant takes from others.
-    let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(20));
+    // On a quiet host it gets about half the CPU: charged for well over a quarter of its
+    // limit, no grace.  On a host loaded by others it may get less and be granted the grace,
+    // but the grace is bounded: wall time still bounds what a spinning tenant takes from
+    // others.  (Whether a grace was granted depends on the host's load, so it is not asserted:
+    // the last CI run failed on it at a load average of 10.)
+    let limit = std::time::Duration::from_millis(20);
+    let t = tenant("misbehave", |c| c.timeout = limit);
     let mut inst = t.instance().unwrap();
     let Some(hog) = common::hog::Hog::share(std::time::Duration::ZERO, std::time::Duration::from_millis(100)) else {
         return;
@@ -464,7 +468,12 @@ fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
     let (r, took) = timed(&mut inst, "/spin");
     drop(hog);
     assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }), "took {took:?}");
-    assert_eq!(inst.stats().starvation_grants, 0, "took {took:?}");
+    let grants = inst.stats().starvation_grants;
+    eprintln!("spinning beside a busy thread: stopped after {took:?}, {grants} starvation grant(s)");
+    // The grace, however often granted, extends the limit by at most MAX_STARVATION_GRACE in
+    // all; the bound is loose (a loaded host delays the stop itself) but finite.
+    assert!(took < limit + vmm::MAX_STARVATION_GRACE + std::time::Duration::from_secs(2), "took {took:?}");
+    assert_eq!(body(&mut inst, &get("/count")), "1");
 }
 
 #[test]
