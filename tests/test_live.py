@@ -279,6 +279,8 @@ def test_admin_api_refuses_missing_and_wrong_tokens(admin: Server, apps: Path) -
     r = put(admin, "/_tenantvm/tenants/app", None, content=program)
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == "Bearer"
+    # Answered without reading the upload: the connection is not reused for another request.
+    assert r.headers["connection"] == "close"
     r = admin.client.put("/_tenantvm/tenants/app", content=program, headers={"authorization": f"Basic {TOKEN}"})
     assert r.status_code == 403
     # Wrong tokens that a timing probe would try: a prefix, one more character, the right length

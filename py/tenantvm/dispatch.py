@@ -67,15 +67,21 @@ class Dispatcher:
         api, server, reloader = self.admin_api, self.server, self.reloader
         if api is None or server is None or reloader is None or read_body is None:
             return plain(404, "tenantvm: the admin API is off ([server] admin_token_file or admin_token_env)\n")
-        refused = api.refused(headers)
-        if refused is not None:
-            return refused
-        if name not in server.tenants:
-            return api.not_found(name)
         length = next((v for k, v in headers if k == b"content-length"), None)
         content_type = next((v for k, v in headers if k == b"content-type"), b"")
+        unread = (length is not None and length != b"0") or any(k == b"transfer-encoding" for k, _ in headers)
+
+        def early(answer: Answer) -> Answer:
+            # Answered without reading the body: the connection cannot carry another request.
+            return (answer[0], [*answer[1], _CLOSE], answer[2]) if unread and _CLOSE not in answer[1] else answer
+
+        refused = api.refused(headers)
+        if refused is not None:
+            return early(refused)
+        if name not in server.tenants:
+            return early(api.not_found(name))
         if length is not None and (not length.isdigit() or int(length) > api.max_upload):
-            return api.too_large(api.max_upload)
+            return early(api.too_large(api.max_upload))
         try:
             body = await read_body(api.max_upload)
         except BodyTooLarge:
