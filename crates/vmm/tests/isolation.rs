@@ -338,3 +338,28 @@ fn a_host_write_marks_exactly_the_pages_it_touches() {
         assert_eq!(host_pages(0), base, "after getrandom({at:#x}, {len})");
     }
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn the_request_area_holds_nothing_of_an_earlier_request() {
+    // Every request's read-only request area is mapped whole, beyond the request's own bytes:
+    // what a longer earlier request left there must be gone (Instance::end_requests_at).
+    // The probe writes the first 8 KiB of the area to its stdout.
+    require_kvm();
+    const REQUEST_VA: u64 = 0x7f00_0000_0000;
+    let marker = b"EARLIER-REQUEST;";
+    let seen = |out: &[u8]| out.windows(marker.len()).any(|w| w == marker);
+    let dump = |query: Vec<u8>| Request { query, ..syscalls_request(&[[1, 1, REQUEST_VA, 8192, 0, 0, 0]], false) };
+    let t = isolate();
+    let mut inst = t.instance().unwrap();
+    let long = dump(marker.repeat(200));
+    let r = inst.call(&long).unwrap();
+    assert!(seen(&r.stdout), "the dump does not show the request's own bytes");
+    let r = inst.call(&dump(Vec::new())).unwrap();
+    assert!(!seen(&r.stdout), "a request sees the earlier one's bytes in the request area");
+    // After a batch, too (requests packed one after the other).
+    inst.call_batch(&[long.clone(), long.clone()]);
+    assert!(inst.stats().batches > 0);
+    let r = inst.call(&dump(Vec::new())).unwrap();
+    assert!(!seen(&r.stdout), "a request sees a batched one's bytes in the request area");
+}
