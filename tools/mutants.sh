@@ -16,7 +16,7 @@
 # report, with every survivor explained or killed, is bench/results/mutants.md.
 #
 # Bounded in time: MUTANTS_SECONDS (default 10800) for the whole Rust campaign,
-# MUTANT_TIMEOUT (default 40) seconds of testing per mutant (a mutant that loops forever is a
+# MUTANT_TIMEOUT (default 90) seconds of testing per mutant (a mutant that loops forever is a
 # TIMEOUT, which counts as caught).  The machine is shared: one mutant at a time, under nice.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,15 +33,16 @@ export TENANTVM_APPS=${TENANTVM_APPS:-$root/apps/build}
 SKIP_TIMING="--skip time_the_host_kept --skip wall_clock_limit --skip sleeping_is_charged --skip own_time_limit --skip a_budget_stops"
 
 # name; file; regex of the mutants to keep (names read "FILE:LINE:COL: replace X with Y in F");
-# the test targets that can see that code (fewer targets: less to link and run per mutant);
+# the test targets that can see that code (fewer targets: less to link and run per mutant;
+# `--lib` only where the file has unit tests: it compiles the whole crate a second time);
 # arguments to the test binaries
 CAMPAIGNS=(
-	"reset;crates/vmm/src/reset.rs;.;--lib --test tenant --test batch --test isolation;$SKIP_TIMING"
-	"host_dirty;crates/vmm/src/memory/mod.rs;(PageBitmap::(set|set_range|get)|GuestMemory::(track_host_writes|host_dirty|host_dirty_words|mark|write))( |$);--lib --test tenant --test batch --test isolation --test errno;$SKIP_TIMING"
-	"user_memory;crates/vmm/src/syscalls/mod.rs;UserMemory<'_>::(write|region);--lib --test isolation --test errno --test batch;$SKIP_TIMING"
+	"reset;crates/vmm/src/reset.rs;.;--test tenant --test batch --test isolation;$SKIP_TIMING"
+	"host_dirty;crates/vmm/src/memory/mod.rs;(PageBitmap::(set|set_range|get)|GuestMemory::(track_host_writes|host_dirty|host_dirty_words|mark|write))( |$);--test tenant --test batch --test isolation --test errno;$SKIP_TIMING"
+	"user_memory;crates/vmm/src/syscalls/mod.rs;UserMemory<'_>::(write|region);--test isolation --test errno --test batch;$SKIP_TIMING"
 	"restore_view;crates/vmm/src/restore_view.rs;.;--lib --test batch --test isolation;$SKIP_TIMING"
-	"instance;crates/vmm/src/tenant/instance.rs;Instance::(reset|start_from_snapshot|end_requests_at);--lib --test tenant --test batch --test isolation;$SKIP_TIMING"
-	"snapshot;crates/vmm/src/tenant/snapshot.rs;freeze;--lib --test tenant --test batch --test isolation;$SKIP_TIMING"
+	"instance;crates/vmm/src/tenant/instance.rs;Instance::(reset|start_from_snapshot|end_requests_at);--test tenant --test batch --test isolation;$SKIP_TIMING"
+	"snapshot;crates/vmm/src/tenant/snapshot.rs;freeze;--test tenant --test batch --test isolation;$SKIP_TIMING"
 	"batch;crates/vmm/src/tenant/instance/batch.rs;.;--test batch --test isolation --test tenant;$SKIP_TIMING"
 	"timer;crates/vmm/src/timer.rs;.;--test tenant --test batch --test run;--skip allocation"
 )
@@ -50,6 +51,10 @@ CAMPAIGNS=(
 # that new tests kill them.
 only=${MUTANTS_CAMPAIGNS:-}
 iterate=${MUTANTS_ITERATE:+--iterate}
+# MUTANTS_RESUME=1 resumes an interrupted run in the same scratch tree: no fresh copy (restore
+# by hand the file the interrupted mutant was applied to), no baseline, --iterate.
+resume=${MUTANTS_RESUME:-}
+[ -n "$resume" ] && iterate=--iterate
 
 # Each mutant is built with the `mutation` profile (release, incremental, 64 codegen units, no
 # debug info): a mutant's rebuild takes seconds instead of the minute or two of `release`.
@@ -60,20 +65,24 @@ rust() {
 	make -s -C apps >/dev/null
 	local tree=${MUTANTS_TREE:-$out/tree}  # another scratch tree lets a check run beside a campaign
 	mkdir -p "$tree"
-	# A fresh copy of the sources; the build (target/) is kept, so it is incremental.
-	find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
-	tar -C "$root" --exclude=./target --exclude=./.venv --exclude=./fuzz/target --exclude=./apps/build -cf - . |
-		tar -C "$tree" -xmf -  # -m: new mtimes, so cargo rebuilds whatever a mutant left behind
+	if [ -z "$resume" ]; then
+		# A fresh copy of the sources; the build (target/) is kept, so it is incremental.
+		find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
+		tar -C "$root" --exclude=./target --exclude=./.venv --exclude=./fuzz/target --exclude=./apps/build -cf - . |
+			tar -C "$tree" -xmf -  # -m: new mtimes, so cargo rebuilds whatever a mutant left behind
+	fi
 	local deadline=$((SECONDS + ${MUTANTS_SECONDS:-10800}))
 	# The unmutated tree must pass every campaign's tests once (cargo-mutants' own baseline is
 	# then skipped: it would rebuild and rerun them for each campaign).
-	echo "== baseline: the unmutated tree" >&2
-	(cd "$tree" && nice -n 10 cargo test -q -p tenantvm-vmm --profile $PROFILE --lib --test tenant --test batch \
-		--test isolation --test errno -- $SKIP_TIMING >"$out/baseline.log" 2>&1) || {
-		tail -40 "$out/baseline.log" >&2
-		echo "the unmutated tree fails its tests: no campaign would mean anything" >&2
-		exit 1
-	}
+	if [ -z "$resume" ]; then
+		echo "== baseline: the unmutated tree" >&2
+		(cd "$tree" && nice -n 10 cargo test -q -p tenantvm-vmm --profile $PROFILE --lib --test tenant --test batch \
+			--test isolation --test errno -- $SKIP_TIMING >"$out/baseline.log" 2>&1) || {
+			tail -40 "$out/baseline.log" >&2
+			echo "the unmutated tree fails its tests: no campaign would mean anything" >&2
+			exit 1
+		}
+	fi
 	for c in "${CAMPAIGNS[@]}"; do
 		IFS=';' read -r name file re tests args <<<"$c"
 		if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then
@@ -88,10 +97,14 @@ rust() {
 		[ -n "$iterate" ] || rm -rf "$out/$name"
 		local started=$SECONDS
 		# Exit status 2 means mutants survived: that is a result, not a failure of the script.
-		# shellcheck disable=SC2086 # $tests and $args are lists of words
+		# The test targets go to every cargo command (--cargo-arg), so that the build of each
+		# mutant (`cargo test --no-run`) builds only them, not every test binary and example.
+		local targets=()
+		for w in $tests; do targets+=("--cargo-arg=$w"); done
+		# shellcheck disable=SC2086 # $args is a list of words
 		(cd "$tree" && timeout "$left" nice -n 10 cargo mutants -p tenantvm-vmm --profile $PROFILE --in-place $iterate \
-			--baseline skip --timeout "${MUTANT_TIMEOUT:-40}" --build-timeout 600 --no-shuffle \
-			-f "$file" -F "$re" -o "$out/$name" -- $tests -- $args) || true
+			--baseline skip --timeout "${MUTANT_TIMEOUT:-90}" --build-timeout 600 --no-shuffle "${targets[@]}" \
+			-f "$file" -F "$re" -o "$out/$name" -- -- $args) || true
 		local n
 		n=$(cat "$out/$name/mutants.out/"{caught,missed,timeout,unviable}.txt 2>/dev/null | wc -l)
 		echo "-- $name: $((SECONDS - started)) s for $n mutants" >&2
