@@ -1,6 +1,7 @@
 // goroutines — Go's runtime inside tenantvm (crates/vmm/tests/threads.rs): GOMAXPROCS=4
 // threads, 16 goroutines that sleep and compute, results over a channel, a WaitGroup, a
-// timer, and a mutex-protected counter.  Prints a known result.
+// timer, a mutex-protected counter, and a nil dereference recovered as a panic (Go's
+// SIGSEGV handler).  Prints a known result.
 package main
 
 import (
@@ -9,6 +10,18 @@ import (
 	"sync"
 	"time"
 )
+
+type node struct{ next *node }
+
+// nilDeref reads through a nil pointer: Go turns the SIGSEGV into a panic it can recover.
+func nilDeref(n *node) (msg string) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg = fmt.Sprint(r)
+		}
+	}()
+	return fmt.Sprint(n.next.next)
+}
 
 func main() {
 	runtime.GOMAXPROCS(4)
@@ -40,4 +53,5 @@ func main() {
 	<-time.After(5 * time.Millisecond)
 	waited := time.Since(start) >= 5*time.Millisecond
 	fmt.Printf("total=%d goroutines=%d procs=%d timer=%v\n", total, count, runtime.GOMAXPROCS(0), waited)
+	fmt.Println("recovered:", nilDeref(&node{}))
 }

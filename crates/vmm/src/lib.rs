@@ -38,6 +38,8 @@
 //!   run failed (`RunEnd::failure`, the one classification of failures)
 //! - `sched`         switching the vCPU between the program's threads (an extension of
 //!   `Machine`: saving and loading their CPU state; the thread table is `linux::threads`)
+//! - `signal_frame`  delivering a CPU fault to the program's signal handler, `rt_sigreturn`
+//!   (an extension of `Machine`)
 //! - `reset`         restoring an instance's RAM from its snapshot
 //! - `program`       [`Program`], the one boot path (`program::boot`), the one-shot [`run`]
 //! - `persist`       the binary encoding of state in snapshot files
@@ -72,6 +74,7 @@ mod reset;
 mod restore_view;
 pub mod sandbox;
 mod sched;
+mod signal_frame;
 mod stack;
 mod syscalls;
 mod tenant;

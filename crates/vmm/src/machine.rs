@@ -87,6 +87,8 @@ pub struct MachineStats {
     pub starvation_grants: u64,
     /// Switches of the vCPU from one of the program's threads to another.
     pub thread_switches: u64,
+    /// CPU faults delivered to the program's signal handlers.
+    pub signals_delivered: u64,
 }
 
 /// Most time a run is given back for having waited for a CPU (see `Machine::run_until`).
@@ -242,9 +244,18 @@ impl Machine {
     pub fn start_kernel(&mut self) -> Result<()> {
         let regs = kvm_regs { rip: sym::KERNEL_START, rsp: KVCPU + VC_KSTACK_TOP, rflags: 0x2, ..Default::default() };
         self.vm.set_regs(&regs)?;
-        self.stats.entries += 1;
-        let exit = vcpu::run(&mut self.vm)?;
-        self.stats.exits += 1;
+        let mut exit = Exit::Interrupted;
+        // A run's deadline timer may interrupt a restart in the middle of a run (a signal
+        // delivery): that is not a failure, the run loop sets the timer again afterwards.
+        for _ in 0..3 {
+            self.stats.entries += 1;
+            exit = vcpu::run(&mut self.vm)?;
+            self.stats.exits += 1;
+            if exit != Exit::Interrupted {
+                break;
+            }
+            self.vm.vcpu().get_kvm_run().immediate_exit = 0;
+        }
         match exit {
             Exit::Io { port } if u64::from(port) == PORT_BOOTED => {
                 let status = self.vm.regs().rax;
@@ -344,7 +355,14 @@ impl Machine {
                 }
                 Exit::Io { port } if u64::from(port) == PORT_BATCH_DONE => return Ok(RunEnd::Stopped(Stop::BatchDone)),
                 Exit::Io { port } if (PORT_EXCEPTION_BASE..PORT_EXCEPTION_BASE + 32).contains(&u64::from(port)) => {
-                    return Ok(RunEnd::Fault(self.exception(u64::from(port) - PORT_EXCEPTION_BASE)));
+                    let vector = u64::from(port) - PORT_EXCEPTION_BASE;
+                    let fault = self.exception(vector);
+                    if !self.deliver_fault(vector, &fault)? {
+                        return Ok(RunEnd::Fault(fault));
+                    }
+                    // The restart inside may have swallowed the timer's signal: set it again.
+                    guard.rearm_after_interrupt();
+                    armed = Instant::now();
                 }
                 Exit::Interrupted => {
                     guard.rearm_after_interrupt();
@@ -386,6 +404,12 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// The program's memory, for code outside a system call (signal frames).
+    pub(crate) fn user_memory(&mut self) -> UserMemory<'_> {
+        let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
+        UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) }
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.  With

@@ -113,6 +113,12 @@ impl Machine {
         Ok(())
     }
 
+    /// Makes `cpu` the vCPU's state at a system-call exit (or in the guest kernel after a
+    /// restart, with rip already set where it is to continue).
+    pub(crate) fn load_cpu_at_syscall(&mut self, cpu: &CpuState) -> Result<()> {
+        self.load_cpu(cpu, At::Syscall)
+    }
+
     /// Acts on a handler's request to the scheduler, at a system-call exit.  `deadline` is
     /// the run's: waiting for a sleeper past it ends the run as a timeout.
     pub(crate) fn on_sched(&mut self, sched: Sched, deadline: Instant) -> Result<Option<Stop>> {
@@ -131,6 +137,7 @@ impl Machine {
                 Ok(None)
             }
             Sched::Switch => self.reschedule(At::Syscall, deadline),
+            Sched::SigReturn => Ok(self.sigreturn()?.map(Stop::ApiFault)),
             Sched::Retry(until) => {
                 let nr = self.vm.regs().rax;
                 self.retry_later(nr, until, deadline)

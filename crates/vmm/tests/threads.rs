@@ -156,7 +156,7 @@ fn epoll_and_poll_wait_for_other_threads() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
-fn a_static_go_program_runs_its_goroutines() {
+fn a_static_go_program_runs_its_goroutines_and_recovers_a_nil_dereference() {
     require_kvm();
     let path = apps_dir().join("goroutines.go");
     if !path.exists() {
@@ -170,6 +170,28 @@ fn a_static_go_program_runs_its_goroutines() {
     cfg.memory = 1 << 30;
     cfg.timeout = Duration::from_secs(60);
     let out = vmm::run(&program, cfg).unwrap();
-    assert_eq!(stdout(&out), "total=407989 goroutines=16 procs=4 timer=true\n");
+    // The nil dereference is Go's SIGSEGV handler turning the fault into a panic.
+    assert_eq!(
+        stdout(&out),
+        "total=407989 goroutines=16 procs=4 timer=true\n\
+         recovered: runtime error: invalid memory address or nil pointer dereference\n"
+    );
     assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn threads_switch_on_a_seccomp_restricted_thread() {
+    require_kvm();
+    // Switching threads saves and loads XSAVE state and segment bases with KVM ioctls: the
+    // filter of a server's vCPU threads must allow them.
+    let t = thread_tenant(true);
+    std::thread::spawn(move || {
+        vmm::sandbox::restrict_current_thread().unwrap();
+        let mut inst = t.instance().unwrap();
+        assert_eq!(body(&mut inst, "/"), FIRST);
+        assert_eq!(body(&mut inst, "/"), FIRST);
+    })
+    .join()
+    .unwrap();
 }

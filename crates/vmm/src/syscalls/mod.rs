@@ -200,6 +200,8 @@ pub enum Sched {
     /// something, or return 0 at the instant if set (`epoll_wait`, `poll`, reads that would
     /// block).
     Retry(Option<std::time::Instant>),
+    /// `rt_sigreturn`: the registers come back from the signal frame on the stack.
+    SigReturn,
     /// `clone` made thread `index`: its CPU state is the caller's, with rax = 0, `stack` as
     /// rsp (if not 0) and `tls` as FS base (if set).
     Spawn {
@@ -349,6 +351,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_nanosleep => time::sys_nanosleep(ctx, a),
         SYS_clock_nanosleep => time::sys_clock_nanosleep(ctx, a),
         SYS_rt_sigaction => signal::sys_rt_sigaction(ctx, a),
+        SYS_rt_sigreturn => signal::sys_rt_sigreturn(ctx, a),
         SYS_rt_sigprocmask => signal::sys_rt_sigprocmask(ctx, a),
         SYS_sigaltstack => signal::sys_sigaltstack(ctx, a),
         SYS_futex => futex::sys_futex(ctx, a),

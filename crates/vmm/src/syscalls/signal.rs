@@ -1,10 +1,12 @@
 //! Signal dispositions, masks and the alternate stack.
 //!
-//! Recorded with Linux's validation so that C libraries and runtimes set up as usual, but no
-//! signal is ever delivered asynchronously: a program's faults end its run (with a typed
-//! fault), and a signal it sends itself takes the default action (see `process::sys_kill`).
+//! Recorded with Linux's validation so that C libraries and runtimes set up as usual.  A CPU
+//! fault whose signal has a handler is delivered to it (`crate::signal_frame`, which also does
+//! `rt_sigreturn`); without one it ends the run with a typed fault.  No signal is delivered
+//! asynchronously: a signal the program sends itself takes the default action (see
+//! `process::sys_kill`).
 
-use super::{Ctx, Errno, SysResult};
+use super::{Ctx, Errno, Sched, SysResult};
 
 const SIG_IGN: u64 = 1;
 const SS_ONSTACK: u32 = 1;
@@ -42,6 +44,16 @@ impl Default for SignalState {
 }
 
 impl SignalState {
+    /// The action of `sig` (1..=64).
+    pub fn action(&self, sig: u64) -> SigAction {
+        self.actions[sig as usize - 1]
+    }
+
+    /// Resets `sig` to SIG_DFL (SA_RESETHAND).
+    pub fn reset_action(&mut self, sig: u64) {
+        self.actions[sig as usize - 1] = SigAction::default();
+    }
+
     /// Whether `sig` is set to SIG_IGN.
     pub fn is_ignored(&self, sig: u64) -> bool {
         (1..=64).contains(&sig) && self.actions[sig as usize - 1].handler == SIG_IGN
@@ -79,6 +91,12 @@ pub fn sys_rt_sigaction(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if let Some(n) = new {
         ctx.proc.signals.actions[sig as usize - 1] = n;
     }
+    Ok(0)
+}
+
+/// rt_sigreturn(): the machine restores the registers from the frame on the stack.
+pub fn sys_rt_sigreturn(ctx: &mut Ctx<'_>, _: [u64; 6]) -> SysResult {
+    ctx.sched = Some(Sched::SigReturn);
     Ok(0)
 }
 

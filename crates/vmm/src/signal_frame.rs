@@ -1,0 +1,272 @@
+//! Synchronous signals: a CPU fault in a program that installed a handler for its signal is
+//! delivered to that handler, as Linux does, and `rt_sigreturn` resumes where the handler says.
+//!
+//! ```text
+//!   exception exit ──> signal for the vector (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP)
+//!       handler installed, SA_RESTORER, not blocked? ── no ──> the run ends with the GuestFault
+//!       yes: write an rt_sigframe (restorer, ucontext with the registers and the XSAVE state,
+//!            siginfo) below the stack (or on the alternate stack), restart the guest kernel
+//!            (the vCPU was stopped inside its exception stub) and enter the handler
+//!   rt_sigreturn ──> registers, FPU state and mask back from the ucontext (trampoline path)
+//! ```
+//!
+//! The frame is Linux's x86-64 layout, so handlers that read or edit `uc_mcontext` (to skip
+//! an instruction, or Go's runtime injecting a panic) work unchanged.
+
+use kvm_bindings::kvm_regs;
+
+use crate::error::{Error, GuestFault, Result};
+use crate::guest::kernel::sym;
+use crate::guest::layout::*;
+use crate::linux::threads::CpuState;
+use crate::machine::Machine;
+use crate::syscalls::signal::SigAction;
+
+const SA_SIGINFO: u64 = 4;
+const SA_ONSTACK: u64 = 0x0800_0000;
+const SA_RESTORER: u64 = 0x0400_0000;
+const SA_NODEFER: u64 = 0x4000_0000;
+const SA_RESETHAND: u64 = 0x8000_0000;
+const UC_FP_XSTATE: u64 = 1;
+const UC_SIGCONTEXT_SS: u64 = 2;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+/// rt_sigframe: restorer address, ucontext (304 bytes), siginfo (128 bytes).
+const UCONTEXT: u64 = 8;
+const UCONTEXT_SIZE: u64 = 304;
+const SIGINFO: u64 = UCONTEXT + UCONTEXT_SIZE;
+const FRAME_SIZE: u64 = SIGINFO + 128;
+/// Offsets in the ucontext.
+const UC_STACK: usize = 16;
+const UC_MCONTEXT: usize = 40;
+const UC_SIGMASK: usize = 296;
+/// RFLAGS bits a handler may change through the frame (Linux's FIX_EFLAGS): CF PF AF ZF SF TF
+/// DF OF RF AC.
+const FIX_EFLAGS: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x1_0000 | 0x4_0000;
+
+/// The signal a fault raises and its siginfo `si_code` and `si_addr`.
+fn signal_of(fault: &GuestFault) -> Option<(u64, i32, u64)> {
+    use libc::{SIGBUS, SIGFPE, SIGILL, SIGSEGV, SIGTRAP};
+    const SI_KERNEL: i32 = 0x80;
+    Some(match *fault {
+        GuestFault::PageFault { address, error_code, .. } => {
+            // Present (bit 0): a protection violation, else nothing mapped.
+            (SIGSEGV as u64, if error_code & 1 != 0 { 2 } else { 1 }, address)
+        }
+        GuestFault::InvalidOpcode { rip } => (SIGILL as u64, 2, rip), // ILL_ILLOPN
+        GuestFault::DivideError { rip } => (SIGFPE as u64, 1, rip),   // FPE_INTDIV
+        GuestFault::GeneralProtection { .. } => (SIGSEGV as u64, SI_KERNEL, 0),
+        GuestFault::Exception { vector, rip, .. } => match vector {
+            1 => (SIGTRAP as u64, 2, rip),       // TRAP_TRACE
+            3 => (SIGTRAP as u64, SI_KERNEL, 0), // int3
+            4 => (SIGSEGV as u64, SI_KERNEL, 0), // into
+            5 => (SIGSEGV as u64, SI_KERNEL, 0), // bound
+            16 => (SIGFPE as u64, 0, rip),       // x87
+            17 => (SIGBUS as u64, 1, 0),         // alignment check: BUS_ADRALN
+            19 => (SIGFPE as u64, 0, rip),       // SIMD
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Bytes of the XSAVE image for the guest's XCR0 (standard format), as CPUID 0xD reports.
+fn xstate_size(m: &Machine) -> u64 {
+    let xcr0 = crate::vm::Vm::xcr0(m.vm.host());
+    let cpuid = m.vm.host().cpuid.as_slice();
+    let mut size = 576; // legacy area + header
+    for bit in 2..63u32 {
+        if xcr0 & (1 << bit) == 0 {
+            continue;
+        }
+        if let Some(e) = cpuid.iter().find(|e| e.function == 0xd && e.index == bit) {
+            size = size.max(u64::from(e.ebx) + u64::from(e.eax));
+        }
+    }
+    size.min(4096 - 4)
+}
+
+fn put(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().unwrap())
+}
+
+/// The general registers in sigcontext order (r8 .. r15, rdi, rsi, rbp, rbx, rdx, rax, rcx,
+/// rsp, rip, eflags).
+fn gregs(r: &kvm_regs) -> [u64; 18] {
+    [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, r.rax, r.rcx, r.rsp,
+        r.rip, r.rflags,
+    ]
+}
+
+impl Machine {
+    /// The program's registers at an exception exit: the general ones are still the
+    /// program's; rip, rflags and rsp are in the frame the stub left on the kernel stack.
+    fn faulting_regs(&mut self) -> Option<kvm_regs> {
+        let mut regs = *self.vm.regs();
+        let mut frame = [0u8; 48];
+        self.vm.vcpu_area.read(regs.rsp.checked_sub(KVCPU)?, &mut frame)?;
+        let w = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap());
+        if w(2) & 3 == 0 {
+            return None; // in the guest kernel: never the program's to handle
+        }
+        (regs.rip, regs.rflags, regs.rsp) = (w(1), w(3), w(4));
+        Some(regs)
+    }
+
+    /// Delivers `fault` to the program's handler if it has one for the signal; false when it
+    /// does not (or the frame cannot be written: Linux then kills the process too).
+    pub(crate) fn deliver_fault(&mut self, vector: u64, fault: &GuestFault) -> Result<bool> {
+        let Some((sig, code, addr)) = signal_of(fault) else { return Ok(false) };
+        let action: SigAction = self.proc.signals.action(sig);
+        let bit = 1u64 << (sig - 1);
+        if action.handler <= 1 || action.flags & SA_RESTORER == 0 || self.proc.signals.mask & bit != 0 {
+            return Ok(false);
+        }
+        let Some(regs) = self.faulting_regs() else { return Ok(false) };
+        let error_code = match *fault {
+            GuestFault::PageFault { error_code, .. }
+            | GuestFault::GeneralProtection { error_code, .. }
+            | GuestFault::Exception { error_code, .. } => error_code,
+            _ => 0,
+        };
+        let xsave = self.vm.xsave()?;
+        let (fs_base, gs_base) = self.vm.segment_bases()?;
+        // Where the frame goes: the alternate stack if asked for and not already on it, else
+        // below the red zone.
+        let (ss_sp, ss_flags, ss_size) = self.proc.signals.altstack;
+        let on_alt = ss_size > 0 && regs.rsp > ss_sp && regs.rsp <= ss_sp + ss_size;
+        let use_alt = action.flags & SA_ONSTACK != 0 && ss_flags & 2 == 0 && ss_size > 0 && !on_alt;
+        let mut sp = if use_alt { ss_sp + ss_size } else { regs.rsp.wrapping_sub(128) };
+        let xsize = xstate_size(self);
+        sp = (sp.wrapping_sub(xsize + 4)) & !63;
+        let fpstate = sp;
+        sp = ((sp.wrapping_sub(FRAME_SIZE)) & !15).wrapping_sub(8);
+
+        let mut fp = vec![0u8; (xsize + 4) as usize];
+        let image: Vec<u8> = xsave.iter().flat_map(|w| w.to_le_bytes()).collect();
+        fp[..xsize as usize].copy_from_slice(&image[..xsize as usize]);
+        let xcr0 = crate::vm::Vm::xcr0(self.vm.host());
+        let bv = get(&fp, 512) & xcr0;
+        put(&mut fp, 512, bv);
+        fp[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+        fp[468..472].copy_from_slice(&((xsize + 4) as u32).to_le_bytes());
+        put(&mut fp, 472, xcr0);
+        fp[480..484].copy_from_slice(&(xsize as u32).to_le_bytes());
+        fp[xsize as usize..].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+
+        let mut frame = vec![0u8; FRAME_SIZE as usize];
+        put(&mut frame, 0, action.restorer);
+        let uc = UCONTEXT as usize;
+        put(&mut frame, uc, UC_FP_XSTATE | UC_SIGCONTEXT_SS);
+        put(&mut frame, uc + UC_STACK, ss_sp);
+        frame[uc + UC_STACK + 8..uc + UC_STACK + 12].copy_from_slice(&(ss_flags | u32::from(on_alt)).to_le_bytes());
+        put(&mut frame, uc + UC_STACK + 16, ss_size);
+        let mc = uc + UC_MCONTEXT;
+        for (i, v) in gregs(&regs).into_iter().enumerate() {
+            put(&mut frame, mc + 8 * i, v);
+        }
+        // cs, gs, fs, ss (16 bits each)
+        put(&mut frame, mc + 144, SEL_UCODE | (SEL_UDATA << 48));
+        put(&mut frame, mc + 152, error_code);
+        put(&mut frame, mc + 160, vector);
+        put(&mut frame, mc + 168, self.proc.signals.mask);
+        put(&mut frame, mc + 176, if sig == libc::SIGSEGV as u64 { addr } else { 0 });
+        put(&mut frame, mc + 184, fpstate);
+        put(&mut frame, uc + UC_SIGMASK, self.proc.signals.mask);
+        let si = SIGINFO as usize;
+        frame[si..si + 4].copy_from_slice(&(sig as i32).to_le_bytes());
+        frame[si + 8..si + 12].copy_from_slice(&code.to_le_bytes());
+        put(&mut frame, si + 16, addr);
+
+        let mut mem = self.user_memory();
+        if mem.write(fpstate, &fp).is_err() || mem.write(sp, &frame).is_err() {
+            return Ok(false);
+        }
+        // The handler runs with its mask; SA_RESETHAND makes the next one the default.
+        let mut block = action.mask;
+        if action.flags & SA_NODEFER == 0 {
+            block |= bit;
+        }
+        self.proc.signals.mask |= block & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        if action.flags & SA_RESETHAND != 0 {
+            self.proc.signals.reset_action(sig);
+        }
+        self.proc_touched = true;
+        // A batch must not reset in the guest: the host wrote the frame, which the guest's
+        // Dirty bits do not show.
+        self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
+        // The vCPU stopped inside the exception stub: back to the guest kernel's start, then
+        // into the handler (rcx/r11 are free at a handler's entry).
+        self.restart_kernel()?;
+        let mut entry = regs;
+        entry.rip = action.handler;
+        entry.rsp = sp;
+        entry.rdi = sig;
+        entry.rsi = if action.flags & SA_SIGINFO != 0 { sp + SIGINFO } else { 0 };
+        entry.rdx = if action.flags & SA_SIGINFO != 0 { sp + UCONTEXT } else { 0 };
+        entry.rax = 0;
+        entry.rflags = regs.rflags & !(0x100 | 0x400 | 0x4_0000); // TF, DF, AC cleared
+        entry.rcx = entry.rip;
+        entry.r11 = entry.rflags;
+        self.vm.regs().rip = sym::ENTER_USER;
+        self.vm.regs().rflags = 0x2;
+        self.load_cpu_at_syscall(&CpuState { regs: entry, fs_base, gs_base, xsave })?;
+        self.stats.signals_delivered += 1;
+        Ok(true)
+    }
+
+    /// rt_sigreturn, at its system-call exit: the registers, FPU state and signal mask the
+    /// ucontext at the user's rsp holds.  A frame that cannot be read or loaded is SIGSEGV,
+    /// which here is the typed fault.
+    pub(crate) fn sigreturn(&mut self) -> Result<Option<GuestFault>> {
+        let r = *self.vm.regs();
+        let bad = |why: &str| Ok(Some(GuestFault::Vm(format!("rt_sigreturn with a bad frame at {:#x}: {why}", r.rsp))));
+        let mem = self.user_memory();
+        let mut uc = vec![0u8; UCONTEXT_SIZE as usize];
+        if mem.read(r.rsp, &mut uc).is_err() {
+            return bad("unreadable");
+        }
+        let mc = UC_MCONTEXT;
+        let g = |i: usize| get(&uc, mc + 8 * i);
+        let mut regs = r;
+        (regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15) =
+            (g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7));
+        (regs.rdi, regs.rsi, regs.rbp, regs.rbx, regs.rdx, regs.rax, regs.rcx, regs.rsp) =
+            (g(8), g(9), g(10), g(11), g(12), g(13), g(14), g(15));
+        regs.rip = g(16);
+        regs.rflags = (r.r11 & !FIX_EFLAGS) | (g(17) & FIX_EFLAGS);
+        if regs.rip >= USER_VA_LIMIT {
+            return bad("rip outside the user half");
+        }
+        let mut xsave = self.vm.xsave()?;
+        let fpstate = get(&uc, mc + 184);
+        if fpstate != 0 {
+            let size = xstate_size(self) as usize;
+            let mut fp = vec![0u8; size];
+            if self.user_memory().read(fpstate, &mut fp).is_err() {
+                return bad("unreadable FPU state");
+            }
+            let xcr0 = crate::vm::Vm::xcr0(self.vm.host());
+            let bv = get(&fp, 512) & xcr0;
+            put(&mut fp, 512, bv);
+            fp[464..512].fill(0); // software-reserved: the magic numbers
+            for (i, w) in xsave.iter_mut().enumerate().take(size / 4) {
+                *w = u32::from_le_bytes(fp[i * 4..i * 4 + 4].try_into().unwrap());
+            }
+        }
+        self.proc.signals.mask = get(&uc, UC_SIGMASK) & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        self.proc_touched = true;
+        let (fs_base, gs_base) = self.vm.segment_bases()?;
+        match self.load_cpu_at_syscall(&CpuState { regs, fs_base, gs_base, xsave }) {
+            Ok(()) => Ok(None),
+            // KVM refuses an XSAVE image with reserved bits set (MXCSR, header): the frame's.
+            Err(Error::Kvm { op: "KVM_SET_XSAVE", .. }) => bad("invalid FPU state"),
+            Err(e) => Err(e),
+        }
+    }
+}

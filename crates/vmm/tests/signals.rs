@@ -1,0 +1,88 @@
+//! Synchronous signals: CPU faults delivered to the program's handlers with Linux's signal
+//! frame, `rt_sigreturn`, and handlers as part of a tenant's snapshot and reset.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{app, args, require_kvm};
+use vmm::{ExitKind, Failure, GuestFault, Request, RunConfig};
+
+fn run(name: &str, mode: &str) -> vmm::RunOutcome {
+    let mut cfg = RunConfig::new(args(&[name, mode]));
+    cfg.timeout = Duration::from_secs(30);
+    vmm::run(&app(name), cfg).unwrap()
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn faults_reach_the_programs_handlers_and_sigreturn_resumes() {
+    require_kvm();
+    for libc in ["signals.glibc", "signals.musl"] {
+        let out = run(libc, "all");
+        assert_eq!(out.exit, ExitKind::Exited(0), "{libc}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "segv: sig=11 addr=0x10 code=1 masked-in-handler=1 registers=intact\n\
+             mask after return: segv blocked=0\n\
+             ill: sig=4 addr-is-rip=1 xmm0=2.25 reset-to-default=1\n\
+             trap: sig=5\n\
+             fpe: longjmp with 8\n",
+            "{libc}"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_fault_without_a_handler_stays_a_typed_fault() {
+    require_kvm();
+    let out = run("signals.glibc", "unhandled");
+    assert!(matches!(out.exit, ExitKind::Fault(GuestFault::PageFault { address: 0x20, .. })), "{:?}", out.exit);
+}
+
+fn call(inst: &mut vmm::Instance, path: &str) -> Result<String, Failure> {
+    let req = Request { method: b"GET".to_vec(), path: path.as_bytes().to_vec(), ..Default::default() };
+    inst.call(&req).map(|r| String::from_utf8(r.response.body).unwrap()).map_err(|e| e.kind)
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn signal_handlers_are_in_the_snapshot_and_reset_with_it() {
+    require_kvm();
+    let tenant = |ephemeral| common::tenant("signal_tenant", |c| c.ephemeral = ephemeral);
+    let mut inst = tenant(true).instance().unwrap();
+    for _ in 0..3 {
+        // The handler installed during init is in the snapshot.
+        assert_eq!(call(&mut inst, "/div").unwrap(), "div recovered");
+    }
+    assert_eq!(call(&mut inst, "/install").unwrap(), "installed");
+    // Ephemeral: the handler the last request installed is gone.
+    let err = call(&mut inst, "/fault").unwrap_err();
+    assert!(matches!(err, Failure::Fault(GuestFault::PageFault { address: 0, .. })), "{err:?}");
+    assert_eq!(call(&mut inst, "/div").unwrap(), "div recovered");
+    // Batched: a delivery writes the frame from the host, so each request is finished by the
+    // host, and each starts from the snapshot.
+    let reqs: Vec<Request> = ["/div", "/install", "/fault", "/div"]
+        .iter()
+        .map(|p| Request { method: b"GET".to_vec(), path: p.as_bytes().to_vec(), ..Default::default() })
+        .collect();
+    let results = inst.call_batch(&reqs);
+    assert_eq!(String::from_utf8(results[0].as_ref().unwrap().response.body.clone()).unwrap(), "div recovered");
+    assert!(matches!(results[2].as_ref().unwrap_err().kind, Failure::Fault(_)), "{:?}", results[2]);
+    assert_eq!(String::from_utf8(results[3].as_ref().unwrap().response.body.clone()).unwrap(), "div recovered");
+    // A server's vCPU threads run under a seccomp filter: delivery works there too.
+    let t = tenant(true);
+    std::thread::spawn(move || {
+        vmm::sandbox::restrict_current_thread().unwrap();
+        let mut inst = t.instance().unwrap();
+        assert_eq!(call(&mut inst, "/div").unwrap(), "div recovered");
+    })
+    .join()
+    .unwrap();
+    // Stateful: it stays.
+    let mut st = tenant(false).instance().unwrap();
+    assert_eq!(call(&mut st, "/install").unwrap(), "installed");
+    assert_eq!(call(&mut st, "/fault").unwrap(), "fault recovered");
+    assert_eq!(call(&mut st, "/fault").unwrap(), "fault recovered");
+}
