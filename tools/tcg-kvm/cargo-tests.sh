@@ -27,7 +27,7 @@ for b in "${bins[@]}"; do
 	cp "$b" "$stage/$n"; names+=("$n")
 done
 cp -r apps/build "$stage/apps"
-rm -rf "$stage/apps/cargo-target"
+rm -rf "$stage/apps/cargo-target" "$stage/apps/go-cache" "$stage/apps/go-path"
 script="set -e; for t in ${names[*]}; do echo \"== \$t\"; ./\$t --test-threads=1 $*; done"
 echo "tcg-kvm: running ${names[*]} under an emulated AMD-V CPU" >&2
 TCG_FILES="$(printf '%s ' "$stage"/*)" \

@@ -68,6 +68,18 @@ fn dynamic_c_hello_runs_with_its_interpreter() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn dynamic_rust_hello_runs() {
+    require_kvm();
+    if !has_ld_so() {
+        return;
+    }
+    let out = run_with(&apps_dir().join("hello.rust-dyn"), &[], |_| {});
+    assert_eq!(ok(&out), "Hello, world from Rust!\n");
+    assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn dynamic_cpp_throws_and_catches() {
     require_kvm();
     if !has_ld_so() {
