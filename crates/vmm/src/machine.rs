@@ -330,15 +330,26 @@ impl Machine {
         let blocked_before = self.stats.blocked;
         let mut current = alarm(deadline(self));
         // The running thread's time slice (only armed while another thread is runnable).
-        let mut slice_end = Instant::now() + crate::sched::TIME_SLICE;
+        // The running guest thread's time slice, while another is runnable: CPU time of this
+        // host thread (a host that keeps the thread waiting neither makes the guest switch
+        // threads nor costs a tenant's request an extra exit), from `slice_cpu`.
+        let mut slice_cpu = cpu_started;
+        let mut slice_armed = false;
         let mut armed = current;
         let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
         loop {
-            let want = self.next_alarm(current, slice_end);
+            let want = self.next_alarm(current);
             if want != armed {
                 drop(guard);
                 armed = want;
+                slice_armed = false;
                 guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
+            }
+            let slice_wanted = self.proc.threads.others_runnable();
+            if slice_wanted != slice_armed {
+                let left = crate::sched::TIME_SLICE.saturating_sub(thread_cpu_time().saturating_sub(slice_cpu));
+                guard.set_cpu_slice(slice_wanted.then_some(left.max(crate::sched::RETRY_SOON)))?;
+                slice_armed = slice_wanted;
             }
             self.stats.entries += 1;
             let exit = vcpu::run(&mut self.vm)?;
@@ -350,7 +361,8 @@ impl Machine {
                         return Ok(RunEnd::Stopped(stop));
                     }
                     if self.stats.thread_switches != switches {
-                        slice_end = Instant::now() + crate::sched::TIME_SLICE;
+                        slice_cpu = thread_cpu_time();
+                        slice_armed = false; // armed again, for the new thread
                     }
                 }
                 Exit::Io { port } if u64::from(port) == PORT_BATCH_DONE => return Ok(RunEnd::Stopped(Stop::BatchDone)),
@@ -371,13 +383,22 @@ impl Machine {
                         // Sleepers whose time is up become runnable (and so preempt).
                         self.proc.threads.wake_expired(now);
                     }
-                    if self.proc.threads.others_runnable() && now >= slice_end {
+                    let used = thread_cpu_time().saturating_sub(slice_cpu);
+                    if self.proc.threads.others_runnable() && used >= crate::sched::TIME_SLICE {
                         let switches = self.stats.thread_switches;
                         if let Some(stop) = self.preempt(current)? {
                             return Ok(RunEnd::Stopped(stop));
                         }
-                        slice_end = self.next_slice(now, self.stats.thread_switches != switches);
+                        if self.stats.thread_switches != switches {
+                            slice_cpu = thread_cpu_time();
+                        } else {
+                            // In the guest kernel: look again soon.
+                            slice_cpu =
+                                thread_cpu_time().saturating_sub(crate::sched::TIME_SLICE) + crate::sched::RETRY_SOON;
+                        }
                     }
+                    // The slice timer is one-shot: arm it again (or not) before resuming.
+                    slice_armed = false;
                     let mut due = deadline(self);
                     if now >= due {
                         let limit = due.saturating_duration_since(started);

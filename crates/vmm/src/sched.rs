@@ -24,11 +24,13 @@ use crate::linux::threads::{CpuState, RunState, Wait};
 use crate::machine::Machine;
 use crate::syscalls::{Sched, Stop};
 
-/// Longest a thread keeps the vCPU while another is runnable.
-pub const TIME_SLICE: Duration = Duration::from_millis(5);
+/// Longest a thread keeps the vCPU while another is runnable: CPU time of the vCPU's host
+/// thread (checked when a wall-clock timer of the same length fires).  Long enough that a
+/// request of a tenant whose snapshot has a runnable thread is almost never interrupted.
+pub const TIME_SLICE: Duration = Duration::from_millis(10);
 
 /// How soon to look again when a slice ended while the vCPU was in the guest kernel.
-const RETRY_SOON: Duration = Duration::from_micros(200);
+pub const RETRY_SOON: Duration = Duration::from_micros(200);
 
 /// `mov rcx,[rip+0xf9]; mov r11,[rip+0xfa]; jmp [rip+0xfc]`: loads the slots below.
 const TRAMPOLINE_CODE: [u8; 20] = [
@@ -180,27 +182,14 @@ impl Machine {
         self.reschedule(At::User, deadline)
     }
 
-    /// When the run's timer should fire: at `deadline`, and with several threads also at the
-    /// end of the running thread's slice (while another is runnable) and when a sleeper's
-    /// time is up.
-    pub(crate) fn next_alarm(&self, deadline: Instant, slice_end: Instant) -> Instant {
+    /// When the run's wall-clock timer should fire: at `deadline`, and with several threads
+    /// also when a sleeper's time is up (slices have their own CPU-time timer).
+    pub(crate) fn next_alarm(&self, deadline: Instant) -> Instant {
         let threads = &self.proc.threads;
         if !threads.multi() {
             return deadline;
         }
-        let mut at = deadline;
-        if threads.others_runnable() {
-            at = at.min(slice_end);
-        }
-        if let Some(t) = threads.earliest_timeout() {
-            at = at.min(t);
-        }
-        at
-    }
-
-    /// When the slice timer should next fire, given the thread switched or not.
-    pub(crate) fn next_slice(&mut self, now: Instant, switched: bool) -> Instant {
-        now + if switched || in_user_mode(self.vm.regs().rip) { TIME_SLICE } else { RETRY_SOON }
+        threads.earliest_timeout().map_or(deadline, |t| deadline.min(t))
     }
 
     /// Switches to the next runnable thread (the running one's state says why it leaves);

@@ -1,4 +1,5 @@
-//! Wall-clock limits: a per-thread POSIX timer interrupts `KVM_RUN` from outside.
+//! Wall-clock limits: a per-thread POSIX timer interrupts `KVM_RUN` from outside (and a
+//! second one, on the thread's CPU-time clock, ends a guest thread's time slice).
 //!
 //! Each thread that runs guests owns one timer (created on first use, deleted when the thread
 //! exits) that delivers [`deadline_signal()`] to that very thread (`SIGEV_THREAD_ID`).  The
@@ -19,6 +20,8 @@ thread_local! {
     /// a `const` thread-local without destructor is a plain TLS slot, safe to read there.
     static CURRENT_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
     static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+    /// The time-slice timer: CPU time of this thread (guest time included), same signal.
+    static SLICE: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
 }
 
 /// The real-time signal used for deadlines (SIGRTMIN + 6, clear of glibc's reserved ones).
@@ -60,6 +63,10 @@ struct ThreadTimer(libc::timer_t);
 
 impl ThreadTimer {
     fn new() -> Result<ThreadTimer> {
+        Self::on(libc::CLOCK_MONOTONIC)
+    }
+
+    fn on(clock: libc::clockid_t) -> Result<ThreadTimer> {
         install_handler()?;
         // SAFETY: a zeroed sigevent is valid; the fields set below select thread-directed
         // delivery to the calling thread.  timer_create's result is checked.
@@ -69,7 +76,7 @@ impl ThreadTimer {
             sev.sigev_signo = deadline_signal();
             sev.sigev_notify_thread_id = libc::gettid();
             let mut timer: libc::timer_t = std::ptr::null_mut();
-            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) != 0 {
+            if libc::timer_create(clock, &mut sev, &mut timer) != 0 {
                 return Err(Error::last_os("timer_create"));
             }
             timer
@@ -136,6 +143,27 @@ impl Deadline {
         Ok(Deadline { run: ptr })
     }
 
+    /// Also interrupts the vCPU once this thread has used `after` more CPU time (guest time
+    /// included): a time slice that a host keeping the thread waiting does not shorten.
+    /// `None` disarms it.
+    pub fn set_cpu_slice(&self, after: Option<std::time::Duration>) -> Result<()> {
+        SLICE.with(|t| -> Result<()> {
+            let mut t = t.borrow_mut();
+            if t.is_none() {
+                if after.is_none() {
+                    return Ok(());
+                }
+                *t = Some(ThreadTimer::on(libc::CLOCK_THREAD_CPUTIME_ID)?);
+            }
+            let timer = t.as_ref().unwrap();
+            match after {
+                Some(d) => timer.set(d),
+                None => timer.disarm(),
+            }
+            Ok(())
+        })
+    }
+
     /// Clears `immediate_exit` after an interruption that was not (yet) the deadline, so the
     /// guest can be resumed.
     pub fn rearm_after_interrupt(&self) {
@@ -146,11 +174,13 @@ impl Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
-        TIMER.with(|t| {
-            if let Some(t) = t.borrow().as_ref() {
-                t.disarm();
-            }
-        });
+        for timer in [&TIMER, &SLICE] {
+            timer.with(|t| {
+                if let Some(t) = t.borrow().as_ref() {
+                    t.disarm();
+                }
+            });
+        }
         CURRENT_RUN.with(|c| c.set(std::ptr::null_mut()));
         // SAFETY: as in rearm_after_interrupt; the signal can no longer fire (disarmed and the
         // pointer cleared), so this store cannot race the handler.
