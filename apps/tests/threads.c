@@ -10,6 +10,8 @@
  *   threads many      creates threads until pthread_create fails; prints how many and why.
  *   threads epoll     epoll between threads: a wait that times out (0 events), a wait that
  *                     another thread's pipe write ends, EPOLLONESHOT, and poll with a timeout.
+ *   threads timerfd   timerfd: a blocking read, epoll and poll waiting on timers, alone and in
+ *                     a thread while main waits in pthread_join, gettime, disarming.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -19,6 +21,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -204,6 +207,57 @@ static int epoll(void)
 	return 0;
 }
 
+static int arm(int fd, long first_ns, long interval_ns)
+{
+	struct itimerspec its = {{0, interval_ns}, {0, first_ns}};
+	return timerfd_settime(fd, 0, &its, NULL);
+}
+
+static void *timer_waiter(void *arg)
+{
+	int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+	int ep = epoll_create1(0);
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+	arm(fd, 3 * 1000 * 1000, 0);
+	struct epoll_event out;
+	long n = epoll_wait(ep, &out, 1, -1); /* no other thread will act: the timer ends it */
+	*(long *)arg = n == 1 && out.data.u64 == 7;
+	return NULL;
+}
+
+static int timers(void)
+{
+	int fd = timerfd_create(CLOCK_MONOTONIC, 0);
+	if (fd < 0 || timerfd_create(12345, 0) != -1 || errno != EINVAL)
+		return 1;
+	arm(fd, 1000 * 1000, 2 * 1000 * 1000);
+	struct itimerspec cur;
+	timerfd_gettime(fd, &cur);
+	unsigned long long ticks = 0;
+	long r = read(fd, &ticks, sizeof ticks); /* blocks ~1 ms */
+	int ep = epoll_create1(0);
+	struct epoll_event ev = {.events = EPOLLIN}, out;
+	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+	int woke = epoll_wait(ep, &out, 1, -1); /* alone: sleeps until the next expiry */
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	unsigned long long more = 0;
+	if (read(fd, &more, sizeof more) != 8)
+		return 1;
+	int polled = poll(&p, 1, -1);
+	arm(fd, 0, 0); /* disarm */
+	int nb = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+	long again = read(nb, &more, sizeof more);
+	int eagain = again == -1 && errno == EAGAIN;
+	long threaded = 0;
+	pthread_t t;
+	pthread_create(&t, NULL, timer_waiter, &threaded);
+	pthread_join(t, NULL);
+	printf("timerfd: interval=%ldms read=%ld ticks>=1:%d epoll=%d poll=%d eagain=%d threaded=%ld\n",
+	       cur.it_interval.tv_nsec / 1000000, r, ticks >= 1, woke, polled, eagain, threaded);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "pool";
@@ -218,5 +272,7 @@ int main(int argc, char **argv)
 		return many();
 	if (!strcmp(mode, "epoll"))
 		return epoll();
+	if (!strcmp(mode, "timerfd"))
+		return timers();
 	return 2;
 }

@@ -468,14 +468,14 @@ impl Machine {
         match (stop, sched) {
             (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(r.rax, None, deadline),
             (Some(stop), _) => Ok(Some(stop)),
-            (None, Some(Sched::Retry(until))) => self.retry_later(r.rax, until, deadline),
+            (None, Some(sched @ Sched::Retry { .. })) => self.on_sched(sched, r.rax, deadline),
             (None, sched) => {
                 if self.proc.threads.multi() {
                     // A call made again after a wait is done: its deadline goes with it.
                     self.proc.threads.current_mut().retry_until = None;
                 }
                 match sched {
-                    Some(sched) => self.on_sched(sched, deadline),
+                    Some(sched) => self.on_sched(sched, r.rax, deadline),
                     None => Ok(None),
                 }
             }

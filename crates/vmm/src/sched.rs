@@ -123,7 +123,7 @@ impl Machine {
 
     /// Acts on a handler's request to the scheduler, at a system-call exit.  `deadline` is
     /// the run's: waiting for a sleeper past it ends the run as a timeout.
-    pub(crate) fn on_sched(&mut self, sched: Sched, deadline: Instant) -> Result<Option<Stop>> {
+    pub(crate) fn on_sched(&mut self, sched: Sched, nr: u64, deadline: Instant) -> Result<Option<Stop>> {
         match sched {
             Sched::Spawn { index, stack, tls } => {
                 let mut cpu = self.save_cpu(At::Syscall)?;
@@ -140,9 +140,15 @@ impl Machine {
             }
             Sched::Switch => self.reschedule(At::Syscall, deadline),
             Sched::SigReturn => Ok(self.sigreturn()?.map(Stop::ApiFault)),
-            Sched::Retry(until) => {
-                let nr = self.vm.regs().rax;
+            Sched::Retry { until, recheck } => {
+                self.proc.threads.current_mut().recheck_at = recheck;
                 self.retry_later(nr, until, deadline)
+            }
+            Sched::Again => {
+                let r = self.vm.regs();
+                r.rax = nr;
+                r.rcx -= 2; // back to the `syscall` instruction
+                Ok(None)
             }
         }
     }

@@ -195,3 +195,20 @@ fn threads_switch_on_a_seccomp_restricted_thread() {
     .join()
     .unwrap();
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn timerfds_wake_readers_and_pollers_alone_and_between_threads() {
+    require_kvm();
+    // A blocking read, epoll and poll with no timeout on a periodic timer (alone: the host
+    // sleeps until the expiry), EAGAIN when non-blocking and unarmed, and a thread whose
+    // epoll_wait only the timer ends while main waits in pthread_join.
+    for libc in ["threads.glibc", "threads.musl"] {
+        let out = run(libc, "timerfd");
+        assert_eq!(
+            stdout(&out),
+            "timerfd: interval=2ms read=8 ticks>=1:1 epoll=1 poll=1 eagain=1 threaded=1\n",
+            "{libc}"
+        );
+    }
+}

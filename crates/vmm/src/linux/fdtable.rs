@@ -67,6 +67,17 @@ pub enum File {
     },
     /// An epoll instance: its interest list, descriptor → (events, data).
     Epoll(BTreeMap<u64, (u32, u64)>),
+    /// A timerfd (see `syscalls::timerfd`).
+    TimerFd {
+        /// The host clock it counts on.
+        clock: libc::clockid_t,
+        /// Next expiry in that clock's nanoseconds, 0 when disarmed.
+        next: u64,
+        /// Interval in nanoseconds (0: one-shot).
+        interval: u64,
+        /// Expirations not yet read.
+        ticks: u64,
+    },
 }
 
 /// An open file description.

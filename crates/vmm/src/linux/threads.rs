@@ -115,11 +115,22 @@ pub struct Thread {
     pub rseq: Option<(u64, u32, u32)>,
     /// The deadline of the call it waits to make again (kept across its attempts).
     pub retry_until: Option<Instant>,
+    /// When a call waiting to be made again is made again anyway (a timer it waits on).
+    pub recheck_at: Option<Instant>,
 }
 
 impl Thread {
     fn new(tid: u64, state: RunState) -> Thread {
-        Thread { tid, state, cpu: None, clear_child_tid: 0, robust_list: 0, rseq: None, retry_until: None }
+        Thread {
+            tid,
+            state,
+            cpu: None,
+            clear_child_tid: 0,
+            robust_list: 0,
+            rseq: None,
+            retry_until: None,
+            recheck_at: None,
+        }
     }
 }
 
@@ -254,6 +265,12 @@ impl Threads {
     pub fn wake_expired(&mut self, now: Instant) -> Option<TimedOut> {
         let mut current = None;
         for (i, t) in self.list.iter_mut().enumerate() {
+            if matches!(t.state, RunState::Waiting(Wait::Retry(_))) && t.recheck_at.is_some_and(|r| r <= now) {
+                // Made again, as after another thread's activity.
+                t.state = RunState::Runnable;
+                t.recheck_at = None;
+                continue;
+            }
             let how = match t.state {
                 RunState::Waiting(Wait::Futex { until: Some(u), .. }) if u <= now => Some(TimedOut::Futex),
                 RunState::Waiting(Wait::Retry(Some(u))) if u <= now => Some(TimedOut::Retry),
@@ -281,6 +298,10 @@ impl Threads {
             .filter_map(|t| match t.state {
                 RunState::Waiting(Wait::Futex { until, .. }) => until,
                 RunState::Waiting(Wait::Sleep(u)) => Some(u),
+                RunState::Waiting(Wait::Retry(u)) => match (u, t.recheck_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
                 _ => None,
             })
             .min()

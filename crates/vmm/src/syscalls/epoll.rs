@@ -158,7 +158,12 @@ pub fn sys_epoll_wait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         return Ok(found.len() as u64);
     }
     let limit = (timeout > 0).then(|| Duration::from_millis(timeout as u64));
-    wait_for_others(ctx, limit, "epoll_wait with no timeout on descriptors only this thread could make ready")
+    let fds: Vec<u64> = match &ctx.proc.files.fds.get(epfd)?.file {
+        File::Epoll(interest) => interest.keys().copied().collect(),
+        _ => Vec::new(),
+    };
+    let timer = super::fs::next_timer(ctx, &fds);
+    wait_for_others(ctx, limit, timer, "epoll_wait with no timeout on descriptors only this thread could make ready")
 }
 
 /// epoll_pwait(epfd, events, maxevents, timeout_ms, sigmask, sigsetsize): the mask is only
@@ -174,17 +179,37 @@ pub fn sys_epoll_pwait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 }
 
 /// Nothing is ready yet: with other threads, wait for one of them to act (and look again) or
-/// for `limit` (then the call returns 0); alone, sleep `limit`, or deadlock without one.
-pub fn wait_for_others(ctx: &mut Ctx<'_>, limit: Option<Duration>, why: &'static str) -> SysResult {
+/// for `limit` (then the call returns 0); alone, sleep `limit`, or deadlock without one.  A
+/// timer among the descriptors that expires after `timer` makes the call look again then.
+pub fn wait_for_others(
+    ctx: &mut Ctx<'_>,
+    limit: Option<Duration>,
+    timer: Option<Duration>,
+    why: &'static str,
+) -> SysResult {
     if ctx.proc.threads.multi() {
         let thread = ctx.proc.threads.current_mut();
         // A call made again after a wait keeps the deadline of its first attempt.
         let until = thread.retry_until.or_else(|| limit.map(|d| Instant::now() + d));
-        ctx.sched = Some(Sched::Retry(until));
+        let recheck = timer.map(|d| Instant::now() + d);
+        ctx.sched = Some(Sched::Retry { until, recheck });
         return Ok(0);
     }
-    match limit {
-        Some(d) => super::time::sleep_for(ctx, d),
-        None => super::fs::deadlock(ctx, why),
+    match (limit, timer) {
+        // Alone, the timer's expiry comes first: sleep until it and make the call again.
+        (Some(l), Some(t)) if t < l => sleep_then_again(ctx, t),
+        (None, Some(t)) => sleep_then_again(ctx, t),
+        (Some(d), _) => super::time::sleep_for(ctx, d),
+        (None, None) => super::fs::deadlock(ctx, why),
     }
+}
+
+/// Sleeps `d`, then has the calling thread make its call again (its rip is moved back to the
+/// `syscall` instruction by the machine, as for a retry).
+fn sleep_then_again(ctx: &mut Ctx<'_>, d: Duration) -> SysResult {
+    super::time::sleep_for(ctx, d)?;
+    if ctx.stop.is_none() {
+        ctx.sched = Some(Sched::Again);
+    }
+    Ok(0)
 }

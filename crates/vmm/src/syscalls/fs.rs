@@ -210,6 +210,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
         }
         File::PipeWrite(_) => return Err(Errno::EBADF),
         File::Epoll(_) => return Err(Errno::EINVAL),
+        File::TimerFd { .. } => return super::timerfd::read(ctx, fd, buf, len, nonblocking),
         File::EventFd { count, semaphore } => {
             if len < 8 {
                 return Err(Errno::EINVAL);
@@ -601,7 +602,7 @@ pub fn describe(ctx: &Ctx<'_>, d: &Description) -> Result<FileStat, Errno> {
             (st.uid, st.gid) = (1000, 1000);
             st
         }
-        File::EventFd { .. } | File::Epoll(_) => {
+        File::EventFd { .. } | File::Epoll(_) | File::TimerFd { .. } => {
             let mut st = FileStat::synthetic(dev::PIPEFS - 1, 0x2000, 0o600, 0);
             (st.uid, st.gid) = (1000, 1000);
             st
@@ -647,9 +648,27 @@ pub fn poll_events(ctx: &Ctx<'_>, fd: u64, events: i16) -> Option<(i16, bool)> {
             (if count > 0 { pollin & events } else { 0 }) | (if count < u64::MAX - 1 { pollout & events } else { 0 })
         }
         File::Epoll(_) => 0,
+        File::TimerFd { clock, next, ticks, .. } => {
+            if super::timerfd::ready(clock, next, ticks) {
+                pollin & events
+            } else {
+                0
+            }
+        }
         _ => (pollin | pollout) & events,
     };
     Some((revents, could_change))
+}
+
+/// How long until the first of the timerfds among `fds` has an expiry to read (a wait on
+/// them must look again then).
+pub fn next_timer(ctx: &Ctx<'_>, fds: &[u64]) -> Option<Duration> {
+    fds.iter()
+        .filter_map(|&fd| match ctx.proc.files.fds.get(fd).ok()?.file {
+            File::TimerFd { clock, next, ticks, .. } => super::timerfd::until_expiry(clock, next, ticks),
+            _ => None,
+        })
+        .min()
 }
 
 fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, timeout: Option<Duration>) -> SysResult {
@@ -678,9 +697,15 @@ fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, timeout: Option<Duration>) -
     }
     if ready == 0 && !could_change && timeout != Some(Duration::ZERO) && (timeout.is_none() || ctx.proc.threads.multi())
     {
+        let fds: Vec<u64> = raw
+            .chunks_exact(8)
+            .filter_map(|c| u64::try_from(i32::from_le_bytes(c[..4].try_into().unwrap())).ok())
+            .collect();
+        let timer = next_timer(ctx, &fds);
         return super::epoll::wait_for_others(
             ctx,
             timeout,
+            timer,
             "poll with no timeout on descriptors only this thread could make ready",
         );
     }

@@ -10,6 +10,7 @@
 //! | [`path`]    | calls that take a path, the working directory, changes to `/tmp` |
 //! | [`mem`]     | brk, the mmap map, zero-on-reuse bookkeeping    |
 //! | [`process`] | identity, exit, limits, scheduling, randomness  |
+//! | [`timerfd`] | timers read as descriptors                      |
 //! | [`time`]    | clocks and sleeping                             |
 //! | [`signal`]  | signal dispositions and masks (no async delivery) |
 //! | [`thread`]  | creating threads (`clone`, `clone3`)            |
@@ -35,6 +36,7 @@ pub mod process;
 pub mod signal;
 pub mod thread;
 pub mod time;
+pub mod timerfd;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -199,9 +201,16 @@ pub enum Sched {
     /// Nothing the call waits for is ready: make it again after another thread has done
     /// something, or return 0 at the instant if set (`epoll_wait`, `poll`, reads that would
     /// block).
-    Retry(Option<std::time::Instant>),
+    Retry {
+        /// When the call gives up and returns 0.
+        until: Option<std::time::Instant>,
+        /// When it is made again even if no other thread ran (a timer expires).
+        recheck: Option<std::time::Instant>,
+    },
     /// `rt_sigreturn`: the registers come back from the signal frame on the stack.
     SigReturn,
+    /// Make the same call again (the one thread slept until a timer it waits on expired).
+    Again,
     /// `clone` made thread `index`: its CPU state is the caller's, with rax = 0, `stack` as
     /// rsp (if not 0) and `tls` as FS base (if set).
     Spawn {
@@ -360,6 +369,9 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_epoll_ctl => epoll::sys_epoll_ctl(ctx, a),
         SYS_epoll_wait => epoll::sys_epoll_wait(ctx, a),
         SYS_epoll_pwait => epoll::sys_epoll_pwait(ctx, a),
+        SYS_timerfd_create => timerfd::sys_timerfd_create(ctx, a),
+        SYS_timerfd_settime => timerfd::sys_timerfd_settime(ctx, a),
+        SYS_timerfd_gettime => timerfd::sys_timerfd_gettime(ctx, a),
         SYS_clone => thread::sys_clone(ctx, a),
         SYS_clone3 => thread::sys_clone3(ctx, a),
         _ if nr == crate::guest::api::WAIT_FOR_REQUEST && ctx.api.is_some() => api::sys_wait_for_request(ctx, a),
