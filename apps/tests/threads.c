@@ -10,6 +10,8 @@
  *   threads many      creates threads until pthread_create fails; prints how many and why.
  *   threads epoll     epoll between threads: a wait that times out (0 events), a wait that
  *                     another thread's pipe write ends, EPOLLONESHOT, and poll with a timeout.
+ *   threads socket    socketpair between threads: send/recv, recvmsg, epoll readiness, EOF
+ *                     after the peer closes, EPIPE, fstat, MSG_DONTWAIT, no network (socket()).
  *   threads timerfd   timerfd: a blocking read, epoll and poll waiting on timers, alone and in
  *                     a thread while main waits in pthread_join, gettime, disarming.
  */
@@ -20,6 +22,8 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -258,6 +262,48 @@ static int timers(void)
 	return 0;
 }
 
+static int sv[2];
+
+static void *pinger(void *arg)
+{
+	(void)arg;
+	struct timespec ts = {0, 1000 * 1000};
+	nanosleep(&ts, NULL);
+	send(sv[1], "ping", 4, MSG_NOSIGNAL);
+	char buf[8] = {0};
+	long n = recv(sv[1], buf, sizeof buf, 0);
+	return (void *)(n == 4 && !memcmp(buf, "pong", 4) ? 1L : 0L);
+}
+
+static int sockets(void)
+{
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+		return 1;
+	char buf[8] = {0};
+	int dontwait = recv(sv[0], buf, sizeof buf, MSG_DONTWAIT) == -1 && errno == EAGAIN;
+	pthread_t t;
+	pthread_create(&t, NULL, pinger, NULL);
+	int ep = epoll_create1(0);
+	struct epoll_event ev = {.events = EPOLLIN, .data.fd = sv[0]}, out;
+	epoll_ctl(ep, EPOLL_CTL_ADD, sv[0], &ev);
+	int ready = epoll_wait(ep, &out, 1, 10000);
+	struct iovec iov = {buf, sizeof buf};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	long got = recvmsg(sv[0], &msg, 0);
+	write(sv[0], "pong", 4);
+	void *ponged;
+	pthread_join(t, &ponged);
+	struct stat st;
+	fstat(sv[0], &st);
+	close(sv[1]);
+	long eof = read(sv[0], buf, sizeof buf);
+	long epipe = send(sv[0], "x", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE;
+	int nonet = socket(AF_INET, SOCK_STREAM, 0) == -1;
+	printf("socket: dontwait=%d ready=%d got=%ld:%.4s ponged=%ld sock=%d eof=%ld epipe=%ld nonet=%d\n", dontwait, ready,
+	       got, buf, (long)ponged, S_ISSOCK(st.st_mode), eof, epipe, nonet);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "pool";
@@ -274,5 +320,7 @@ int main(int argc, char **argv)
 		return epoll();
 	if (!strcmp(mode, "timerfd"))
 		return timers();
+	if (!strcmp(mode, "socket"))
+		return sockets();
 	return 2;
 }

@@ -470,6 +470,7 @@ impl Machine {
             (Some(stop), _) => Ok(Some(stop)),
             (None, Some(sched @ Sched::Retry { .. })) => self.on_sched(sched, r.rax, deadline),
             (None, sched) => {
+                self.proc.threads.active = true;
                 if self.proc.threads.multi() {
                     // A call made again after a wait is done: its deadline goes with it.
                     self.proc.threads.current_mut().retry_until = None;

@@ -203,8 +203,10 @@ impl Machine {
     /// without one.
     fn reschedule(&mut self, at: At, deadline: Instant) -> Result<Option<Stop>> {
         let outgoing = self.proc.threads.current_index();
-        if !matches!(self.proc.threads.current().state, RunState::Waiting(Wait::Retry(_))) {
-            // Something happened that a waiting read may have been waiting for.
+        let parked = matches!(self.proc.threads.current().state, RunState::Waiting(Wait::Retry(_)));
+        if !parked || self.proc.threads.active {
+            // Something happened that a waiting read may have been waiting for (a thread that
+            // only failed its own retry changed nothing).
             self.proc.threads.wake_retriers();
         }
         self.proc_touched = true;

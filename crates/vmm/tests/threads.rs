@@ -212,3 +212,20 @@ fn timerfds_wake_readers_and_pollers_alone_and_between_threads() {
         );
     }
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_socketpair_connects_threads_and_there_is_no_network() {
+    require_kvm();
+    // MSG_DONTWAIT on an empty socket, epoll waiting for the other thread's send, recvmsg,
+    // an answer back, S_ISSOCK, EOF once the peer is closed, EPIPE writing to it, and
+    // socket(AF_INET) refused.
+    for libc in ["threads.glibc", "threads.musl"] {
+        let out = run(libc, "socket");
+        assert_eq!(
+            stdout(&out),
+            "socket: dontwait=1 ready=1 got=4:ping ponged=1 sock=1 eof=0 epipe=1 nonet=1\n",
+            "{libc}"
+        );
+    }
+}

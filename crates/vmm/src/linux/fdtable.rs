@@ -67,6 +67,14 @@ pub enum File {
     },
     /// An epoll instance: its interest list, descriptor → (events, data).
     Epoll(BTreeMap<u64, (u32, u64)>),
+    /// One end of a `socketpair`: reads come from pipe `rx`, writes go to pipe `tx` (the other
+    /// end has them the other way round).
+    Socket {
+        /// The pipe it reads.
+        rx: u32,
+        /// The pipe it writes.
+        tx: u32,
+    },
     /// A timerfd (see `syscalls::timerfd`).
     TimerFd {
         /// The host clock it counts on.
@@ -208,6 +216,10 @@ impl FdTable {
         match desc.file {
             File::PipeRead(p) => self.pipes.entry(p).or_default().readers += 1,
             File::PipeWrite(p) => self.pipes.entry(p).or_default().writers += 1,
+            File::Socket { rx, tx } => {
+                self.pipes.entry(rx).or_default().readers += 1;
+                self.pipes.entry(tx).or_default().writers += 1;
+            }
             _ => {}
         }
         self.descs.insert(id, desc);
@@ -245,6 +257,19 @@ impl FdTable {
                 }
                 if pipe.readers == 0 && pipe.writers == 0 {
                     self.pipes.remove(&p);
+                }
+            }
+            File::Socket { rx, tx } => {
+                for (p, reader) in [(rx, true), (tx, false)] {
+                    let pipe = self.pipes.get_mut(&p).expect("an open socket's pipes exist");
+                    if reader {
+                        pipe.readers -= 1;
+                    } else {
+                        pipe.writers -= 1;
+                    }
+                    if pipe.readers == 0 && pipe.writers == 0 {
+                        self.pipes.remove(&p);
+                    }
                 }
             }
             _ => {}

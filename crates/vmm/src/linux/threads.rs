@@ -137,6 +137,9 @@ impl Thread {
 /// All threads of the process.
 #[derive(Debug, Clone)]
 pub struct Threads {
+    /// The running thread made a system call (other than one that only parked it) since it
+    /// got the vCPU: what a thread waiting to make a call again may have waited for.
+    pub active: bool,
     list: Vec<Thread>,
     current: usize,
     next_tid: u64,
@@ -146,7 +149,13 @@ pub struct Threads {
 impl Threads {
     /// One running thread whose tid is `pid`.
     pub fn new(pid: u64) -> Threads {
-        Threads { list: vec![Thread::new(pid, RunState::Running)], current: 0, next_tid: pid + 1, seq: 0 }
+        Threads {
+            active: false,
+            list: vec![Thread::new(pid, RunState::Running)],
+            current: 0,
+            next_tid: pid + 1,
+            seq: 0,
+        }
     }
 
     /// How many threads exist (exited ones not yet removed included).
@@ -334,6 +343,7 @@ impl Threads {
         }
         self.current = next;
         self.list[next].state = RunState::Running;
+        self.active = false;
         next
     }
 }

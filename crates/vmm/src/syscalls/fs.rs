@@ -190,7 +190,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
             }
             len
         }
-        File::PipeRead(p) => {
+        File::PipeRead(p) | File::Socket { rx: p, .. } => {
             let pipe = ctx.proc.files.fds.pipes.get(&p).ok_or(Errno::EBADF)?;
             if pipe.buf.is_empty() {
                 if pipe.writers == 0 || len == 0 {
@@ -280,7 +280,7 @@ fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) ->
             }
             Ok(len)
         }
-        File::PipeWrite(p) => {
+        File::PipeWrite(p) | File::Socket { tx: p, .. } => {
             let pipe = ctx.proc.files.fds.pipes.get(&p).ok_or(Errno::EBADF)?;
             if pipe.readers == 0 {
                 return Err(Errno::EPIPE);
@@ -570,7 +570,9 @@ pub fn sys_ioctl(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
                     Input::Bytes { data, pos } => (data.len() - pos) as u64,
                     Input::Inherit => 0,
                 },
-                File::PipeRead(p) => ctx.proc.files.fds.pipes.get(p).map_or(0, |p| p.buf.len() as u64),
+                File::PipeRead(p) | File::Socket { rx: p, .. } => {
+                    ctx.proc.files.fds.pipes.get(p).map_or(0, |p| p.buf.len() as u64)
+                }
                 File::Dir { .. } => return Err(Errno::ENOTTY),
                 f => file_size(ctx, f).ok_or(Errno::ENOTTY)?.saturating_sub(d.offset),
             };
@@ -599,6 +601,11 @@ pub fn describe(ctx: &Ctx<'_>, d: &Description) -> Result<FileStat, Errno> {
         File::Device(dv) => dv.stat(),
         File::PipeRead(p) | File::PipeWrite(p) => {
             let mut st = FileStat::synthetic(dev::PIPEFS, 0x1000 + u64::from(*p), libc::S_IFIFO | 0o600, 0);
+            (st.uid, st.gid) = (1000, 1000);
+            st
+        }
+        File::Socket { rx, .. } => {
+            let mut st = FileStat::synthetic(dev::PIPEFS - 2, 0x3000 + u64::from(*rx), libc::S_IFSOCK | 0o777, 0);
             (st.uid, st.gid) = (1000, 1000);
             st
         }
@@ -648,6 +655,21 @@ pub fn poll_events(ctx: &Ctx<'_>, fd: u64, events: i16) -> Option<(i16, bool)> {
             (if count > 0 { pollin & events } else { 0 }) | (if count < u64::MAX - 1 { pollout & events } else { 0 })
         }
         File::Epoll(_) => 0,
+        File::Socket { rx, tx } => {
+            let pipes = &ctx.proc.files.fds.pipes;
+            let (r, w) = (pipes.get(&rx), pipes.get(&tx));
+            let mut ev = 0;
+            if r.is_some_and(|p| !p.buf.is_empty() || p.writers == 0) {
+                ev |= pollin & events;
+            }
+            if w.is_some_and(|p| p.readers > 0 && p.buf.len() < PIPE_CAPACITY) {
+                ev |= pollout & events;
+            }
+            if r.is_some_and(|p| p.writers == 0) {
+                ev |= libc::POLLHUP | (libc::POLLRDHUP & events);
+            }
+            ev
+        }
         File::TimerFd { clock, next, ticks, .. } => {
             if super::timerfd::ready(clock, next, ticks) {
                 pollin & events

@@ -13,6 +13,7 @@
 //! | [`timerfd`] | timers read as descriptors                      |
 //! | [`time`]    | clocks and sleeping                             |
 //! | [`signal`]  | signal dispositions and masks (no async delivery) |
+//! | [`socket`]  | `socketpair` (over pipe buffers); no network     |
 //! | [`thread`]  | creating threads (`clone`, `clone3`)            |
 //! | [`futex`]   | futexes: waits and wakes between threads        |
 //! | [`api`]     | the tenantvm request API                        |
@@ -34,6 +35,7 @@ pub mod mem;
 pub mod path;
 pub mod process;
 pub mod signal;
+pub mod socket;
 pub mod thread;
 pub mod time;
 pub mod timerfd;
@@ -369,6 +371,12 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_epoll_ctl => epoll::sys_epoll_ctl(ctx, a),
         SYS_epoll_wait => epoll::sys_epoll_wait(ctx, a),
         SYS_epoll_pwait => epoll::sys_epoll_pwait(ctx, a),
+        SYS_socketpair => socket::sys_socketpair(ctx, a),
+        SYS_recvfrom => socket::sys_recvfrom(ctx, a),
+        SYS_sendto => socket::sys_sendto(ctx, a),
+        SYS_recvmsg => socket::sys_recvmsg(ctx, a),
+        SYS_sendmsg => socket::sys_sendmsg(ctx, a),
+        SYS_shutdown => socket::sys_shutdown(ctx, a),
         SYS_timerfd_create => timerfd::sys_timerfd_create(ctx, a),
         SYS_timerfd_settime => timerfd::sys_timerfd_settime(ctx, a),
         SYS_timerfd_gettime => timerfd::sys_timerfd_gettime(ctx, a),
