@@ -359,13 +359,28 @@ impl crate::persist::Persist for File {
                 e.u64(11);
                 interest.save(e)?;
             }
+            File::Socket { rx, tx } => {
+                e.u64(12);
+                rx.save(e)?;
+                tx.save(e)?;
+            }
+            File::TimerFd { clock, next, interval, ticks } => {
+                // An armed timer's expiry is a reading of this host's clock.
+                if *next != 0 {
+                    return Err(crate::persist::Unsupported("it has an armed timerfd at its snapshot".into()));
+                }
+                e.u64(13);
+                clock.save(e)?;
+                interval.save(e)?;
+                ticks.save(e)?;
+            }
         }
         Ok(())
     }
 
     fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
         use crate::persist::Persist;
-        Ok(match d.tag("open file", 12)? {
+        Ok(match d.tag("open file", 14)? {
             0 => File::Stdin,
             1 => File::Stdout,
             2 => File::Stderr,
@@ -377,7 +392,14 @@ impl crate::persist::Persist for File {
             8 => File::PipeRead(Persist::load(d)?),
             9 => File::PipeWrite(Persist::load(d)?),
             10 => File::EventFd { count: Persist::load(d)?, semaphore: Persist::load(d)? },
-            _ => File::Epoll(Persist::load(d)?),
+            11 => File::Epoll(Persist::load(d)?),
+            12 => File::Socket { rx: Persist::load(d)?, tx: Persist::load(d)? },
+            _ => File::TimerFd {
+                clock: Persist::load(d)?,
+                next: 0,
+                interval: Persist::load(d)?,
+                ticks: Persist::load(d)?,
+            },
         })
     }
 }

@@ -353,15 +353,15 @@ impl Threads {
 // (monotonic instants) have no meaning in another process.
 impl crate::persist::Persist for Threads {
     fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
-        let Threads { list, current, next_tid, seq } = self;
+        let Threads { list, current, next_tid, seq, active: _ } = self;
         let [thread] = list.as_slice() else {
             return Err(crate::persist::Unsupported(format!(
                 "it has {} threads at its snapshot (only a single-threaded tenant can be written)",
                 list.len()
             )));
         };
-        let Thread { tid, state, cpu, clear_child_tid, robust_list, rseq, retry_until } = thread;
-        if !matches!(state, RunState::Running) || cpu.is_some() || retry_until.is_some() {
+        let Thread { tid, state, cpu, clear_child_tid, robust_list, rseq, retry_until, recheck_at } = thread;
+        if !matches!(state, RunState::Running) || cpu.is_some() || retry_until.is_some() || recheck_at.is_some() {
             return Err(crate::persist::Unsupported(format!("its thread is not running at its snapshot ({state:?})")));
         }
         tid.save(e)?;
@@ -383,12 +383,13 @@ impl crate::persist::Persist for Threads {
             robust_list: Persist::load(d)?,
             rseq: Persist::load(d)?,
             retry_until: None,
+            recheck_at: None,
         };
         let current: usize = Persist::load(d)?;
         if current != 0 {
             return Err(crate::persist::Malformed(format!("thread {current} of 1 is current")));
         }
-        Ok(Threads { list: vec![thread], current, next_tid: Persist::load(d)?, seq: Persist::load(d)? })
+        Ok(Threads { active: false, list: vec![thread], current, next_tid: Persist::load(d)?, seq: Persist::load(d)? })
     }
 }
 
