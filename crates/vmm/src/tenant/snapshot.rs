@@ -207,7 +207,13 @@ pub(super) fn freeze(
         ram_view,
         restore_view,
         regs,
-        proc: m.proc.clone(),
+        proc: {
+            let mut proc = m.proc.clone();
+            // Whether the running thread did something since it got the vCPU is about the run
+            // that ends here; every request starts afresh.
+            proc.threads.active = false;
+            proc
+        },
         map: m.map.clone(),
         shared,
         request_area,
