@@ -24,7 +24,9 @@ trap 'rm -rf "$stage"' EXIT
 names=()
 for b in "${bins[@]}"; do
 	n=$(basename "$b"); n=${n%-*}
-	cp "$b" "$stage/$n"; names+=("$n")
+	# Without debug information: a dozen test binaries of ~25 MiB each no longer fit the
+	# rig's 1 GiB guest once unpacked from the initramfs ("Initramfs unpacking failed").
+	strip --strip-debug -o "$stage/$n" "$b"; names+=("$n")
 done
 cp -r apps/build "$stage/apps"
 rm -rf "$stage/apps/cargo-target" "$stage/apps/go-cache" "$stage/apps/go-path"
