@@ -170,3 +170,15 @@ fn a_store_is_never_given_longer_than_the_requests_time_limit() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].is_some_and(|left| left <= limit), "{seen:?}");
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn each_request_of_a_batch_has_its_own_budget_of_kv_calls() {
+    require_kvm();
+    let mut inst = kv_tenant(Arc::new(MemoryKv::default()), "t").instance().unwrap();
+    let forty = req("POST", "/k/n", "times=40", b"");
+    let bodies: Vec<_> =
+        inst.call_batch(&[forty.clone(), forty.clone(), forty]).into_iter().map(|r| r.unwrap()).collect();
+    let got: Vec<_> = bodies.iter().map(|r| (r.response.status, r.response.body.clone())).collect();
+    assert_eq!(got, vec![(200, b"40".to_vec()), (200, b"80".to_vec()), (200, b"120".to_vec())]);
+}

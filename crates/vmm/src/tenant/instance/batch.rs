@@ -281,6 +281,9 @@ impl Instance {
         block.set(VB_NEXT, i as u64);
         block.set(VB_HOST_TOUCHED, 0);
         block.set(VB_ACTIVE, 1);
+        // Requests before `i` made no host call (one would have ended the batch in the guest):
+        // request `i` starts with its own budget of KV calls.
+        self.machine.kv_ops = 0;
         let request = block.get(VB_REQS + 8 * i as u64);
         self.start_from_snapshot(request)
     }
