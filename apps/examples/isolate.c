@@ -5,6 +5,8 @@
  *   POST /code      run the body as x86-64 machine code (called as a function; it may return,
  *                   fault, loop, make system calls, or attack the VM), then answer "returned"
  *   GET /deep       answer "deep" from a frame 4 KiB down with junk in the callee-saved registers
+ *   GET /area?N     scan the first N bytes of the request area and answer how many times the
+ *                   marker "XLEAKX42" occurs there (a batched request must see no other's)
  *   POST /syscalls  run a list of raw system calls: body = records of 7 little-endian u64
  *                   (number, six arguments); an argument 0xf00d0000_0000xxxx is replaced by
  *                   the address of scratch memory + xxxx.  Answers the return values.  With
@@ -373,6 +375,27 @@ static const struct tvm_request *wait_and_capture(void)
 	return (const struct tvm_request *)nr;
 }
 
+/* Counts the marker in the first n bytes of the (read-only) request area; no system call, so
+ * a batched request stays in the guest kernel's fast path. */
+static void respond_area(const struct tvm_request *r)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < r->query_len && r->query[i] >= '0' && r->query[i] <= '9'; i++)
+		n = n * 10 + (uint64_t)(r->query[i] - '0');
+	static const char marker[8] = {'X', 'L', 'E', 'A', 'K', 'X', '4', '2'};
+	const volatile uint8_t *area = (const volatile uint8_t *)TVM_REQUEST_VA;
+	unsigned long count = 0;
+	for (uint64_t i = 0; i + sizeof marker <= n; i++) {
+		size_t k = 0;
+		while (k < sizeof marker && area[i + k] == (uint8_t)marker[k])
+			k++;
+		count += k == sizeof marker;
+	}
+	char body[32];
+	int len = snprintf(body, sizeof body, "%lu", count);
+	respond(200, "text/plain", body, (size_t)len);
+}
+
 /* Responds from a frame 4 KiB below main's, with junk in the callee-saved registers: in
  * ephemeral mode the next request must still start with the snapshot's rsp and registers. */
 static __attribute__((noinline)) void respond_deep(void)
@@ -428,6 +451,10 @@ int main(void)
 		const struct tvm_request *req = wait_and_capture();
 		if (is_path(req, "/deep")) {
 			respond_deep();
+			continue;
+		}
+		if (is_path(req, "/area")) {
+			respond_area(req);
 			continue;
 		}
 		if (is_path(req, "/code")) {

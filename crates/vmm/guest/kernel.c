@@ -331,6 +331,20 @@ static u64 reset_memory(void)
 }
 
 
+/* The program maps only the request area, and it holds the running request alone: the host
+ * stages a batch's requests (each encoded as if at REQUEST_VA) in a kernel-only part of the
+ * vCPU area; VB_REQS[i] is (offset of request i there) | (its length) << 32.  This copies the
+ * next one over the current one and zeroes what is left of the current one. */
+static void next_request_in_place(u64 current, u64 next)
+{
+	u64 cur_len = current >> 32, off = next & 0xffffffffUL, len = next >> 32;
+	copy_bytes(KVCPU + VC_REQUEST, KVCPU + off, len);
+	if (cur_len > len) {
+		u64 dst = KVCPU + VC_REQUEST + len, n = cur_len - len;
+		__asm__ volatile("rep stosb" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
+	}
+}
+
 /* respond / respond_and_wait inside a batch. */
 static int batch_respond(struct frame *f)
 {
@@ -380,7 +394,8 @@ static int batch_respond(struct frame *f)
 	reset_memory();
 	VB(VB_NEXT) = i + 1; /* the host times request i + 1 from when it first sees this */
 	if (i + 1 < VB(VB_COUNT)) {
-		VCD(VCD_NEXT_RAX) = VB(VB_REQS + 8 * (i + 1));
+		next_request_in_place(VB(VB_REQS + 8 * i), VB(VB_REQS + 8 * (i + 1)));
+		VCD(VCD_NEXT_RAX) = REQUEST_VA;
 		return NEXT_REQUEST;
 	}
 	VB(VB_ACTIVE) = 0;

@@ -34,6 +34,9 @@
  *               | request area       0x10000 |  mapped read-only at REQUEST_VA for the program
  *               | response area              |  1 MiB, page aligned after the request area:
  *               |                            |  batched responses, copied out by the kernel
+ *               | staging area               |  as large as the request area, kernel only: a
+ *               |                            |  batch's requests, copied into the request
+ *               |                            |  area one at a time by the kernel
  *               | streak counters            |  one byte per page of RAM (hot-page detection)
  *               (offsets past the request area: vmm::vm::VcpuAreaLayout)
  *

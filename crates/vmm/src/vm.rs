@@ -58,6 +58,10 @@ pub struct VcpuAreaLayout {
     pub response: u64,
     /// Its size.
     pub response_size: u64,
+    /// Offset of the batch staging area: the encoded requests of a batch, which the guest
+    /// kernel copies into the request area one at a time (the program maps only the request
+    /// area, so a request never sees the others of its batch).  As large as the request area.
+    pub staging: u64,
     /// Offset of the hot-page streak counters (one byte per page of RAM).
     pub streak: u64,
     /// Total size.
@@ -73,12 +77,19 @@ impl VcpuAreaLayout {
     pub fn new(request_area: u64, memory: u64) -> VcpuAreaLayout {
         let page = crate::guest::PAGE_SIZE;
         if request_area == 0 {
-            return VcpuAreaLayout { response: VC_REQUEST, response_size: 0, streak: VC_REQUEST, size: VC_REQUEST };
+            return VcpuAreaLayout {
+                response: VC_REQUEST,
+                response_size: 0,
+                staging: VC_REQUEST,
+                streak: VC_REQUEST,
+                size: VC_REQUEST,
+            };
         }
         let response = VC_REQUEST + request_area.next_multiple_of(page);
-        let streak = response + RESPONSE_AREA;
+        let staging = response + RESPONSE_AREA;
+        let streak = staging + request_area.next_multiple_of(page);
         let size = streak + (memory / page).next_multiple_of(page);
-        VcpuAreaLayout { response, response_size: RESPONSE_AREA, streak, size }
+        VcpuAreaLayout { response, response_size: RESPONSE_AREA, staging, streak, size }
     }
 }
 

@@ -179,6 +179,39 @@ fn probe_requests(seed: u64, count: usize) -> Vec<Request> {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_batched_request_sees_no_other_request_of_its_batch() {
+    require_kvm();
+    // The probe scans the whole request area for a marker that only other requests carry:
+    // the ones after it (queued in the same batch) and the ones before it (left behind).
+    let area = 64 << 10;
+    let t = tenant("isolate", |c| c.limits.max_request = area);
+    let mut inst = t.instance().unwrap();
+    let scan = req(&format!("/area?{area}"));
+    let marked = |n: usize| Request {
+        headers: vec![(b"x-secret".to_vec(), b"XLEAKX42".repeat(n))],
+        body: b"XLEAKX42".repeat(n),
+        ..req("/deep")
+    };
+    // The scan must be able to see a marker at all: its own request's, here.
+    let own = Request { headers: vec![(b"x-secret".to_vec(), b"XLEAKX42".to_vec())], ..scan.clone() };
+    assert_eq!(batch_bodies(&mut inst, &[own.clone(), own]), ["1", "1"]);
+    let reqs = [scan.clone(), marked(100), scan.clone(), marked(1), scan.clone(), scan];
+    let stats = inst.stats();
+    let bodies = batch_bodies(&mut inst, &reqs);
+    assert_eq!(inst.stats().batches, stats.batches + 1, "the requests ran as one batch");
+    assert_eq!(bodies, ["0", "deep", "0", "deep", "0", "0"]);
+    // Nor does a request served alone after a batch.
+    assert_eq!(text(&inst.call(&reqs[0]).unwrap()), "0");
+    // A longer request first: the batch's shorter ones start where it ended.
+    let bodies = batch_bodies(&mut inst, &[marked(200), reqs[0].clone(), reqs[0].clone()]);
+    assert_eq!(bodies, ["deep", "0", "0"]);
+    // A batch that ends with a longer request than it started with, then a request alone.
+    assert_eq!(batch_bodies(&mut inst, &[reqs[0].clone(), marked(200)]), ["0", "deep"]);
+    assert_eq!(text(&inst.call(&reqs[0]).unwrap()), "0");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn batched_probe_requests_answer_as_on_a_fresh_vm() {
     require_kvm();
     let t = tenant("isolate", |_| {});

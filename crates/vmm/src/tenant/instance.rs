@@ -277,8 +277,7 @@ impl Instance {
                 other => return Ok(other),
             }
         }
-        self.machine.vm.vcpu_area.write(VC_REQUEST, request);
-        self.end_requests_at(request.len());
+        self.place_request(request);
         self.machine.kv_ops = 0;
         if self.state == State::AtSnapshot {
             self.start_from_snapshot(REQUEST_VA)?;
@@ -288,9 +287,11 @@ impl Instance {
         self.machine.run(deadline)
     }
 
-    /// The request area now holds `len` bytes of requests: zeroes the tail of longer ones
-    /// before them, so that no request ever sees another's bytes.
-    fn end_requests_at(&mut self, len: usize) {
+    /// Puts an encoded request into the request area and zeroes the tail of a longer one
+    /// before it, so that no request ever sees another's bytes.
+    fn place_request(&mut self, request: &[u8]) {
+        self.machine.vm.vcpu_area.write(VC_REQUEST, request);
+        let len = request.len();
         if self.request_len > len {
             self.machine.vm.vcpu_area.fill(VC_REQUEST + len as u64, self.request_len - len, 0);
         }

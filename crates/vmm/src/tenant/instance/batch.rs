@@ -3,9 +3,12 @@
 //! `reset_memory` in guest/kernel.c).
 //!
 //! ```text
-//!   host: requests packed into the request area, VC_BATCH filled, VB_ACTIVE = 1
+//!   host: requests packed into the staging area (kernel-only), request 0 copied into the
+//!         request area, VC_BATCH filled, VB_ACTIVE = 1
 //!   guest: request 0 .. respond -> response copied to the response area, written pages
-//!          restored from the restore view (slot 3), registers from KD_SNAP_REGS -> request 1 ..
+//!          restored from the restore view (slot 3), request 1 copied from the staging area
+//!          over request 0 (the rest of request 0 zeroed), registers from KD_SNAP_REGS ->
+//!          request 1 ..
 //!          ... after the last one: one exit (PORT_BATCH_DONE)
 //! ```
 //!
@@ -15,6 +18,11 @@
 //! request as [`Instance::call`] does (with [`Instance::finish`], host reset included) and
 //! restarts the batch at the next one.  So the guest kernel's fast path only ever handles requests that
 //! touched nothing but their own memory, and memory is always reset one way or the other.
+//!
+//! The program sees one request at a time: every request is encoded as if at `REQUEST_VA`,
+//! and the request area (the only part of the vCPU area the program maps) holds the running
+//! one alone.  Packing them side by side in the request area let each request of a batch read
+//! the others' headers and bodies (found by the mutation campaign's probe, #16).
 //!
 //! This module is the layout of the `VC_BATCH` block and of the response records
 //! ([`BatchBlock`]), and the loop that drives a batch ([`Instance::call_batch`]).
@@ -57,8 +65,9 @@ impl<'a> BatchBlock<'a> {
         self.area.write(VC_BATCH + field, &value.to_le_bytes()).expect("VC_BATCH lies inside every vCPU area");
     }
 
-    /// Starts a batch of requests at the given guest addresses.
-    pub fn start(&self, requests: &[u64], response: (u64, u64), streak: u64, limits: &ApiLimits) {
+    /// Starts a batch of requests, each given as (offset in the vCPU area of its staged
+    /// bytes, length).
+    pub fn start(&self, requests: &[(u64, u64)], response: (u64, u64), streak: u64, limits: &ApiLimits) {
         assert!(requests.len() <= MAX_BATCH);
         self.set(VB_COUNT, requests.len() as u64);
         self.set(VB_NEXT, 0);
@@ -70,8 +79,9 @@ impl<'a> BatchBlock<'a> {
         self.set(VB_MAX_HEADERS, limits.max_response_headers as u64);
         self.set(VB_MAX_HEADER_BYTES, limits.max_response_header_bytes as u64);
         self.set(VB_MAX_BODY, limits.max_response_body as u64);
-        for (i, va) in requests.iter().enumerate() {
-            self.set(VB_REQS + 8 * i as u64, *va);
+        for (i, &(offset, len)) in requests.iter().enumerate() {
+            assert!(offset < 1 << 32 && len < 1 << 32, "a staged request lies inside the vCPU area");
+            self.set(VB_REQS + 8 * i as u64, offset | len << 32);
         }
         self.area
             .fill(VC_BATCH + VB_RESP, MAX_BATCH * VB_RESP_RECORD as usize, 0)
@@ -156,8 +166,8 @@ impl Instance {
         self.snapshot.config().ephemeral && self.state == State::AtSnapshot
     }
 
-    /// Encodes as many of `requests` as fit the request area together (up to [`MAX_BATCH`]),
-    /// each at its place in it.
+    /// Encodes as many of `requests` as fit the staging area together (up to [`MAX_BATCH`]),
+    /// each as it will appear at `REQUEST_VA`, with its offset in the staging area.
     fn pack(&self, requests: &[Request]) -> Vec<(u64, Vec<u8>)> {
         let area = self.snapshot.request_area() as usize;
         let mut packed = Vec::new();
@@ -166,7 +176,7 @@ impl Instance {
         let mut entropy = [[0u8; 32]; MAX_BATCH];
         fill_random(entropy.as_flattened_mut());
         for (req, entropy) in requests.iter().take(MAX_BATCH).zip(&entropy) {
-            let Ok(bytes) = encode_request_at(req, entropy, area - used, REQUEST_VA + used as u64) else { break };
+            let Ok(bytes) = encode_request_at(req, entropy, area - used, REQUEST_VA) else { break };
             let at = used as u64;
             used = (used + bytes.len()).next_multiple_of(8).min(area);
             packed.push((at, bytes));
@@ -182,16 +192,14 @@ impl Instance {
         results: &mut Vec<Result<CallResult, CallError>>,
     ) {
         let n = packed.len();
-        for (at, bytes) in &packed {
-            self.machine.vm.vcpu_area.write(VC_REQUEST + at, bytes);
-        }
-        let (at, last) = packed.last().expect("a batch has requests");
-        self.end_requests_at(*at as usize + last.len());
-        let area = &self.machine.vm.vcpu_area;
         let layout = vm::VcpuAreaLayout::new(self.snapshot.request_area(), self.snapshot.ram().size());
-        let addresses: Vec<u64> = packed.iter().map(|(at, _)| REQUEST_VA + at).collect();
+        for (at, bytes) in &packed {
+            self.machine.vm.vcpu_area.write(layout.staging + at, bytes);
+        }
+        let area = &self.machine.vm.vcpu_area;
+        let staged: Vec<(u64, u64)> = packed.iter().map(|(at, b)| (layout.staging + at, b.len() as u64)).collect();
         let block = BatchBlock::new(area);
-        block.start(&addresses, (layout.response, layout.response_size), layout.streak, &self.snapshot.config().limits);
+        block.start(&staged, (layout.response, layout.response_size), layout.streak, &self.snapshot.config().limits);
         let timeout = self.snapshot.config().timeout;
         let mut check = (timeout / 8).max(Duration::from_millis(1));
         if let Some(t) = stop_at {
@@ -209,7 +217,7 @@ impl Instance {
             // the host looks every `CHECK` which one runs: a request's time counts from the
             // first look that saw it running (it may overrun its limit by up to one `CHECK`).
             let mut running = (next as u64, Instant::now());
-            let end = self.start_batched(next).and_then(|()| {
+            let end = self.start_batched(next, &packed).and_then(|()| {
                 self.machine.run_until(Some(check), |m| {
                     let block = BatchBlock::new(&m.vm.vcpu_area);
                     let now_running = block.get(VB_NEXT);
@@ -275,8 +283,9 @@ impl Instance {
         BatchBlock::new(&self.machine.vm.vcpu_area).set(VB_ACTIVE, 0);
     }
 
-    /// Points the vCPU at the start of batched request `i`, from the snapshot's registers.
-    fn start_batched(&mut self, i: usize) -> crate::Result<()> {
+    /// Points the vCPU at the start of batched request `i`, from the snapshot's registers,
+    /// with it alone in the request area; the guest kernel copies the ones after it there.
+    fn start_batched(&mut self, i: usize, packed: &[(u64, Vec<u8>)]) -> crate::Result<()> {
         let block = BatchBlock::new(&self.machine.vm.vcpu_area);
         block.set(VB_NEXT, i as u64);
         block.set(VB_HOST_TOUCHED, 0);
@@ -284,8 +293,11 @@ impl Instance {
         // Requests before `i` made no host call (one would have ended the batch in the guest):
         // request `i` starts with its own budget of KV calls.
         self.machine.kv_ops = 0;
-        let request = block.get(VB_REQS + 8 * i as u64);
-        self.start_from_snapshot(request)
+        self.place_request(&packed[i].1);
+        // The guest kernel may leave a longer request of the batch there: the next request
+        // placed zeroes up to the longest.
+        self.request_len = packed[i..].iter().map(|(_, b)| b.len()).max().unwrap_or(0);
+        self.start_from_snapshot(REQUEST_VA)
     }
 
     /// A host failure in a batch: the instance is poisoned and the `left` requests not yet
