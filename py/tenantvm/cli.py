@@ -49,7 +49,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenantvm
 from tenantvm import _native
@@ -64,6 +64,12 @@ from tenantvm.errors import (
     KvmUnavailable,
 )
 from tenantvm.runner import MAX_MEMORY_MB, MIN_MEMORY_MB
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from tenantvm.config import TenantsFile
 
 __all__ = ["EXIT_FAULT", "EXIT_INVALID_PROGRAM", "EXIT_NOT_FOUND", "EXIT_OUT_OF_MEMORY", "EXIT_TIMEOUT", "main"]
 
@@ -100,6 +106,22 @@ HEADER_READ_TIMEOUT_MS = 10_000
 
 def _error(message: str) -> None:
     print(f"tenantvm: {message}", file=sys.stderr, flush=True)
+
+
+def _load_tenants_file(
+    path: Path, overrides: Mapping[str, Mapping[str, Any]] | None = None, refusal: str | None = None
+) -> TenantsFile | None:
+    """The tenants file at ``path``, or None once its problems (then ``refusal``) are printed."""
+    from tenantvm import config as tconfig
+
+    try:
+        return tconfig.load(path, overrides)
+    except tconfig.TenantsFileError as e:
+        for problem in e.problems:
+            _error(problem)
+        if refusal is not None:
+            _error(refusal)
+        return None
 
 
 def _env_entry(text: str) -> tuple[str, str]:
@@ -299,12 +321,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     from tenantvm import config as tconfig
     from tenantvm import rundir
 
-    try:
-        cfg = tconfig.load(tconfig.config_path(ns.config))
-    except tconfig.TenantsFileError as e:
-        for problem in e.problems:
-            _error(problem)
-        _error("refusing to start: the tenants file is invalid")
+    cfg = _load_tenants_file(tconfig.config_path(ns.config), refusal="refusing to start: the tenants file is invalid")
+    if cfg is None:
         return EXIT_USAGE
     for name, why in cfg.skipped:
         _error(f"tenant '{name}' is left out (optional): {why}")
@@ -369,11 +387,8 @@ def _cmd_check(ns: argparse.Namespace) -> int:
 
     from tenantvm import config as tconfig
 
-    try:
-        cfg = tconfig.load(tconfig.config_path(ns.file))
-    except tconfig.TenantsFileError as e:
-        for problem in e.problems:
-            _error(problem)
+    cfg = _load_tenants_file(tconfig.config_path(ns.file))
+    if cfg is None:
         return EXIT_USAGE
     print(f"{cfg.path}: valid, {len(cfg.tenants)} tenant(s)")
     width = max(len(name) for name in [t.name for t in cfg.tenants] + [name for name, _ in cfg.skipped])
@@ -401,7 +416,6 @@ def _cmd_check(ns: argparse.Namespace) -> int:
 
 
 def _cmd_reload(ns: argparse.Namespace) -> int:
-    from tenantvm import config as tconfig
     from tenantvm import rundir
     from tenantvm.control import Control
 
@@ -423,12 +437,8 @@ def _cmd_reload(ns: argparse.Namespace) -> int:
     config = control.config()
     if config is not None:
         # Checked here too, for a quick answer; each worker checks the file again.
-        try:
-            tconfig.load(config, control.overrides())
-        except tconfig.TenantsFileError as e:
-            for problem in e.problems:
-                _error(problem)
-            _error("reload refused: the tenants file is invalid; the server goes on as it was")
+        refusal = "reload refused: the tenants file is invalid; the server goes on as it was"
+        if _load_tenants_file(config, control.overrides(), refusal) is None:
             return EXIT_USAGE
     generation = control.request_reload()
     statuses = control.wait(generation, ns.timeout)
@@ -452,11 +462,8 @@ def _cmd_snapshot(ns: argparse.Namespace) -> int:
 
     from tenantvm import config as tconfig
 
-    try:
-        cfg = tconfig.load(tconfig.config_path(ns.config))
-    except tconfig.TenantsFileError as e:
-        for problem in e.problems:
-            _error(problem)
+    cfg = _load_tenants_file(tconfig.config_path(ns.config))
+    if cfg is None:
         return EXIT_USAGE
     try:
         t = cfg.tenant(ns.tenant)

@@ -329,7 +329,6 @@ impl Machine {
         let cpu_started = thread_cpu_time();
         let blocked_before = self.stats.blocked;
         let mut current = alarm(deadline(self));
-        // The running thread's time slice (only armed while another thread is runnable).
         // The running guest thread's time slice, while another is runnable: CPU time of this
         // host thread (a host that keeps the thread waiting neither makes the guest switch
         // threads nor costs a tenant's request an extra exit), from `slice_cpu`.
