@@ -72,8 +72,9 @@ test-python:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check py tests tools/pep517 apps/sdk/python $(wildcard bench)
-	$(VENV)/bin/ruff format --check py tests tools/pep517 apps/sdk/python $(wildcard bench)
+	$(VENV)/bin/ruff check py tests tools/pep517 tools/layers.py apps/sdk/python $(wildcard bench)
+	$(VENV)/bin/ruff format --check py tests tools/pep517 tools/layers.py apps/sdk/python $(wildcard bench)
+	$(PY) tools/layers.py
 
 # The `bench` extras of pyproject.toml, installed without rebuilding the package.
 BENCH_DEPS := $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))'

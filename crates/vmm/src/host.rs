@@ -23,6 +23,11 @@ pub fn clock(clock: libc::clockid_t) -> Option<(u64, u64)> {
     Some((ts.tv_sec as u64, ts.tv_nsec as u64))
 }
 
+/// An instant no run lives to see (a timeout too large to represent).
+pub fn far_future() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600)
+}
+
 /// `clock` in nanoseconds (0 for a clock the host refuses; every caller passes a clock that
 /// always exists).
 pub fn clock_ns(id: libc::clockid_t) -> u64 {

@@ -18,31 +18,35 @@
 //!
 //! # Module map
 //!
-//! Lower layers first: a module imports only modules above it in this list (no cycles).
+//! Lower layers first: a module uses only modules listed before it (so no two modules use
+//! each other); each bullet starts with the modules it is about, read left to right.
+//! `tools/layers.py` (run by `make lint` and `tests/test_layers.py`) checks this against the
+//! code, and that no two submodules of a module use each other.
 //! - `guest`         the guest/host contract generated from `guest/layout.h`, the kernel image
 //! - `elf`           ELF64 parsing and validation
 //! - `error`         host errors, guest faults, [`Failure`]s
 //! - `host`          the host-OS calls outside KVM and mappings: clocks, randomness, stdio, eventfd
+//! - `persist`       the binary encoding of state in snapshot files (each type a snapshot holds
+//!   implements it next to its definition)
+//! - `kv`            the host side of the tenant key-value calls ([`kv::KvStore`], [`kv::KvAccess`])
 //! - `kvm`           the host's KVM: platform detection (hardware KVM or PVM), raw ioctls
 //! - `memory`        host mappings of guest memory (`ReadOnlyMapping` for snapshots),
 //!   bounds-checked copies, the user address map
-//! - `paging`        4-level page tables with W^X; `stack` the initial process stack
+//! - `paging`, `stack`   4-level page tables with W^X; the initial process stack
 //! - `timer`         wall-clock limits that interrupt `KVM_RUN` from outside
 //! - `restore_view`  what in-guest resets copy back (slot 3)
-//! - `vm`            one KVM VM + vCPU set up for the guest kernel; `vcpu` one `KVM_RUN`
+//! - `vm`, `vcpu`    one KVM VM + vCPU set up for the guest kernel; one `KVM_RUN`
 //! - `linux`         the emulated process's files as plain data: descriptors, the file-system
-//!   view (allowed host paths, `/dev`, `/proc`, `/tmp`) and its safe host resolution
+//!   view (allowed host paths, `/dev`, `/proc`, `/tmp`) and its safe host resolution, threads
 //! - `syscalls`      the Linux system-call table and the emulated process state
 //! - `loader`        a guest's initial RAM: kernel, page tables, program image, stack
 //! - `machine`       a booted program: the run loop dispatching exits to `syscalls`, and how a
-//!   run failed (`RunEnd::failure`, the one classification of failures)
-//! - `sched`         switching the vCPU between the program's threads (an extension of
-//!   `Machine`: saving and loading their CPU state; the thread table is `linux::threads`)
+//!   run failed (`RunEnd::failure`, the one classification of failures); `machine::sched`
+//!   switches the vCPU between the program's threads (the thread table is `linux::threads`)
 //! - `signal_frame`  delivering a CPU fault to the program's signal handler, `rt_sigreturn`
 //!   (an extension of `Machine`)
 //! - `reset`         restoring an instance's RAM from its snapshot
 //! - `program`       [`Program`], the one boot path (`program::boot`), the one-shot [`run`]
-//! - `persist`       the binary encoding of state in snapshot files
 //! - `tenant`        [`Tenant`]: `config` < `snapshot` (the frozen state) < `instance` (one VM
 //!   serving requests; `instance::batch` the batch block and its loop) < booting
 //! - `sandbox`, `worker`, `doctor`   seccomp for vCPU threads, instances on vCPU threads,
@@ -73,7 +77,6 @@ mod program;
 mod reset;
 mod restore_view;
 pub mod sandbox;
-mod sched;
 mod signal_frame;
 mod stack;
 mod syscalls;

@@ -304,7 +304,7 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
             let flags = LeafFlags { write: a.perm.write, exec: a.perm.exec, user: true, track };
             pt.map(GPA_KPML4, a.start, gpa, a.end - a.start, flags).map_err(paging)?;
         }
-        // The thread-switch trampoline (see crate::sched): user r-x, outside the UserMap.
+        // The thread-switch trampoline (see crate::machine::sched): user r-x, outside the UserMap.
         let tramp = LeafFlags { write: false, exec: true, user: true, track: false };
         pt.map(GPA_KPML4, TRAMPOLINE_VA, GPA_VCPU + VC_TRAMPOLINE, crate::guest::PAGE_SIZE, tramp).map_err(paging)?;
         let data = LeafFlags { write: true, exec: false, user: false, track: false };

@@ -11,6 +11,9 @@
 //! Registers travel through kvm_run's sync area (no GET/SET_REGS ioctls on the way), so a
 //! forwarded system call costs exactly one exit.
 
+// Extensions of `Machine` in files of their own: switching between threads.
+pub(crate) mod sched;
+
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_regs;
@@ -226,7 +229,7 @@ impl Machine {
             proc_touched: false,
             clock,
         };
-        crate::sched::install_trampoline(&machine.vm.vcpu_area);
+        sched::install_trampoline(&machine.vm.vcpu_area);
         machine.refill_entropy();
         machine
     }
@@ -234,7 +237,7 @@ impl Machine {
     /// Gives the guest kernel's getrandom fast path a fresh pool of host randomness.
     pub fn refill_entropy(&self) {
         let mut pool = [0u8; VCD_ENTROPY_SIZE as usize];
-        crate::syscalls::process::fill_random(&mut pool);
+        crate::host::fill_random(&mut pool);
         self.vm.vcpu_area.write(vcd(VCD_ENTROPY), &pool);
         self.vm.vcpu_area.write(vcd(VCD_ENTROPY_POS), &0u64.to_le_bytes());
     }
@@ -346,8 +349,8 @@ impl Machine {
             }
             let slice_wanted = self.proc.threads.others_runnable();
             if slice_wanted != slice_armed {
-                let left = crate::sched::TIME_SLICE.saturating_sub(thread_cpu_time().saturating_sub(slice_cpu));
-                guard.set_cpu_slice(slice_wanted.then_some(left.max(crate::sched::RETRY_SOON)))?;
+                let left = sched::TIME_SLICE.saturating_sub(thread_cpu_time().saturating_sub(slice_cpu));
+                guard.set_cpu_slice(slice_wanted.then_some(left.max(sched::RETRY_SOON)))?;
                 slice_armed = slice_wanted;
             }
             self.stats.entries += 1;
@@ -383,7 +386,7 @@ impl Machine {
                         self.proc.threads.wake_expired(now);
                     }
                     let used = thread_cpu_time().saturating_sub(slice_cpu);
-                    if self.proc.threads.others_runnable() && used >= crate::sched::TIME_SLICE {
+                    if self.proc.threads.others_runnable() && used >= sched::TIME_SLICE {
                         let switches = self.stats.thread_switches;
                         if let Some(stop) = self.preempt(current)? {
                             return Ok(RunEnd::Stopped(stop));
@@ -392,8 +395,7 @@ impl Machine {
                             slice_cpu = thread_cpu_time();
                         } else {
                             // In the guest kernel: look again soon.
-                            slice_cpu =
-                                thread_cpu_time().saturating_sub(crate::sched::TIME_SLICE) + crate::sched::RETRY_SOON;
+                            slice_cpu = thread_cpu_time().saturating_sub(sched::TIME_SLICE) + sched::RETRY_SOON;
                         }
                     }
                     // The slice timer is one-shot: arm it again (or not) before resuming.
@@ -433,7 +435,7 @@ impl Machine {
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.  With
-    /// several threads the call may leave the vCPU to another thread (`crate::sched`).
+    /// several threads the call may leave the vCPU to another thread (`crate::machine::sched`).
     fn syscall(&mut self, deadline: Instant) -> Result<Option<Stop>> {
         let r = *self.vm.regs();
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];

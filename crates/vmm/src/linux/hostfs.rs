@@ -165,3 +165,6 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<DirEntry>, Errno> {
 pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
+
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(DirEntry { name, ino, dtype });

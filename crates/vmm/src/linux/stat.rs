@@ -132,6 +132,9 @@ pub fn makedev(major: u64, minor: u64) -> u64 {
     ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12)
 }
 
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(FileStat { dev, ino, mode, nlink, uid, gid, rdev, size, mtime });
+
 #[cfg(test)]
 mod tests {
     use super::*;

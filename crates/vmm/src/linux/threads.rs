@@ -2,7 +2,7 @@
 //!
 //! Every thread of a tenantvm program runs on the VM's one vCPU.  The thread that runs owns
 //! the vCPU's registers; every other thread keeps its CPU state here ([`CpuState`]), saved
-//! and loaded by `crate::sched` when the vCPU switches between them.  Switches happen only
+//! and loaded by `crate::machine::sched` when the vCPU switches between them.  Switches happen only
 //! where a thread cannot go on (a futex wait, a sleep, a read that would block, exit), where
 //! it asks for it (`sched_yield`), or when its time slice ends: scheduling is cooperative
 //! with a preemptive backstop, so a spinning thread cannot starve the one it waits for.

@@ -557,6 +557,26 @@ fn normalise_host(p: &Path) -> String {
     format!("/{}", out.join("/"))
 }
 
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(FsConfig { allow_read, mounts, tmp_bytes });
+
+impl crate::persist::Persist for Device {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        use Device::*;
+        e.u64(match self {
+            Null => 0,
+            Zero => 1,
+            Random => 2,
+            Urandom => 3,
+        });
+        Ok(())
+    }
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use Device::*;
+        Ok([Null, Zero, Random, Urandom][d.tag("device", 4)? as usize])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

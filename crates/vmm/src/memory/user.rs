@@ -163,6 +163,24 @@ impl UserMap {
 
 // Snapshot files (crate::persist).
 crate::persist::persist_fields!(UserMap { areas, ram_offset, request_va, shared_va });
+crate::persist::persist_fields!(Perm { read, write, exec });
+crate::persist::persist_fields!(Area { start, end, perm, backing });
+
+impl crate::persist::Persist for Backing {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        use Backing::*;
+        e.u64(match self {
+            Ram => 0,
+            Request => 1,
+            Shared => 2,
+        });
+        Ok(())
+    }
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use Backing::*;
+        Ok([Ram, Request, Shared][d.tag("memory backing", 3)? as usize])
+    }
+}
 
 #[cfg(test)]
 mod tests {

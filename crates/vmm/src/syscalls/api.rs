@@ -214,6 +214,15 @@ fn read_response(ctx: &mut Ctx<'_>, a: [u64; 6], then_wait: bool) -> SysResult {
     Ok(0)
 }
 
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(ApiLimits {
+    max_request,
+    max_response_headers,
+    max_response_header_bytes,
+    max_response_body
+});
+crate::persist::persist_fields!(Request { method, path, query, headers, body });
+
 #[cfg(test)]
 mod tests {
     use super::*;

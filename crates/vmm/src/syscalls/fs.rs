@@ -15,7 +15,8 @@ use crate::linux::fdtable::{Description, File, PIPE_CAPACITY};
 use crate::linux::stat::{dev, FileStat};
 use crate::linux::view::Device;
 
-pub use crate::linux::fdtable::MAX_FDS;
+use crate::linux::fdtable::MAX_FDS;
+
 /// Largest single transfer; longer reads and writes are short, as Linux allows.
 const MAX_TRANSFER: u64 = 16 << 20;
 const CHUNK: usize = 64 << 10;
@@ -183,7 +184,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
             while done < len {
                 let n = (len - done).min(CHUNK as u64) as usize;
                 if dv != Device::Zero {
-                    super::process::fill_random(&mut chunk[..n]);
+                    crate::host::fill_random(&mut chunk[..n]);
                 }
                 ctx.mem.write(buf + done, &chunk[..n])?;
                 done += n as u64;

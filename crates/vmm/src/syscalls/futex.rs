@@ -61,7 +61,7 @@ fn wait(ctx: &mut Ctx<'_>, a: [u64; 6], op: u64) -> SysResult {
     }
     let limit = timeout(ctx, op, a[1], a[3])?;
     if ctx.proc.threads.multi() {
-        let until = limit.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
+        let until = limit.map(|d| Instant::now().checked_add(d).unwrap_or_else(crate::host::far_future));
         ctx.proc.threads.wait_futex(uaddr, bitset, until);
         ctx.sched = Some(Sched::Switch);
         return Ok(0);
@@ -75,11 +75,6 @@ fn wait(ctx: &mut Ctx<'_>, a: [u64; 6], op: u64) -> SysResult {
         return Ok(0);
     }
     Err(Errno::ETIMEDOUT)
-}
-
-/// An instant no run lives to see (a timeout too large to represent).
-pub fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// WAKE_OP's operation on the word at `uaddr2`, and whether its comparison holds for the

@@ -428,6 +428,22 @@ pub fn sys_madvise(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(0)
 }
 
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(MemoryState { brk_start, brk, top, mappings, released, fixed });
+
+impl crate::persist::Persist for RangeSet {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        self.iter().collect::<Vec<_>>().save(e)
+    }
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        let mut set = Self::default();
+        for (s, end) in Vec::<(u64, u64)>::load(d)? {
+            set.insert(s, end);
+        }
+        Ok(set)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,7 +195,7 @@ pub enum Stop {
     BatchDone,
 }
 
-/// What a handler asks of the scheduler (`crate::sched` acts on it after the call).
+/// What a handler asks of the scheduler (`crate::machine::sched` acts on it after the call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sched {
     /// The running thread waits, exited or yields (its state says which): switch threads.

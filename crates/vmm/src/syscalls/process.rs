@@ -3,6 +3,8 @@
 //! A tenantvm program is one process (threads: [`super::thread`]).  Its ids are fixed (pid 2,
 //! its parent "init" pid 1, uid/gid 1000) so that a reset VM and a fresh VM look the same.
 
+use crate::host::fill_random;
+use crate::linux::fdtable::MAX_FDS;
 use crate::linux::threads::RunState;
 
 use super::{Ctx, Errno, Sched, Stop, SysResult};
@@ -153,7 +155,7 @@ fn limit_of(ctx: &Ctx<'_>, resource: u64) -> Result<(u64, u64), Errno> {
     Ok(match resource as u32 {
         libc::RLIMIT_STACK => (id.stack_limit, id.stack_limit),
         libc::RLIMIT_AS | libc::RLIMIT_DATA => (id.memory_limit, id.memory_limit),
-        libc::RLIMIT_NOFILE => (super::fs::MAX_FDS as u64, super::fs::MAX_FDS as u64),
+        libc::RLIMIT_NOFILE => (MAX_FDS as u64, MAX_FDS as u64),
         libc::RLIMIT_NPROC => (1, 1),
         libc::RLIMIT_CORE => (0, 0),
         r if r < 16 => (INFINITY, INFINITY),
@@ -224,8 +226,6 @@ pub fn sys_getrandom(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     }
     Ok(len as u64)
 }
-
-pub use crate::host::fill_random;
 
 /// Signals that do nothing by default.
 fn ignored_by_default(sig: u64) -> bool {
@@ -309,3 +309,6 @@ pub fn sys_getrusage(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     ctx.mem.write(a[1], &[0u8; 144])?;
     Ok(0)
 }
+
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(Identity { pid, ppid, uid, gid, exe, stack_limit, memory_limit, name });

@@ -166,3 +166,6 @@ pub fn sys_sigaltstack(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 
 // Snapshot files (crate::persist).
 crate::persist::persist_fields!(SignalState { actions, mask, altstack });
+
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(SigAction { handler, flags, restorer, mask });

@@ -2,7 +2,7 @@
 //! `pthread_create`, Rust's `std::thread` and Go's runtime ask for).  New processes (`fork`,
 //! `vfork`, `clone` without `CLONE_VM | CLONE_THREAD`) do not exist in a VM: ENOSYS.
 //!
-//! The handler adds the thread to the table and asks the scheduler (`crate::sched`) to give
+//! The handler adds the thread to the table and asks the scheduler (`crate::machine::sched`) to give
 //! it the caller's CPU state; the caller keeps running and gets the new tid.
 
 use super::{Ctx, Errno, Sched, SysResult};

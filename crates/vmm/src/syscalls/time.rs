@@ -91,7 +91,7 @@ fn read_timespec(ctx: &Ctx<'_>, va: u64) -> Result<Duration, Errno> {
 /// With other threads the sleeper leaves the vCPU to them instead.
 pub fn sleep_for(ctx: &mut Ctx<'_>, duration: Duration) -> SysResult {
     if ctx.proc.threads.multi() {
-        let until = Instant::now().checked_add(duration).unwrap_or_else(super::futex::far_future);
+        let until = Instant::now().checked_add(duration).unwrap_or_else(crate::host::far_future);
         ctx.proc.threads.current_mut().state =
             crate::linux::threads::RunState::Waiting(crate::linux::threads::Wait::Sleep(until));
         ctx.sched = Some(super::Sched::Switch);

@@ -57,3 +57,20 @@ impl TenantConfig {
         }
     }
 }
+
+// Snapshot files (crate::persist).
+crate::persist::persist_fields!(TenantConfig {
+    args,
+    env,
+    memory,
+    stack_size,
+    timeout,
+    boot_timeout,
+    ephemeral,
+    shared_memory,
+    shared_path,
+    limits,
+    warmup,
+    output_limit,
+    fs
+});

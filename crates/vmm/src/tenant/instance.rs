@@ -28,13 +28,13 @@ use super::snapshot::Snapshot;
 use crate::error::{Error, Failure, GuestFault, RequestTooLarge};
 use crate::guest::layout::*;
 use crate::guest::vcd;
+use crate::host::fill_random;
 use crate::kvm;
 use crate::machine::{Machine, RunEnd};
 use crate::memory::{GuestMemory, Mapping};
 use crate::program::captured_io;
 use crate::reset::{ResetReport, ResetTracker};
 use crate::syscalls::api::{encode_request, Request, Response};
-use crate::syscalls::process::fill_random;
 use crate::syscalls::{Output, Stop, SyscallCounts};
 use crate::vm::{self, Vm};
 

@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use super::{CallError, CallResult, Instance, State};
 use crate::error::{Failure, GuestFault};
 use crate::guest::layout::*;
+use crate::host::fill_random;
 use crate::machine::RunEnd;
 use crate::memory::Mapping;
 use crate::syscalls::api::{encode_request_at, ApiLimits, Request, Response};
-use crate::syscalls::process::fill_random;
 use crate::syscalls::Stop;
 use crate::vm;
 
