@@ -2,10 +2,12 @@
 
 For each example tenant (and the runtime ones when their interpreters are installed): the
 median time to boot it (Tenant(...)) and to be ready from its file (Tenant.from_snapshot +
-the first instance), over --runs runs, and their ratio.  The file is in the page cache (a
-server restarting, or a second worker), as in production after the first start.
+the first instance), over --runs runs (boot and load alternate, so both see the same load),
+and their ratio.  The file is in the page cache (a server restarting, or a second worker), as
+in production after the first start.  Tenants with threads at their snapshot (node: V8's and
+libuv's) are written with them.
 
-    .venv/bin/python bench/snapshot_file.py [--runs 20]
+    .venv/bin/python bench/snapshot_file.py [--runs 20] [--tenants hello,python,node]
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--config", help="tenants file (default: the bundled examples)")
+    parser.add_argument("--tenants", help="comma-separated tenant names (default: all)")
     ns = parser.parse_args()
     cfg = tconfig.load(tconfig.config_path(ns.config))
+    wanted = set(ns.tenants.split(",")) if ns.tenants else None
+    for name, why in cfg.skipped:
+        if wanted is None or name in wanted:
+            print(f"{name}: left out ({why})")
     print(f"{'tenant':<10} {'boot ms':>10} {'from file ms':>13} {'ratio':>7}  {'file KiB':>9}")
     with tempfile.TemporaryDirectory() as d:
         for t in cfg.tenants:
+            if wanted is not None and t.name not in wanted:
+                continue
             kwargs = t.tenant_kwargs()
             program = kwargs.pop("program")
             boots, loads = [], []

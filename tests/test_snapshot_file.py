@@ -16,6 +16,7 @@ import pytest
 
 import tenantvm
 from tenantvm import Request, SnapshotFileError, Tenant
+from tenantvm import config as tconfig
 from tests.httpserver import free_port, serve_command, server_env, start_server
 
 
@@ -105,3 +106,37 @@ def test_snapshot_command_and_a_server_starting_from_the_files(apps: Path, kvm: 
         assert "tenant echo: snapshot file refused (not_a_snapshot)" in out
     finally:
         s.stop()
+
+
+def _compare(booted: Tenant, loaded: Tenant, requests: list[Request]) -> None:
+    """Each request gets the same answer from an instance of either tenant."""
+    a, b = booted.instance(), loaded.instance()
+    for req in requests:
+        x, y = a.call(req), b.call(req)
+        assert (y.status, y.headers, y.body) == (x.status, x.headers, x.body), req
+
+
+def test_a_pthread_tenant_from_its_file_serves_like_the_booted_one(app: Callable[[str], str], tmp_path: Path) -> None:
+    # Its 4 workers wait on a condition variable (futexes) at the snapshot, each with its own
+    # registers, thread pointer and FPU state; a request wakes them and starts another thread.
+    for ephemeral in (True, False):
+        booted = Tenant(app("thread_tenant"), memory_mb=128, ephemeral=ephemeral, timeout=20)
+        path = tmp_path / f"threads-{ephemeral}.snap"
+        booted.write_snapshot(path)
+        _compare(booted, Tenant.from_snapshot(path), [Request("GET", "/")] * 4)
+
+
+def test_the_node_example_from_its_file_serves_like_the_booted_one(kvm: dict, tmp_path: Path) -> None:
+    # node.localhost: V8's and libuv's threads, epoll, eventfds, signal handlers.
+    cfg = tconfig.load(tconfig.config_path(None))
+    node = next((t for t in cfg.tenants if t.name == "node"), None)
+    if node is None:
+        why = dict(cfg.skipped).get("node", "not in the example tenants")
+        pytest.skip(f"the node example is left out here: {why}")
+    kwargs = node.tenant_kwargs()
+    booted = Tenant(kwargs.pop("program"), **kwargs)
+    path = tmp_path / "node.snap"
+    booted.write_snapshot(path)
+    loaded = Tenant.from_snapshot(path)
+    assert loaded.boot_time == booted.boot_time
+    _compare(booted, loaded, [Request("GET", "/"), Request("GET", "/x?y=1"), Request("POST", "/", body=b"hi")] * 2)

@@ -8,14 +8,20 @@
 //! [`persist_fields!`] list) and a version bump; `tests/snapshot_file.rs` compares a tenant's
 //! whole state before and after a round trip, so a field left out shows up there.
 //!
-//! `save` refuses, with [`Unsupported`], state that cannot be written (e.g. a second thread);
-//! `load` fails with [`Malformed`] on anything out of shape (lengths past the end, bad enum
-//! tags, invalid UTF-8), never panics.
+//! `save` refuses, with [`Unsupported`], state that cannot be written; `load` fails with
+//! [`Malformed`] on anything out of shape (lengths past the end, bad enum tags, invalid UTF-8),
+//! never panics.
+//!
+//! Times: a deadline (an [`Instant`], or a timer's expiry on a host clock) means nothing in
+//! another process or after a reboot.  Each is written relative to the encoder's [`Epoch`] (the
+//! moment the snapshot was made) and read back relative to the decoder's (the moment the file
+//! is loaded): a wait 5 ms from its end when the snapshot was made is 5 ms from its end when
+//! the file has been loaded.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// State a snapshot file cannot hold (the message says what).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,14 +33,68 @@ pub struct Unsupported(pub String);
 #[error("{0}")]
 pub struct Malformed(pub String);
 
+/// The moment deadlines are written relative to (saving) or rebased onto (loading): the
+/// monotonic instant and the host clocks a timer may run on, read together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    /// The instant (thread waits are `Instant`s).
+    pub instant: Instant,
+    /// CLOCK_REALTIME, CLOCK_MONOTONIC and CLOCK_BOOTTIME in nanoseconds (timerfd expiries).
+    clocks: [u64; 3],
+}
+
+/// The host clocks an [`Epoch`] reads, in the order of its `clocks`.
+const EPOCH_CLOCKS: [libc::clockid_t; 3] = [libc::CLOCK_REALTIME, libc::CLOCK_MONOTONIC, libc::CLOCK_BOOTTIME];
+
+impl Epoch {
+    /// Now.
+    pub fn now() -> Epoch {
+        Epoch { instant: Instant::now(), clocks: EPOCH_CLOCKS.map(crate::host::clock_ns) }
+    }
+
+    /// The same moment `d` later, on every clock (tests: a loader's epoch).
+    #[cfg(test)]
+    pub fn later(&self, d: Duration) -> Epoch {
+        let ns = d.as_nanos() as u64;
+        Epoch { instant: self.instant + d, clocks: self.clocks.map(|c| c + ns) }
+    }
+
+    /// This epoch's reading of host clock `clock` (nanoseconds); None for a clock it does
+    /// not read.
+    pub fn clock_ns(&self, clock: libc::clockid_t) -> Option<u64> {
+        EPOCH_CLOCKS.iter().position(|&c| c == clock).map(|i| self.clocks[i])
+    }
+}
+
+/// Signed nanoseconds from `base` to `t` (negative: `t` was before `base`), saturating.
+fn signed_nanos(t: Instant, base: Instant) -> i64 {
+    match t.checked_duration_since(base) {
+        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        None => -i64::try_from(base.duration_since(t).as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
 /// Where encoded state is written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Enc {
     /// The bytes so far.
     pub buf: Vec<u8>,
+    /// What times are written relative to.
+    pub epoch: Epoch,
+}
+
+impl Default for Enc {
+    fn default() -> Enc {
+        Enc::at(Epoch::now())
+    }
 }
 
 impl Enc {
+    /// An encoder writing times relative to `epoch`.
+    pub fn at(epoch: Epoch) -> Enc {
+        Enc { buf: Vec::new(), epoch }
+    }
+
     /// Appends a `u64`, little-endian.
     pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
@@ -52,12 +112,20 @@ impl Enc {
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// What times are rebased onto.
+    pub epoch: Epoch,
 }
 
 impl<'a> Dec<'a> {
-    /// Reads `buf` from its start.
+    /// Reads `buf` from its start, rebasing times onto now.
+    #[cfg(test)]
     pub fn new(buf: &'a [u8]) -> Dec<'a> {
-        Dec { buf, pos: 0 }
+        Dec::at(buf, Epoch::now())
+    }
+
+    /// Reads `buf` from its start, rebasing times onto `epoch`.
+    pub fn at(buf: &'a [u8], epoch: Epoch) -> Dec<'a> {
+        Dec { buf, pos: 0, epoch }
     }
 
     /// Whether everything was read.
@@ -216,6 +284,15 @@ impl Persist for Arc<[u8]> {
     }
 }
 
+impl<T: Persist> Persist for Box<T> {
+    fn save(&self, e: &mut Enc) -> Result<(), Unsupported> {
+        self.as_ref().save(e)
+    }
+    fn load(d: &mut Dec<'_>) -> Result<Self, Malformed> {
+        Ok(Box::new(T::load(d)?))
+    }
+}
+
 impl<T: Persist> Persist for Arc<Vec<T>> {
     fn save(&self, e: &mut Enc) -> Result<(), Unsupported> {
         self.as_ref().save(e)
@@ -261,6 +338,43 @@ impl Persist for Duration {
         }
         Ok(Duration::new(secs, nanos))
     }
+}
+
+/// A deadline: signed nanoseconds from the encoder's epoch, rebased onto the decoder's.
+impl Persist for Instant {
+    fn save(&self, e: &mut Enc) -> Result<(), Unsupported> {
+        signed_nanos(*self, e.epoch.instant).save(e)
+    }
+    fn load(d: &mut Dec<'_>) -> Result<Self, Malformed> {
+        let n = i64::load(d)?;
+        let base = d.epoch.instant;
+        let t = match u64::try_from(n) {
+            Ok(after) => base.checked_add(Duration::from_nanos(after)),
+            Err(_) => base.checked_sub(Duration::from_nanos(n.unsigned_abs())),
+        };
+        // A time the host's clock cannot represent (far past or future): the nearest it can.
+        Ok(t.unwrap_or(if n < 0 { base } else { crate::syscalls::futex::far_future() }))
+    }
+}
+
+/// An expiry on host clock `clock` (nanoseconds, 0 = disarmed), written relative to the
+/// encoder's epoch and rebased onto the decoder's: for a timerfd.
+pub fn save_expiry(clock: libc::clockid_t, at: u64, e: &mut Enc) -> Result<(), Unsupported> {
+    if at == 0 {
+        return None::<i64>.save(e);
+    }
+    let base = e.epoch.clock_ns(clock).ok_or_else(|| Unsupported(format!("a timer on clock {clock}")))?;
+    let delta = i128::from(at) - i128::from(base);
+    Some(delta.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64).save(e)
+}
+
+/// Reads what [`save_expiry`] wrote: an expiry on `clock` as the decoder's epoch sees it
+/// (at least 1: an expiry that was due is due at once, never disarmed).
+pub fn load_expiry(clock: libc::clockid_t, d: &mut Dec<'_>) -> Result<u64, Malformed> {
+    let Some(delta) = Option::<i64>::load(d)? else { return Ok(0) };
+    let base = d.epoch.clock_ns(clock).ok_or_else(|| Malformed(format!("a timer on clock {clock}")))?;
+    let at = (i128::from(base) + i128::from(delta)).clamp(1, i128::from(u64::MAX));
+    Ok(at as u64)
 }
 
 impl<T: Persist> Persist for Option<T> {
@@ -379,6 +493,33 @@ mod tests {
         round("héllo".to_string());
         round(PathBuf::from("/tmp/x"));
         round([1u8; 16]);
+    }
+
+    #[test]
+    fn deadlines_and_expiries_keep_their_distance_from_the_epoch() {
+        let saved = Epoch::now();
+        let loaded = saved.later(Duration::from_secs(3600));
+        let mut e = Enc::at(saved);
+        (saved.instant + Duration::from_millis(5)).save(&mut e).unwrap();
+        (saved.instant - Duration::from_millis(2)).save(&mut e).unwrap();
+        let mono = saved.clock_ns(libc::CLOCK_MONOTONIC).unwrap();
+        save_expiry(libc::CLOCK_MONOTONIC, mono + 5_000_000, &mut e).unwrap();
+        save_expiry(libc::CLOCK_REALTIME, 1, &mut e).unwrap(); // long due
+        save_expiry(libc::CLOCK_BOOTTIME, 0, &mut e).unwrap(); // disarmed
+        let mut d = Dec::at(&e.buf, loaded);
+        assert_eq!(Instant::load(&mut d).unwrap() - loaded.instant, Duration::from_millis(5));
+        assert_eq!(loaded.instant - Instant::load(&mut d).unwrap(), Duration::from_millis(2));
+        let mono_now = loaded.clock_ns(libc::CLOCK_MONOTONIC).unwrap();
+        assert_eq!(load_expiry(libc::CLOCK_MONOTONIC, &mut d).unwrap(), mono_now + 5_000_000);
+        let real_now = loaded.clock_ns(libc::CLOCK_REALTIME).unwrap();
+        assert!(load_expiry(libc::CLOCK_REALTIME, &mut d).unwrap() <= real_now, "due at once");
+        assert_eq!(load_expiry(libc::CLOCK_BOOTTIME, &mut d).unwrap(), 0, "still disarmed");
+        assert!(d.done());
+        // A clock no timer runs on is refused both ways.
+        assert!(save_expiry(libc::CLOCK_PROCESS_CPUTIME_ID, 5, &mut Enc::at(saved)).is_err());
+        let mut e = Enc::at(saved);
+        Some(5i64).save(&mut e).unwrap();
+        assert!(load_expiry(libc::CLOCK_PROCESS_CPUTIME_ID, &mut Dec::at(&e.buf, loaded)).is_err());
     }
 
     #[test]

@@ -145,6 +145,17 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     set_field(&mut b, 0, format + 1);
     seal_header(&mut b);
     assert!(matches!(try_bytes(&b), Err(SnapshotFileError::Version { .. })));
+    // The format before (2, which held no threads): Version, saying which.
+    let mut b = bytes.clone();
+    set_field(&mut b, 0, 2);
+    seal_header(&mut b);
+    match shown(try_bytes(&b)) {
+        Err(e @ SnapshotFileError::Version { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("format 2") && text.contains(&format!("format {format}")), "{text}");
+        }
+        other => panic!("a format-2 file: {other:?}"),
+    }
 
     // Another tenantvm build (its id in the state, every CRC made to match): Version, naming it.
     let mut b = bytes.clone();
@@ -177,18 +188,102 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The pthread tenant (a pool of 4 workers waiting on a condition variable at its snapshot).
+fn thread_tenant(ephemeral: bool) -> Tenant {
+    tenant("thread_tenant", |c| {
+        c.ephemeral = ephemeral;
+        c.memory = 128 << 20;
+        c.timeout = std::time::Duration::from_secs(20);
+    })
+}
+
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
-fn a_tenant_with_threads_at_its_snapshot_is_refused_clearly() {
+fn a_tenant_with_threads_started_from_its_file_serves_like_the_booted_one() {
     require_kvm();
     let dir = scratch("threads");
-    let path = dir.join("threads.snap");
-    let threaded = tenant("thread_tenant", |_| {});
-    match threaded.write_snapshot_file(&path) {
-        Err(SnapshotFileError::Unsupported(why)) => assert!(why.to_string().contains("threads"), "{why}"),
-        other => panic!("a tenant with worker threads was written: {other:?}"),
+    for ephemeral in [true, false] {
+        let booted = thread_tenant(ephemeral);
+        let path = dir.join(format!("threads-{ephemeral}.snap"));
+        booted.write_snapshot_file(&path).unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.snapshot().proc().threads.count(), booted.snapshot().proc().threads.count());
+        let (mut a, mut b) = (booted.instance().unwrap(), loaded.instance().unwrap());
+        // Requests hand jobs to the workers (futex waits and wakes), start a thread, and see
+        // whether the last request's thread is still there (stateful: it is).
+        let paths = ["/", "/", "/deadlock", "/", "/"];
+        for p in paths {
+            let (x, y) = (a.call(&get(p)), b.call(&get(p)));
+            match (x, y) {
+                (Ok(x), Ok(y)) => assert_eq!(
+                    String::from_utf8_lossy(&y.response.body),
+                    String::from_utf8_lossy(&x.response.body),
+                    "{p} (ephemeral: {ephemeral})"
+                ),
+                (Err(x), Err(y)) => assert_eq!(format!("{:?}", y.kind), format!("{:?}", x.kind), "{p}"),
+                (x, y) => panic!("{p}: booted {x:?}, from the file {y:?}"),
+            }
+        }
+        // Batched requests too.
+        let batch = [get("/"), get("/"), get("/")];
+        let bodies = |i: &mut vmm::Instance| -> Vec<Vec<u8>> {
+            i.call_batch(&batch).into_iter().map(|r| r.unwrap().response.body).collect()
+        };
+        assert_eq!(bodies(&mut b), bodies(&mut a), "batch (ephemeral: {ephemeral})");
     }
-    assert!(!path.exists(), "nothing is left behind");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no temporary file either");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn damage_to_the_threads_of_a_file_is_refused() {
+    require_kvm();
+    let dir = scratch("threads-damage");
+    let good = dir.join("good.snap");
+    thread_tenant(true).write_snapshot_file(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.join("bad.snap");
+    let state_len = field(&bytes, 1) as usize;
+    // The threads are the state's last part: each of the 4 waiting workers carries its 4 KiB
+    // XSAVE image, so the last 4 x 4 KiB of the state are theirs.
+    let threads = HEADER_LEN + state_len - 4 * 4096;
+    for at in (threads..HEADER_LEN + state_len).step_by(997) {
+        let mut b = bytes.clone();
+        b[at] ^= 0x04;
+        std::fs::write(&bad, &b).unwrap();
+        match shown(load(&bad)) {
+            Err(SnapshotFileError::Corrupt { what, .. }) => assert!(what.contains("checksum"), "{what}"),
+            other => panic!("a bit flipped at {at} in the threads was not refused: {other:?}"),
+        }
+        // Made to pass the checksum, the flip either still reads as a table the scheduler can
+        // run (a changed register: the VM contains what it does) or is refused as out of shape;
+        // loading never panics.
+        let crc = crc32fast::hash(&b[HEADER_LEN..HEADER_LEN + state_len]);
+        set_field(&mut b, 2, u64::from(crc));
+        seal_header(&mut b);
+        std::fs::write(&bad, &b).unwrap();
+        match shown(load(&bad)) {
+            Ok(_) | Err(SnapshotFileError::Corrupt { .. }) => {}
+            other => panic!("flip at {at}, resealed: {other:?}"),
+        }
+    }
+    for len in [threads, threads + 4096, HEADER_LEN + state_len - 1] {
+        std::fs::write(&bad, &bytes[..len]).unwrap();
+        assert!(matches!(load(&bad), Err(SnapshotFileError::Truncated { .. })), "cut at {len}");
+    }
+    // The state cut short inside the threads, its length and checksums made to match (the
+    // rest left as padding before the RAM): out of shape, never misread.
+    for cut in [threads, threads + 2048, HEADER_LEN + state_len - 8] {
+        let mut b = bytes.clone();
+        set_field(&mut b, 1, (cut - HEADER_LEN) as u64);
+        let crc = crc32fast::hash(&b[HEADER_LEN..cut]);
+        set_field(&mut b, 2, u64::from(crc));
+        seal_header(&mut b);
+        std::fs::write(&bad, &b).unwrap();
+        match shown(load(&bad)) {
+            Err(SnapshotFileError::Corrupt { what, .. }) => assert!(what.contains("out of shape"), "{what}"),
+            other => panic!("the state cut at {cut}: {other:?}"),
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -365,12 +365,11 @@ impl crate::persist::Persist for File {
                 tx.save(e)?;
             }
             File::TimerFd { clock, next, interval, ticks } => {
-                // An armed timer's expiry is a reading of this host's clock.
-                if *next != 0 {
-                    return Err(crate::persist::Unsupported("it has an armed timerfd at its snapshot".into()));
-                }
+                // The expiry is a reading of this host's clock: written relative to the
+                // snapshot's epoch, rebased onto the loader's.
                 e.u64(13);
                 clock.save(e)?;
+                crate::persist::save_expiry(*clock, *next, e)?;
                 interval.save(e)?;
                 ticks.save(e)?;
             }
@@ -394,12 +393,15 @@ impl crate::persist::Persist for File {
             10 => File::EventFd { count: Persist::load(d)?, semaphore: Persist::load(d)? },
             11 => File::Epoll(Persist::load(d)?),
             12 => File::Socket { rx: Persist::load(d)?, tx: Persist::load(d)? },
-            _ => File::TimerFd {
-                clock: Persist::load(d)?,
-                next: 0,
-                interval: Persist::load(d)?,
-                ticks: Persist::load(d)?,
-            },
+            _ => {
+                let clock = Persist::load(d)?;
+                File::TimerFd {
+                    clock,
+                    next: crate::persist::load_expiry(clock, d)?,
+                    interval: Persist::load(d)?,
+                    ticks: Persist::load(d)?,
+                }
+            }
         })
     }
 }

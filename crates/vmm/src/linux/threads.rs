@@ -348,48 +348,148 @@ impl Threads {
     }
 }
 
-// Snapshot files (crate::persist): a process with one thread, running, is written; more
-// threads (or one that waits) are refused: their saved CPU states and wait deadlines
-// (monotonic instants) have no meaning in another process.
+// Snapshot files (crate::persist): every thread with its CPU state, its wait and its
+// registrations, and the scheduler's state.  Deadlines are written relative to the snapshot's
+// epoch and rebased onto the loader's (crate::persist::Epoch).
+crate::persist::persist_fields!(Thread {
+    tid,
+    state,
+    cpu,
+    clear_child_tid,
+    robust_list,
+    rseq,
+    retry_until,
+    recheck_at
+});
+
+impl crate::persist::Persist for CpuState {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        let CpuState { regs, fs_base, gs_base, xsave } = self;
+        regs.save(e)?;
+        fs_base.save(e)?;
+        gs_base.save(e)?;
+        // The XSAVE image as its 4 KiB of bytes (not 1024 eight-byte integers).
+        e.bytes(&xsave.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+        Ok(())
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use crate::persist::Persist;
+        let regs = Persist::load(d)?;
+        let fs_base = Persist::load(d)?;
+        let gs_base = Persist::load(d)?;
+        let bytes = d.bytes()?;
+        if bytes.len() != 4096 {
+            return Err(crate::persist::Malformed(format!("an XSAVE image of {} bytes", bytes.len())));
+        }
+        let mut xsave = Box::new([0u32; 1024]);
+        for (w, b) in xsave.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        Ok(CpuState { regs, fs_base, gs_base, xsave })
+    }
+}
+
+impl crate::persist::Persist for Wait {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        match self {
+            Wait::Futex { addr, bitset, until, seq } => {
+                e.u64(0);
+                addr.save(e)?;
+                bitset.save(e)?;
+                until.save(e)?;
+                seq.save(e)
+            }
+            Wait::Sleep(until) => {
+                e.u64(1);
+                until.save(e)
+            }
+            Wait::Retry(until) => {
+                e.u64(2);
+                until.save(e)
+            }
+        }
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        use crate::persist::Persist;
+        Ok(match d.tag("thread wait", 3)? {
+            0 => Wait::Futex {
+                addr: Persist::load(d)?,
+                bitset: Persist::load(d)?,
+                until: Persist::load(d)?,
+                seq: Persist::load(d)?,
+            },
+            1 => Wait::Sleep(Persist::load(d)?),
+            _ => Wait::Retry(Persist::load(d)?),
+        })
+    }
+}
+
+impl crate::persist::Persist for RunState {
+    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
+        match self {
+            RunState::Running => e.u64(0),
+            RunState::Runnable => e.u64(1),
+            RunState::Waiting(w) => {
+                e.u64(2);
+                w.save(e)?;
+            }
+            RunState::Exited => e.u64(3),
+        }
+        Ok(())
+    }
+
+    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
+        Ok(match d.tag("thread state", 4)? {
+            0 => RunState::Running,
+            1 => RunState::Runnable,
+            2 => RunState::Waiting(crate::persist::Persist::load(d)?),
+            _ => RunState::Exited,
+        })
+    }
+}
+
 impl crate::persist::Persist for Threads {
     fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
-        let Threads { list, current, next_tid, seq, active: _ } = self;
-        let [thread] = list.as_slice() else {
-            return Err(crate::persist::Unsupported(format!(
-                "it has {} threads at its snapshot (only a single-threaded tenant can be written)",
-                list.len()
-            )));
-        };
-        let Thread { tid, state, cpu, clear_child_tid, robust_list, rseq, retry_until, recheck_at } = thread;
-        if !matches!(state, RunState::Running) || cpu.is_some() || retry_until.is_some() || recheck_at.is_some() {
-            return Err(crate::persist::Unsupported(format!("its thread is not running at its snapshot ({state:?})")));
-        }
-        tid.save(e)?;
-        clear_child_tid.save(e)?;
-        robust_list.save(e)?;
-        rseq.save(e)?;
+        let Threads { active, list, current, next_tid, seq } = self;
+        active.save(e)?;
+        list.save(e)?;
         current.save(e)?;
         next_tid.save(e)?;
         seq.save(e)
     }
 
+    /// Refuses a table the scheduler could not run: no thread, too many, the current one not
+    /// running (or with a saved state), another running or without a saved state to resume
+    /// from, tids repeated or not below `next_tid`.
     fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
-        use crate::persist::Persist;
-        let thread = Thread {
-            tid: Persist::load(d)?,
-            state: RunState::Running,
-            cpu: None,
-            clear_child_tid: Persist::load(d)?,
-            robust_list: Persist::load(d)?,
-            rseq: Persist::load(d)?,
-            retry_until: None,
-            recheck_at: None,
+        use crate::persist::{Malformed, Persist};
+        let t = Threads {
+            active: Persist::load(d)?,
+            list: Persist::load(d)?,
+            current: Persist::load(d)?,
+            next_tid: Persist::load(d)?,
+            seq: Persist::load(d)?,
         };
-        let current: usize = Persist::load(d)?;
-        if current != 0 {
-            return Err(crate::persist::Malformed(format!("thread {current} of 1 is current")));
+        let n = t.list.len();
+        if n == 0 || n > MAX_THREADS || t.current >= n {
+            return Err(Malformed(format!("thread {} of {n} is current", t.current)));
         }
-        Ok(Threads { active: false, list: vec![thread], current, next_tid: Persist::load(d)?, seq: Persist::load(d)? })
+        for (i, th) in t.list.iter().enumerate() {
+            let ok = if i == t.current {
+                th.state == RunState::Running && th.cpu.is_none()
+            } else {
+                !matches!(th.state, RunState::Running | RunState::Exited) && th.cpu.is_some()
+            };
+            if !ok {
+                return Err(Malformed(format!("thread {} cannot be resumed from its state {:?}", th.tid, th.state)));
+            }
+            if th.tid >= t.next_tid || t.list[..i].iter().any(|o| o.tid == th.tid) {
+                return Err(Malformed(format!("thread id {} repeated or past the next one", th.tid)));
+            }
+        }
+        Ok(t)
     }
 }
 
@@ -459,5 +559,141 @@ mod tests {
         assert_eq!(t.list[0].state, RunState::Runnable);
         assert_eq!(t.list[0].cpu.as_ref().unwrap().regs.rax as i64, -i64::from(libc::ETIMEDOUT));
         assert!(matches!(t.list[1].state, RunState::Waiting(Wait::Sleep(_))));
+    }
+
+    fn cpu(rip: u64) -> Option<CpuState> {
+        let mut xsave = Box::new([0u32; 1024]);
+        xsave[7] = 0xdead_beef;
+        let regs = kvm_bindings::kvm_regs { rip, rsp: 0x7000, ..Default::default() };
+        Some(CpuState { regs, fs_base: 0x1000 + rip, gs_base: 2, xsave })
+    }
+
+    /// Threads as a snapshot holds them: the main thread running, one waiting on a futex
+    /// with a timeout, one sleeping, one waiting to retry a call, one runnable.
+    fn snapshot_like(epoch: Instant) -> Threads {
+        let mut t = Threads::new(2);
+        for _ in 0..4 {
+            t.spawn().unwrap();
+        }
+        t.wait_futex(0x10, 0b1, Some(epoch + Duration::from_millis(5))); // the main thread, for now
+        t.list[0].cpu = cpu(0x400000);
+        t.switch_to(1);
+        t.current_mut().state = RunState::Waiting(Wait::Sleep(epoch + Duration::from_secs(2)));
+        t.list[1].cpu = cpu(0x400100);
+        t.switch_to(2);
+        t.current_mut().state = RunState::Waiting(Wait::Retry(None));
+        t.current_mut().recheck_at = Some(epoch + Duration::from_millis(1));
+        t.list[2].cpu = cpu(0x400200);
+        t.list[3].cpu = cpu(0x400300);
+        t.list[3].rseq = Some((0x9000, 32, 0x53053053));
+        t.list[3].robust_list = 0x8000;
+        t.switch_to(4);
+        t.current_mut().clear_child_tid = 0x7777;
+        t.active = true;
+        t
+    }
+
+    /// The table with every instant as its distance from `base`, as text.
+    fn relative(t: &Threads, base: Instant) -> String {
+        let text = format!(
+            "{:?}",
+            t.list
+                .iter()
+                .map(|t| (
+                    t.tid,
+                    t.clear_child_tid,
+                    t.robust_list,
+                    t.rseq,
+                    t.cpu.as_ref().map(|c| (c.regs, c.fs_base, c.gs_base, c.xsave.to_vec()))
+                ))
+                .collect::<Vec<_>>()
+        );
+        let at = |i: Option<Instant>| i.map(|i| i - base);
+        let waits: Vec<_> = t
+            .list
+            .iter()
+            .map(|t| {
+                let state = match t.state {
+                    RunState::Waiting(Wait::Futex { addr, bitset, until, seq }) => {
+                        format!("futex {addr} {bitset} {:?} {seq}", at(until))
+                    }
+                    RunState::Waiting(Wait::Sleep(u)) => format!("sleep {:?}", u - base),
+                    RunState::Waiting(Wait::Retry(u)) => format!("retry {:?}", at(u)),
+                    s => format!("{s:?}"),
+                };
+                (state, at(t.retry_until), at(t.recheck_at))
+            })
+            .collect();
+        format!("{text}\n{waits:?}\n{} {} {} {}", t.active, t.current, t.next_tid, t.seq)
+    }
+
+    #[test]
+    fn every_thread_survives_a_snapshot_file_with_its_deadlines_rebased() {
+        use crate::persist::{Dec, Enc, Epoch, Persist};
+        let saved = Epoch::now();
+        let loaded = saved.later(Duration::from_secs(3600));
+        let t = snapshot_like(saved.instant);
+        let mut e = Enc::at(saved);
+        t.save(&mut e).unwrap();
+        let mut d = Dec::at(&e.buf, loaded);
+        let back = Threads::load(&mut d).unwrap();
+        assert!(d.done());
+        // A wait 5 ms from its end at the snapshot is 5 ms from its end after loading.
+        assert_eq!(relative(&back, loaded.instant), relative(&t, saved.instant));
+        assert_eq!(back.earliest_timeout(), Some(loaded.instant + Duration::from_millis(1)));
+        // Every truncation is refused, never a panic.
+        for cut in 0..e.buf.len() {
+            assert!(Threads::load(&mut Dec::at(&e.buf[..cut], loaded)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_table_the_scheduler_could_not_run_is_refused() {
+        use crate::persist::{Dec, Enc, Epoch, Persist};
+        let epoch = Epoch::now();
+        let encode = |t: &Threads| {
+            let mut e = Enc::at(epoch);
+            t.save(&mut e).unwrap();
+            e.buf
+        };
+        let refused = |t: &Threads| Threads::load(&mut Dec::at(&encode(t), epoch)).is_err();
+        let good = snapshot_like(epoch.instant);
+        assert!(!refused(&good));
+        let mut t = good.clone();
+        t.current = 9;
+        assert!(refused(&t), "current past the end");
+        let mut t = good.clone();
+        t.list[1].cpu = None;
+        assert!(refused(&t), "a waiting thread without a state to resume");
+        let mut t = good.clone();
+        t.list[4].cpu = cpu(1);
+        assert!(refused(&t), "the running thread with a saved state");
+        let mut t = good.clone();
+        t.list[2].state = RunState::Running;
+        assert!(refused(&t), "two running threads");
+        let mut t = good.clone();
+        t.list[3].state = RunState::Exited;
+        assert!(refused(&t), "an exited thread that is not the running one");
+        let mut t = good.clone();
+        t.list[3].tid = t.list[2].tid;
+        assert!(refused(&t), "a tid twice");
+        let mut t = good.clone();
+        t.next_tid = 3;
+        assert!(refused(&t), "a tid past the next one");
+        let mut t = good.clone();
+        t.list.truncate(0);
+        assert!(refused(&t), "no thread");
+        // Out-of-range tags (the thread state of the running thread is the first after
+        // active, the list length and its tid: byte 24).
+        let mut b = encode(&good);
+        b[24] = 7;
+        assert!(Threads::load(&mut Dec::at(&b, epoch)).is_err());
+        // One thread, running, is a table too.
+        let mut t = good.clone();
+        t.list.truncate(1);
+        t.current = 0;
+        t.list[0].state = RunState::Running;
+        t.list[0].cpu = None;
+        assert!(!refused(&t));
     }
 }

@@ -58,6 +58,10 @@ pub struct Snapshot {
     /// Which pages hold data, for a snapshot read from a file (whose page-cache residency says
     /// nothing about that); None for a booted one (its memfd's residency says it).
     data: Option<Vec<bool>>,
+    /// When it was made (frozen, or loaded from a file): the threads' deadlines and the timers'
+    /// expiries in `proc` are readings of the clocks at about this moment, and a snapshot file
+    /// stores them relative to it.
+    epoch: crate::persist::Epoch,
 }
 
 impl Snapshot {
@@ -121,6 +125,11 @@ impl Snapshot {
         &self.writable
     }
 
+    /// When it was made (see the field).
+    pub fn epoch(&self) -> crate::persist::Epoch {
+        self.epoch
+    }
+
     /// Which pages of the RAM may hold data (the others read as zeros and need not be
     /// read: reading a hole of the memfd would allocate it).
     pub fn data_pages(&self) -> impl Fn(u64) -> bool + '_ {
@@ -148,6 +157,7 @@ impl Snapshot {
             resident_pages: f.resident_pages,
             writable: f.writable,
             data: Some(f.data),
+            epoch: f.epoch,
         }
     }
 }
@@ -163,6 +173,7 @@ pub(super) fn freeze(
     cfg: TenantConfig,
     boot_time: Duration,
 ) -> Result<Snapshot> {
+    let epoch = crate::persist::Epoch::now();
     let vcpu = m.vm.vcpu();
     let sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
     let xsave = vcpu.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
@@ -222,6 +233,7 @@ pub(super) fn freeze(
         resident_pages,
         writable,
         data: None,
+        epoch,
     })
 }
 

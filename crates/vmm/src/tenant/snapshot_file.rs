@@ -5,8 +5,10 @@
 //!                   magic "TENANTVM" "SNAPSHOT", format, state offset/length/CRC,
 //!                   RAM offset/size, RAM CRC, file size, header CRC
 //!   HEADER_LEN    state: tenantvm version, guest-kernel digest, platform, CPU features the
-//!                   snapshot needs, the RAM's data pages, registers, the emulated process,
-//!                   the address space and the tenant's configuration (crate::persist)
+//!                   snapshot needs, the RAM's data pages, registers, the emulated process
+//!                   (its threads with their CPU states and waits included), the address
+//!                   space and the tenant's configuration (crate::persist); deadlines
+//!                   relative to the snapshot's epoch, rebased when loading
 //!   RAM offset    guest RAM (page-aligned), as the snapshot's memfd had it; pages without
 //!                   data are holes (sparse file) and read as zeros
 //!   view offset   the restore view (right after the RAM): what in-guest resets copy back
@@ -48,14 +50,14 @@ use crate::kvm::Host;
 use crate::linux::View;
 use crate::memory::user::UserMap;
 use crate::memory::{Memfd, ReadOnlyMapping};
-use crate::persist::{Dec, Enc, Malformed, Persist, Unsupported};
+use crate::persist::{Dec, Enc, Epoch, Malformed, Persist, Unsupported};
 use crate::syscalls::Process;
 
 /// The file's magic: "TENANTVM" "SNAPSHOT".
 const MAGIC: &[u8; 16] = b"TENANTVMSNAPSHOT";
 /// The layout of the header and of the state encoding.  Raise it with any change to either
 /// (including a field added to a persisted type): older files are then refused, not misread.
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 /// Bytes of the fixed header.
 const HEADER_LEN: u64 = 128;
 /// The version of this tenantvm (the guest kernel's digest pins the build further).
@@ -345,7 +347,7 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
     let pages = ram.len() as u64 / PAGE_SIZE;
     let data = snap.data_pages();
     let runs = runs_of((0..pages).filter(|&p| data(p)));
-    let mut e = Enc::default();
+    let mut e = Enc::at(snap.epoch());
     build_id().save(&mut e)?;
     host.platform.name().to_string().save(&mut e)?;
     CpuNeeds::of(host).save(&mut e)?;
@@ -458,6 +460,8 @@ pub struct Loaded {
     pub resident_pages: u64,
     /// The program's writable RAM ranges (for the restore view).
     pub writable: Vec<(u64, u64)>,
+    /// What the deadlines in `proc` were rebased onto (the moment the state was read).
+    pub epoch: Epoch,
 }
 
 /// Reads and checks the snapshot file at `path` (see the module's documentation for what is
@@ -480,7 +484,8 @@ pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
         return Err(corrupt(path, "the state's checksum does not match"));
     }
     let bad = |e: Malformed| corrupt(path, format!("the state is out of shape: {e}"));
-    let mut d = Dec::new(&state);
+    let epoch = Epoch::now();
+    let mut d = Dec::at(&state, epoch);
     let made_by = String::load(&mut d).map_err(bad)?;
     if made_by != build_id() {
         return Err(SnapshotFileError::Version { path: path.into(), found: made_by, expected: build_id() });
@@ -560,6 +565,7 @@ pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
         boot_time,
         resident_pages,
         writable,
+        epoch,
     })
 }
 
@@ -594,8 +600,9 @@ mod tests {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../apps/build"));
         let dir = std::env::temp_dir().join(format!("tenantvm-snapfile-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // A dynamically linked program: host files open in its view, a C library's state.
-        for name in ["libhello.dyn", "state"] {
+        // A dynamically linked program: host files open in its view, a C library's state;
+        // a pool of threads waiting on a condition variable.
+        for name in ["libhello.dyn", "state", "thread_tenant"] {
             if name.ends_with(".dyn") && !std::path::Path::new("/lib64/ld-linux-x86-64.so.2").exists() {
                 // The hardware-KVM rig's guest (busybox) has no dynamic linker; `make test`'s
                 // host pass runs this case.
@@ -604,7 +611,7 @@ mod tests {
             }
             let program = crate::Program::from_file(apps.join(name)).unwrap();
             let mut cfg = TenantConfig::new(vec![name.as_bytes().to_vec()]);
-            cfg.memory = 32 << 20;
+            cfg.memory = if name == "thread_tenant" { 128 << 20 } else { 32 << 20 };
             cfg.fs.allow_read = vec![apps.join("libtenantvm.so")];
             let booted = crate::Tenant::boot(&program, cfg).unwrap();
             let path = dir.join(name);
