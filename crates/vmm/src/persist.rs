@@ -353,7 +353,7 @@ impl Persist for Instant {
             Err(_) => base.checked_sub(Duration::from_nanos(n.unsigned_abs())),
         };
         // A time the host's clock cannot represent (far past or future): the nearest it can.
-        Ok(t.unwrap_or(if n < 0 { base } else { crate::syscalls::futex::far_future() }))
+        Ok(t.unwrap_or(if n < 0 { base } else { crate::host::far_future() }))
     }
 }
 
