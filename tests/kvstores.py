@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,78 @@ class Redis:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.sendall(out)
             return s.recv(4096)
+
+
+#: The requests a language binding's KV test tenant serves (tests/guest/luakv.lua, nodekv.js),
+#: for its warm-up: every path, so that nothing is loaded lazily during a request.
+KV_PROBE_WARMUP = ["/incr", "/set", "/get", "/delete", "/error?badincr", "/error?longkey", "/raise"]
+
+
+def check_kv_binding(tenant: Any, tmp_path: Path) -> None:
+    """Checks a language binding's key-value calls through its test tenant (luakv.lua,
+    nodekv.js), against the embedded SQLite store: a counter across requests and instances,
+    set with and without TTL, get, delete, the tenant's scope, and each limit as the language's
+    error (code, errno, whether the store is unavailable); a store down answers 503."""
+    from tenantvm import Request, _native
+    from tenantvm.kv import SqliteKv
+
+    bridge = _native.KvBridge(SqliteKv(tmp_path / "kv.sqlite3"), timeout=5)
+    a = tenant.with_kv(bridge, "a", max_ops=16)
+
+    def body(vm: Any, path: str, content: bytes = b"") -> bytes:
+        method = "POST" if content else "GET"
+        path, _, query = path.partition("?")
+        r = vm.call(Request(method, path, query=query, body=content))
+        assert r.status == 200, (path, r.status, r.body, r.stderr)
+        return bytes(r.body)
+
+    vm, other = a.instance(), a.instance()
+    # The counter lives in the store, not in the VM (which is reset after each request).
+    assert [body(vm, "/incr") for _ in range(3)] == [b"1", b"2", b"3"]
+    assert body(other, "/incr") == b"4", "another instance counts on"
+    # Another tenant (namespace) has its own keys.
+    b = tenant.with_kv(bridge, "b").instance()
+    assert body(b, "/incr") == b"1"
+    assert body(b, "/get") == b"<nil>"
+    # Values are bytes; a TTL makes the key expire; delete says whether it existed.
+    assert body(vm, "/get") == b"<nil>"
+    assert body(vm, "/set", b"\x00value\xff") == b"ok"
+    assert body(other, "/get") == b"\x00value\xff"
+    assert body(vm, "/delete") == b"true"
+    assert body(vm, "/delete") == b"false"
+    assert body(vm, "/set?1", b"short-lived") == b"ok"
+    time.sleep(0.05)
+    assert body(vm, "/get") == b"<nil>", "expired after its 1 ms"
+    assert body(b, "/get") == b"<nil>"
+    # Limits and misuse: the language's errors, carrying the errno.
+    errors = {
+        "badincr": b"EBADMSG 74 false kv_incr",
+        "longkey": b"ENAMETOOLONG 36 false kv_get",
+        "bigvalue": b"E2BIG 7 false kv_set",
+        "ops": b"EDQUOT 122 false kv_get",
+    }
+    for name, want in errors.items():
+        got = body(vm, f"/error?{name}")
+        assert got.startswith(want), (name, got)
+    # A store that is down: an unhandled error answers 503 (the host's reason stays on the host).
+    down = tenant.with_kv(_native.KvBridge(_DownStore(), timeout=5), "a").instance()
+    r = down.call(Request("GET", "/raise"))
+    assert r.status == 503, (r.status, r.body, r.stderr)
+    assert b"kv_incr" in r.stderr
+    assert body(down, "/error?longkey").startswith(b"ENAMETOOLONG"), "checked before the store"
+
+
+class _DownStore:
+    """A store that is down: every call fails."""
+
+    def get(self, ns: bytes, key: bytes) -> bytes | None:
+        raise ConnectionError("the store is down")
+
+    def set(self, ns: bytes, key: bytes, value: bytes, ttl_ms: int) -> None:
+        raise ConnectionError("the store is down")
+
+    def incr(self, ns: bytes, key: bytes, delta: int) -> int:
+        raise ConnectionError("the store is down")
+
+    def delete(self, ns: bytes, key: bytes) -> bool:
+        raise ConnectionError("the store is down")

@@ -110,3 +110,20 @@ def test_a_failing_lua_request_is_a_typed_error_and_the_next_is_served(
     with pytest.raises(error):
         vm.call(Request(path=path))
     assert vm.call(Request(path="/state")).body == clean
+
+
+def test_the_binding_reaches_the_key_value_store(module: Path, tmp_path: Path) -> None:
+    # tenantvm.kv_get/kv_set/kv_incr/kv_delete (tests/guest/luakv.lua); errors are error
+    # objects with code and errno; an unhandled store-down error answers 503.
+    from tests.kvstores import KV_PROBE_WARMUP, check_kv_binding
+
+    tenant = Tenant(
+        LUA or "lua5.4",
+        ["/app/luakv.lua"],
+        {"LUA_CPATH": "/opt/tenantvm/lua/?.so"},
+        mounts={module.parent: "/opt/tenantvm/lua", GUEST_APPS: "/app"},
+        memory_mb=32,
+        timeout=5.0,
+        warmup=[Request(path=p.partition("?")[0], query=p.partition("?")[2]) for p in KV_PROBE_WARMUP] * 3,
+    )
+    check_kv_binding(tenant, tmp_path)

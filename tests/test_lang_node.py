@@ -116,3 +116,12 @@ def test_async_handlers_throws_and_timeouts(probe: Tenant) -> None:
     with pytest.raises(GuestTimeout):
         vm.call(Request(path="/loop"))
     assert vm.call(Request(path="/state")).body == clean
+
+
+def test_the_binding_reaches_the_key_value_store(node: Path, tmp_path: Path) -> None:
+    # kv.get/set/incr/delete (tests/guest/nodekv.js); errors are KvErrors with code and errno;
+    # an unhandled store-down error answers 503.
+    from tests.kvstores import KV_PROBE_WARMUP, check_kv_binding
+
+    warm = [Request(path=p.partition("?")[0], query=p.partition("?")[2]) for p in KV_PROBE_WARMUP] * 3
+    check_kv_binding(node_tenant(node, "nodekv.js", GUEST_APPS, warm), tmp_path)

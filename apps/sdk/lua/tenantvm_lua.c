@@ -18,6 +18,19 @@
  *   tenantvm.respond(status, headers, body)
  *   tenantvm.abi_version()           libtenantvm's ABI version
  *
+ * The tenant's key-value store (docs/guest-abi.md, "Key-value storage"); keys and values are
+ * Lua strings (any bytes):
+ *
+ *   tenantvm.kv_get(key)             the value, or nil if the key is not set
+ *   tenantvm.kv_set(key, value [, ttl_ms])   ttl_ms > 0: the key expires after it
+ *   tenantvm.kv_incr(key [, delta])  adds delta (default 1) atomically; the new integer
+ *   tenantvm.kv_delete(key)          true if the key existed
+ *
+ * A failed call raises an error object (a table with __tostring): { errno = 5, code = "EIO",
+ * call = "kv_incr", message = "kv_incr: Input/output error", unavailable = true }.
+ * `unavailable` (EIO, ETIMEDOUT: the store is down or too slow) left unhandled in a serve()
+ * handler answers 503 instead of 500; tenantvm.is_kv_error(e) says whether e is one.
+ *
  * Before the first request the module runs a full collection and switches the collector to
  * generational mode: a request's collections then walk only what it allocated, not (and do not
  * write to) the whole heap of the snapshot.  Every request reseeds math.random from the
@@ -34,6 +47,8 @@
 #include "tenantvm.h"
 
 #define MAX_HEADERS 1024
+/* The registry key of the metatable of KV error objects. */
+#define KV_ERROR "tenantvm.KvError"
 
 static int header_lookup(lua_State *L)
 {
@@ -171,10 +186,154 @@ static int l_respond(lua_State *L)
 	return 0;
 }
 
+
+/* --- the key-value store --------------------------------------------------------------- */
+
+static const struct {
+	int errno_;
+	const char *code;
+} kv_codes[] = {
+	{ 2, "ENOENT" },	{ 5, "EIO" },	   { 7, "E2BIG" },     { 14, "EFAULT" },    { 22, "EINVAL" },
+	{ 36, "ENAMETOOLONG" }, { 38, "ENOSYS" }, { 74, "EBADMSG" }, { 75, "EOVERFLOW" }, { 110, "ETIMEDOUT" },
+	{ 122, "EDQUOT" },
+};
+
+static int kv_error_tostring(lua_State *L)
+{
+	lua_getfield(L, 1, "message");
+	return 1;
+}
+
+/* Raises the KV error object for a call that returned -err. */
+static int kv_raise(lua_State *L, const char *call, long rc)
+{
+	int err = (int)-rc;
+	const char *code = "EUNKNOWN";
+	for (size_t i = 0; i < sizeof kv_codes / sizeof kv_codes[0]; i++)
+		if (kv_codes[i].errno_ == err)
+			code = kv_codes[i].code;
+	lua_createtable(L, 0, 5);
+	lua_pushinteger(L, err);
+	lua_setfield(L, -2, "errno");
+	lua_pushstring(L, code);
+	lua_setfield(L, -2, "code");
+	lua_pushstring(L, call);
+	lua_setfield(L, -2, "call");
+	lua_pushfstring(L, "%s: %s (%s)", call, strerror(err), code);
+	lua_setfield(L, -2, "message");
+	lua_pushboolean(L, err == 5 || err == 110);
+	lua_setfield(L, -2, "unavailable");
+	luaL_setmetatable(L, KV_ERROR);
+	return lua_error(L);
+}
+
+/* Whether the value at `index` is a KV error object; with `unavailable`, one for a store that
+ * is down or too slow. */
+static int is_kv_error(lua_State *L, int index, int unavailable)
+{
+	if (lua_type(L, index) == LUA_TTABLE && lua_getmetatable(L, index)) {
+		luaL_getmetatable(L, KV_ERROR);
+		int same = lua_rawequal(L, -1, -2);
+		lua_pop(L, 2);
+		if (!same)
+			return 0;
+		if (!unavailable)
+			return 1;
+		lua_getfield(L, index, "unavailable");
+		int yes = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+		return yes;
+	}
+	return 0;
+}
+
+static int l_is_kv_error(lua_State *L)
+{
+	lua_pushboolean(L, is_kv_error(L, 1, 0));
+	return 1;
+}
+
+static int l_kv_get(lua_State *L)
+{
+	size_t klen;
+	const char *key = luaL_checklstring(L, 1, &klen);
+	static char small[4096];
+	long rc = tvm_kv_get(key, klen, small, sizeof small);
+	if (rc == -2) {
+		lua_pushnil(L);
+		return 1;
+	}
+	if (rc < 0)
+		return kv_raise(L, "kv_get", rc);
+	if ((size_t)rc <= sizeof small) {
+		lua_pushlstring(L, small, (size_t)rc);
+		return 1;
+	}
+	/* Longer than the small buffer: again, into one of its size (it may change between the
+	 * calls: another instance may set it; take what the second call says). */
+	for (;;) {
+		size_t want = (size_t)rc;
+		luaL_Buffer b;
+		char *buf = luaL_buffinitsize(L, &b, want);
+		rc = tvm_kv_get(key, klen, buf, want);
+		if (rc == -2) {
+			lua_pushnil(L);
+			return 1;
+		}
+		if (rc < 0)
+			return kv_raise(L, "kv_get", rc);
+		if ((size_t)rc <= want) {
+			luaL_pushresultsize(&b, (size_t)rc);
+			return 1;
+		}
+		lua_settop(L, 1);
+	}
+}
+
+static int l_kv_set(lua_State *L)
+{
+	size_t klen, vlen;
+	const char *key = luaL_checklstring(L, 1, &klen);
+	const char *value = luaL_checklstring(L, 2, &vlen);
+	lua_Integer ttl = luaL_optinteger(L, 3, 0);
+	luaL_argcheck(L, ttl >= 0, 3, "the TTL must be 0 (none) or positive milliseconds");
+	long rc = tvm_kv_set(key, klen, value, vlen, (uint64_t)ttl);
+	if (rc < 0)
+		return kv_raise(L, "kv_set", rc);
+	return 0;
+}
+
+static int l_kv_incr(lua_State *L)
+{
+	size_t klen;
+	const char *key = luaL_checklstring(L, 1, &klen);
+	lua_Integer delta = luaL_optinteger(L, 2, 1);
+	int64_t result = 0;
+	long rc = tvm_kv_incr(key, klen, (int64_t)delta, &result);
+	if (rc < 0)
+		return kv_raise(L, "kv_incr", rc);
+	lua_pushinteger(L, (lua_Integer)result);
+	return 1;
+}
+
+static int l_kv_delete(lua_State *L)
+{
+	size_t klen;
+	const char *key = luaL_checklstring(L, 1, &klen);
+	long rc = tvm_kv_delete(key, klen);
+	if (rc < 0)
+		return kv_raise(L, "kv_delete", rc);
+	lua_pushboolean(L, rc > 0);
+	return 1;
+}
+
 static int traceback(lua_State *L)
 {
-	const char *msg = lua_tostring(L, 1);
-	luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+	/* A store that is down stays the error object: serve() answers 503 for it. */
+	if (is_kv_error(L, 1, 1))
+		return 1;
+	const char *msg = luaL_tolstring(L, 1, NULL);
+	luaL_traceback(L, L, msg, 1);
 	return 1;
 }
 
@@ -214,12 +373,13 @@ static int l_serve(lua_State *L)
 			fputs("tenantvm: out of memory\n", stderr);
 			_Exit(70);
 		} else if (rc != LUA_OK) {
-			fprintf(stderr, "%s\n", lua_tostring(L, -1));
+			int down = is_kv_error(L, -1, 1);
+			fprintf(stderr, "%s\n", luaL_tolstring(L, -1, NULL));
 			static const struct tvm_header plain = { "content-type", 12, "text/plain", 10 };
-			status = 500;
+			status = down ? 503 : 500;
 			headers_buf[0] = plain;
 			n = 1;
-			body = "Internal Server Error";
+			body = down ? "Service Unavailable\n" : "Internal Server Error";
 			len = strlen(body);
 		} else {
 			/* status, headers, body, n: the strings stay referenced by the stack. */
@@ -238,6 +398,11 @@ static const luaL_Reg functions[] = {
 	{ "wait", l_wait },
 	{ "respond", l_respond },
 	{ "abi_version", l_abi_version },
+	{ "kv_get", l_kv_get },
+	{ "kv_set", l_kv_set },
+	{ "kv_incr", l_kv_incr },
+	{ "kv_delete", l_kv_delete },
+	{ "is_kv_error", l_is_kv_error },
 	{ NULL, NULL },
 };
 
@@ -245,6 +410,11 @@ int luaopen_tenantvm(lua_State *L);
 
 __attribute__((visibility("default"))) int luaopen_tenantvm(lua_State *L)
 {
+	if (luaL_newmetatable(L, KV_ERROR)) {
+		lua_pushcfunction(L, kv_error_tostring);
+		lua_setfield(L, -2, "__tostring");
+	}
+	lua_pop(L, 1);
 	luaL_newlib(L, functions);
 	return 1;
 }

