@@ -79,9 +79,14 @@ lint:
 # The `bench` extras of pyproject.toml, installed without rebuilding the package.
 BENCH_DEPS := $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))'
 
+# bench/kv.py: the KV counter's cost per call (SQLite, Redis) against the shared-memory counter,
+# rounds interleaved; quick parameters (about 20 s), KV_BENCH_ARGS to change them.
+KV_BENCH_ARGS ?= --calls 500 --rounds 3
+
 bench: build
 	$(BENCH_DEPS) | $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/kv.py $(KV_BENCH_ARGS)
 
 fuzz: build
 	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests

@@ -7,8 +7,9 @@ through ``TenantVM.call``.
 
 Prints, per variant, median (min-max over rounds) µs per call, VM exits per call, and the
 ratio to the shared-memory counter within each round.  Needs redis-server (the Redis variant
-is left out without it).  Not part of ``make bench`` yet: HTTP req/s of the two counters and
-two servers behind HAProxy vs one are still to be added there (see docs/deploy.md).
+is left out without it, saying so).  ``make bench`` runs it after bench/run.py with quick
+parameters (``KV_BENCH_ARGS``, default ``--calls 500 --rounds 3``).  Not measured here yet:
+HTTP req/s of the two counters and two servers behind HAProxy vs one (see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> int:
     if REDIS_SERVER:
         redis = Redis(tmp / "redis").start()
         variants["kv redis"] = kv.with_kv(_native.KvBridge(RedisKv(redis.url, timeout=5), timeout=5), "b").instance()
+    else:
+        print("kv redis: left out (no redis-server; tools/setup-host.sh installs it)")
     try:
         results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
         for _ in range(ns.rounds):
