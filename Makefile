@@ -19,7 +19,7 @@ PORT     ?= 8080
 WORKERS  ?= 1
 export TENANTVM_REQUIRE_KVM ?= 1
 
-.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench fuzz soak mutants clean
+.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench image test-image fuzz soak mutants clean
 
 all: build
 
@@ -87,6 +87,16 @@ bench: build
 	$(BENCH_DEPS) | $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/kv.py $(KV_BENCH_ARGS)
+
+# The container image (Containerfile) with podman, on a Debian base made with debootstrap from
+# Debian's mirror when no BASE image is given (no registry needed): deploy/build-image.sh.
+image:
+	deploy/build-image.sh
+
+# Builds the image and serves the example tenants from it with only /dev/kvm passed in (10-20
+# minutes: not part of `make test`).
+test-image: build
+	TENANTVM_IMAGE_TEST=1 $(VENV)/bin/pytest -q -rs tests/test_deploy.py -k image
 
 fuzz: build
 	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests
