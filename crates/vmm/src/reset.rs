@@ -53,6 +53,8 @@ pub struct ResetTracker {
     dirty: PageBitmap,
     clear: PageBitmap,
     hot: PageBitmap,
+    /// The guest-dirty pages of the last reset: the pages whose streak is running.
+    dirty_before: PageBitmap,
     streak: Vec<u8>,
     resets: u64,
     /// Bitmap words covering the kernel area (it is 2 MiB aligned: whole words).
@@ -66,6 +68,7 @@ impl ResetTracker {
             dirty: PageBitmap::new(pages),
             clear: PageBitmap::new(pages),
             hot: PageBitmap::new(pages),
+            dirty_before: PageBitmap::new(pages),
             streak: vec![0; pages as usize],
             resets: 0,
             kernel_words: (kernel_pages / 64) as usize,
@@ -110,9 +113,11 @@ impl ResetTracker {
                     clear &= !(1 << b);
                 }
             }
-            // Pages clean this time lose their streak (hot pages are never clean: KVM
-            // reports a writable page dirty every time).
-            let mut idle = !guest & self.hot.words()[w];
+            // Pages dirty last time and clean this time lose their streak, so that only
+            // pages dirty in HOT_AFTER resets *in a row* become hot (hot pages are never
+            // clean: KVM reports a writable page dirty every time).
+            let mut idle = !guest & self.dirty_before.words()[w];
+            self.dirty_before.words_mut()[w] = guest;
             while idle != 0 {
                 let b = idle.trailing_zeros() as u64;
                 idle &= idle - 1;
