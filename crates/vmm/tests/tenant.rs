@@ -19,6 +19,8 @@ fn hello_serves_with_one_exit_per_request() {
     require_kvm();
     let t = tenant("hello", |_| {});
     let mut inst = t.instance().unwrap();
+    // Creating an instance (a VM, its mappings, the guest kernel started) is timed.
+    assert!(inst.stats().create_time > std::time::Duration::ZERO, "{:?}", inst.stats());
     let (mut restored, mut guest, mut reset_time) = (0, 0, std::time::Duration::ZERO);
     for _ in 0..200 {
         let r = inst.call(&get("/")).unwrap();
