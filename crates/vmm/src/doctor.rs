@@ -38,7 +38,7 @@ pub fn report() -> Result<Report> {
 }
 
 /// A program that makes `n` tenantvm no-op calls (each one exit to the host), then exits.
-pub fn round_trip_program(n: u32) -> Program {
+fn round_trip_program(n: u32) -> Program {
     let mut code = vec![0xbb];
     code.extend_from_slice(&n.max(1).to_le_bytes()); //       mov $n, %ebx
     code.push(0xb8);

@@ -110,7 +110,7 @@ pub struct KvAccess {
 }
 
 /// A value as `Incr` reads it: decimal, `0` or `-?[1-9][0-9]*`, in the i64 range (Redis's rule).
-pub fn parse_int(v: &[u8]) -> Option<i64> {
+fn parse_int(v: &[u8]) -> Option<i64> {
     let digits = v.strip_prefix(b"-").unwrap_or(v);
     let canonical = v == b"0" || (digits.first().is_some_and(|d| (b'1'..=b'9').contains(d)));
     if !canonical || !digits.iter().all(u8::is_ascii_digit) {
@@ -145,9 +145,7 @@ impl KvStore for MemoryKv {
                 let k = (ns, key);
                 let old = match map.get(&k).filter(|e| live(e)) {
                     None => 0,
-                    Some(e) => {
-                        std::str::from_utf8(&e.0).ok().and_then(|s| s.parse::<i64>().ok()).ok_or(KvError::NotInteger)?
-                    }
+                    Some(e) => parse_int(&e.0).ok_or(KvError::NotInteger)?,
                 };
                 let new = old.checked_add(delta).ok_or(KvError::Overflow)?;
                 let expires = map.get(&k).filter(|e| live(e)).and_then(|e| e.1);

@@ -93,7 +93,7 @@ pub use elf::ElfError;
 pub use error::{Error, Failure, GuestFault, RequestTooLarge, Result};
 pub use guest::api::NAMES as API_SYSCALLS;
 pub use kvm::host as kvm_host;
-pub use linux::{FsConfig, DEFAULT_TMP_BYTES};
+pub use linux::FsConfig;
 pub use machine::MAX_STARVATION_GRACE;
 pub use program::{run, ExitKind, Program, RunConfig, RunOutcome};
 pub use syscalls::api::{ApiLimits, Request, Response};

@@ -32,7 +32,7 @@ pub mod view;
 use std::sync::Arc;
 
 pub use fdtable::FdTable;
-pub use view::{FsConfig, View, DEFAULT_TMP_BYTES};
+pub use view::{FsConfig, View};
 
 /// Open files, the view, `/tmp` and the working directory.
 #[derive(Debug, Clone)]
