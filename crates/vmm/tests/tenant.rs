@@ -345,6 +345,22 @@ fn isolation_probe_sees_nothing_of_earlier_requests() {
     assert_ne!(body(&mut stateful, &get("/")), stateful_clean, "stateful mode keeps state");
 }
 
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn freezing_allocates_no_page_the_boot_left_a_hole() {
+    // The restore view is built from the pages of the snapshot's memfd that hold memory; the
+    // others (holes, zero) are never read: reading a hole of a shared memfd allocates it, and
+    // most of a tenant's RAM is never touched while it boots (snapshot.rs `freeze`).
+    require_kvm();
+    let t = tenant("hello", |_| {});
+    let view = t.snapshot().ram_view();
+    let mut residency = vec![0u8; view.len() / 4096];
+    view.residency(&mut residency).unwrap();
+    let resident = residency.iter().filter(|&&b| b & 1 != 0).count() as u64;
+    assert_eq!(resident, t.snapshot().resident_pages(), "pages allocated after the freeze counted them");
+    assert!(resident < residency.len() as u64 / 4, "{resident} of {} pages resident", residency.len());
+}
+
 /// The snapshot pages that differ between two boots of `name`, as (guest address, bytes that
 /// differ) pairs.
 fn snapshot_differences(a: &vmm::Tenant, b: &vmm::Tenant) -> Vec<(u64, usize)> {
