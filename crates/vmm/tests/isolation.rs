@@ -344,7 +344,7 @@ fn a_host_write_marks_exactly_the_pages_it_touches() {
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn the_request_area_holds_nothing_of_an_earlier_request() {
     // Every request's read-only request area is mapped whole, beyond the request's own bytes:
-    // what a longer earlier request left there must be gone (Instance::end_requests_at).
+    // what a longer earlier request left there must be gone (Instance::place_request).
     // The probe writes the first 8 KiB of the area to its stdout.
     require_kvm();
     const REQUEST_VA: u64 = 0x7f00_0000_0000;
@@ -363,6 +363,31 @@ fn the_request_area_holds_nothing_of_an_earlier_request() {
     assert!(inst.stats().batches > 0);
     let r = inst.call(&dump(Vec::new())).unwrap();
     assert!(!seen(&r.stdout), "a request sees a batched one's bytes in the request area");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_long_request_leaves_nothing_past_the_end_of_a_shorter_one() {
+    // The same with requests of megabytes, where the tail of the earlier one lies far past
+    // the first 8 KiB: a 4 MiB request area, then a 3 MiB request, whose view of the area
+    // 3.5 MiB in must hold nothing of the 4 MiB one before it.  (Zeroing the tail as a range
+    // that runs past the vCPU area would zero nothing at all.)
+    require_kvm();
+    const REQUEST_VA: u64 = 0x7f00_0000_0000;
+    const MIB: usize = 1 << 20;
+    let marker = b"EARLIER-REQUEST;";
+    let seen = |out: &[u8]| out.windows(marker.len()).any(|w| w == marker);
+    let at = REQUEST_VA + (3 * MIB + MIB / 2) as u64;
+    let dump = |query: Vec<u8>| Request { query, ..syscalls_request(&[[1, 1, at, 8192, 0, 0, 0]], false) };
+    let t = tenant("isolate", |c| {
+        c.limits.max_request = 4 * MIB;
+        c.timeout = Duration::from_secs(10);
+    });
+    let mut inst = t.instance().unwrap();
+    let r = inst.call(&dump(marker.repeat((4 * MIB - 64 * 1024) / marker.len()))).unwrap();
+    assert!(seen(&r.stdout), "the dump does not show the request's own bytes");
+    let r = inst.call(&dump(vec![b'x'; 3 * MIB])).unwrap();
+    assert!(!seen(&r.stdout), "a request sees the earlier one's bytes past its own end");
 }
 
 #[test]
