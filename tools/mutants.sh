@@ -41,7 +41,7 @@ CAMPAIGNS=(
 	"host_dirty;crates/vmm/src/memory/mod.rs;(PageBitmap::(set|set_range|get)|GuestMemory::(track_host_writes|host_dirty|host_dirty_words|mark|write))( |$);--test tenant --test batch --test isolation --test errno;$SKIP_TIMING"
 	"user_memory;crates/vmm/src/syscalls/mod.rs;UserMemory<'_>::(write|region);--test isolation --test errno --test batch;$SKIP_TIMING"
 	"restore_view;crates/vmm/src/restore_view.rs;.;--lib --test batch --test isolation;$SKIP_TIMING"
-	"instance;crates/vmm/src/tenant/instance.rs;Instance::(reset|start_from_snapshot|end_requests_at);--test tenant --test batch --test isolation;$SKIP_TIMING"
+	"instance;crates/vmm/src/tenant/instance.rs;Instance::(reset|start_from_snapshot|place_request|refill_entropy_if_used)( |$);--test tenant --test batch --test isolation;$SKIP_TIMING"
 	"snapshot;crates/vmm/src/tenant/snapshot.rs;freeze;--test tenant --test batch --test isolation;$SKIP_TIMING"
 	"batch;crates/vmm/src/tenant/instance/batch.rs;.;--test batch --test isolation --test tenant;$SKIP_TIMING"
 	"timer;crates/vmm/src/timer.rs;.;--test tenant --test batch --test run;--skip allocation"
