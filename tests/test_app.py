@@ -213,7 +213,7 @@ INTERFACES = ["asgi", "rsgi"]
 @pytest.mark.parametrize("interface", INTERFACES)
 def test_an_unexpected_error_in_the_dispatcher_is_a_500(interface: str) -> None:
     class Broken(Dispatcher):
-        async def tenant(self, *args: Any) -> Any:
+        def tenant(self, *args: Any) -> Any:
             raise RuntimeError("bug")
 
     captured: list[tuple[int, dict, bytes]] = []

@@ -20,6 +20,7 @@ describes the request and response mapping and the statuses of failures.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -67,6 +68,9 @@ class TenantApp:
         self.config_file = config_file
         self.dispatcher = Dispatcher()
         self._queue: CompletionQueue | None = None
+        # Granian looks ``__rsgi__`` up on the object: the instance's own entry point is the
+        # interface function itself, bound to the dispatcher (no extra coroutine per request).
+        self.__rsgi__ = functools.partial(rsgi_http, self.dispatcher)  # type: ignore[method-assign]
 
     @property
     def server(self) -> TenantServer | None:
@@ -180,11 +184,8 @@ class TenantApp:
         loop.run_until_complete(self.shutdown())
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        """The RSGI entry point."""
-        if scope.proto == "http":
-            await rsgi_http(self.dispatcher, scope, protocol)
-        else:
-            protocol.close(1003)
+        """The RSGI entry point (each instance replaces it by :func:`rsgi_http` bound to its dispatcher)."""
+        await rsgi_http(self.dispatcher, scope, protocol)
 
 
 def create_app(config_file: str | os.PathLike[str] | None = None) -> TenantApp:

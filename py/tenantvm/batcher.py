@@ -71,7 +71,12 @@ class Batcher:
         self._pending: list[tuple[NativeArgs, asyncio.Future[RawResponse | Exception]]] = []
         self._scheduled = False
         self._crowded = False
-        self._lone = 0
+        #: Requests that found batches lone (every PROBE_EVERY-th of them waits a turn).
+        self.lone_calls = 0
+
+    def lone(self) -> bool:
+        """Whether the last batch held one request and none is queued (run requests at once)."""
+        return not self._pending and not self._crowded
 
     async def call(self, request: NativeArgs) -> RawResponse:
         """Serves ``request`` in the next batch, or at once when batches have been lone.
@@ -88,9 +93,13 @@ class Batcher:
             TenantVMError: What :meth:`TenantVM.call` would raise.
         """
         if not self._pending and not self._crowded:
-            self._lone += 1
-            if self._lone % PROBE_EVERY:
-                return self._call_now(request)
+            self.lone_calls += 1
+            if self.lone_calls % PROBE_EVERY:
+                return self.call_now(request)
+        return await self.queue(request)
+
+    async def queue(self, request: NativeArgs) -> RawResponse:
+        """Serves ``request`` in the next batch (see :meth:`call`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RawResponse | Exception] = loop.create_future()
         self._pending.append((request, future))
@@ -102,7 +111,8 @@ class Batcher:
             raise result
         return result
 
-    def _call_now(self, request: NativeArgs) -> RawResponse:
+    def call_now(self, request: NativeArgs) -> RawResponse:
+        """Serves ``request`` at once, alone (raises NoInstance when no instance is free)."""
         vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
         if vm is None:
             raise NoInstance

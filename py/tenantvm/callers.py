@@ -10,6 +10,10 @@
 :class:`VcpuCaller`     on the instance's own vCPU thread (:mod:`tenantvm.aio`; long limits)
 =====================  ==============================================================
 
+A caller is started with :meth:`Caller.start`: a call that can run at once (on the loop, an
+instance free) runs before ``start`` returns, with no coroutine made or awaited; otherwise
+``start`` returns an awaitable for the result.
+
 Every caller takes a request in the native calls' form (``(method, path, query, headers,
 body)``, all bytes: no :class:`~tenantvm.Request` or :class:`~tenantvm.Response` objects on
 the hot path), takes an instance from the tenant's pool (waiting at most ``queue_timeout``),
@@ -24,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
 
-from tenantvm.batcher import Batcher, NoInstance, RawResponse, native_call
+from tenantvm.batcher import PROBE_EVERY, Batcher, NoInstance, RawResponse, native_call
 from tenantvm.pool import Pool
 from tenantvm.sandbox import restrict_current_thread
 from tenantvm.tenant import NativeArgs, Request, TenantVM, with_native_args
@@ -47,6 +51,9 @@ __all__ = [
 
 #: The guest's ``(status, headers, body)``, not validated yet.
 GuestAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: What :meth:`Caller.start` returns: the native call's raw response (a tuple whose first three
+#: items are the guest's answer) when the call ran at once, else an awaitable of the answer.
+Started = RawResponse | GuestAnswer | Awaitable[GuestAnswer]
 
 #: Set to 0 to run guests without the seccomp filter on their threads (debugging only).
 SECCOMP_ENV = "TENANTVM_SECCOMP"
@@ -79,6 +86,13 @@ class Caller(Protocol):
         """The guest's answer to ``request``; raises PoolBusy, PoolClosed or the call's error."""
         ...
 
+    def start(self, request: NativeArgs) -> Started:
+        """Runs ``request`` at once if it can, else returns an awaitable of :meth:`call`'s result.
+
+        At once: returns the native call's raw response (a tuple), or raises what the call raised.
+        """
+        ...
+
 
 class _Pooled:
     """A caller drawing instances from ``pool``; ``busy(±1)`` tracks instances in use."""
@@ -101,6 +115,10 @@ class _Pooled:
         self.busy(-1)
         self.pool.release(vm)
 
+    def start(self, request: NativeArgs) -> Started:
+        """See :class:`Caller` (never at once: the call runs on another thread)."""
+        return self.call(request)  # type: ignore[attr-defined,no-any-return]
+
 
 class InlineCaller(_Pooled):
     """The call runs on the event loop's thread, which waits for it (GIL released).
@@ -121,6 +139,17 @@ class InlineCaller(_Pooled):
         finally:
             pool.release(vm)
         return status, headers, body
+
+    def start(self, request: NativeArgs) -> Started:
+        """See :class:`Caller`: at once when an instance is free."""
+        pool = self.pool
+        vm = pool.try_acquire()
+        if vm is None:
+            return self.call(request)
+        try:
+            return _guarded_call(vm, request)
+        finally:
+            pool.release(vm)
 
 
 class ThreadCaller(_Pooled):
@@ -187,6 +216,25 @@ class BatchedCaller:
         """See :class:`Caller`."""
         try:
             status, headers, body, *_ = await self.batcher.call(request)
+        except NoInstance:
+            return await self.fallback.call(request)
+        return status, headers, body
+
+    def start(self, request: NativeArgs) -> Started:
+        """See :class:`Caller`: at once while batches are lone (see :meth:`Batcher.call`)."""
+        batcher = self.batcher
+        if batcher.lone():
+            batcher.lone_calls += 1
+            if batcher.lone_calls % PROBE_EVERY:
+                try:
+                    return batcher.call_now(request)
+                except NoInstance:
+                    return self.fallback.start(request)
+        return self._queued(request)
+
+    async def _queued(self, request: NativeArgs) -> GuestAnswer:
+        try:
+            status, headers, body, *_ = await self.batcher.queue(request)
         except NoInstance:
             return await self.fallback.call(request)
         return status, headers, body

@@ -14,13 +14,15 @@ import asyncio
 import json
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
+from typing import Any
 
 from tenantvm import dashboard, stats
 from tenantvm.admin import AdminAPI
 from tenantvm.answers import Answer, classify, error_answer, final_headers, plain
+from tenantvm.callers import Caller, GuestAnswer
 from tenantvm.errors import GuestError, GuestTimeout, RequestTooLarge
 from tenantvm.pool import PoolBusy, PoolClosed
 from tenantvm.reloader import Reloader
@@ -40,8 +42,12 @@ class BodyTooLarge(Exception):
     """The body is over the limit (or the client went away before sending all of it)."""
 
 
-#: Reads the request body, raising BodyTooLarge as soon as it exceeds the given limit.
-ReadBody = Callable[[int], Awaitable[bytes]]
+#: ``read_body(source, limit)`` reads the request body from ``source`` (the interface's
+#: receive callable or protocol object), raising BodyTooLarge as soon as it exceeds ``limit``.
+ReadBody = Callable[[Any, int], Awaitable[bytes]]
+
+#: The native form of the usual methods (one look-up instead of an encoding per request).
+_METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 _NOT_STARTED = "tenantvm: the server is not started\n"
 _PAGE = dashboard.PAGE.encode()
@@ -62,7 +68,9 @@ class Dispatcher:
         #: The admin API (None: off).
         self.admin_api: AdminAPI | None = None
 
-    async def _tenant_update(self, name: str, headers: list[tuple[bytes, bytes]], read_body: ReadBody | None) -> Answer:
+    async def _tenant_update(
+        self, name: str, headers: list[tuple[bytes, bytes]], source: Any, read_body: ReadBody | None
+    ) -> Answer:
         """``PUT /_tenantvm/tenants/NAME`` (see :mod:`tenantvm.admin`)."""
         api, server, reloader = self.admin_api, self.server, self.reloader
         if api is None or server is None or reloader is None or read_body is None:
@@ -83,7 +91,7 @@ class Dispatcher:
         if length is not None and (not length.isdigit() or int(length) > api.max_upload):
             return early(api.too_large(api.max_upload))
         try:
-            body = await read_body(api.max_upload)
+            body = await read_body(source, api.max_upload)
         except BodyTooLarge:
             return api.too_large(api.max_upload)
         change = api.change(name, content_type, body)
@@ -93,22 +101,29 @@ class Dispatcher:
         rt = self.server.tenants.get(name) if self.server is not None else None
         return api.outcome_answer(name, outcome, rt.version if rt else None, reloader.generation)
 
-    async def tenant(
+    def tenant(
         self,
         method: str,
         raw_path: bytes,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
-        read_body: ReadBody,
         h2: bool,
         shown_path: str,
-    ) -> Answer:
-        """The answer to a request outside the reserved prefix.
+        source: Any,
+        read_body: ReadBody,
+    ) -> Answer | Coroutine[Any, Any, Answer]:
+        """The answer to a request outside the reserved prefix, or a coroutine that gives it.
+
+        The hot path: a request without a body whose call can run at once (an inline tenant
+        with a free instance) is answered before this returns, with no coroutine made or
+        awaited; anything that must wait (the body, an instance, a batch, another thread)
+        returns a coroutine for the interface to await.
 
         ``headers`` are the request's, names lowercased; ``shown_path`` is for the log;
-        ``h2``: an HTTP/2 request may have a body without either framing header.
+        ``h2``: an HTTP/2 request may have a body without either framing header;
+        ``read_body(source, limit)`` reads the body.
         """
-        started = time.perf_counter()
+        started = perf_counter()
         server = self.server
         if server is None:  # no lifespan (e.g. granian --interface asginl)
             return plain(503, _NOT_STARTED)
@@ -137,19 +152,66 @@ class Dispatcher:
             server.metrics.unrouted.inc()
             shown = host.decode("latin-1")[:200]
             return plain(404, f"tenantvm: no tenant serves the host name {shown!r}\n")
-        # Counted from routing on: a reload drains this runtime only once none of its requests
-        # is under way (some wait for their body, not yet for an instance).
+        if length is not None or chunked or h2:
+            return self._with_body(
+                rt,
+                server,
+                method,
+                raw_path,
+                query,
+                headers,
+                source,
+                read_body,
+                h2,
+                length,
+                chunked,
+                shown_path,
+                started,
+            )
+        # No body: an HTTP/1 request without Content-Length or Transfer-Encoding has none (do
+        # not wait for one: reading is a round trip through the server's I/O thread).
+        caller = rt.caller()
+        rt.served += 1
+        try:
+            outcome = caller.start((_METHODS.get(method) or method.encode(), raw_path, query, headers, b""))
+            if type(outcome) is not tuple:
+                return self._awaited(rt, server, caller, outcome, method, shown_path, started)  # type: ignore[arg-type]
+            status = outcome[0]
+            if rt.ephemeral:
+                rt.unwritten_resets += 1
+            answer: Answer = (status, final_headers(status, outcome[1]), outcome[2])
+        except Exception as e:
+            answer = self._refused(rt, server, caller, e, method, shown_path)
+        rt.count(answer[0], started)
+        return answer
+
+    async def _awaited(
+        self,
+        rt: TenantRuntime,
+        server: TenantServer,
+        caller: Caller,
+        outcome: Awaitable[GuestAnswer],
+        method: str,
+        shown_path: str,
+        started: float,
+    ) -> Answer:
+        """The answer once a call that could not run at once is done."""
+        # Counted while under way: a reload drains this runtime only once none of its
+        # requests is (some wait for an instance).
         rt.active += 1
         try:
-            answer = await self._serve(
-                rt, server, method, raw_path, query, headers, read_body, h2, length, chunked, shown_path
-            )
+            status, gheaders, gbody = await outcome
+            if rt.ephemeral:
+                rt.unwritten_resets += 1
+            answer: Answer = (status, final_headers(status, gheaders), gbody)
+        except Exception as e:
+            answer = self._refused(rt, server, caller, e, method, shown_path)
         finally:
             rt.active -= 1
         rt.count(answer[0], started)
         return answer
 
-    async def _serve(
+    async def _with_body(
         self,
         rt: TenantRuntime,
         server: TenantServer,
@@ -157,6 +219,36 @@ class Dispatcher:
         raw_path: bytes,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
+        source: Any,
+        read_body: ReadBody,
+        h2: bool,
+        length: bytes | None,
+        chunked: bool,
+        shown_path: str,
+        started: float,
+    ) -> Answer:
+        """A request that may have a body: read it (within the limit), then call."""
+        # Counted from routing on: a reload drains this runtime only once none of its requests
+        # is under way (some wait for their body, not yet for an instance).
+        rt.active += 1
+        try:
+            answer = await self._read_and_call(
+                rt, server, method, raw_path, query, headers, source, read_body, h2, length, chunked, shown_path
+            )
+        finally:
+            rt.active -= 1
+        rt.count(answer[0], started)
+        return answer
+
+    async def _read_and_call(
+        self,
+        rt: TenantRuntime,
+        server: TenantServer,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        source: Any,
         read_body: ReadBody,
         h2: bool,
         length: bytes | None,
@@ -164,8 +256,6 @@ class Dispatcher:
         shown_path: str,
     ) -> Answer:
         limit = rt.max_request_bytes
-        # An HTTP/1 request without Content-Length or Transfer-Encoding has no body: do not wait
-        # for one (reading is a round trip through the server's I/O thread).
         body = b""
         try:
             if length is not None:
@@ -176,31 +266,41 @@ class Dispatcher:
                 if n > limit:
                     raise BodyTooLarge
                 if n or chunked or h2:
-                    body = await read_body(limit)
+                    body = await read_body(source, limit)
                     if len(body) != n and not chunked:
                         raise BodyTooLarge  # the client went away mid-body: nobody to answer
-            elif chunked or h2:
-                body = await read_body(limit)
+            else:
+                body = await read_body(source, limit)
         except BodyTooLarge:
             # The rest of the body is left unread: the connection cannot carry another request.
             return self._too_large(rt, limit, "the request body is over this tenant's limit", _CLOSE)
         caller = rt.caller()
         rt.served += 1
         try:
-            status, gheaders, gbody = await caller.call((method.encode(), raw_path, query, headers, body))
+            outcome = caller.start((_METHODS.get(method) or method.encode(), raw_path, query, headers, body))
+            if type(outcome) is tuple:
+                status, gheaders, gbody = outcome[0], outcome[1], outcome[2]
+            else:
+                status, gheaders, gbody = await outcome  # type: ignore[misc]
             if rt.ephemeral:
-                rt.buffer.inc(rt.resets)
+                rt.unwritten_resets += 1
             return status, final_headers(status, gheaders), gbody
-        except (PoolBusy, PoolClosed):
+        except Exception as e:
+            return self._refused(rt, server, caller, e, method, shown_path)
+
+    def _refused(
+        self, rt: TenantRuntime, server: TenantServer, caller: Caller, e: Exception, method: str, shown_path: str
+    ) -> Answer:
+        """The answer to a call that raised ``e``."""
+        if isinstance(e, PoolBusy | PoolClosed):
             name = rt.config.name
             rt.metrics.rejected.labels(name, "pool_busy").inc()
             log.warning("tenant %s: no free instance within %d ms (503)", name, rt.config.queue_timeout_ms)
             return error_answer(503, "pool_busy", (b"retry-after", server.retry_after))
-        except RequestTooLarge as e:
+        if isinstance(e, RequestTooLarge):
             log.info("tenant %s: %s (413)", rt.config.name, e)
             return self._too_large(rt, e.limit, "the request is over this tenant's limit")
-        except Exception as e:
-            return self._failed(rt, e, caller.inline, f"{method} {shown_path[:200]}")
+        return self._failed(rt, e, caller.inline, f"{method} {shown_path[:200]}")
 
     @staticmethod
     def _too_large(rt: TenantRuntime, limit: int, what: str, *extra: tuple[bytes, bytes]) -> Answer:
@@ -212,7 +312,7 @@ class Dispatcher:
         name = rt.config.name
         status, kind = classify(e)
         if isinstance(e, GuestError):
-            rt.buffer.inc(rt.resets)  # the VMM reset the instance after the failure (stateful ones too)
+            rt.unwritten_resets += 1  # the VMM reset the instance after the failure (stateful ones too)
         rt.metrics.guest_errors.labels(name, kind).inc()
         if status == 500:
             log.error("tenant %s: %s: host failure: %r", name, where, e)
@@ -228,6 +328,7 @@ class Dispatcher:
         method: str,
         path: str,
         headers: list[tuple[bytes, bytes]] | None = None,
+        source: Any = None,
         read_body: ReadBody | None = None,
     ) -> Answer:
         """The answer to a request under the reserved prefix (see :mod:`tenantvm.routing`)."""
@@ -238,7 +339,7 @@ class Dispatcher:
             allow = b"PUT" if path.startswith(TENANTS_PREFIX) else b"GET, HEAD"
             return plain(405, "tenantvm: method not allowed\n", (b"allow", allow))
         if route is Reserved.TENANT_UPDATE:
-            return await self._tenant_update(path[len(TENANTS_PREFIX) :], headers or [], read_body)
+            return await self._tenant_update(path[len(TENANTS_PREFIX) :], headers or [], source, read_body)
         worker = (b"x-tenantvm-worker", str(os.getpid()).encode())
         server = self.server
         if route is Reserved.METRICS:

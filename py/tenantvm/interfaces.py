@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from tenantvm.answers import Answer, plain
 from tenantvm.dispatch import BodyTooLarge, Dispatcher
-from tenantvm.routing import is_reserved
+from tenantvm.routing import RESERVED_PREFIX, is_reserved
 
 __all__ = ["asgi_http", "rsgi_http", "rsgi_path"]
 
@@ -71,25 +71,28 @@ async def asgi_http(dispatcher: Dispatcher, scope: Scope, receive: Receive, send
     path: str = scope["path"]
     method: str = scope["method"]
     try:
-        if is_reserved(path):
-            answer = await dispatcher.reserved(method, path, scope["headers"], lambda limit: _asgi_body(receive, limit))
+        if path.startswith(RESERVED_PREFIX) and is_reserved(path):
+            answer = await dispatcher.reserved(method, path, scope["headers"], receive, _asgi_body)
         else:
-            answer = await dispatcher.tenant(
+            answer = dispatcher.tenant(
                 method,
                 scope.get("raw_path") or path.encode(),
                 scope["query_string"],
                 scope["headers"],
-                lambda limit: _asgi_body(receive, limit),
                 scope.get("http_version") == "2",
                 path,
+                receive,
+                _asgi_body,
             )
+            if type(answer) is not tuple:
+                answer = await answer  # type: ignore[misc]
     except Exception:
         log.exception("unexpected error serving %s %s", method, path[:200])
         # The response may have started: then the server ends the connection instead.
         with contextlib.suppress(Exception):
             await _asgi_send(send, _INTERNAL_ERROR)
         raise
-    await _asgi_send(send, answer)
+    await _asgi_send(send, answer)  # type: ignore[arg-type]
 
 
 # --- RSGI -------------------------------------------------------------------------------------
@@ -157,30 +160,39 @@ def _rsgi_send(protocol: Any, answer: Answer) -> None:
 
 
 async def rsgi_http(dispatcher: Dispatcher, scope: Any, protocol: Any) -> None:
-    """Serves one RSGI ``http`` request."""
+    """Serves one RSGI request (``http``; a websocket is refused)."""
+    if scope.proto != "http":
+        protocol.close(1003)
+        return
     path: str = scope.path
     method: str = scope.method
     try:
-        if is_reserved(path):
+        if path.startswith(RESERVED_PREFIX) and is_reserved(path):
             answer = await dispatcher.reserved(
                 method,
                 path,
                 [(k.encode(), v.encode()) for k, v in scope.headers.items()],
-                lambda limit: _rsgi_body(protocol, limit),
+                protocol,
+                _rsgi_body,
             )
         else:
-            answer = await dispatcher.tenant(
+            answer = dispatcher.tenant(
                 method,
-                rsgi_path(path),
+                _PATHS.get(path) or rsgi_path(path),
                 scope.query_string.encode(),
                 [(k.encode(), v.encode()) for k, v in scope.headers.items()],
-                lambda limit: _rsgi_body(protocol, limit),
                 scope.http_version == "2",
                 path,
+                protocol,
+                _rsgi_body,
             )
+            if type(answer) is not tuple:
+                answer = await answer  # type: ignore[misc]
     except Exception:
         log.exception("unexpected error serving %s %s", method, path[:200])
         with contextlib.suppress(Exception):
             _rsgi_send(protocol, _INTERNAL_ERROR)
         raise
-    _rsgi_send(protocol, answer)
+    status, headers, body = answer  # type: ignore[misc]
+    # Granian frames the body (Content-Length) itself.
+    protocol.response_bytes(status, _as_text(headers), body)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
@@ -153,7 +154,7 @@ class Metrics:
 class _Observations:
     """Observations of one histogram child, counted per bucket until they are written."""
 
-    __slots__ = ("bounds", "counts", "total", "values")
+    __slots__ = ("bounds", "counts", "pending", "total", "values")
 
     def __init__(self, child: Any) -> None:
         # The child's buckets, to write a whole turn's observations with one update per
@@ -165,24 +166,31 @@ class _Observations:
         self.counts = [0] * len(self.bounds or ())
         self.total = 0.0
         self.values: list[float] = []
+        #: Whether observations wait to be written.
+        self.pending = False
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, times: int = 1) -> None:
         if self.bounds is None:
-            self.values.append(value)
+            self.values.extend([value] * times)
             return
         # Histogram.observe counts a value in the first bucket whose bound is >= it.
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.total += value * times
 
     def write(self, child: Any) -> None:
+        self.pending = False
         if self.bounds is None:
             for value in self.values:
                 child.observe(value)
+            self.values.clear()
             return
         child._sum.inc(self.total)
-        for bucket, n in zip(child._buckets, self.counts, strict=True):
+        self.total = 0.0
+        counts = self.counts
+        for i, (bucket, n) in enumerate(zip(child._buckets, counts, strict=True)):
             if n:
                 bucket.inc(n)
+                counts[i] = 0
 
 
 class LoopBuffer:
@@ -195,6 +203,9 @@ class LoopBuffer:
     many requests, and never on a request's own path.  A scrape may thus miss the updates of
     the turn in progress (a few hundred microseconds), never more.
 
+    Callers with updates of their own to sum (a tenant's answered requests) register a
+    function with :meth:`defer`; it runs at the start of the next flush.
+
     Only for the event loop's thread (not thread-safe).  Counters and histograms, and gauges
     (a gauge's net change over the turn is written, nothing when it balances).
     """
@@ -202,7 +213,10 @@ class LoopBuffer:
     def __init__(self) -> None:
         """An empty buffer."""
         self._counts: dict[Any, float] = {}
+        # Kept from turn to turn (one per histogram child: bounded by tenants and metrics).
         self._observations: dict[Any, _Observations] = {}
+        self._observed: list[tuple[Any, _Observations]] = []
+        self._deferred: list[Callable[[], None]] = []
         self._scheduled = False
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
@@ -211,12 +225,21 @@ class LoopBuffer:
         if not self._scheduled:
             self._schedule()
 
-    def observe(self, child: Any, value: float) -> None:
-        """Records an observation of a histogram child."""
+    def observe(self, child: Any, value: float, times: int = 1) -> None:
+        """Records ``times`` observations of ``value`` in a histogram child."""
         obs = self._observations.get(child)
         if obs is None:
             obs = self._observations[child] = _Observations(child)
-        obs.add(value)
+        if not obs.pending:
+            obs.pending = True
+            self._observed.append((child, obs))
+        obs.add(value, times)
+        if not self._scheduled:
+            self._schedule()
+
+    def defer(self, write: Callable[[], None]) -> None:
+        """Calls ``write`` at the start of the next flush (it may record updates here)."""
+        self._deferred.append(write)
         if not self._scheduled:
             self._schedule()
 
@@ -231,11 +254,17 @@ class LoopBuffer:
 
     def flush(self) -> None:
         """Writes what was recorded (done at the end of each loop turn, and before a scrape)."""
-        self._scheduled = False
+        self._scheduled = True  # updates recorded by the deferred writers are written below
+        try:
+            deferred, self._deferred = self._deferred, []
+            for write in deferred:
+                write()
+        finally:
+            self._scheduled = False
         counts, self._counts = self._counts, {}
-        observations, self._observations = self._observations, {}
+        observed, self._observed = self._observed, []
         for child, amount in counts.items():
             if amount:
                 child.inc(amount)
-        for child, obs in observations.items():
+        for child, obs in observed:
             obs.write(child)

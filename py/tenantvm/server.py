@@ -68,10 +68,16 @@ class TenantRuntime:
     booted_at: float = 0.0
     boot_seconds: float = 0.0
     _by_status: dict[int, Any] = field(default_factory=dict)
+    #: Resets and lone batches not written to the metrics yet (written with the requests
+    #: counted in the same turn: every reset and lone batch is followed by :meth:`count`).
+    unwritten_resets: int = 0
+    unwritten_lone_batches: int = 0
 
     def __post_init__(self) -> None:
         name = self.config.name
         self.buffer = self.metrics.buffer
+        #: Requests answered and not written to the metrics yet: (status, seconds).
+        self._answered: list[tuple[int, float]] = []
         self.latency = self.metrics.latency.labels(name)
         self.resets = self.metrics.resets.labels(name)
         self.busy = self.metrics.pool_busy.labels(name)
@@ -106,13 +112,35 @@ class TenantRuntime:
         self.inline_blocked_until = time.monotonic() + INLINE_PENALTY
 
     def count(self, status: int, started: float) -> None:
-        """Counts a request answered with ``status``, ``started`` at this perf_counter."""
-        child = self._by_status.get(status)
-        if child is None:
-            child = self._by_status[status] = self.metrics.requests.labels(self.config.name, str(status))
+        """Counts a request answered with ``status``, ``started`` at this perf_counter.
+
+        Recorded here and summed into the metrics once per loop turn (:meth:`_write`).
+        """
+        answered = self._answered
+        if not answered:
+            self.buffer.defer(self._write)
+        answered.append((status, time.perf_counter() - started))
+
+    def _write(self) -> None:
+        """Sums this turn's answers, resets and lone batches into the loop's metric buffer."""
+        answered, self._answered = self._answered, []
         buffer = self.buffer
-        buffer.inc(child)
-        buffer.observe(self.latency, time.perf_counter() - started)
+        by_status: dict[int, int] = {}
+        latency = self.latency
+        for status, seconds in answered:
+            by_status[status] = by_status.get(status, 0) + 1
+            buffer.observe(latency, seconds)
+        for status, n in by_status.items():
+            child = self._by_status.get(status)
+            if child is None:
+                child = self._by_status[status] = self.metrics.requests.labels(self.config.name, str(status))
+            buffer.inc(child, n)
+        if self.unwritten_resets:
+            buffer.inc(self.resets, self.unwritten_resets)
+            self.unwritten_resets = 0
+        if self.unwritten_lone_batches:
+            buffer.observe(self.batch_size, 1, self.unwritten_lone_batches)
+            self.unwritten_lone_batches = 0
 
     def _count_busy(self, delta: int) -> None:
         self.buffer.inc(self.busy, delta)
@@ -122,7 +150,10 @@ class TenantRuntime:
         restrict_once()
 
     def _batch_ended(self, served: int) -> None:
-        self.buffer.observe(self.batch_size, served)
+        if served == 1:
+            self.unwritten_lone_batches += 1  # written with the request's count
+        else:
+            self.buffer.observe(self.batch_size, served)
 
 
 def _identity(tc: tconfig.TenantConfig, server: tconfig.ServerConfig, queue: CompletionQueue | None) -> tuple[Any, ...]:
