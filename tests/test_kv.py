@@ -241,6 +241,15 @@ def test_guests_reach_their_own_keys_only(app, tmp_path: Path) -> None:  # type:
     assert kv_errno(call(base.instance(), "GET", "/k/x")) == errno.ENOSYS
 
 
+def test_priming_runs_with_the_store_off_and_leaves_it_on(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bridge = _native.KvBridge(SqliteKv(tmp_path / "kv.sqlite3"), timeout=5)
+    vm = Tenant(app("kv")).with_kv(bridge, "p").instance()
+    vm.prime([Request("POST", "/k/x", "incr=5")] * 3)
+    assert vm.stats().calls == 3
+    assert call(vm, "GET", "/k/x").status == 404  # priming wrote nothing
+    assert call(vm, "POST", "/k/x", "incr=1").body == b"1"  # and the store is on again
+
+
 def test_the_kv_counter_counts_exactly_across_tenants_instances(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bridge = _native.KvBridge(SqliteKv(tmp_path / "kv.sqlite3"), timeout=5)
     tenant = Tenant(app("counter_kv"), ephemeral=False).with_kv(bridge, "counter")

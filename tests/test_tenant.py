@@ -31,6 +31,17 @@ def test_hello_one_exit_per_request(apps: Path) -> None:
     assert stats.last_reset["pages_restored"] <= 4  # kernel-area pages are counted apart
 
 
+def test_priming_serves_and_resets_ephemeral_instances_and_leaves_stateful_ones_alone(apps: Path) -> None:
+    eph = Tenant(apps / "state").instance()
+    eph.prime([Request()] * 3)
+    assert (eph.stats().calls, eph.stats().resets) == (3, 3)
+    assert eph.call(Request()).body == b"1"
+    st = Tenant(apps / "state", ephemeral=False).instance()
+    st.prime([Request()] * 3)  # would change its state: not primed
+    assert st.stats().calls == 0
+    assert [st.call(Request()).body for _ in range(2)] == [b"1", b"2"]
+
+
 def test_state_is_reset_in_ephemeral_mode_and_kept_in_stateful_mode(apps: Path) -> None:
     eph = Tenant(apps / "state").instance()
     assert [eph.call(Request()).body for _ in range(3)] == [b"1", b"1", b"1"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from tenantvm import _native
@@ -110,6 +111,10 @@ class AsyncTenantVM:
     def usable(self) -> bool:
         """False once a host-side failure made the instance unusable."""
         return bool(self._native.usable)
+
+    def prime(self, requests: Iterable[Request]) -> None:
+        """See :meth:`TenantVM.prime` (blocking, on the vCPU thread, after the queued calls)."""
+        with_native_args(lambda args: self._native.prime([args(r) for r in requests]))
 
     def reset(self) -> None:
         """Restores the snapshot (blocking until the queued calls are done)."""

@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from tenantvm.control import Control
 from tenantvm.errors import SnapshotFileError
 from tenantvm.pool import Pool
 from tenantvm.routing import HostRouter
-from tenantvm.tenant import Tenant
+from tenantvm.tenant import Request, Tenant
 
 if TYPE_CHECKING:
     # Imported when the server starts (see TenantServer.start), not with this module:
@@ -154,6 +153,25 @@ class TenantRuntime:
             self.unwritten_lone_batches += 1  # written with the request's count
         else:
             self.buffer.observe(self.batch_size, served)
+
+
+#: Requests a new instance of an ephemeral tenant serves before it joins the pool (see
+#: :func:`priming_requests`).  A new CPython hello instance's first request takes 50-100 ms,
+#: its second 10-30 ms, its third ~0.3 ms (``bench/first_calls.py``, docs/platform.md).
+PRIME_CALLS = 3
+
+
+def priming_requests(tc: tconfig.TenantConfig) -> list[Request]:
+    """What a new instance of ``tc`` serves before it joins the pool (:meth:`TenantVM.prime`).
+
+    The first :data:`PRIME_CALLS` of the tenant's warm-up requests (repeated when it has fewer):
+    the requests its tenants file declares fit to run before serving.  None for a stateful
+    tenant (priming would change its state) or one without warm-up requests.
+    """
+    if not tc.ephemeral or not tc.warmup:
+        return []
+    declared = [Request(w.method, w.path, w.query, list(w.headers), w.body) for w in tc.warmup]
+    return [declared[i % len(declared)] for i in range(PRIME_CALLS)]
 
 
 def _identity(tc: tconfig.TenantConfig, server: tconfig.ServerConfig, queue: CompletionQueue | None) -> tuple[Any, ...]:
@@ -398,10 +416,19 @@ class TenantServer:
             if identity is None:
                 identity = _identity(tc, server, queue)
             tenant = _with_kv(_boot(tc, run), tc, server)
-            make: Callable[[], Any] = (
-                tenant.instance if inline else lambda t=tenant: AsyncTenantVM(t, queue)  # type: ignore[misc]
-            )
-            instances: list[Any] = [make() for _ in range(tc.pool_size)]
+            priming = priming_requests(tc)
+
+            def make(primed: bool = not inline) -> Any:
+                # Inline instances are primed only here, on the thread that booted the tenant
+                # (its warm-up ran there too); a replacement is made on a worker thread, which
+                # must not run guest code before it restricts itself.  A vCPU thread primes its
+                # own instance, under its seccomp filter.
+                vm = tenant.instance() if inline else AsyncTenantVM(tenant, queue)  # type: ignore[arg-type]
+                if primed and priming:
+                    vm.prime(priming)
+                return vm
+
+            instances: list[Any] = [make(True) for _ in range(tc.pool_size)]
         except Exception as e:
             raise RuntimeError(f"tenant '{tc.name}' ({tc.program}) failed to boot: {type(e).__name__}: {e}") from e
         replacements = metrics.replacements.labels(tc.name)

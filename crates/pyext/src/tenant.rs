@@ -215,6 +215,13 @@ impl Worker {
         self.inner.submit(token, req).map_err(|e| to_py(py, &e))
     }
 
+    /// Serves `requests` once each and discards the results (see `Instance.prime`; waits for
+    /// the queued calls first; GIL released).
+    fn prime(&self, py: Python<'_>, requests: Vec<RawRequest>) -> PyResult<()> {
+        let requests: Vec<Request> = requests.into_iter().map(request).collect();
+        py.detach(|| self.inner.prime(requests)).map_err(|e| to_py(py, &e))
+    }
+
     /// False once a host-side failure made the instance unusable.
     #[getter]
     fn usable(&self) -> bool {
@@ -299,6 +306,14 @@ impl Instance {
                 Err(e) => Ok(to_py(py, &e).into_value(py).into_bound(py).into_any()),
             })
             .collect()
+    }
+
+    /// Serves `requests` once each, key-value store off, and discards the results, so that
+    /// a new ephemeral instance's first real requests do not pay for touching its pages for
+    /// the first time (a stateful instance is left as it is).  Raises only a host failure.
+    fn prime(&self, py: Python<'_>, requests: Vec<RawRequest>) -> PyResult<()> {
+        let requests: Vec<Request> = requests.into_iter().map(request).collect();
+        py.detach(|| self.lock().prime(&requests)).map_err(|e| to_py(py, &e))
     }
 
     /// Restores the snapshot now.

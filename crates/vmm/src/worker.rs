@@ -71,6 +71,7 @@ impl Completions {
 
 enum Job {
     Call(u64, Request),
+    Prime(Vec<Request>, mpsc::Sender<Result<(), CallError>>),
     Reset(mpsc::Sender<Result<()>>),
     Stats(mpsc::Sender<InstanceStats>),
 }
@@ -138,6 +139,18 @@ impl Worker {
         jobs.send(Job::Call(token, request)).map_err(|_| Error::State("the vCPU thread is gone"))
     }
 
+    /// Primes the instance with `requests` on its vCPU thread (see [`Instance::prime`]; waits
+    /// for the calls queued before it).
+    pub fn prime(&self, requests: Vec<Request>) -> Result<(), CallError> {
+        let gone = || CallError::from(Error::State("the vCPU thread is gone"));
+        let jobs = self.jobs.as_ref().ok_or_else(|| CallError::from(Error::State("the worker is stopped")))?;
+        let (tx, rx) = mpsc::channel();
+        jobs.send(Job::Prime(requests, tx)).map_err(|_| gone())?;
+        let primed = rx.recv().map_err(|_| gone())?;
+        self.shared.usable.store(primed.is_ok(), Ordering::Release);
+        primed
+    }
+
     /// Restores the snapshot (waits for the calls queued before it).
     pub fn reset(&self) -> Result<()> {
         let jobs = self.jobs.as_ref().ok_or(Error::State("the worker is stopped"))?;
@@ -167,6 +180,11 @@ fn serve(instance: &mut Instance, rx: &mpsc::Receiver<Job>, completions: &Comple
                 let result = instance.call(&request);
                 shared.usable.store(instance.usable(), Ordering::Release);
                 completions.push(Completion { token, result });
+            }
+            Job::Prime(requests, reply) => {
+                let primed = instance.prime(&requests);
+                shared.usable.store(instance.usable(), Ordering::Release);
+                let _ = reply.send(primed);
             }
             Job::Reset(reply) => {
                 let _ = reply.send(instance.reset().map(|_| ()));
