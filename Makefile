@@ -57,11 +57,8 @@ test: build test-rust test-tcg test-python test-fuzz lint
 test-rust:
 	cargo test -p tenantvm-vmm --release
 
-# The Go test is left out of the emulated-AMD-V run: there a second SIGSEGV reaches a thread
-# parked in futex while another thread's nil dereference is being recovered (a bug of the
-# thread/signal layer under hardware-KVM timing, open in #11); it runs in test-rust (PVM).
 test-tcg:
-	tools/tcg-kvm/cargo-tests.sh --skip a_static_go_program_runs_its_goroutines
+	tools/tcg-kvm/cargo-tests.sh
 
 test-fuzz:
 	tools/cargo-fuzz.sh 15

@@ -7,13 +7,22 @@
  *                      program's xmm0 survives), SIGTRAP (int3), SIGFPE left with siglongjmp,
  *                      SA_RESETHAND, and the mask restored by rt_sigreturn.
  *   signals unhandled  a null write with no handler: the run ends with a typed fault.
+ *   signals parked N S one thread waits in futex (1 ms timeouts, over and over) while main
+ *                      faults N times, and until the waiter has run S times (time slices
+ *                      moved the vCPU between them), each fault recovered by a SIGSEGV handler
+ *                      with siglongjmp.  No signal may reach the waiting thread.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 static volatile long seen_addr, seen_code, seen_sig, in_handler_mask;
 static sigjmp_buf jump;
@@ -106,6 +115,59 @@ static int all(void)
 	return 0;
 }
 
+/* musl has no <linux/futex.h>. */
+#define FUTEX_WAIT_PRIVATE 128
+
+static volatile long faulter_tid, wrong_thread, waits, stop_waiting;
+
+static void recover(int sig, siginfo_t *si, void *ctx)
+{
+	(void)si;
+	(void)ctx;
+	if (syscall(SYS_gettid) != faulter_tid) {
+		/* A fault this thread never made: count it and resume where it was. */
+		__atomic_add_fetch(&wrong_thread, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	siglongjmp(jump, sig);
+}
+
+static void *waiter(void *arg)
+{
+	(void)arg;
+	int word = 0;
+	while (!stop_waiting) {
+		struct timespec ms = { 0, 1000000 };
+		syscall(SYS_futex, &word, FUTEX_WAIT_PRIVATE, 0, &ms, NULL, 0);
+		waits++;
+	}
+	return NULL;
+}
+
+static int parked(long n, long slices)
+{
+	faulter_tid = syscall(SYS_gettid);
+	install(SIGSEGV, recover, 0);
+	pthread_t t;
+	if (pthread_create(&t, NULL, waiter, NULL) != 0)
+		return 1;
+	volatile long faults = 0;
+	/* Enough faults, and enough slices for the waiter to have run in between; a bound in
+	 * case slices never come. */
+	while ((faults < n || waits < slices) && faults < 1000 * n) {
+		if (sigsetjmp(jump, 1) == 0) {
+			volatile int *volatile null = (volatile int *)0;
+			*null = 1;
+		}
+		faults++;
+	}
+	stop_waiting = 1;
+	pthread_join(t, NULL);
+	printf("parked: faults>=%ld:%d waiter-ran>=%ld:%d signals-on-the-waiter=%ld\n", n, faults >= n, slices,
+	       waits >= slices, wrong_thread);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -114,5 +176,7 @@ int main(int argc, char **argv)
 		*null = 1;
 		return 0;
 	}
+	if (argc > 3 && !strcmp(argv[1], "parked"))
+		return parked(atol(argv[2]), atol(argv[3]));
 	return all();
 }

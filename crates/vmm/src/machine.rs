@@ -272,8 +272,18 @@ impl Machine {
     }
 
     /// Puts the vCPU back into the guest kernel's start state (system registers and
-    /// `kernel_start`) from wherever it stopped.
+    /// `kernel_start`) from wherever it stopped.  A run that ended at its deadline may have
+    /// been interrupted while the CPU delivered one of the program's faults: KVM still holds
+    /// that exception and would inject it into `kernel_start` (an exception in the guest
+    /// kernel instead of the boot exit), so it is dropped with the state it belonged to.
     pub fn restart_kernel(&mut self) -> Result<()> {
+        self.vm.discard_events()?;
+        self.restart_kernel_after_exception()
+    }
+
+    /// [`Machine::restart_kernel`] from an exception exit: the exception stub's `out`
+    /// completed, so KVM holds nothing in flight (one ioctl less on each signal delivery).
+    pub(crate) fn restart_kernel_after_exception(&mut self) -> Result<()> {
         self.vm.reset_system_registers()?;
         self.start_kernel()
     }

@@ -387,3 +387,101 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
         failure,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Tests of `machine::sched` that need a booted program (hence here).  An exception KVM
+    //! still holds when the VMM puts the vCPU's state aside must never reach another thread,
+    //! nor the restarted guest kernel.  The cut-short delivery is made
+    //! with KVM_SET_VCPU_EVENTS (a #PF, error code 6, as a user write to address 0 raises),
+    //! which is what KVM reports after a timer interrupted a real one.
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::machine::sched::in_user_mode;
+    use crate::machine::RunEnd;
+
+    fn apps() -> std::path::PathBuf {
+        match std::env::var_os("TENANTVM_APPS") {
+            Some(d) => d.into(),
+            None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../apps/build"),
+        }
+    }
+
+    fn machine(args: &[&str]) -> Machine {
+        let program = Program::from_file(apps().join(args[0])).expect("make -C apps");
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let fs = crate::FsConfig::default();
+        let spec = BootSpec {
+            args: &args,
+            env: &[],
+            memory: 64 << 20,
+            stack_size: None,
+            exe_path: None,
+            request_area: 0,
+            shared: None,
+            fast_syscalls: true,
+            io: captured_io(1 << 16),
+            limits: None,
+            fs: &fs,
+        };
+        boot(&program, spec).unwrap()
+    }
+
+    fn inject_page_fault(m: &mut Machine) {
+        let mut e = m.vm.vcpu().get_vcpu_events().unwrap();
+        e.exception.injected = 1;
+        e.exception.nr = 14;
+        e.exception.has_error_code = 1;
+        e.exception.error_code = 6;
+        e.flags = 0;
+        m.vm.vcpu().set_vcpu_events(&e).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+    fn an_exception_in_flight_at_a_time_slice_stays_with_its_thread() {
+        // Main faults and recovers (SIGSEGV handler) while a second thread waits in futex;
+        // the handler counts signals that reach the waiter.
+        let mut m = machine(&["signals.glibc", "parked", "100", "3"]);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries < 10_000, "never stopped in main's user code with the waiter alive");
+            let end = m.run(Instant::now() + Duration::from_millis(1)).unwrap();
+            assert_eq!(end, RunEnd::Timeout, "the program ended before the test could act");
+            let t = &m.proc.threads;
+            if t.count() == 2 && t.current().tid == m.proc.identity.pid && in_user_mode(m.vm.regs().rip) {
+                break;
+            }
+        }
+        // The waiter's 1 ms wait is over; main's slice ends with a fault in delivery.
+        m.proc.threads.wake_expired(Instant::now() + Duration::from_secs(1));
+        assert!(m.proc.threads.others_runnable());
+        inject_page_fault(&mut m);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(m.preempt(deadline).unwrap(), None);
+        assert_ne!(m.proc.threads.current().tid, m.proc.identity.pid, "the slice moved the vCPU to the waiter");
+        let end = m.run(deadline).unwrap();
+        assert_eq!(end, RunEnd::Stopped(crate::syscalls::Stop::Exited(0)));
+        assert_eq!(
+            String::from_utf8_lossy(m.io.stdout.captured()),
+            "parked: faults>=100:1 waiter-ran>=3:1 signals-on-the-waiter=0\n"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+    fn a_restart_of_the_guest_kernel_drops_an_exception_in_flight() {
+        // As after a run that ended at its deadline in the middle of a fault's delivery.
+        let mut m = machine(&["hello.glibc"]);
+        let entry = *m.vm.regs();
+        inject_page_fault(&mut m);
+        m.restart_kernel().unwrap();
+        *m.vm.regs() = entry;
+        m.vm.regs_changed();
+        let end = m.run(Instant::now() + Duration::from_secs(30)).unwrap();
+        assert_eq!(end, RunEnd::Stopped(crate::syscalls::Stop::Exited(0)));
+    }
+}

@@ -202,7 +202,7 @@ impl Machine {
         self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
         // The vCPU stopped inside the exception stub: back to the guest kernel's start, then
         // into the handler (rcx/r11 are free at a handler's entry).
-        self.restart_kernel()?;
+        self.restart_kernel_after_exception()?;
         let mut entry = regs;
         entry.rip = action.handler;
         entry.rsp = sp;

@@ -280,8 +280,12 @@ impl Vm {
 
     /// Sets all general registers with an ioctl (used before the first run, when the sync
     /// area does not hold the vCPU's registers yet).
-    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
-        self.vcpu.set_regs(regs).map_err(Error::kvm("KVM_SET_REGS"))
+    /// Registers changed in the sync area and not yet loaded are dropped: at the next
+    /// `KVM_RUN` they would overwrite these.
+    pub fn set_regs(&mut self, regs: &kvm_regs) -> Result<()> {
+        self.vcpu.set_regs(regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        self.vcpu.get_kvm_run().kvm_dirty_regs &= !u64::from(kvm_bindings::KVM_SYNC_X86_REGS);
+        Ok(())
     }
 
     /// The registers in the sync area (valid after every exit).
@@ -324,6 +328,24 @@ impl Vm {
         s.fs.base = fs;
         s.gs.base = gs;
         self.vcpu.set_sregs(&s).map_err(Error::kvm("KVM_SET_SREGS"))
+    }
+
+    /// Drops any event KVM holds for the vCPU but has not delivered yet: an exception (or
+    /// interrupt, NMI) whose delivery a VM exit cut short, which KVM would inject again at
+    /// the next `KVM_RUN` into whatever state the registers then describe.  For when the
+    /// state it belonged to is put aside or thrown away.  One ioctl, two if there was one.
+    pub fn discard_events(&self) -> Result<()> {
+        let mut e = self.vcpu.get_vcpu_events().map_err(Error::kvm("KVM_GET_VCPU_EVENTS"))?;
+        if e.exception.injected == 0 && e.exception.pending == 0 && e.interrupt.injected == 0 && e.nmi.injected == 0 {
+            return Ok(());
+        }
+        e.exception = Default::default();
+        e.interrupt = Default::default();
+        e.nmi.injected = 0;
+        e.nmi.pending = 0;
+        // Only the fields above: leave SMI, SIPI and the triple-fault state as they are.
+        e.flags = 0;
+        self.vcpu.set_vcpu_events(&e).map_err(Error::kvm("KVM_SET_VCPU_EVENTS"))
     }
 
     /// CR2 (the last page-fault address), read with an ioctl (fault paths only).

@@ -184,6 +184,16 @@ impl Machine {
         if !in_user_mode(self.vm.regs().rip) {
             return Ok(None);
         }
+        // The timer may have interrupted the vCPU while it delivered a fault of this thread
+        // (the CPU had raised it, or PVM had queued it, but a VM exit came first): KVM holds
+        // the exception and injects it at the next entry into whatever registers are loaded
+        // then.  A switch now would hand this thread's fault to the next thread (Go's
+        // nil-pointer recovery under hardware KVM gave a thread parked in futex a SIGSEGV for
+        // address 0).  Not delivered means not begun: this thread's rip is still at the
+        // faulting instruction, which raises the same fault again when it runs next, so the
+        // exception is dropped here.  (Waiting for the delivery instead can starve the other
+        // threads: the timer's signal is mostly noticed right after such an exit.)
+        self.vm.discard_events()?;
         self.proc.threads.current_mut().state = RunState::Runnable;
         self.reschedule(At::User, deadline)
     }
