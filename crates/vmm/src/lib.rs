@@ -55,6 +55,7 @@
 //! `unsafe` is denied crate-wide and allowed only in the modules that own a raw resource:
 //! `memory::mapping` (mmaps), `kvm::raw`, `vm` and `vcpu` (KVM file descriptors and the
 //! `kvm_run` area), `timer` (POSIX timers and their signal), `host` (clocks, getrandom, fds).
+//! Outside them, one test (`sandbox`'s, which forks to show that a vCPU thread may not).
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
