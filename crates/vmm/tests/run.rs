@@ -113,6 +113,33 @@ fn infinite_loop_stops_at_the_time_limit() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn time_limits_take_no_standard_signal_from_the_host_process() {
+    // Deadlines interrupt KVM_RUN with a real-time signal of their own (timer.rs): a handler
+    // on a standard one would take it from the embedder (`tenantvm serve` reloads on SIGHUP).
+    // Rust's runtime has handlers on SIGSEGV and SIGBUS (its stack-overflow guard); every
+    // other standard signal must keep the default action or be ignored.
+    require_kvm();
+    let out = run_cfg("loop.glibc", &[], |c| c.timeout = std::time::Duration::from_millis(100));
+    assert_eq!(out.exit, ExitKind::Timeout);
+    for sig in 1..32 {
+        if [libc::SIGSEGV, libc::SIGBUS, libc::SIGKILL, libc::SIGSTOP].contains(&sig) {
+            continue;
+        }
+        // SAFETY: reads the disposition of `sig` into a zeroed sigaction; changes nothing.
+        let handler = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(sig, std::ptr::null(), &mut old), 0, "signal {sig}");
+            old.sa_sigaction
+        };
+        assert!(
+            handler == libc::SIG_DFL || handler == libc::SIG_IGN,
+            "signal {sig} has a handler after a run with a time limit"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn faults_are_typed() {
     use vmm::GuestFault;
     require_kvm();
