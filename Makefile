@@ -91,9 +91,11 @@ image:
 	deploy/build-image.sh
 
 # Builds the image and serves the example tenants from it with only /dev/kvm passed in (10-20
-# minutes: not part of `make test`).
+# minutes: not part of `make test`).  PODMAN_RUN_ARGS: extra options for `podman run` where its
+# defaults cannot start a container (docs/deploy.md).
+PODMAN_RUN_ARGS ?=
 test-image: build
-	TENANTVM_IMAGE_TEST=1 $(VENV)/bin/pytest -q -rs tests/test_deploy.py -k image
+	TENANTVM_IMAGE_TEST=1 TENANTVM_PODMAN_RUN_ARGS="$(PODMAN_RUN_ARGS)" $(VENV)/bin/pytest -q -rs tests/test_deploy.py -k image
 
 fuzz: build
 	TENANTVM_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q -m fuzz tests

@@ -10,7 +10,7 @@
 #
 # Needs podman (Debian: apt-get install podman) and, to make the base, debootstrap and root.
 # Settings (environment): IMAGE, BASE, MIRROR, SECURITY_MIRROR, WORK (where the rootfs is made),
-# PORT (--run).
+# ISOLATION (podman build's: chroot by default, see below), CA_BUNDLE (below), PORT (--run).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,13 @@ BASE=${BASE:-}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 PORT=${PORT:-8080}
+# The build's RUN steps run chrooted into the image rather than in an OCI container: they need
+# no cgroups and set no resource limits, so the build also works where crun cannot start a
+# container (a host with hybrid cgroups, or without CAP_SYS_RESOURCE, e.g. inside a container).
+ISOLATION=${ISOLATION:-chroot}
+# A CA bundle the build's downloads (crates.io, PyPI) must trust besides Debian's CAs, for a
+# TLS-intercepting proxy: the host's SSL_CERT_FILE by default.  Mounted for the build only.
+CA_BUNDLE=${CA_BUNDLE-${SSL_CERT_FILE:-}}
 LOCAL_BASE=localhost/tenantvm-base:bookworm
 
 say() { printf 'build-image: %s\n' "$*" >&2; }
@@ -36,6 +43,7 @@ if [ -z "$BASE" ]; then
 		WORK=${WORK:-$(mktemp -d "${TMPDIR:-/var/tmp}/tenantvm-base.XXXXXX")}
 		rootfs=$WORK/rootfs
 		rm -rf "$rootfs"
+		mkdir -p "$WORK"
 		say "debootstrap bookworm from $MIRROR into $rootfs"
 		debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
 			die "debootstrap failed: see $WORK/debootstrap.log"
@@ -54,7 +62,14 @@ SOURCES
 fi
 
 say "building $IMAGE on $BASE"
-podman build --build-arg BASE="$BASE" -t "$IMAGE" -f Containerfile .
+ca_args=""
+if [ -n "$CA_BUNDLE" ]; then
+	[ -r "$CA_BUNDLE" ] || die "CA_BUNDLE $CA_BUNDLE cannot be read"
+	say "the build trusts the CA bundle $CA_BUNDLE"
+	ca_args="--build-arg BUILD_CA_BUNDLE=/run/tenantvm-build-ca.pem -v $CA_BUNDLE:/run/tenantvm-build-ca.pem:ro"
+fi
+# shellcheck disable=SC2086 # ca_args is split into its options on purpose (paths without spaces)
+podman build --isolation="$ISOLATION" --build-arg BASE="$BASE" $ca_args -t "$IMAGE" -f Containerfile .
 
 if [ "${1:-}" = "--run" ]; then
 	say "serving the example tenants on port $PORT (Ctrl-C stops)"

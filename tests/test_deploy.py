@@ -5,6 +5,7 @@ where podman or buildah is installed)."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -97,6 +98,9 @@ def test_the_containerfile_runs_tenantvm_serve_on_slim_debian_as_a_user() -> Non
 #: Set by `make test-image`: building the image (a Rust build inside it) takes 10-20 minutes,
 #: too long for `make test`.
 IMAGE_TEST = os.environ.get("TENANTVM_IMAGE_TEST") == "1"
+#: Extra `podman` options for running the container where podman's defaults cannot start one
+#: (`make test-image PODMAN_RUN_ARGS=...`, docs/deploy.md).
+PODMAN_RUN_ARGS = shlex.split(os.environ.get("TENANTVM_PODMAN_RUN_ARGS", ""))
 
 
 @pytest.mark.slow
@@ -113,8 +117,16 @@ def test_the_image_builds_and_serves_the_example_tenants_with_only_dev_kvm(tmp_p
     subprocess.run([str(REPO / "deploy" / "build-image.sh")], cwd=REPO, env=env, check=True, timeout=3600)
     port = free_port()
     name = f"tenantvm-test-{os.getpid()}"
-    run = [podman, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", "--device", "/dev/kvm"]
-    subprocess.run([*run, image, "--workers", "1"], check=True, timeout=120, capture_output=True)
+    runtime, options = [], list(PODMAN_RUN_ARGS)
+    while "--runtime" in options:  # a global option of podman's, before `run`
+        i = options.index("--runtime")
+        runtime += options[i : i + 2]
+        del options[i : i + 2]
+    runtime += [a for a in options if a.startswith("--runtime=")]
+    options = [a for a in options if not a.startswith("--runtime=")]
+    run = [podman, *runtime, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", *options]
+    started = subprocess.run([*run, "--device", "/dev/kvm", image, "--workers", "1"], timeout=120, capture_output=True)
+    assert started.returncode == 0, started.stderr.decode(errors="replace")
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

@@ -593,7 +593,8 @@ mod tests {
         t
     }
 
-    /// The table with every instant as its distance from `base`, as text.
+    /// The table with every instant as its distance from `base`, as text (an XSAVE image as
+    /// a weighted sum of its words).
     fn relative(t: &Threads, base: Instant) -> String {
         let text = format!(
             "{:?}",
@@ -604,7 +605,12 @@ mod tests {
                     t.clear_child_tid,
                     t.robust_list,
                     t.rseq,
-                    t.cpu.as_ref().map(|c| (c.regs, c.fs_base, c.gs_base, c.xsave.to_vec()))
+                    t.cpu.as_ref().map(|c| (
+                        c.regs,
+                        c.fs_base,
+                        c.gs_base,
+                        c.xsave.iter().enumerate().map(|(i, &w)| (i as u64 + 1) * u64::from(w)).sum::<u64>()
+                    ))
                 ))
                 .collect::<Vec<_>>()
         );
