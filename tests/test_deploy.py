@@ -125,7 +125,12 @@ def test_the_image_builds_and_serves_the_example_tenants_with_only_dev_kvm(tmp_p
     runtime += [a for a in options if a.startswith("--runtime=")]
     options = [a for a in options if not a.startswith("--runtime=")]
     run = [podman, *runtime, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", *options]
-    started = subprocess.run([*run, "--device", "/dev/kvm", image, "--workers", "1"], timeout=120, capture_output=True)
+    # The container's user must be allowed to open /dev/kvm: a member of the device's group
+    # when the device is not open to everyone (Debian: 0660 root:kvm).
+    kvm = os.stat("/dev/kvm")
+    group = [] if kvm.st_mode & 0o006 == 0o006 else ["--group-add", str(kvm.st_gid)]
+    device = ["--device", "/dev/kvm", *group]
+    started = subprocess.run([*run, *device, image, "--workers", "1"], timeout=120, capture_output=True)
     assert started.returncode == 0, started.stderr.decode(errors="replace")
     try:
         base = f"http://127.0.0.1:{port}"
