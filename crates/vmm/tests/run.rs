@@ -138,6 +138,51 @@ fn time_limits_take_no_standard_signal_from_the_host_process() {
     }
 }
 
+/// The POSIX timers of this process that signal thread `tid`, as (kernel timer id, whether
+/// it is armed), from /proc/self/timers.
+fn timers_of_thread(tid: i64) -> Vec<(i64, bool)> {
+    let text = std::fs::read_to_string("/proc/self/timers").expect("/proc/self/timers");
+    let mut out = Vec::new();
+    for timer in text.split("ID: ").skip(1) {
+        let id: i64 = timer.lines().next().unwrap().trim().parse().unwrap();
+        if !timer.lines().any(|l| l.starts_with("notify:") && l.trim_end().ends_with(&format!(".{tid}"))) {
+            continue;
+        }
+        // SAFETY: timer_gettime with a kernel timer id of this process writes one itimerspec
+        // into a zeroed local (a valid value of the type).
+        let (ret, spec) = unsafe {
+            let mut spec: libc::itimerspec = std::mem::zeroed();
+            (libc::syscall(libc::SYS_timer_gettime, id, &mut spec), spec)
+        };
+        assert_eq!(ret, 0, "timer_gettime({id})");
+        out.push((id, spec.it_value.tv_sec != 0 || spec.it_value.tv_nsec != 0));
+    }
+    out
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_run_leaves_no_timer_armed_and_its_thread_none_behind() {
+    // A run that ends before its time limit disarms the limit's timer: its signal arriving
+    // later would interrupt the embedder's own system calls on that thread (the handler has
+    // no SA_RESTART).  A thread that ran guests deletes its timers when it exits (threads of
+    // a pool come and go).  timer.rs; the timers are read from /proc/self/timers.
+    require_kvm();
+    let tid = std::thread::spawn(|| {
+        let out = run_cfg("hello.glibc", &[], |c| c.timeout = std::time::Duration::from_secs(30));
+        assert_eq!(out.exit, ExitKind::Exited(0));
+        // SAFETY: gettid has no preconditions.
+        let tid = i64::from(unsafe { libc::gettid() });
+        let timers = timers_of_thread(tid);
+        assert!(!timers.is_empty(), "no timer of thread {tid} in /proc/self/timers");
+        assert!(timers.iter().all(|&(_, armed)| !armed), "armed after the run: {timers:?}");
+        tid
+    })
+    .join()
+    .unwrap();
+    assert_eq!(timers_of_thread(tid), [], "the timers of exited thread {tid} are still there");
+}
+
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn faults_are_typed() {
