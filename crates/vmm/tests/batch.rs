@@ -56,7 +56,9 @@ fn a_batch_of_hello_requests_costs_one_exit() {
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn batched_requests_start_from_the_snapshot() {
     require_kvm();
-    let mut eph = tenant("misbehave", |_| {}).instance().unwrap();
+    // Not a test of time limits: a generous one, so that a request kept off the CPU by a
+    // loaded host does not time out (the default 1 s did, at load 10).
+    let mut eph = tenant("misbehave", |c| c.timeout = Duration::from_secs(20)).instance().unwrap();
     let got = batch_bodies(&mut eph, &vec![req("/count"); 20]);
     assert_eq!(got, vec!["1"; 20]);
     // Requests that write many pages are restored as completely.
