@@ -410,3 +410,24 @@ def test_one_application_object_serves_asgi_and_rsgi_between_start_up_and_shutdo
 
     asyncio.run(main())
     assert not run.exists(), "the last user of the run directory removes it"
+
+
+# --- priming ----------------------------------------------------------------------------------
+
+
+def test_new_instances_are_primed_with_the_first_warm_up_requests_of_ephemeral_tenants() -> None:
+    from tenantvm.config import TenantConfig, WarmupRequest
+    from tenantvm.server import PRIME_CALLS, priming_requests
+
+    a, b = WarmupRequest(path="/a"), WarmupRequest("POST", "/b", "q=1", (("x-k", "v"),), b"body")
+    cfg = TenantConfig(name="t", hosts=("x",), program=__file__, warmup=(a, b))  # type: ignore[arg-type]
+    primed = priming_requests(cfg)
+    assert len(primed) == PRIME_CALLS == 3
+    assert [(r.method, r.path, r.query, list(r.headers), r.body) for r in primed] == [
+        ("GET", "/a", "", [], b""),
+        ("POST", "/b", "q=1", [("x-k", "v")], b"body"),
+        ("GET", "/a", "", [], b""),
+    ]
+    assert priming_requests(TenantConfig(name="t", hosts=("x",), program=__file__)) == []  # type: ignore[arg-type]
+    stateful = TenantConfig(name="t", hosts=("x",), program=__file__, warmup=(a,), ephemeral=False)  # type: ignore[arg-type]
+    assert priming_requests(stateful) == []  # priming would change its state
