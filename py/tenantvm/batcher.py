@@ -73,10 +73,16 @@ class Batcher:
         self._crowded = False
         #: Requests that found batches lone (every PROBE_EVERY-th of them waits a turn).
         self.lone_calls = 0
+        # Whether a request ran at once in this loop turn: another one in the same turn has
+        # company, so it waits for the turn's batch.
+        self._ran_in_turn = False
 
     def lone(self) -> bool:
-        """Whether the last batch held one request and none is queued (run requests at once)."""
-        return not self._pending and not self._crowded
+        """Whether a request runs at once (the last batch was lone, none is queued, none ran this turn)."""
+        return not self._pending and not self._crowded and not self._ran_in_turn
+
+    def _turn_over(self) -> None:
+        self._ran_in_turn = False
 
     async def call(self, request: NativeArgs) -> RawResponse:
         """Serves ``request`` in the next batch, or at once when batches have been lone.
@@ -86,13 +92,15 @@ class Batcher:
 
         Waiting a loop turn for company costs a lone request more than batching saves, so
         while the last batch held one request, requests run at once, and only every
-        :data:`PROBE_EVERY`-th waits a turn to see whether load has come back.
+        :data:`PROBE_EVERY`-th waits a turn to see whether load has come back.  A request
+        that finds another one ran at once in the same loop turn has company: it waits for
+        the turn's batch (under load, a turn's requests cost two exits, not one each).
 
         Raises:
             NoInstance: No instance was free (nothing ran).
             TenantVMError: What :meth:`TenantVM.call` would raise.
         """
-        if not self._pending and not self._crowded:
+        if self.lone():
             self.lone_calls += 1
             if self.lone_calls % PROBE_EVERY:
                 return self.call_now(request)
@@ -116,6 +124,9 @@ class Batcher:
         vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
         if vm is None:
             raise NoInstance
+        if not self._ran_in_turn:
+            self._ran_in_turn = True
+            asyncio.get_running_loop().call_soon(self._turn_over)
         served = 0
         try:
             self._before()
