@@ -190,9 +190,16 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
 
 /// The pthread tenant (a pool of 4 workers waiting on a condition variable at its snapshot).
 fn thread_tenant(ephemeral: bool) -> Tenant {
+    thread_tenant_in(ephemeral, 128 << 20)
+}
+
+/// The thread tenant with `memory` bytes of RAM: the file holds all of it, and every load
+/// checksums it, so tests that load a file many times keep it small (under the emulated
+/// AMD-V CPU a load of 128 MiB takes seconds).
+fn thread_tenant_in(ephemeral: bool, memory: u64) -> Tenant {
     tenant("thread_tenant", |c| {
         c.ephemeral = ephemeral;
-        c.memory = 128 << 20;
+        c.memory = memory;
         c.timeout = std::time::Duration::from_secs(20);
     })
 }
@@ -240,14 +247,15 @@ fn damage_to_the_threads_of_a_file_is_refused() {
     require_kvm();
     let dir = scratch("threads-damage");
     let good = dir.join("good.snap");
-    thread_tenant(true).write_snapshot_file(&good).unwrap();
+    thread_tenant_in(true, 48 << 20).write_snapshot_file(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let bad = dir.join("bad.snap");
     let state_len = field(&bytes, 1) as usize;
     // The threads are the state's last part: each of the 4 waiting workers carries its 4 KiB
     // XSAVE image, so the last 4 x 4 KiB of the state are theirs.
     let threads = HEADER_LEN + state_len - 4 * 4096;
-    for at in (threads..HEADER_LEN + state_len).step_by(997) {
+    // Six flips spread over the four images (each flip means two full loads).
+    for at in (threads..HEADER_LEN + state_len).step_by(2731) {
         let mut b = bytes.clone();
         b[at] ^= 0x04;
         std::fs::write(&bad, &b).unwrap();
