@@ -11,8 +11,19 @@
  *                      faults N times, and until the waiter has run S times (time slices
  *                      moved the vCPU between them), each fault recovered by a SIGSEGV handler
  *                      with siglongjmp.  No signal may reach the waiting thread.
+ *   signals async      signals the program sends: raise/kill/tgkill run the handler before the
+ *                      call returns (si_code SI_USER or SI_TKILL, si_pid); a blocked signal is
+ *                      pending (rt_sigpending) and delivered when unblocked; SIG_IGN and SIGURG's
+ *                      default do nothing; per-thread masks (a new thread inherits its
+ *                      creator's), tgkill to another thread runs the handler on that thread,
+ *                      and wakes it from a futex wait (EINTR, or restarted with SA_RESTART);
+ *                      kill to the process while the caller blocks it goes to a thread that does
+ *                      not; per-thread sigaltstack; errnos (EINVAL, ESRCH).
+ *   signals term N     sends itself signal N (default action): the run ends killed by it.
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -117,6 +128,7 @@ static int all(void)
 
 /* musl has no <linux/futex.h>. */
 #define FUTEX_WAIT_PRIVATE 128
+#define FUTEX_WAKE_PRIVATE 129
 
 static volatile long faulter_tid, wrong_thread, waits, stop_waiting;
 
@@ -168,12 +180,163 @@ static int parked(long n, long slices)
 	return 0;
 }
 
+static volatile long got_sig, got_code, got_pid, got_tid, got_on_alt, handled;
+static char altstack_mem[65536];
+
+static void note(int sig, siginfo_t *si, void *ctx)
+{
+	(void)ctx;
+	got_sig = sig;
+	got_code = si->si_code;
+	got_pid = si->si_pid;
+	got_tid = syscall(SYS_gettid);
+	stack_t ss;
+	sigaltstack(NULL, &ss);
+	got_on_alt = (ss.ss_flags & SS_ONSTACK) != 0;
+	handled++;
+}
+
+static long tgkill_(long tid, int sig)
+{
+	long r = syscall(SYS_tgkill, getpid(), tid, sig);
+	return r < 0 ? -errno : r;
+}
+
+static volatile int futex_word;
+static volatile long waiter_tid, waiter_result, waiter_handled_before;
+
+static void *futex_waiter(void *arg)
+{
+	(void)arg;
+	waiter_tid = syscall(SYS_gettid);
+	/* The creator blocks SIGUSR2: so does this thread, from birth. */
+	sigset_t now;
+	sigprocmask(SIG_BLOCK, NULL, &now);
+	long inherited = sigismember(&now, SIGUSR2);
+	/* Its own alternate stack; SA_ONSTACK handlers run there, only on this thread. */
+	stack_t ss = { .ss_sp = altstack_mem, .ss_size = sizeof altstack_mem, .ss_flags = 0 };
+	sigaltstack(&ss, NULL);
+	waiter_handled_before = handled;
+	long r = syscall(SYS_futex, &futex_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+	waiter_result = r < 0 ? -errno : r;
+	return (void *)inherited;
+}
+
+static int async_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = note;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGUSR1, &sa, NULL);
+	long me = syscall(SYS_gettid);
+
+	raise(SIGUSR1);
+	printf("raise: handled=%ld sig=%ld code=%s pid-ok=%d tid-ok=%d\n", handled, got_sig,
+	       got_code == SI_TKILL ? "SI_TKILL" : got_code == SI_USER ? "SI_USER" : "?", got_pid == getpid(),
+	       got_tid == me);
+	kill(getpid(), SIGUSR1);
+	printf("kill: handled=%ld code=%s\n", handled, got_code == SI_USER ? "SI_USER" : "?");
+
+	sigset_t set, pending;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	kill(getpid(), SIGUSR1);
+	sigpending(&pending);
+	long before = handled;
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	printf("blocked: pending=%d handled-while-blocked=%ld handled-on-unblock=%ld\n", sigismember(&pending, SIGUSR1),
+	       before - 2, handled - before);
+
+	signal(SIGUSR1, SIG_IGN);
+	kill(getpid(), SIGUSR1);
+	kill(getpid(), SIGURG); /* ignored by default */
+	kill(getpid(), SIGCHLD);
+	printf("ignored: handled=%ld\n", handled);
+
+	printf("errors: kill-65=%d kill-other=%d tgkill-bad-tid=%ld tgkill-0=%ld tgkill-65=%ld\n",
+	       kill(getpid(), 65) < 0 ? errno : 0, kill(12345, SIGUSR1) < 0 ? errno : 0, -tgkill_(9999, SIGUSR1),
+	       -tgkill_(0, SIGUSR1), -tgkill_(me, 65));
+
+	/* Threads: SIGUSR2's handler runs on the alternate stack when there is one. */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = note;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigaction(SIGUSR2, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	waiter_result = 1;
+	pthread_t t;
+	pthread_create(&t, NULL, futex_waiter, NULL);
+	while (!waiter_tid)
+		sched_yield();
+	for (int i = 0; i < 3; i++)
+		sched_yield();
+	/* The waiter blocks SIGUSR2 (inherited): pending, its wait goes on. */
+	tgkill_(waiter_tid, SIGUSR2);
+	for (int i = 0; i < 3; i++)
+		sched_yield();
+	long still_waiting = waiter_result == 1 && handled == waiter_handled_before;
+	/* SIGUSR1 (a handler again, no SA_RESTART): its futex wait ends with EINTR, and the
+	 * handler runs on it, on its alternate stack. */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = note;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigaction(SIGUSR1, &sa, NULL);
+	tgkill_(waiter_tid, SIGUSR1);
+	void *inherited;
+	pthread_join(t, &inherited);
+	printf("thread: inherited-mask=%ld pending-kept-waiting=%ld futex=%s handler-on-it=%d code=%s alt=%ld\n",
+	       (long)inherited, still_waiting, waiter_result == -EINTR ? "EINTR" : "?", got_tid == waiter_tid,
+	       got_code == SI_TKILL ? "SI_TKILL" : "?", got_on_alt);
+
+	/* kill to the process while this thread blocks it: a waiting thread that does not
+	 * takes it (SA_RESTART: its futex wait goes on after the handler). */
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigaction(SIGUSR1, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	waiter_tid = 0;
+	waiter_result = 1;
+	sigset_t none;
+	sigemptyset(&none);
+	/* The new thread must not block SIGUSR1 or SIGUSR2: create it with an empty mask. */
+	sigset_t saved;
+	sigprocmask(SIG_SETMASK, &none, &saved);
+	pthread_create(&t, NULL, futex_waiter, NULL);
+	sigprocmask(SIG_SETMASK, &saved, NULL);
+	while (!waiter_tid)
+		sched_yield();
+	for (int i = 0; i < 3; i++)
+		sched_yield();
+	long h = handled;
+	kill(getpid(), SIGUSR1);
+	for (int i = 0; i < 3; i++)
+		sched_yield();
+	long restarted = waiter_result == 1 && handled == h + 1 && got_tid == waiter_tid;
+	futex_word = 1;
+	syscall(SYS_futex, &futex_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+	pthread_join(t, NULL);
+	printf("process: taken-by-the-waiter-and-restarted=%ld futex-after-wake=%ld\n", restarted, waiter_result);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc > 1 && !strcmp(argv[1], "unhandled")) {
 		volatile int *volatile null = (volatile int *)0x20;
 		*null = 1;
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "async"))
+		return async_signals();
+	if (argc > 2 && !strcmp(argv[1], "term")) {
+		kill(getpid(), atoi(argv[2]));
+		printf("still alive\n");
 		return 0;
 	}
 	if (argc > 3 && !strcmp(argv[1], "parked"))

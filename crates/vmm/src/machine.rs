@@ -468,6 +468,7 @@ impl Machine {
             sched: None,
             memory_exhausted: false,
             blocked: Duration::ZERO,
+            user_rsp: r.rsp,
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
         let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted);
@@ -476,10 +477,32 @@ impl Machine {
         self.memory_exhausted |= exhausted;
         self.vm.regs().rax = rax;
         self.vm.regs_changed();
+        let stop = self.after_syscall(r.rax, stop, sched, deadline)?;
+        if stop.is_some() || !self.signals_pending() {
+            return Ok(stop);
+        }
+        // A signal the call sent, unblocked, or that waits for the thread now on the vCPU.
+        self.deliver_pending(sched::At::Syscall)
+    }
+
+    /// Whether any signal the program sent waits for delivery (one load and test: the
+    /// common case costs nothing).
+    fn signals_pending(&self) -> bool {
+        self.proc.signals.pending != 0 || self.proc.threads.current().sig_pending != 0
+    }
+
+    /// The scheduler's part of a system call's end: a stop, a switch, a retry.
+    fn after_syscall(
+        &mut self,
+        nr: u64,
+        stop: Option<Stop>,
+        sched: Option<Sched>,
+        deadline: Instant,
+    ) -> Result<Option<Stop>> {
         match (stop, sched) {
-            (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(r.rax, None, deadline),
+            (Some(Stop::Deadlock(_)), _) if self.proc.threads.multi() => self.retry_later(nr, None, deadline),
             (Some(stop), _) => Ok(Some(stop)),
-            (None, Some(sched @ Sched::Retry { .. })) => self.on_sched(sched, r.rax, deadline),
+            (None, Some(sched @ Sched::Retry { .. })) => self.on_sched(sched, nr, deadline),
             (None, sched) => {
                 self.proc.threads.active = true;
                 if self.proc.threads.multi() {
@@ -487,7 +510,7 @@ impl Machine {
                     self.proc.threads.current_mut().retry_until = None;
                 }
                 match sched {
-                    Some(sched) => self.on_sched(sched, r.rax, deadline),
+                    Some(sched) => self.on_sched(sched, nr, deadline),
                     None => Ok(None),
                 }
             }

@@ -1,5 +1,7 @@
-//! Synchronous signals: a CPU fault in a program that installed a handler for its signal is
-//! delivered to that handler, as Linux does, and `rt_sigreturn` resumes where the handler says.
+//! Delivering signals: a CPU fault in a program that installed a handler for its signal is
+//! delivered to that handler at once, as Linux does; a signal the program sent (pending, see
+//! `crate::syscalls::signal`) when a thread that does not block it returns from a system call
+//! or gets the vCPU at a time slice.  `rt_sigreturn` resumes where the handler says.
 //!
 //! ```text
 //!   exception exit ──> signal for the vector (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP)
@@ -19,8 +21,10 @@ use crate::error::{Error, GuestFault, Result};
 use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::linux::threads::CpuState;
+use crate::machine::sched::At;
 use crate::machine::Machine;
-use crate::syscalls::signal::SigAction;
+use crate::syscalls::signal::{bit, unblockable, Disposition, SigAction};
+use crate::syscalls::Stop;
 
 const SA_SIGINFO: u64 = 4;
 const SA_ONSTACK: u64 = 0x0800_0000;
@@ -122,9 +126,11 @@ impl Machine {
     /// does not (or the frame cannot be written: Linux then kills the process too).
     pub(crate) fn deliver_fault(&mut self, vector: u64, fault: &GuestFault) -> Result<bool> {
         let Some((sig, code, addr)) = signal_of(fault) else { return Ok(false) };
-        let action: SigAction = self.proc.signals.action(sig);
-        let bit = 1u64 << (sig - 1);
-        if action.handler <= 1 || action.flags & SA_RESTORER == 0 || self.proc.signals.mask & bit != 0 {
+        let action = self.proc.signals.action(sig);
+        if action.handler <= 1
+            || action.flags & SA_RESTORER == 0
+            || self.proc.threads.current().sig_mask & bit(sig) != 0
+        {
             return Ok(false);
         }
         let Some(regs) = self.faulting_regs() else { return Ok(false) };
@@ -134,11 +140,91 @@ impl Machine {
             | GuestFault::Exception { error_code, .. } => error_code,
             _ => 0,
         };
-        let xsave = self.vm.xsave()?;
         let (fs_base, gs_base) = self.vm.segment_bases()?;
+        let cpu = CpuState { regs, fs_base, gs_base, xsave: self.vm.xsave()? };
+        let mut info = [0u8; 128];
+        info[8..12].copy_from_slice(&code.to_le_bytes());
+        put(&mut info, 16, addr);
+        let cr2 = if sig == libc::SIGSEGV as u64 { addr } else { 0 };
+        let Some(entry) = self.push_frame(sig, action, info, &cpu, (error_code, vector, cr2))? else {
+            return Ok(false);
+        };
+        // The vCPU stopped inside the exception stub: back to the guest kernel's start, then
+        // into the handler.
+        self.restart_kernel_after_exception()?;
+        self.vm.regs().rip = sym::ENTER_USER;
+        self.vm.regs().rflags = 0x2;
+        self.load_cpu_at_syscall(&entry)?;
+        Ok(true)
+    }
+
+    /// Delivers a signal sent by the program (`kill`, `tgkill`, ...) that is pending for the
+    /// running thread and not blocked by it, if there is one: its handler runs (the vCPU's
+    /// state, `at` the place it stopped, goes into the frame), or the signal is ignored, or
+    /// the run ends as killed by it.  One handler per call: others still pending are
+    /// delivered at the next system call (its `rt_sigreturn` at the latest).
+    pub(crate) fn deliver_pending(&mut self, at: At) -> Result<Option<Stop>> {
+        loop {
+            let t = self.proc.threads.current();
+            let ready = (t.sig_pending | self.proc.signals.pending) & !t.sig_mask;
+            if ready == 0 {
+                return Ok(None);
+            }
+            let sig = u64::from(ready.trailing_zeros()) + 1;
+            let b = bit(sig);
+            self.proc.threads.current_mut().sig_pending &= !b;
+            self.proc.signals.pending &= !b;
+            let tkill = self.proc.signals.sent_by_tkill & b != 0;
+            self.proc.signals.sent_by_tkill &= !b;
+            self.proc_touched = true;
+            let action = match self.proc.signals.disposition(sig) {
+                Disposition::Ignore => continue,
+                Disposition::Terminate => return Ok(Some(Stop::Signaled(sig as i32))),
+                Disposition::Handle(action) => action,
+            };
+            if action.flags & SA_RESTORER == 0 {
+                // x86-64 Linux has no way back from such a handler: it kills the process.
+                return Ok(Some(Stop::Signaled(libc::SIGSEGV)));
+            }
+            if at == At::User {
+                // As at a time slice: a fault KVM holds is the thread's to raise again later.
+                self.vm.discard_events()?;
+            }
+            let cpu = self.save_cpu(at)?;
+            let mut info = [0u8; 128];
+            const SI_USER: i32 = 0;
+            const SI_TKILL: i32 = -6;
+            info[8..12].copy_from_slice(&(if tkill { SI_TKILL } else { SI_USER }).to_le_bytes());
+            info[16..20].copy_from_slice(&(self.proc.identity.pid as u32).to_le_bytes());
+            info[20..24].copy_from_slice(&(self.proc.identity.uid as u32).to_le_bytes());
+            let Some(entry) = self.push_frame(sig, action, info, &cpu, (0, 0, 0))? else {
+                // No room for the frame: Linux kills the process with SIGSEGV.
+                return Ok(Some(Stop::Signaled(libc::SIGSEGV)));
+            };
+            self.load_cpu_at(&entry, at)?;
+            // A batch must not reset in the guest: the host changed the registers.
+            self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
+            return Ok(None);
+        }
+    }
+
+    /// Writes an rt_sigframe for `sig` (siginfo `info` with the number filled in here) on the
+    /// stack of the thread whose user-mode state is `cpu`, and applies the handler's mask and
+    /// SA_RESETHAND; the state that enters the handler, or None when the frame cannot be
+    /// written.  `trap` is (error code, trap number, cr2) for the sigcontext.
+    fn push_frame(
+        &mut self,
+        sig: u64,
+        action: SigAction,
+        mut info: [u8; 128],
+        cpu: &CpuState,
+        trap: (u64, u64, u64),
+    ) -> Result<Option<CpuState>> {
+        let regs = cpu.regs;
+        let mask = self.proc.threads.current().sig_mask;
         // Where the frame goes: the alternate stack if asked for and not already on it, else
         // below the red zone.
-        let (ss_sp, ss_flags, ss_size) = self.proc.signals.altstack;
+        let (ss_sp, ss_flags, ss_size) = self.proc.threads.current().altstack;
         let on_alt = ss_size > 0 && regs.rsp > ss_sp && regs.rsp <= ss_sp + ss_size;
         let use_alt = action.flags & SA_ONSTACK != 0 && ss_flags & 2 == 0 && ss_size > 0 && !on_alt;
         let mut sp = if use_alt { ss_sp + ss_size } else { regs.rsp.wrapping_sub(128) };
@@ -148,7 +234,7 @@ impl Machine {
         sp = ((sp.wrapping_sub(FRAME_SIZE)) & !15).wrapping_sub(8);
 
         let mut fp = vec![0u8; (xsize + 4) as usize];
-        let image: Vec<u8> = xsave.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let image: Vec<u8> = cpu.xsave.iter().flat_map(|w| w.to_le_bytes()).collect();
         fp[..xsize as usize].copy_from_slice(&image[..xsize as usize]);
         let xcr0 = crate::vm::Vm::xcr0(self.vm.host());
         let bv = get(&fp, 512) & xcr0;
@@ -170,29 +256,28 @@ impl Machine {
         for (i, v) in gregs(&regs).into_iter().enumerate() {
             put(&mut frame, mc + 8 * i, v);
         }
+        let (error_code, trapno, cr2) = trap;
         // cs, gs, fs, ss (16 bits each)
         put(&mut frame, mc + 144, SEL_UCODE | (SEL_UDATA << 48));
         put(&mut frame, mc + 152, error_code);
-        put(&mut frame, mc + 160, vector);
-        put(&mut frame, mc + 168, self.proc.signals.mask);
-        put(&mut frame, mc + 176, if sig == libc::SIGSEGV as u64 { addr } else { 0 });
+        put(&mut frame, mc + 160, trapno);
+        put(&mut frame, mc + 168, mask);
+        put(&mut frame, mc + 176, cr2);
         put(&mut frame, mc + 184, fpstate);
-        put(&mut frame, uc + UC_SIGMASK, self.proc.signals.mask);
-        let si = SIGINFO as usize;
-        frame[si..si + 4].copy_from_slice(&(sig as i32).to_le_bytes());
-        frame[si + 8..si + 12].copy_from_slice(&code.to_le_bytes());
-        put(&mut frame, si + 16, addr);
+        put(&mut frame, uc + UC_SIGMASK, mask);
+        info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
+        frame[SIGINFO as usize..].copy_from_slice(&info);
 
         let mut mem = self.user_memory();
         if mem.write(fpstate, &fp).is_err() || mem.write(sp, &frame).is_err() {
-            return Ok(false);
+            return Ok(None);
         }
         // The handler runs with its mask; SA_RESETHAND makes the next one the default.
         let mut block = action.mask;
         if action.flags & SA_NODEFER == 0 {
-            block |= bit;
+            block |= bit(sig);
         }
-        self.proc.signals.mask |= block & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        self.proc.threads.current_mut().sig_mask |= block & !unblockable();
         if action.flags & SA_RESETHAND != 0 {
             self.proc.signals.reset_action(sig);
         }
@@ -200,9 +285,8 @@ impl Machine {
         // A batch must not reset in the guest: the host wrote the frame, which the guest's
         // Dirty bits do not show.
         self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
-        // The vCPU stopped inside the exception stub: back to the guest kernel's start, then
-        // into the handler (rcx/r11 are free at a handler's entry).
-        self.restart_kernel_after_exception()?;
+        self.stats.signals_delivered += 1;
+        // rcx/r11 are free at a handler's entry.
         let mut entry = regs;
         entry.rip = action.handler;
         entry.rsp = sp;
@@ -213,11 +297,7 @@ impl Machine {
         entry.rflags = regs.rflags & !(0x100 | 0x400 | 0x4_0000); // TF, DF, AC cleared
         entry.rcx = entry.rip;
         entry.r11 = entry.rflags;
-        self.vm.regs().rip = sym::ENTER_USER;
-        self.vm.regs().rflags = 0x2;
-        self.load_cpu_at_syscall(&CpuState { regs: entry, fs_base, gs_base, xsave })?;
-        self.stats.signals_delivered += 1;
-        Ok(true)
+        Ok(Some(CpuState { regs: entry, fs_base: cpu.fs_base, gs_base: cpu.gs_base, xsave: cpu.xsave.clone() }))
     }
 
     /// rt_sigreturn, at its system-call exit: the registers, FPU state and signal mask the
@@ -259,7 +339,7 @@ impl Machine {
                 *w = u32::from_le_bytes(fp[i * 4..i * 4 + 4].try_into().unwrap());
             }
         }
-        self.proc.signals.mask = get(&uc, UC_SIGMASK) & !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+        self.proc.threads.current_mut().sig_mask = get(&uc, UC_SIGMASK) & !unblockable();
         self.proc_touched = true;
         let (fs_base, gs_base) = self.vm.segment_bases()?;
         match self.load_cpu_at_syscall(&CpuState { regs, fs_base, gs_base, xsave }) {

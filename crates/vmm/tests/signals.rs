@@ -111,3 +111,65 @@ fn a_fault_recovered_in_one_thread_never_reaches_a_thread_waiting_in_futex() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn signals_the_program_sends_reach_handlers_per_thread_with_linux_rules() {
+    require_kvm();
+    for libc in ["signals.glibc", "signals.musl"] {
+        let out = run(libc, "async");
+        assert_eq!(out.exit, ExitKind::Exited(0), "{libc}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "raise: handled=1 sig=10 code=SI_TKILL pid-ok=1 tid-ok=1\n\
+             kill: handled=2 code=SI_USER\n\
+             blocked: pending=1 handled-while-blocked=0 handled-on-unblock=1\n\
+             ignored: handled=3\n\
+             errors: kill-65=22 kill-other=3 tgkill-bad-tid=3 tgkill-0=22 tgkill-65=22\n\
+             thread: inherited-mask=1 pending-kept-waiting=1 futex=EINTR handler-on-it=1 code=SI_TKILL alt=1\n\
+             process: taken-by-the-waiter-and-restarted=1 futex-after-wake=0\n",
+            "{libc}"
+        );
+        assert!(out.syscalls.unsupported.is_empty(), "{libc}: {:?}", out.syscalls.unsupported);
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_signal_whose_default_is_to_terminate_ends_the_run_typed_and_ignored_ones_do_nothing() {
+    require_kvm();
+    for (sig, killed) in [(libc::SIGUSR1, true), (libc::SIGTERM, true), (libc::SIGKILL, true), (libc::SIGURG, false)] {
+        let mut cfg = RunConfig::new(args(&["signals.glibc", "term", &sig.to_string()]));
+        cfg.timeout = Duration::from_secs(30);
+        let out = vmm::run(&app("signals.glibc"), cfg).unwrap();
+        if killed {
+            assert_eq!(out.exit, ExitKind::Signaled(sig), "signal {sig}");
+            assert!(out.stdout.is_empty(), "signal {sig}");
+        } else {
+            assert_eq!(out.exit, ExitKind::Exited(0), "signal {sig}");
+            assert_eq!(out.stdout, b"still alive\n", "signal {sig}");
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn masks_pending_signals_and_alternate_stacks_are_reset_with_the_snapshot() {
+    require_kvm();
+    const CLEAN: &str = "usr1-blocked=0 usr2-pending=0 altstack=off term=default usr1=1";
+    let tenant = |ephemeral| common::tenant("signal_tenant", |c| c.ephemeral = ephemeral);
+    let mut inst = tenant(true).instance().unwrap();
+    assert_eq!(call(&mut inst, "/state").unwrap(), CLEAN);
+    assert_eq!(call(&mut inst, "/leave").unwrap(), "left");
+    // Ephemeral: the mask, the pending signal, the alternate stack and SIG_IGN are gone.
+    assert_eq!(call(&mut inst, "/state").unwrap(), CLEAN);
+    // A signal whose default is to terminate is a typed failure; the instance serves on.
+    let err = call(&mut inst, "/term").unwrap_err();
+    assert!(matches!(&err, Failure::NoResponse(m) if m.contains("signal 15")), "{err:?}");
+    assert_eq!(call(&mut inst, "/state").unwrap(), CLEAN);
+    // Stateful: the request's signal state stays (SIGUSR1 blocked: raising it counts nothing).
+    let mut st = tenant(false).instance().unwrap();
+    assert_eq!(call(&mut st, "/leave").unwrap(), "left");
+    assert_eq!(call(&mut st, "/state").unwrap(), "usr1-blocked=1 usr2-pending=1 altstack=on term=ignored usr1=0");
+    assert_eq!(call(&mut st, "/term").unwrap(), "term ignored");
+}

@@ -117,6 +117,12 @@ pub struct Thread {
     pub retry_until: Option<Instant>,
     /// When a call waiting to be made again is made again anyway (a timer it waits on).
     pub recheck_at: Option<Instant>,
+    /// Its signal mask (bit n-1 blocks signal n), inherited by the threads it creates.
+    pub sig_mask: u64,
+    /// Signals sent to this thread (`tgkill`, `tkill`) and not delivered yet.
+    pub sig_pending: u64,
+    /// Its alternate signal stack (`sigaltstack`): sp, flags, size.
+    pub altstack: (u64, u32, u64),
 }
 
 impl Thread {
@@ -130,9 +136,15 @@ impl Thread {
             rseq: None,
             retry_until: None,
             recheck_at: None,
+            sig_mask: 0,
+            sig_pending: 0,
+            altstack: NO_ALTSTACK,
         }
     }
 }
+
+/// A thread's alternate signal stack before `sigaltstack` (SS_DISABLE).
+pub const NO_ALTSTACK: (u64, u32, u64) = (0, 2, 0);
 
 /// All threads of the process.
 #[derive(Debug, Clone)]
@@ -325,6 +337,49 @@ impl Threads {
         }
     }
 
+    /// Index of the thread `tid` (exited ones excluded).
+    pub fn index_of(&self, tid: u64) -> Option<usize> {
+        self.list.iter().position(|t| t.tid == tid && t.state != RunState::Exited)
+    }
+
+    /// Index of a waiting thread that does not block the signals in `bit`, if any.
+    pub fn waiter_accepting(&self, bit: u64) -> Option<usize> {
+        self.list.iter().position(|t| matches!(t.state, RunState::Waiting(_)) && t.sig_mask & bit == 0)
+    }
+
+    /// Ends the wait of thread `i` for a signal handler to run (a thread that does not wait
+    /// is left alone).  Its call returns EINTR, or is made again after the handler when
+    /// `restart` (SA_RESTART) and Linux restarts that call: a futex wait without timeout, a
+    /// read, write or other call parked to be made again (not `poll`/`epoll_wait`, which
+    /// Linux never restarts after a handler).
+    pub fn interrupt(&mut self, i: usize, restart: bool) {
+        let t = &mut self.list[i];
+        let RunState::Waiting(wait) = t.state else { return };
+        let Some(cpu) = t.cpu.as_mut() else { return };
+        let eintr = (-i64::from(libc::EINTR)) as u64;
+        let r = &mut cpu.regs;
+        match wait {
+            Wait::Futex { until: None, .. } if restart => {
+                // Back to the `syscall` instruction, with the call's number in rax again.
+                r.rip -= 2;
+                r.rax = libc::SYS_futex as u64;
+            }
+            Wait::Futex { .. } | Wait::Sleep(_) => r.rax = eintr,
+            Wait::Retry(_) => {
+                // Saved at its `syscall` instruction with the number in rax.
+                let never = [libc::SYS_poll, libc::SYS_ppoll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
+                if !restart || never.contains(&(r.rax as i64)) {
+                    r.rip += 2;
+                    r.rax = eintr;
+                }
+            }
+        }
+        r.rcx = r.rip;
+        t.retry_until = None;
+        t.recheck_at = None;
+        t.state = RunState::Runnable;
+    }
+
     /// The next runnable thread after the running one, round robin (the running one last).
     pub fn pick_next(&self) -> Option<usize> {
         let n = self.list.len();
@@ -359,7 +414,10 @@ crate::persist::persist_fields!(Thread {
     robust_list,
     rseq,
     retry_until,
-    recheck_at
+    recheck_at,
+    sig_mask,
+    sig_pending,
+    altstack
 });
 
 impl crate::persist::Persist for CpuState {

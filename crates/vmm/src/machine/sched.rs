@@ -69,9 +69,16 @@ impl Machine {
     }
 
     /// The running thread's CPU state, in user-mode terms.
-    fn save_cpu(&mut self, at: At) -> Result<CpuState> {
+    pub(crate) fn save_cpu(&mut self, at: At) -> Result<CpuState> {
         let mut regs = *self.vm.regs();
         match at {
+            At::Syscall if regs.rcx == TRAMPOLINE_VA => {
+                // Loaded for the trampoline at this exit (rt_sigreturn): it has not run yet.
+                regs.rflags = regs.r11;
+                regs.rcx = self.slot(SLOT_RCX);
+                regs.r11 = self.slot(SLOT_R11);
+                regs.rip = self.slot(SLOT_RIP);
+            }
             At::Syscall => {
                 regs.rip = regs.rcx;
                 regs.rflags = regs.r11;
@@ -113,6 +120,11 @@ impl Machine {
         }
         self.vm.regs_changed();
         Ok(())
+    }
+
+    /// Makes `cpu` the vCPU's state where it stopped (`at`).
+    pub(crate) fn load_cpu_at(&mut self, cpu: &CpuState, at: At) -> Result<()> {
+        self.load_cpu(cpu, at)
     }
 
     /// Makes `cpu` the vCPU's state at a system-call exit (or in the guest kernel after a
@@ -195,7 +207,11 @@ impl Machine {
         // threads: the timer's signal is mostly noticed right after such an exit.)
         self.vm.discard_events()?;
         self.proc.threads.current_mut().state = RunState::Runnable;
-        self.reschedule(At::User, deadline)
+        if let Some(stop) = self.reschedule(At::User, deadline)? {
+            return Ok(Some(stop));
+        }
+        // The thread now on the vCPU may have signals waiting for it (Go's SIGURG).
+        self.deliver_pending(At::User)
     }
 
     /// When the run's wall-clock timer should fire: at `deadline`, and with several threads

@@ -12,7 +12,7 @@
 //! | [`process`] | identity, exit, limits, scheduling, randomness  |
 //! | [`timerfd`] | timers read as descriptors                      |
 //! | [`time`]    | clocks and sleeping                             |
-//! | [`signal`]  | signal dispositions and masks (no async delivery) |
+//! | [`signal`]  | signal dispositions, masks, pending signals, sending |
 //! | [`socket`]  | `socketpair` (over pipe buffers); no network     |
 //! | [`thread`]  | creating threads (`clone`, `clone3`)            |
 //! | [`futex`]   | futexes: waits and wakes between threads        |
@@ -266,6 +266,8 @@ pub struct Ctx<'a> {
     /// Time a handler waited on the program's behalf (a sleep, input): charged to its time
     /// limit like running time.
     pub blocked: std::time::Duration,
+    /// The calling thread's stack pointer (whether it runs on its alternate signal stack).
+    pub user_rsp: u64,
 }
 
 /// Runs system call `nr` with arguments `a` and returns the value for rax.
@@ -364,6 +366,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         SYS_rt_sigaction => signal::sys_rt_sigaction(ctx, a),
         SYS_rt_sigreturn => signal::sys_rt_sigreturn(ctx, a),
         SYS_rt_sigprocmask => signal::sys_rt_sigprocmask(ctx, a),
+        SYS_rt_sigpending => signal::sys_rt_sigpending(ctx, a),
         SYS_sigaltstack => signal::sys_sigaltstack(ctx, a),
         SYS_futex => futex::sys_futex(ctx, a),
         SYS_epoll_create => epoll::sys_epoll_create(ctx, a),

@@ -7,6 +7,7 @@ use crate::host::fill_random;
 use crate::linux::fdtable::MAX_FDS;
 use crate::linux::threads::RunState;
 
+use super::signal::{self, Target};
 use super::{Ctx, Errno, Sched, Stop, SysResult};
 
 /// Who the program is and what it may use.
@@ -227,29 +228,13 @@ pub fn sys_getrandom(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     Ok(len as u64)
 }
 
-/// Signals that do nothing by default.
-fn ignored_by_default(sig: u64) -> bool {
-    matches!(sig as i32, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT)
-}
-
-/// A signal the program sends to itself: there is no asynchronous delivery, so a signal that
-/// is not ignored takes its default action, which for these is to end the process.
-fn signal_self(ctx: &mut Ctx<'_>, sig: u64) -> SysResult {
-    if sig > 64 {
-        return Err(Errno::EINVAL);
-    }
-    if sig == 0 || ignored_by_default(sig) || ctx.proc.signals.is_ignored(sig) {
-        return Ok(0);
-    }
-    ctx.stop = Some(Stop::Signaled(sig as i32));
-    Ok(0)
-}
-
-/// kill(pid, sig)
+/// kill(pid, sig): the program's own pid (or 0, -1, -pid: its group, everyone it may
+/// signal, which is only itself); ESRCH for any other pid.
 pub fn sys_kill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     let pid = a[0] as i64;
-    if pid == 0 || pid == -1 || pid == ctx.proc.identity.pid as i64 || pid == -(ctx.proc.identity.pid as i64) {
-        return signal_self(ctx, a[1]);
+    let me = ctx.proc.identity.pid as i64;
+    if pid == 0 || pid == -1 || pid == me || pid == -me {
+        return signal::send(ctx, Target::Process, a[1]);
     }
     Err(Errno::ESRCH)
 }
@@ -259,10 +244,10 @@ pub fn sys_tgkill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if (a[0] as i64) <= 0 || (a[1] as i64) <= 0 {
         return Err(Errno::EINVAL);
     }
-    if a[0] != ctx.proc.identity.pid || !ctx.proc.threads.contains(a[1]) {
+    if a[0] != ctx.proc.identity.pid {
         return Err(Errno::ESRCH);
     }
-    signal_self(ctx, a[2])
+    signal::send(ctx, Target::Thread(a[1]), a[2])
 }
 
 /// tkill(tid, sig): to one of the program's own threads.
@@ -270,10 +255,7 @@ pub fn sys_tkill(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if (a[0] as i64) <= 0 {
         return Err(Errno::EINVAL);
     }
-    if !ctx.proc.threads.contains(a[0]) {
-        return Err(Errno::ESRCH);
-    }
-    signal_self(ctx, a[1])
+    signal::send(ctx, Target::Thread(a[0]), a[1])
 }
 
 /// prctl(option, ...): the harmless subset.

@@ -60,6 +60,10 @@ fn create(ctx: &mut Ctx<'_>, r: Request) -> SysResult {
         }
     }
     let (index, tid) = ctx.proc.threads.spawn()?;
+    // As Linux: the new thread has its creator's signal mask, nothing pending and no
+    // alternate stack.
+    let mask = ctx.proc.threads.current().sig_mask;
+    ctx.proc.threads.get_mut(index).sig_mask = mask;
     if flags & CLONE_PARENT_SETTID != 0 {
         ctx.mem.write(r.parent_tid, &(tid as u32).to_le_bytes())?;
     }

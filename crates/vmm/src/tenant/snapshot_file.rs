@@ -57,7 +57,7 @@ use crate::syscalls::Process;
 const MAGIC: &[u8; 16] = b"TENANTVMSNAPSHOT";
 /// The layout of the header and of the state encoding.  Raise it with any change to either
 /// (including a field added to a persisted type): older files are then refused, not misread.
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 /// Bytes of the fixed header.
 const HEADER_LEN: u64 = 128;
 /// The version of this tenantvm (the guest kernel's digest pins the build further).
