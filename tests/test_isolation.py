@@ -2,8 +2,11 @@
 
 The ``isolate`` tenant (apps/examples/isolate.c) digests its whole state at the start of each
 request (globals, heap, brk, mmap, stack, TLS, the scratch memory system calls write into, the
-whole XSAVE register state, open fds, break, allocator state, signal mask), applies the
-request's writes, and digests again.  For any sequence of requests, every response of one
+whole XSAVE register state, open fds, break, allocator state, signal mask, which threads exist
+and the tid the next one gets, every signal disposition, pending signals, the alternate signal
+stack), applies the request's writes (which may also leave threads waiting forever, install
+handlers, block signals and leave them pending), and digests again.  For any sequence of
+requests, every response of one
 long-lived instance must equal the response a new instance of the snapshot gives to the same
 request (never the answer of an instance that served earlier requests itself).
 
@@ -36,8 +39,10 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# kind, offset, data: see the op list at the top of isolate.c (kinds 1..20).
-op = st.tuples(st.integers(1, 20), st.integers(0, 0xFFFF), st.binary(min_size=0, max_size=24))
+# kind, offset, data: see the op list at the top of isolate.c (kinds 1..25: 21-25 leave threads
+# and signal state: a thread waiting forever, tids moved on, handlers, an alternate stack, a
+# pending signal).
+op = st.tuples(st.integers(1, 25), st.integers(0, 0xFFFF), st.binary(min_size=0, max_size=24))
 request_body = st.lists(op, max_size=12).map(
     lambda ops: b"".join(bytes([k, off & 0xFF, off >> 8, len(d)]) + d for k, off, d in ops)
 )
@@ -172,7 +177,7 @@ def test_the_probe_can_see_state_when_it_is_kept(isolate: Tenant, apps: Path) ->
     clean = stateful.call(Request()).body
     flags = Path("/proc/cpuinfo").read_text().split()
     unavailable = {19: "avx", 20: "avx512f", 14: "avx"}
-    for kind in range(1, 21):
+    for kind in range(1, 26):
         if kind in unavailable and unavailable[kind] not in flags:
             continue
         stateful.reset()

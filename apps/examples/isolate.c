@@ -42,9 +42,17 @@
  *    17 zeroed array (never written at start-up: all zero at the snapshot)
  *    18 x87 register stack: push data as up to 8 doubles (left on the stack)
  *    19 ymm1..ymm15 upper halves (if AVX)  20 zmm16..31 and opmask k1..k7 (if AVX-512)
- * Offsets wrap inside each area.
+ *    21 a thread left waiting forever (futex)   22 a thread started and joined (tids move on)
+ *    23 a handler for signal data[0] % 31 + 1 (flags from data[1]: SA_RESTART, SA_ONSTACK,
+ *       SA_NODEFER, SA_SIGINFO)                24 an alternate signal stack
+ *    25 signal data[0] % 31 + 1 blocked and raised: left pending (not SIGKILL/SIGSTOP)
+ * Offsets wrap inside each area.  Threads and signals show in the digest's "threads" part
+ * (which of the next 32 tids exist, and the tid a new thread gets) and "signals" part (every
+ * disposition, the pending set, the alternate stack).
  */
 #define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,6 +62,8 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
 #include "tenantvm.h"
 
 /* The stack probes read memory below the current frame on purpose. */
@@ -138,10 +148,74 @@ static uint64_t digest_xstate(uint64_t h, const uint8_t *x)
 
 /* One digest per part of the state, in this order. */
 enum { P_XSTATE, P_GPRS, P_GLOBALS, P_ZEROED, P_TLS, P_HEAP, P_BRK, P_MMAP, P_STACK, P_SCRATCH, P_FDS, P_BREAK,
-       P_MALLOC, P_MMAP_NEXT, P_SIGMASK, NPARTS };
+       P_MALLOC, P_MMAP_NEXT, P_SIGMASK, P_THREADS, P_SIGNALS, NPARTS };
 static const char *const part_names[NPARTS] = { "xstate", "gprs", "globals", "zeroed", "tls", "heap", "brk", "mmap",
 						 "stack", "scratch", "fds", "break", "malloc", "mmap_next",
-						 "sigmask" };
+						 "sigmask", "threads", "signals" };
+
+/* Threads the probe starts: small stacks (the VM's memory is small), never cached by glibc
+ * beyond what a fresh instance does too. */
+static pthread_attr_t small_stack;
+static int forever_word;
+static volatile int threads_parked;
+
+static void *wait_forever(void *arg)
+{
+	(void)arg;
+	threads_parked++;
+	for (;;)
+		syscall(SYS_futex, &forever_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+	return NULL;
+}
+
+static void *report_tid(void *arg)
+{
+	*(long *)arg = syscall(SYS_gettid);
+	return NULL;
+}
+
+static volatile long handled_signals;
+static uint8_t alt_stack[16384];
+
+static void count_signal(int sig)
+{
+	(void)sig;
+	handled_signals++;
+}
+
+/* Which of the 32 tids after the pid exist, and the tid the next thread gets. */
+static uint64_t digest_threads(uint64_t h)
+{
+	long pid = getpid();
+	uint32_t alive = 0;
+	for (long i = 0; i < 32; i++)
+		if (syscall(SYS_tgkill, pid, pid + 1 + i, 0) == 0)
+			alive |= 1u << i;
+	h = fnv(h, &alive, sizeof alive);
+	long tid = 0;
+	pthread_t t;
+	if (pthread_create(&t, &small_stack, report_tid, &tid) == 0)
+		pthread_join(t, NULL);
+	return fnv(h, &tid, sizeof tid);
+}
+
+/* Every disposition (as the kernel holds it), the pending set, the alternate stack. */
+static uint64_t digest_signals(uint64_t h)
+{
+	for (int sig = 1; sig <= 64; sig++) {
+		uint64_t act[4] = { 0 };
+		syscall(SYS_rt_sigaction, sig, NULL, act, 8);
+		h = fnv(h, act, sizeof act);
+	}
+	sigset_t pending;
+	sigpending(&pending);
+	h = fnv(h, &pending, sizeof pending);
+	stack_t ss;
+	sigaltstack(NULL, &ss);
+	h = fnv(h, &ss, sizeof ss);
+	long handled = handled_signals;
+	return fnv(h, &handled, sizeof handled);
+}
 
 static uint64_t digest_parts(int memory_only, const uint8_t *xstate, uint64_t *part)
 {
@@ -178,6 +252,8 @@ static uint64_t digest_parts(int memory_only, const uint8_t *xstate, uint64_t *p
 	sigset_t set;
 	sigprocmask(SIG_BLOCK, 0, &set);
 	part[P_SIGMASK] = fnv(seed, &set, sizeof set);
+	part[P_THREADS] = digest_threads(seed);
+	part[P_SIGNALS] = digest_signals(seed);
 	for (int i = P_FDS; i < NPARTS; i++)
 		h = fnv(h, &part[i], sizeof part[i]);
 	return h;
@@ -297,6 +373,48 @@ static void apply(const uint8_t *p, size_t len)
 				__asm__ volatile("vmovdqu64 (%0), %%zmm3" ::"r"(z) : "xmm3");
 			}
 			break;
+		case 21: {
+			pthread_t t;
+			int parked = threads_parked;
+			if (pthread_create(&t, &small_stack, wait_forever, NULL) == 0)
+				/* One vCPU: the thread runs until it waits, then this one goes on. */
+				while (threads_parked == parked)
+					sched_yield();
+			break;
+		}
+		case 22: {
+			long tid;
+			pthread_t t;
+			if (pthread_create(&t, &small_stack, report_tid, &tid) == 0)
+				pthread_join(t, NULL);
+			break;
+		}
+		case 23: {
+			struct sigaction sa;
+			memset(&sa, 0, sizeof sa);
+			sa.sa_handler = count_signal;
+			int f = n > 1 ? d[1] : 0;
+			sa.sa_flags = (f & 1 ? SA_RESTART : 0) | (f & 2 ? SA_ONSTACK : 0) | (f & 4 ? SA_NODEFER : 0) |
+				      (f & 8 ? SA_SIGINFO : 0);
+			sigaction((n ? d[0] % 31 : 0) + 1, &sa, NULL);
+			break;
+		}
+		case 24: {
+			stack_t ss = { .ss_sp = alt_stack, .ss_size = sizeof alt_stack, .ss_flags = 0 };
+			sigaltstack(&ss, NULL);
+			break;
+		}
+		case 25: {
+			int sig = (n ? d[0] % 31 : 0) + 1;
+			if (sig == SIGKILL || sig == SIGSTOP)
+				break;
+			sigset_t s;
+			sigemptyset(&s);
+			sigaddset(&s, sig);
+			sigprocmask(SIG_BLOCK, &s, 0);
+			raise(sig);
+			break;
+		}
 		default: break;
 		}
 		if (area)
@@ -421,6 +539,8 @@ static int is_query(const struct tvm_request *r, const char *q)
 
 int main(void)
 {
+	pthread_attr_init(&small_stack);
+	pthread_attr_setstacksize(&small_stack, 64 << 10);
 	unsigned a, b, c, dd;
 	if (__get_cpuid(1, &a, &b, &c, &dd)) {
 		have_xsave = (c & (1u << 27)) != 0; /* OSXSAVE */

@@ -266,7 +266,7 @@ fn the_probe_sees_every_kind_of_state_when_it_is_kept() {
     require_kvm();
     let t = tenant("isolate", |c| c.ephemeral = false);
     let data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
-    for kind in 1..=20u8 {
+    for kind in 1..=25u8 {
         if !available(kind) {
             continue;
         }

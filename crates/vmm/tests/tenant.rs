@@ -330,7 +330,7 @@ fn isolation_probe_sees_nothing_of_earlier_requests() {
     assert_eq!(body(&mut inst, &get("/")), clean);
     // Change every kind of state once, then check the next request starts clean.
     let mut ops = Vec::new();
-    for kind in 1..=20u8 {
+    for kind in 1..=25u8 {
         ops.extend_from_slice(&[kind, 7, 0, 4, 0xde, 0xad, 0xbe, kind]);
     }
     let dirty = body(&mut inst, &Request { body: ops, ..get("/") });
