@@ -645,6 +645,7 @@ mod tests {
         t.list[3].cpu = cpu(0x400300);
         t.list[3].rseq = Some((0x9000, 32, 0x53053053));
         t.list[3].robust_list = 0x8000;
+        (t.list[3].sig_mask, t.list[3].sig_pending, t.list[3].altstack) = (0x4000, 0x200, (0x7000, 0, 8192));
         t.switch_to(4);
         t.current_mut().clear_child_tid = 0x7777;
         t.active = true;
@@ -663,6 +664,7 @@ mod tests {
                     t.clear_child_tid,
                     t.robust_list,
                     t.rseq,
+                    (t.sig_mask, t.sig_pending, t.altstack),
                     t.cpu.as_ref().map(|c| (
                         c.regs,
                         c.fs_base,
