@@ -66,7 +66,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// RAM contents (instances map them copy-on-write).
-    pub fn ram(&self) -> &Arc<Memfd> {
+    pub(crate) fn ram(&self) -> &Arc<Memfd> {
         &self.ram
     }
 
@@ -76,12 +76,12 @@ impl Snapshot {
     }
 
     /// The restore view (slot 3 of every instance).
-    pub fn restore_view(&self) -> &Arc<ReadOnlyMapping> {
+    pub(crate) fn restore_view(&self) -> &Arc<ReadOnlyMapping> {
         &self.restore_view
     }
 
     /// Registers at the freeze (rip = the guest kernel's reset entry).
-    pub fn regs(&self) -> &kvm_regs {
+    pub(crate) fn regs(&self) -> &kvm_regs {
         &self.regs
     }
 
@@ -101,7 +101,7 @@ impl Snapshot {
     }
 
     /// Size of the request area in bytes.
-    pub fn request_area(&self) -> u64 {
+    pub(crate) fn request_area(&self) -> u64 {
         self.request_area
     }
 
@@ -126,13 +126,13 @@ impl Snapshot {
     }
 
     /// When it was made (see the field).
-    pub fn epoch(&self) -> crate::persist::Epoch {
+    pub(crate) fn epoch(&self) -> crate::persist::Epoch {
         self.epoch
     }
 
     /// Which pages of the RAM may hold data (the others read as zeros and need not be
     /// read: reading a hole of the memfd would allocate it).
-    pub fn data_pages(&self) -> impl Fn(u64) -> bool + '_ {
+    pub(crate) fn data_pages(&self) -> impl Fn(u64) -> bool + '_ {
         let residency = if self.data.is_none() { residency(&self.ram_view) } else { None };
         move |page: u64| match &self.data {
             Some(data) => data.get(page as usize).copied().unwrap_or(false),
