@@ -311,3 +311,66 @@ impl Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vCPU area with room for the batch block and a response area of `size` bytes at
+    /// `RESP_OFF`.
+    const RESP_OFF: u64 = 0x10_000;
+
+    fn area(size: u64) -> Mapping {
+        Mapping::anonymous((RESP_OFF + size) as usize).unwrap()
+    }
+
+    /// Writes record `i` (answered) with `body` placed at `body_off` of the response area.
+    fn record(block: &BatchBlock<'_>, i: usize, status: u64, body_off: u64, body_len: u64) {
+        let rec = VB_RESP + VB_RESP_RECORD * i as u64;
+        for (k, v) in [status, 0, 0, body_off, body_len, 1].into_iter().enumerate() {
+            block.set(rec + 8 * k as u64, v);
+        }
+    }
+
+    #[test]
+    fn starting_a_batch_clears_every_record_of_the_one_before() {
+        // A record left by an earlier batch must never pass for an answer of this one.
+        let area = area(4096);
+        let block = BatchBlock::new(&area);
+        for i in 0..MAX_BATCH {
+            record(&block, i, 200, 0, 0);
+        }
+        assert!(block.response(MAX_BATCH - 1).is_some());
+        block.start(&[(0x8000, 100), (0x8068, 7)], (RESP_OFF, 4096), 0x9000, &ApiLimits::default());
+        for i in 0..MAX_BATCH {
+            assert!(block.response(i).is_none(), "record {i} of the earlier batch is still there");
+        }
+        assert_eq!((block.get(VB_ACTIVE), block.get(VB_COUNT), block.get(VB_NEXT)), (1, 2, 0));
+        assert_eq!(block.get(VB_REQS + 8), 0x8068 | 7 << 32);
+    }
+
+    #[test]
+    fn a_response_must_lie_inside_the_response_area() {
+        let area = area(4096);
+        let block = BatchBlock::new(&area);
+        block.start(&[(0x8000, 8)], (RESP_OFF, 4096), 0x9000, &ApiLimits::default());
+        area.write(RESP_OFF + 4090, b"abcdef").unwrap();
+        // Ends exactly at the end of the area: fine.
+        record(&block, 0, 201, 4090, 6);
+        let r = block.response(0).unwrap().unwrap();
+        assert_eq!((r.status, r.body, r.headers), (201, b"abcdef".to_vec(), vec![]));
+        // One byte past it, or a length that wraps: an error, never a read outside.
+        record(&block, 1, 200, 4090, 7);
+        assert!(block.response(1).unwrap().is_err());
+        record(&block, 2, 200, 4090, u64::MAX - 4000);
+        assert!(block.response(2).unwrap().is_err());
+        // A header table of `count` 32-byte entries is bounded the same way.
+        let rec = VB_RESP + VB_RESP_RECORD * 3;
+        record(&block, 3, 200, 0, 0);
+        block.set(rec + 8, 4096 - 32);
+        block.set(rec + 16, 2);
+        assert!(block.response(3).unwrap().is_err());
+        block.set(rec + 16, u64::MAX / 16);
+        assert!(block.response(3).unwrap().is_err());
+    }
+}
