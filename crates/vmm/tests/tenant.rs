@@ -357,7 +357,12 @@ fn freezing_allocates_no_page_the_boot_left_a_hole() {
     let mut residency = vec![0u8; view.len() / 4096];
     view.residency(&mut residency).unwrap();
     let resident = residency.iter().filter(|&&b| b & 1 != 0).count() as u64;
-    assert_eq!(resident, t.snapshot().resident_pages(), "pages allocated after the freeze counted them");
+    // At most (not exactly: the host may reclaim some since) the pages counted at the freeze.
+    assert!(
+        resident <= t.snapshot().resident_pages(),
+        "{resident} pages resident, {} at the freeze",
+        t.snapshot().resident_pages()
+    );
     assert!(resident < residency.len() as u64 / 4, "{resident} of {} pages resident", residency.len());
 }
 
