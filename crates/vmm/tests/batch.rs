@@ -238,6 +238,24 @@ fn batched_probe_requests_answer_as_on_a_fresh_vm() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn requests_too_large_to_be_staged_together_run_apart() {
+    // A batch stages its requests side by side in an area as large as the request area
+    // (`pack`): three requests of 40% of it each do not fit together, so at most two are
+    // staged at a time, and every one comes back whole.
+    require_kvm();
+    let t = tenant("echo", |c| c.timeout = Duration::from_secs(20));
+    let mut inst = t.instance().unwrap();
+    let big = |b: u8| Request { method: b"POST".to_vec(), body: vec![b; 400 << 10], ..req("/") };
+    let results = inst.call_batch(&[big(b'a'), big(b'b'), big(b'c')]);
+    assert_eq!(results.len(), 3);
+    for (r, b) in results.iter().zip([b'a', b'b', b'c']) {
+        let body = &r.as_ref().expect("call failed").response.body;
+        assert!(body.len() == 400 << 10 && body.iter().all(|&x| x == b), "request {:?} came back wrong", b as char);
+    }
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_budget_left_over_cuts_nothing_and_a_spent_one_still_serves() {
     // The parts of call_batch_within that do not depend on how fast the host is (the test
     // above, which does, is left out of mutation runs on a loaded host): a budget of an hour
