@@ -43,8 +43,8 @@ CAMPAIGNS=(
 	"restore_view;crates/vmm/src/restore_view.rs;.;--lib --test batch --test isolation;$SKIP_TIMING"
 	"instance;crates/vmm/src/tenant/instance.rs;Instance::(reset|start_from_snapshot|place_request|refill_entropy_if_used)( |$);--test tenant --test batch --test isolation;$SKIP_TIMING"
 	"snapshot;crates/vmm/src/tenant/snapshot.rs;freeze;--test tenant --test batch --test isolation;$SKIP_TIMING"
-	"batch;crates/vmm/src/tenant/instance/batch.rs;.;--test batch --test isolation --test tenant;$SKIP_TIMING"
-	"timer;crates/vmm/src/timer.rs;.;--test tenant --test batch --test run;--skip allocation"
+	"batch;crates/vmm/src/tenant/instance/batch.rs;.;--lib --test batch --test isolation --test tenant;$SKIP_TIMING"
+	"timer;crates/vmm/src/timer.rs;.;--test tenant --test batch --test run --test threads;--skip allocation"
 )
 # MUTANTS_CAMPAIGNS="reset batch" runs only those campaigns.  MUTANTS_ITERATE=1 re-runs only
 # the mutants a campaign's last run did not catch (cargo-mutants --iterate), e.g. to check

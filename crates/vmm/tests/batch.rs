@@ -104,6 +104,14 @@ fn failures_in_a_batch_are_per_request() {
     assert!(inst.usable());
     assert_eq!(inst.stats().errors, cases.len() as u64);
     assert_eq!(batch_bodies(&mut inst, &vec![req("/count"); 4]), vec!["1"; 4]);
+    // While a batched request runs, the host looks every eighth of the limit whether it ran
+    // out (run_batch's CHECK), so a request that spins to its limit is interrupted some
+    // eight times, however loaded the host: counted in exits, not measured in time.
+    let exits = inst.stats().exits;
+    let results = inst.call_batch(&[req("/count"), req("/spin"), req("/count")]);
+    assert!(matches!(results[1].as_ref().unwrap_err().kind, vmm::Failure::Timeout { .. }));
+    let looks = inst.stats().exits - exits;
+    assert!(looks >= 5, "a request spinning to its limit was looked at {looks} times");
 }
 
 #[test]
