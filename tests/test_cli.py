@@ -101,10 +101,11 @@ def test_timeout_exits_124(app):
 
 
 def test_out_of_memory_exits_137(app):
+    # Memory is taken when touched (overcommit): the touch that finds none left stops it.
     p = tenantvm("run", "--memory-mb", "32", app("memhog.musl"))
     assert p.returncode == 137
-    assert b"malloc failed after" in p.stderr
     assert b"tenantvm: the program ran out of its 32 MiB" in p.stderr
+    assert b"page fault" in p.stderr
 
 
 def test_non_elf_exits_126(tmp_path):

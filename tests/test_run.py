@@ -237,7 +237,8 @@ def test_output_beyond_the_capture_limit_is_truncated(app):
 
 @pytest.mark.parametrize("libc", LIBCS)
 def test_alloc_100mb_in_pieces(app, libc):
-    result = tenantvm.run(app(f"alloc.{libc}"), memory_mb=256, timeout=30)
+    # What is checked is that the allocations work, not how fast: a loaded host takes seconds.
+    result = tenantvm.run(app(f"alloc.{libc}"), memory_mb=256, timeout=120)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith(b"alloc ok ")
 
@@ -248,8 +249,10 @@ def test_memhog_runs_out_of_memory(app, libc):
         tenantvm.run(app(f"memhog.{libc}"), memory_mb=32)
     e = info.value
     assert e.memory_mb == 32
-    assert e.exit_code == 3
-    assert b"malloc failed after" in e.stderr
+    # malloc never fails (memory is taken when touched, as with Linux's overcommit): the
+    # write that finds no memory left ends the program, as an OOM kill would.
+    assert e.exit_code is None
+    assert "page fault" in str(e)
     assert "32 MiB" in str(e)
     assert e.syscalls
     assert e.exits

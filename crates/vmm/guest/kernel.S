@@ -46,10 +46,52 @@ kernel_start:
 enter_user:
 	.globl to_user
 to_user:
+	/* Page-table entries the VMM changed must be written again by this kernel first (the
+	 * shadow MMU only sees the guest's own writes): see sync_ptes.  Flags are free here
+	 * (the program's come from r11). */
+	mov	%rax, VCD_VA + VCD_PTLOG_SAVE
+	mov	VCD_VA + VCD_PTLOG_COUNT, %rax
+	cmp	VCD_VA + VCD_PTLOG_DONE, %rax
+	mov	VCD_VA + VCD_PTLOG_SAVE, %rax
+	jne	sync_then_user
+to_user_now:
 	cmpq	$0, KDATA_VA + KD_PVM
 	jne	1f
 	sysretq
 1:	int	$0x19
+
+/* Calls sync_ptes(\arg) on the kernel stack, every register but the flags preserved. */
+.macro SYNC_PTES arg
+	mov	%rsp, VCD_VA + VCD_PTLOG_RSP
+	mov	$(KVCPU + VC_KSTACK_TOP), %rsp
+	push	%rax
+	push	%rcx
+	push	%rdx
+	push	%rsi
+	push	%rdi
+	push	%r8
+	push	%r9
+	push	%r10
+	push	%r11
+	sub	$8, %rsp
+	mov	$\arg, %edi
+	call	sync_ptes
+	add	$8, %rsp
+	pop	%r11
+	pop	%r10
+	pop	%r9
+	pop	%r8
+	pop	%rdi
+	pop	%rsi
+	pop	%rdx
+	pop	%rcx
+	pop	%rax
+	mov	VCD_VA + VCD_PTLOG_RSP, %rsp
+.endm
+
+sync_then_user:
+	SYNC_PTES 0
+	jmp	to_user_now
 
 /* ---- syscall_entry (LSTAR).  rcx = user rip, r11 = user rflags, rsp = user rsp. */
 	.balign 64
@@ -144,6 +186,8 @@ batch_next:
 	.balign 64
 	.globl reset_entry
 reset_entry:
+	/* Undo the page-table changes of the last request and put the page pool back */
+	SYNC_PTES 1
 	mov	%rax, VCD_VA + VCD_SAVE_RAX
 	mov	%rdx, VCD_VA + VCD_SAVE_RDX
 	mov	$-1, %eax
@@ -184,7 +228,9 @@ exception_base:
 	.set vec, 0
 	.rept 32
 	.balign 32
-	.if (vec == 8) || (vec >= 10 && vec <= 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+	.if vec == 14
+	jmp	pf_entry		/* page faults: maybe memory to hand out (lazy_fault) */
+	.elseif (vec == 8) || (vec >= 10 && vec <= 13) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
 	nop				/* the CPU pushed an error code */
 	nop
 	.else
@@ -197,3 +243,43 @@ exception_base:
 	.endr
 	.globl exception_end
 exception_end:
+
+/* ---- pf_entry: a page fault, frame error code, rip, cs, rflags, rsp, ss.  A fault of the
+ * program on memory it may use but that has no page yet gets one (lazy_fault) and resumes
+ * without an exit; every other fault exits as any exception does. */
+pf_entry:
+	testb	$3, 16(%rsp)
+	jz	2f
+	push	%rax
+	push	%rcx
+	push	%rdx
+	push	%rsi
+	push	%rdi
+	push	%r8
+	push	%r9
+	push	%r10
+	push	%r11
+	sub	$8, %rsp
+	mov	%cr2, %rdi
+	mov	80(%rsp), %rsi
+	call	lazy_fault
+	add	$8, %rsp
+	test	%eax, %eax
+	pop	%r11
+	pop	%r10
+	pop	%r9
+	pop	%r8
+	pop	%rdi
+	pop	%rsi
+	pop	%rdx
+	pop	%rcx
+	pop	%rax
+	jnz	2f
+	add	$8, %rsp		/* the error code */
+	cmpq	$0, KDATA_VA + KD_PVM
+	jne	1f
+	iretq
+1:	int	$0x17			/* PVM: return to user with the iret frame at rsp */
+2:	out	%al, $(PORT_EXCEPTION_BASE + 14)
+3:	hlt
+	jmp	3b

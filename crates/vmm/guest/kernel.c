@@ -41,6 +41,39 @@ enum { ANSWERED = 0, FORWARD = 1, NEXT_REQUEST = 2, BATCH_DONE = 3 };
 #define GRND_ALL_FLAGS 0x7
 #define EPERM 1
 
+#define PTE_P 0x1UL
+#define PTE_W 0x2UL
+#define PTE_U 0x4UL
+#define PTE_A 0x20UL
+#define PTE_D 0x40UL
+#define PTE_PS 0x80UL
+#define PTE_NX (1UL << 63)
+#define PTE_ADDR 0x000ffffffffff000UL
+/* All of RAM, by guest-physical address */
+#define PHYS(gpa) ((volatile u64 *)(KPHYS + (gpa)))
+
+/* Does every page of [p, p + n) have a page in the program's page tables that it may read
+ * (and write, with `write`)?  Memory on demand that has no page yet does not: the VMM gives
+ * it one. */
+static int user_pages(u64 p, u64 n, int write)
+{
+	if (p + n < p || p + n > USER_VA_LIMIT)
+		return 0;
+	for (u64 page = p & ~0xfffUL; page < p + n; page += 4096) {
+		u64 e = *PHYS(GPA_KPML4 + ((page >> 39) & 511) * 8);
+		for (int shift = 30;; shift -= 9) {
+			if (!(e & PTE_P))
+				return 0;
+			e = *PHYS((e & PTE_ADDR) + ((page >> shift) & 511) * 8);
+			if (shift == 12 || (shift == 21 && (e & PTE_PS)))
+				break;
+		}
+		if (!(e & PTE_P) || !(e & PTE_U) || (write && !(e & PTE_W)))
+			return 0;
+	}
+	return 1;
+}
+
 /* Is [p, p + n) inside one of the `max` ranges of the table at KDATA offset `table`, whose
  * count is at `count_field`? */
 static int in_ranges(u64 p, u64 n, u64 count_field, u64 table, u64 max)
@@ -56,17 +89,18 @@ static int in_ranges(u64 p, u64 n, u64 count_field, u64 table, u64 max)
 	return 0;
 }
 
-/* Is [p, p + n) inside one of the writable user ranges the VMM published?  Anything else
- * (unmapped, read-only, kernel, overflow) is left to the VMM, which answers EFAULT. */
+/* Is [p, p + n) inside one of the writable user ranges the VMM published, or in pages the page
+ * tables say the program may write?  Anything else (unmapped, read-only, kernel, overflow, no
+ * page yet) is left to the VMM, which answers EFAULT or gives the memory its pages. */
 static int user_writable(u64 p, u64 n)
 {
-	return in_ranges(p, n, KD_NWRANGES, KD_WRANGES, KD_MAX_WRANGES);
+	return in_ranges(p, n, KD_NWRANGES, KD_WRANGES, KD_MAX_WRANGES) || user_pages(p, n, 1);
 }
 
 /* Is [p, p + n) inside one of the readable user ranges?  (An empty range always is.) */
 static int user_readable(u64 p, u64 n)
 {
-	return n == 0 || in_ranges(p, n, KD_NRRANGES, KD_RRANGES, KD_MAX_RRANGES);
+	return n == 0 || in_ranges(p, n, KD_NRRANGES, KD_RRANGES, KD_MAX_RRANGES) || user_pages(p, n, 0);
 }
 
 static void copy_bytes(u64 dst, u64 src, u64 n)
@@ -236,13 +270,7 @@ static int sys_arch_prctl(struct frame *f)
  * write fault: ~10 us under PVM) and it is simply copied back every time; every
  * VB_DEMOTE_EVERY resets hot pages are cleared again and must earn their place back.
  */
-#define PTE_P 0x1UL
-#define PTE_A 0x20UL
-#define PTE_D 0x40UL
-#define PTE_PS 0x80UL
-#define PTE_ADDR 0x000ffffffffff000UL
 
-static u64 *table(u64 entry) { return (u64 *)(KBASE + (entry & PTE_ADDR)); }
 
 static void invlpg(u64 va) { __asm__ volatile("invlpg (%0)" ::"r"(va) : "memory"); }
 
@@ -263,7 +291,10 @@ static void restore_page(u64 va, u64 page)
 		zero_page(va);
 }
 
-/* Restores every page the last request wrote; returns how many. */
+/* Restores every page the last request wrote; returns how many.  Walks the program's page
+ * tables over the KD_RESET ranges, skipping whatever has no table (the address space is
+ * sparse: reservations of gigabytes have none), and restores each written page of RAM by
+ * the frame its entry names. */
 static u64 reset_memory(void)
 {
 	u64 restored = 0, flush = 0;
@@ -271,28 +302,39 @@ static u64 reset_memory(void)
 	VB(VB_RESETS) = resets;
 	int demote = resets % VB_DEMOTE_EVERY == 0;
 	volatile u8 *streak = (volatile u8 *)(KVCPU + VB(VB_STREAK_OFF));
-	u64 offset = KD(KD_RAM_OFFSET);
+	u64 ram = KD(KD_RAM_SIZE);
 	u64 *pml4 = (u64 *)(KBASE + GPA_KPML4);
 	for (u64 r = 0; r < KD(KD_NRESET) && r < KD_MAX_RESET; r++) {
 		u64 lo = KD(KD_RESET + 16 * r), hi = KD(KD_RESET + 16 * r + 8);
-		for (u64 region = lo & ~0x1fffffUL; region < hi; region += 0x200000) {
+		u64 region = lo & ~0x1fffffUL;
+		while (region < hi) {
 			u64 e4 = pml4[(region >> 39) & 511];
-			if (!(e4 & PTE_P))
+			if (!(e4 & PTE_P)) {
+				region = ((region >> 39) + 1) << 39;
 				continue;
-			u64 e3 = table(e4)[(region >> 30) & 511];
-			if (!(e3 & PTE_P) || (e3 & PTE_PS))
+			}
+			u64 e3 = ((volatile u64 *)(KPHYS + (e4 & PTE_ADDR)))[(region >> 30) & 511];
+			if (!(e3 & PTE_P) || (e3 & PTE_PS)) {
+				region = ((region >> 30) + 1) << 30;
 				continue;
-			volatile u64 *pde = &table(e3)[(region >> 21) & 511];
+			}
+			volatile u64 *pde = &((volatile u64 *)(KPHYS + (e3 & PTE_ADDR)))[(region >> 21) & 511];
+			u64 here = region;
+			region += 0x200000;
 			if (!(*pde & PTE_P) || (*pde & PTE_PS) || !(*pde & PTE_A))
 				continue;
 			int hot_here = 0;
-			volatile u64 *pt = table(*pde);
-			u64 first = region < lo ? (lo - region) >> 12 : 0;
-			u64 last = region + 0x200000 > hi ? (hi - region) >> 12 : 512;
+			volatile u64 *pt = (volatile u64 *)(KPHYS + (*pde & PTE_ADDR));
+			u64 first = here < lo ? (lo - here) >> 12 : 0;
+			u64 last = here + 0x200000 > hi ? (hi - here) >> 12 : 512;
 			for (u64 i = first; i < last; i++) {
-				u64 va = region + (i << 12);
-				u64 page = (va - offset) >> 12;
-				if (!(pt[i] & PTE_D)) {
+				u64 va = here + (i << 12);
+				u64 e = pt[i];
+				u64 gpa = e & PTE_ADDR;
+				if (!(e & PTE_P) || gpa >= ram)
+					continue;
+				u64 page = gpa >> 12;
+				if (!(e & PTE_D)) {
 					streak[page] = 0;
 					continue;
 				}
@@ -330,6 +372,174 @@ static u64 reset_memory(void)
 	return restored;
 }
 
+/* ---- memory on demand (vmm::memory::pages has the VMM's half and the whole story) ----
+ *
+ * The program's mappings have no pages until it touches them: their page-table entries are
+ * "lazy" markers (not present, PTE_LAZY, the rights in W/NX), at a table level for a whole
+ * block.  A fault on one takes a page (and any table on the way) from the pool in KDATA and
+ * installs it, without an exit.  Every entry changed is logged with its old value, so that
+ * reset_entry can undo it: the VMM's reset restores RAM, but not the page tables a snapshot
+ * holds, whose Dirty bits the in-guest resets rely on. */
+#define TABLE_BITS (PTE_P | PTE_W | PTE_U | PTE_A)
+/* Pages installed per fault where the following entries of the table are the same lazy
+ * memory: a fault costs far more than a page-table write (an exception round trip, CR2 read
+ * through the hypervisor under PVM), and a program that touches a page usually touches the
+ * next. */
+#define FAULT_AROUND 16
+
+static u64 pool_alloc(void)
+{
+	if (KD(KD_POOL_USED) >= KD(KD_POOL_LIMIT))
+		return 0;
+	u64 page = KD(KD_POOL_FREE);
+	if (page) {
+		KD(KD_POOL_FREE) = *PHYS(page);
+		zero_page(KPHYS + page);
+	} else {
+		/* Never handed out since boot: still zero (and not touching it here spares the
+		 * host a page until the program writes it) */
+		page = KD(KD_POOL_NEXT);
+		if (page >= KD(KD_POOL_END))
+			return 0;
+		KD(KD_POOL_NEXT) = page + 4096;
+	}
+	KD(KD_POOL_USED) += 1;
+	return page;
+}
+
+static volatile u64 *ptlog_entry(u64 i)
+{
+	return (volatile u64 *)(KVCPU + VCD(VCD_PTLOG_OFF) + i * PTLOG_ENTRY);
+}
+
+/* Sets the entry at `slot` (GPA) to `value`, logged (room was checked). */
+static void set_entry(u64 slot, u64 va, u64 value)
+{
+	u64 n = VCD(VCD_PTLOG_COUNT);
+	volatile u64 *e = ptlog_entry(n);
+	e[0] = slot;
+	e[1] = va;
+	e[2] = *PHYS(slot);
+	VCD(VCD_PTLOG_COUNT) = n + 1;
+	VCD(VCD_PTLOG_DONE) = n + 1; /* our own write: the shadow MMU saw it */
+	*PHYS(slot) = value;
+}
+
+/* A page fault at `va` with error code `err`: 0 when a page was installed, 1 to leave the
+ * fault to the VMM (not lazy memory, a protection fault, or no room: it decides). */
+int lazy_fault(u64 va, u64 err)
+{
+	if (va >= USER_VA_LIMIT || (err & 1) || !(err & 4))
+		return 1;
+	if (VCD(VCD_PTLOG_COUNT) + 4 > VCD(VCD_PTLOG_CAP))
+		return 1;
+	u64 e = *PHYS(GPA_KPML4 + ((va >> 39) & 511) * 8);
+	if (!(e & PTE_P))
+		return 1;
+	u64 table = e & PTE_ADDR;
+	for (int shift = 30; shift >= 12; shift -= 9) {
+		u64 slot = table + ((va >> shift) & 511) * 8;
+		e = *PHYS(slot);
+		if (e & PTE_P) {
+			if (shift == 12 || (e & PTE_PS))
+				return 1;
+			table = e & PTE_ADDR;
+			continue;
+		}
+		if (!(e & PTE_LAZY))
+			return 1;
+		u64 page = pool_alloc();
+		if (!page)
+			return 1;
+		/* A batch cannot go on in the guest: its reset does not undo this. */
+		VB(VB_HOST_TOUCHED) = 1;
+		if (shift > 12) {
+			volatile u64 *t = PHYS(page);
+			for (u64 i = 0; i < 512; i++)
+				t[i] = e;
+			set_entry(slot, va, page | TABLE_BITS);
+			table = page;
+		} else {
+			set_entry(slot, va, page | PTE_P | PTE_U | PTE_A | (e & (PTE_W | PTE_NX)));
+			for (u64 k = 1; k < FAULT_AROUND; k++) {
+				u64 next = slot + 8 * k;
+				if ((next & 0xfff) == 0 || *PHYS(next) != e || VCD(VCD_PTLOG_COUNT) + 1 > VCD(VCD_PTLOG_CAP))
+					break;
+				u64 more = pool_alloc();
+				if (!more)
+					break;
+				set_entry(next, va + (k << 12), more | PTE_P | PTE_U | PTE_A | (e & (PTE_W | PTE_NX)));
+			}
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* The page-directory entry (GPA) on the way to `va` that links the page table at `pt`, or 0. */
+static u64 pde_of(u64 va, u64 pt)
+{
+	u64 e = *PHYS(GPA_KPML4 + ((va >> 39) & 511) * 8);
+	if (!(e & PTE_P))
+		return 0;
+	e = *PHYS((e & PTE_ADDR) + ((va >> 30) & 511) * 8);
+	if (!(e & PTE_P) || (e & PTE_PS))
+		return 0;
+	u64 slot = (e & PTE_ADDR) + ((va >> 21) & 511) * 8;
+	e = *PHYS(slot);
+	return (e & PTE_P) && !(e & PTE_PS) && (e & PTE_ADDR) == pt ? slot : 0;
+}
+
+/* Changes to one page table past this many are made known by writing its directory entry
+ * again (which drops the whole table from the shadow MMU: one trap) rather than one
+ * invlpg per entry (one trap each). */
+#define SYNC_TABLE_AFTER 32
+
+/* reset == 0: make the entries the VMM changed known (an entry that was present may still be
+ * in the shadow MMU or the TLB); reset == 1: undo every logged change, newest first, and put
+ * the pool back as it was at the snapshot. */
+void sync_ptes(u64 reset)
+{
+	u64 n = VCD(VCD_PTLOG_COUNT), lo = reset ? 0 : VCD(VCD_PTLOG_DONE);
+	int flush = 0;
+	u64 i = n;
+	while (i > lo) {
+		/* the run [j, i) of entries in one page-table page */
+		u64 page = ptlog_entry(i - 1)[0] & ~0xfffUL, j = i - 1;
+		while (j > lo && (ptlog_entry(j - 1)[0] & ~0xfffUL) == page)
+			j--;
+		u64 pde = i - j > SYNC_TABLE_AFTER ? pde_of(ptlog_entry(i - 1)[1], page) : 0;
+		for (u64 k = i; k-- > j;) {
+			volatile u64 *e = ptlog_entry(k);
+			volatile u64 *slot = PHYS(e[0]);
+			if (reset)
+				*slot = e[2];
+			else if (!pde && (e[2] & PTE_P))
+				*slot = *slot;
+			if (!pde && (reset || (e[2] & PTE_P)))
+				invlpg(e[1]);
+		}
+		if (pde) {
+			*PHYS(pde) = *PHYS(pde);
+			flush = 1;
+		}
+		i = j;
+	}
+	/* Hardware walks the tables itself: the pages of a table made known at once leave the
+	 * TLB with a full flush (PVM flushes when the directory entry's write drops the table). */
+	if (flush && !KD(KD_PVM)) {
+		u64 cr3;
+		__asm__ volatile("mov %%cr3, %0; mov %0, %%cr3" : "=r"(cr3)::"memory");
+	}
+	if (reset) {
+		VCD(VCD_PTLOG_COUNT) = 0;
+		VCD(VCD_PTLOG_DONE) = 0;
+		for (u64 k = 0; k < 5; k++)
+			KD(KD_POOL_NEXT + 8 * k) = KD(KD_SNAP_POOL + 8 * k);
+		return;
+	}
+	VCD(VCD_PTLOG_DONE) = n;
+}
 
 /* The program maps only the request area, and it holds the running request alone: the host
  * stages a batch's requests (each encoded as if at REQUEST_VA) in a kernel-only part of the

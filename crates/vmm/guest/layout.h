@@ -91,6 +91,20 @@
 #define KD_NRRANGES 0x240
 #define KD_RRANGES 0x250
 #define KD_MAX_RRANGES 16
+/* The page pool (vmm::memory::pages): RAM pages handed out on demand for the program's
+   memory and its page tables, by the guest kernel's page-fault handler and by the VMM.
+   NEXT: first never-used page (GPA), END: end of the pool, FREE: a list of freed pages (each
+   holds the GPA of the next, 0 ends it), USED: pages handed out, LIMIT: most pages that may
+   be handed out (the pool less /tmp's share of the memory cap).  SNAP_*: the same at the
+   snapshot, put back by reset_entry (KDATA is not restored by the VMM's reset). */
+#define KD_POOL_NEXT 0x380
+#define KD_POOL_END 0x388
+#define KD_POOL_FREE 0x390
+#define KD_POOL_USED 0x398
+#define KD_POOL_LIMIT 0x3a0
+#define KD_SNAP_POOL 0x3c0
+#define KD_POOL_START 0x3e8
+#define KD_RAM_SIZE 0x3f0
 
 /* slot 1: the vCPU area */
 #define GPA_VCPU 0x1000000000
@@ -119,6 +133,18 @@
 #define VCD_ENTROPY_POS 0x80
 #define VCD_ENTROPY 0x100
 #define VCD_ENTROPY_SIZE 0x100
+/* The page-table change log (vmm::memory::pages): entries of PTLOG_ENTRY bytes (physmap
+   address of the entry, a virtual address it maps, its value before the change) at
+   VCD_PTLOG_OFF in the vCPU area.  Entries [DONE, COUNT) were changed by the VMM and are
+   written again by the guest kernel before it returns to the program (so that the shadow
+   MMU sees them); all entries are undone, newest first, at reset_entry. */
+#define VCD_PTLOG_COUNT 0x200
+#define VCD_PTLOG_DONE 0x208
+#define VCD_PTLOG_CAP 0x210
+#define VCD_PTLOG_OFF 0x218
+#define VCD_PTLOG_RSP 0x220
+#define VCD_PTLOG_SAVE 0x228
+#define PTLOG_ENTRY 24
 
 /* VC_BATCH fields: a batch of requests served in one KVM_RUN, reset in the guest between them */
 #define VB_ACTIVE 0x0
@@ -148,6 +174,16 @@
 /* slot 3: the restore view, read-only, in instances (the source of in-guest resets) */
 #define GPA_SNAPSHOT 0x2000000000
 #define KSNAP 0xffffc00000000000
+
+/* All of RAM, kernel-only, for the guest kernel's page-table and pool work */
+#define KPHYS 0xffffa00000000000
+
+/* Software bits of page-table entries that are not present (vmm::memory::pages):
+   PTE_LAZY: "allocate on first access" with the entry's W/NX bits as the rights (at the
+   table levels: for every page below); PTE_KEEP: a page made inaccessible (PROT_NONE) that
+   keeps its frame (the address bits) for when it is made accessible again. */
+#define PTE_LAZY 0x200
+#define PTE_KEEP 0x400
 
 /* Fixed program-visible addresses */
 #define REQUEST_VA 0x7f0000000000

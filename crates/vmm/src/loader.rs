@@ -70,8 +70,8 @@ pub struct LoadConfig<'a> {
     /// has `PT_INTERP`: loaded too, started first, told where the program is (AT_BASE,
     /// AT_PHDR, AT_ENTRY), as Linux's `execve` does.
     pub interpreter: Option<(&'a ElfImage, &'a [u8])>,
-    /// Map the arena executable as well as writable: needed by programs that map code
-    /// (ld.so mapping libraries, JITs), since page tables are built once (see paging).
+    /// Allow executable mappings: needed by programs that map code (ld.so mapping
+    /// libraries, JITs); never for others (W^X).
     pub exec_arena: bool,
 }
 
@@ -270,10 +270,6 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
             map.add(area);
         }
     }
-    if win.guard > win.arena {
-        let perm = if cfg.exec_arena { Perm { read: true, write: true, exec: true } } else { Perm::RW };
-        map.add(Area { start: win.arena, end: win.guard, perm, backing: Backing::Ram });
-    }
     map.add(Area { start: win.stack, end: win.top, perm: Perm::RW, backing: Backing::Ram });
     if cfg.shared_size > 0 {
         map.add(Area { start: SHARED_VA, end: SHARED_VA + cfg.shared_size, perm: Perm::RW, backing: Backing::Shared });
@@ -314,6 +310,8 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         pt.map(GPA_KPML4, KBASE + GPA_KCODE, GPA_KCODE, KCODE_SIZE, code).map_err(paging)?;
         let rest = GPA_KCODE + KCODE_SIZE;
         pt.map(GPA_KPML4, KBASE + rest, rest, kernel_area - rest, data).map_err(paging)?;
+        // All of RAM for the guest kernel's page-table and pool work (memory on demand).
+        pt.map(GPA_KPML4, KPHYS, 0, cfg.memory, data).map_err(paging)?;
         let vcpu = VcpuAreaLayout::new(cfg.request_area, cfg.memory);
         pt.map(GPA_KPML4, KVCPU, GPA_VCPU, vcpu.size, data).map_err(paging)?;
         // The restore view (slot 3, present in instances only), as large as it can get.
@@ -359,12 +357,9 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
     let mut writable = ranges(&map, |a| a.perm.write);
     writable.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
     writable.truncate(KD_MAX_WRANGES as usize);
-    // What in-guest resets restore: every writable page of RAM (all of it, or resets would
-    // miss writes), and what responses may be copied from.
-    let reset = ranges(&map, |a| a.perm.write && a.backing == Backing::Ram);
-    if reset.len() > KD_MAX_RESET as usize {
-        return Err(Error::DoesNotFit(format!("{} writable memory ranges, at most {KD_MAX_RESET}", reset.len())));
-    }
+    // What in-guest resets restore: every written page of RAM under the whole lower half
+    // (the program's memory is anywhere there), and what responses may be copied from.
+    let reset = [(0, USER_VA_LIMIT)];
     let mut readable = ranges(&map, |a| a.perm.read);
     readable.sort_by_key(|&(s, e)| std::cmp::Reverse(e - s));
     readable.truncate(KD_MAX_RRANGES as usize);
@@ -379,6 +374,16 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
     put_ranges(&mut ram, KD_NRESET, KD_RESET, &reset).map_err(oob)?;
     put_ranges(&mut ram, KD_NRRANGES, KD_RRANGES, &readable).map_err(oob)?;
     ram.write_u64(kdata(KD_RAM_OFFSET), win.offset).map_err(oob)?;
+    ram.write_u64(kdata(KD_RAM_SIZE), cfg.memory).map_err(oob)?;
+    // The page pool: the RAM between the image and the stack's guard page.
+    let pool = (win.arena.next_multiple_of(PAGE_SIZE).wrapping_sub(win.offset), win.guard.wrapping_sub(win.offset));
+    let pool_pages = (pool.1 - pool.0) / PAGE_SIZE;
+    for base in [KD_POOL_NEXT, KD_SNAP_POOL] {
+        for (i, v) in [pool.0, pool.1, 0, 0, pool_pages].into_iter().enumerate() {
+            ram.write_u64(kdata(base) + 8 * i as u64, v).map_err(oob)?;
+        }
+    }
+    ram.write_u64(kdata(KD_POOL_START), pool.0).map_err(oob)?;
     ram.write_u64(kdata(KD_PVM), u64::from(pvm)).map_err(oob)?;
     ram.write_u64(kdata(KD_FSGSBASE), u64::from(host.cpu.fsgsbase)).map_err(oob)?;
     ram.write_u64(kdata(KD_NWRANGES), writable.len() as u64).map_err(oob)?;
@@ -391,5 +396,11 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
     let mut fixed: Vec<(u64, u64)> = images.iter().map(|(i, _)| (i.start, i.end)).collect();
     fixed.push((win.stack, win.top));
     let entry = cfg.interpreter.map_or(image.entry, |(i, _)| i.entry);
-    Ok(Loaded { ram, map, entry, rsp: st.rsp, mem_state: MemoryState::new(win.arena, win.guard, fixed) })
+    Ok(Loaded {
+        ram,
+        map,
+        entry,
+        rsp: st.rsp,
+        mem_state: MemoryState::new(win.arena, win.guard, fixed, cfg.exec_arena),
+    })
 }

@@ -181,6 +181,17 @@ impl Clock {
     }
 }
 
+/// What became of a page fault on memory on demand the guest kernel left to the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lazy {
+    /// Not such memory: an ordinary fault.
+    Ordinary,
+    /// The page is there; the program goes on.
+    Resumed,
+    /// The pool is empty (the memory cap).
+    OutOfMemory,
+}
+
 /// A program in a VM.
 pub struct Machine {
     /// The VM.
@@ -203,6 +214,9 @@ pub struct Machine {
     pub memory_exhausted: bool,
     /// Set when a system call that may change [`Process`] ran (anything but the request API).
     pub proc_touched: bool,
+    /// Page-table changes are kept for a reset to undo (instances; see
+    /// [`crate::memory::pages`]).
+    pub keep_ptlog: bool,
     clock: Option<Clock>,
 }
 
@@ -216,6 +230,8 @@ impl Machine {
     /// Wraps a created VM whose RAM holds a loaded program.
     pub fn new(mut vm: Vm, map: UserMap, proc: Process, io: Io, api: Option<ApiLimits>) -> Machine {
         let clock = Clock::new(&mut vm);
+        let (log, capacity) = crate::vm::VcpuAreaLayout::ptlog_of(vm.vcpu_area.len() as u64, vm.ram.size());
+        crate::memory::pages::init_log(&vm.vcpu_area, log, capacity);
         let machine = Machine {
             vm,
             map,
@@ -227,6 +243,7 @@ impl Machine {
             stats: MachineStats::default(),
             memory_exhausted: false,
             proc_touched: false,
+            keep_ptlog: false,
             clock,
         };
         sched::install_trampoline(&machine.vm.vcpu_area);
@@ -380,7 +397,17 @@ impl Machine {
                 Exit::Io { port } if u64::from(port) == PORT_BATCH_DONE => return Ok(RunEnd::Stopped(Stop::BatchDone)),
                 Exit::Io { port } if (PORT_EXCEPTION_BASE..PORT_EXCEPTION_BASE + 32).contains(&u64::from(port)) => {
                     let vector = u64::from(port) - PORT_EXCEPTION_BASE;
+                    let lazy = if vector == 14 { self.lazy_fault()? } else { Lazy::Ordinary };
+                    if lazy == Lazy::Resumed {
+                        guard.rearm_after_interrupt();
+                        armed = Instant::now();
+                        continue;
+                    }
                     let fault = self.exception(vector);
+                    if lazy == Lazy::OutOfMemory {
+                        // Linux would kill the program: no handler runs.
+                        return Ok(RunEnd::Fault(fault));
+                    }
                     if !self.deliver_fault(vector, &fault)? {
                         return Ok(RunEnd::Fault(fault));
                     }
@@ -441,7 +468,14 @@ impl Machine {
     /// The program's memory, for code outside a system call (signal frames).
     pub(crate) fn user_memory(&mut self) -> UserMemory<'_> {
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
-        UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) }
+        UserMemory {
+            map: &self.map,
+            ram,
+            vcpu_area,
+            shared: shared.as_ref().map(|s| &s.map),
+            keep_log: self.keep_ptlog,
+            exhausted: false,
+        }
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.  With
@@ -455,9 +489,19 @@ impl Machine {
             // host may have written memory the guest's Dirty bits do not show.
             self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
         }
+        if !self.keep_ptlog {
+            crate::memory::pages::truncate_log(&self.vm.vcpu_area);
+        }
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {
-            mem: UserMemory { map: &self.map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map) },
+            mem: UserMemory {
+                map: &self.map,
+                ram,
+                vcpu_area,
+                shared: shared.as_ref().map(|s| &s.map),
+                keep_log: self.keep_ptlog,
+                exhausted: false,
+            },
             proc: &mut self.proc,
             io: &mut self.io,
             deadline: Some(deadline),
@@ -471,7 +515,12 @@ impl Machine {
             user_rsp: r.rsp,
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
-        let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted);
+        let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted || ctx.mem.exhausted);
+        // /tmp's files share the memory cap with the pool.
+        let tmp_pages = ctx.proc.files.tmp.used().div_ceil(crate::guest::PAGE_SIZE);
+        let mut pages = ctx.mem.pages();
+        let limit = pages.capacity().saturating_sub(tmp_pages);
+        pages.set_limit(limit);
         self.kv_ops = ctx.kv_ops;
         self.stats.blocked += ctx.blocked;
         self.memory_exhausted |= exhausted;
@@ -518,6 +567,47 @@ impl Machine {
     }
 
     /// Decodes the frame the exception stub left on the kernel stack.
+    /// A page fault the guest kernel left to the VMM on memory on demand (its change log
+    /// was full, or the pool empty): true when the page was given and the program resumed.
+    /// An empty pool is the memory cap: the fault then ends the run as out of memory.
+    fn lazy_fault(&mut self) -> Result<Lazy> {
+        let address = self.vm.cr2();
+        let mut frame = [0u8; 24];
+        let rsp = self.vm.regs().rsp;
+        if rsp.checked_sub(KVCPU).and_then(|off| self.vm.vcpu_area.read(off, &mut frame)).is_none() {
+            return Ok(Lazy::Ordinary);
+        }
+        let (error_code, cs) = (u64::from_le_bytes(frame[..8].try_into().unwrap()), frame[16]);
+        if cs & 3 == 0 || error_code & 1 != 0 {
+            return Ok(Lazy::Ordinary);
+        }
+        if !self.keep_ptlog {
+            crate::memory::pages::truncate_log(&self.vm.vcpu_area);
+        }
+        let mut mem = self.user_memory();
+        if !mem.pages().is_lazy(address) {
+            return Ok(Lazy::Ordinary);
+        }
+        match mem.pages().translate(address, error_code & 2 != 0) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(Lazy::Ordinary),
+            Err(_) => {
+                self.memory_exhausted = true;
+                return Ok(Lazy::OutOfMemory);
+            }
+        }
+        // Resume the faulting instruction, as a signal delivery resumes a handler.
+        let Some(regs) = self.faulting_regs() else { return Ok(Lazy::Ordinary) };
+        let xsave = self.vm.xsave()?;
+        let (fs_base, gs_base) = self.vm.segment_bases()?;
+        self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
+        self.restart_kernel()?;
+        self.vm.regs().rip = sym::ENTER_USER;
+        self.vm.regs().rflags = 0x2;
+        self.load_cpu_at_syscall(&crate::linux::threads::CpuState { regs, fs_base, gs_base, xsave })?;
+        Ok(Lazy::Resumed)
+    }
+
     fn exception(&mut self, vector: u64) -> GuestFault {
         let rsp = self.vm.regs().rsp;
         let mut frame = [0u8; 48];

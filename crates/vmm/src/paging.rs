@@ -177,30 +177,39 @@ impl<'a> PageTables<'a> {
         Ok(())
     }
 
-    /// Clears the Dirty bit of every 4 KiB leaf mapping `[lo, hi)` under `root` (before any
-    /// vCPU uses the tables: a snapshot's tables, so that in-guest resets start clean).
-    pub fn clear_dirty(mem: &mut GuestMemory, root: u64, lo: u64, hi: u64) -> Result<u64, OutOfRange> {
+    /// Clears the Dirty bit of every 4 KiB leaf of RAM in the lower half under `root`, before
+    /// any vCPU uses the tables (a snapshot's tables, so that in-guest resets start clean),
+    /// walking only the tables that exist (the address space is sparse).  Returns how many
+    /// were cleared.
+    pub fn clear_dirty_tables(mem: &mut GuestMemory, root: u64) -> Result<u64, OutOfRange> {
         let mut cleared = 0;
-        let mut va = lo;
-        while va < hi {
-            let mut table = root;
-            let mut leaf = None;
-            for shift in [39u32, 30, 21, 12] {
-                let slot = table + ((va >> shift) & 0x1ff) * 8;
-                let entry = mem.read_u64(slot)?;
-                if entry & Pte::PRESENT == 0 || (shift != 12 && entry & Pte::LARGE != 0) {
-                    break;
-                }
-                if shift == 12 {
-                    leaf = Some((slot, entry));
-                }
-                table = entry & Pte::ADDRESS_MASK;
+        let present = |e: u64| e & Pte::PRESENT != 0 && e & Pte::LARGE == 0;
+        for i in 0..256 {
+            let e4 = mem.read_u64(root + 8 * i)?;
+            if !present(e4) {
+                continue;
             }
-            if let Some((slot, entry)) = leaf.filter(|(_, e)| e & Pte::DIRTY != 0) {
-                mem.write_u64(slot, entry & !Pte::DIRTY)?;
-                cleared += 1;
+            for j in 0..512 {
+                let e3 = mem.read_u64((e4 & Pte::ADDRESS_MASK) + 8 * j)?;
+                if !present(e3) {
+                    continue;
+                }
+                for k in 0..512 {
+                    let e2 = mem.read_u64((e3 & Pte::ADDRESS_MASK) + 8 * k)?;
+                    if !present(e2) {
+                        continue;
+                    }
+                    let pt = e2 & Pte::ADDRESS_MASK;
+                    for l in 0..512 {
+                        let e1 = mem.read_u64(pt + 8 * l)?;
+                        let ram = (e1 & Pte::ADDRESS_MASK) < mem.size();
+                        if e1 & Pte::PRESENT != 0 && e1 & Pte::DIRTY != 0 && ram {
+                            mem.write_u64(pt + 8 * l, e1 & !Pte::DIRTY)?;
+                            cleared += 1;
+                        }
+                    }
+                }
             }
-            va += PAGE_SIZE;
         }
         Ok(cleared)
     }

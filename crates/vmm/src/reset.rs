@@ -59,6 +59,10 @@ pub struct ResetTracker {
     resets: u64,
     /// Bitmap words covering the kernel area (it is 2 MiB aligned: whole words).
     kernel_words: usize,
+    /// The snapshot's page tables outside the kernel area (the program's memory on demand):
+    /// left alone like the kernel area; the guest undoes the request's changes to them
+    /// (see [`crate::memory::pages`]).
+    tables: PageBitmap,
 }
 
 impl ResetTracker {
@@ -72,7 +76,20 @@ impl ResetTracker {
             streak: vec![0; pages as usize],
             resets: 0,
             kernel_words: (kernel_pages / 64) as usize,
+            tables: PageBitmap::new(pages),
         }
+    }
+
+    /// Marks the snapshot's page tables at `gpas`, which resets leave alone.
+    pub fn keep_tables(&mut self, gpas: &[u64]) {
+        for &gpa in gpas {
+            self.tables.set(gpa / PAGE_SIZE);
+        }
+    }
+
+    /// Whether a reset leaves page `page` alone (the kernel area, the snapshot's tables).
+    pub fn left_alone(&self, page: u64) -> bool {
+        page < self.kernel_words as u64 * 64 || self.tables.contains(page)
     }
 
     /// Brings `ram` back to `snapshot` (a read-only mapping of the same size).
@@ -98,7 +115,10 @@ impl ResetTracker {
                 self.clear.words_mut()[w] = 0;
                 continue;
             }
-            let changed = guest | host.get(w).copied().unwrap_or(0);
+            let tables = self.tables.words()[w];
+            report.kernel_pages += u64::from((guest & tables).count_ones());
+            let guest = guest & !tables;
+            let changed = (guest | host.get(w).copied().unwrap_or(0)) & !tables;
             // Pages to re-protect: dirty ones that are not hot (all of them when demoting).
             let mut clear = guest;
             let mut bits = guest;

@@ -110,7 +110,7 @@ fn gregs(r: &kvm_regs) -> [u64; 18] {
 impl Machine {
     /// The program's registers at an exception exit: the general ones are still the
     /// program's; rip, rflags and rsp are in the frame the stub left on the kernel stack.
-    fn faulting_regs(&mut self) -> Option<kvm_regs> {
+    pub(crate) fn faulting_regs(&mut self) -> Option<kvm_regs> {
         let mut regs = *self.vm.regs();
         let mut frame = [0u8; 48];
         self.vm.vcpu_area.read(regs.rsp.checked_sub(KVCPU)?, &mut frame)?;

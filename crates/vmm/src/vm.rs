@@ -64,6 +64,10 @@ pub struct VcpuAreaLayout {
     pub staging: u64,
     /// Offset of the hot-page streak counters (one byte per page of RAM).
     pub streak: u64,
+    /// Offset of the page-table change log (see [`crate::memory::pages`]).
+    pub ptlog: u64,
+    /// Its capacity in entries.
+    pub ptlog_capacity: u64,
     /// Total size.
     pub size: u64,
 }
@@ -76,20 +80,34 @@ impl VcpuAreaLayout {
     /// the fixed pages) and `memory` bytes of RAM.
     pub fn new(request_area: u64, memory: u64) -> VcpuAreaLayout {
         let page = crate::guest::PAGE_SIZE;
+        // Room for two changes per page of RAM (a page and its share of the tables), and
+        // some for the VMM's own changes.
+        let ptlog_capacity = 2 * (memory / page) + 4096;
+        let log_bytes = (ptlog_capacity * PTLOG_ENTRY).next_multiple_of(page);
         if request_area == 0 {
             return VcpuAreaLayout {
                 response: VC_REQUEST,
                 response_size: 0,
                 staging: VC_REQUEST,
                 streak: VC_REQUEST,
-                size: VC_REQUEST,
+                ptlog: VC_REQUEST,
+                ptlog_capacity,
+                size: VC_REQUEST + log_bytes,
             };
         }
         let response = VC_REQUEST + request_area.next_multiple_of(page);
         let staging = response + RESPONSE_AREA;
         let streak = staging + request_area.next_multiple_of(page);
-        let size = streak + (memory / page).next_multiple_of(page);
-        VcpuAreaLayout { response, response_size: RESPONSE_AREA, staging, streak, size }
+        let ptlog = streak + (memory / page).next_multiple_of(page);
+        let size = ptlog + log_bytes;
+        VcpuAreaLayout { response, response_size: RESPONSE_AREA, staging, streak, ptlog, ptlog_capacity, size }
+    }
+
+    /// The layout of a vCPU area of `size` bytes for `memory` bytes of RAM: where its log is.
+    pub fn ptlog_of(size: u64, memory: u64) -> (u64, u64) {
+        let page = crate::guest::PAGE_SIZE;
+        let capacity = 2 * (memory / page) + 4096;
+        (size - (capacity * PTLOG_ENTRY).next_multiple_of(page), capacity)
     }
 }
 

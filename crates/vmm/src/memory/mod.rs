@@ -9,6 +9,7 @@
 
 #[allow(unsafe_code)]
 pub mod mapping;
+pub mod pages;
 pub mod user;
 
 use std::sync::Arc;
@@ -61,6 +62,11 @@ impl PageBitmap {
         for page in start / PAGE_SIZE..=(start + len - 1) / PAGE_SIZE {
             self.set(page);
         }
+    }
+
+    /// Whether `page` is marked.
+    pub fn contains(&self, page: u64) -> bool {
+        page < self.pages && self.words[(page / 64) as usize] & (1 << (page % 64)) != 0
     }
 
     /// Clears every bit.
@@ -186,13 +192,6 @@ impl GuestMemory {
         }
         self.map.fill(gpa, len as usize, 0).ok_or(OutOfRange { gpa, len })?;
         self.mark(gpa, len);
-        Ok(())
-    }
-
-    /// Moves `len` bytes from `src` to `dst` (overlap allowed).
-    pub fn copy_within(&mut self, src: u64, dst: u64, len: u64) -> Result<(), OutOfRange> {
-        self.map.copy_within(src, dst, len as usize).ok_or(OutOfRange { gpa: src.max(dst), len })?;
-        self.mark(dst, len);
         Ok(())
     }
 }

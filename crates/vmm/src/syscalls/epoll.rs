@@ -146,7 +146,7 @@ pub fn sys_epoll_wait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if max <= 0 || max as u64 > MAX_EVENTS {
         return Err(Errno::EINVAL);
     }
-    ctx.mem.map.resolve(events, max as u64 * 12, true).ok_or(Errno::EFAULT)?;
+    ctx.mem.check(events, max as u64 * 12, true)?;
     let found = ready(ctx, epfd, max as usize)?;
     if !found.is_empty() || timeout == 0 {
         let mut buf = Vec::with_capacity(found.len() * 12);

@@ -120,7 +120,7 @@ fn read_stdin(ctx: &mut Ctx<'_>, buf: u64, len: u64) -> SysResult {
             Ok(n as u64)
         }
         Input::Inherit => {
-            ctx.mem.map.resolve(buf, len, true).ok_or(Errno::EFAULT)?;
+            ctx.mem.check(buf, len, true)?;
             // A blocking read must not outlive the run's deadline: wait for input first.
             if let Some(deadline) = ctx.deadline {
                 let ms =
@@ -178,7 +178,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
         }
         File::Device(Device::Null) => 0,
         File::Device(dv) => {
-            ctx.mem.map.resolve(buf, len, true).ok_or(Errno::EFAULT)?;
+            ctx.mem.check(buf, len, true)?;
             let mut chunk = vec![0u8; CHUNK.min(len as usize)];
             let mut done = 0;
             while done < len {
@@ -203,7 +203,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
                 return deadlock(ctx, "read from an empty pipe that only this thread could fill");
             }
             let n = (len as usize).min(pipe.buf.len());
-            ctx.mem.map.resolve(buf, n as u64, true).ok_or(Errno::EFAULT)?;
+            ctx.mem.check(buf, n as u64, true)?;
             let pipe = ctx.proc.files.fds.pipes.get_mut(&p).ok_or(Errno::EBADF)?;
             let bytes: Vec<u8> = pipe.buf.drain(..n).collect();
             ctx.mem.write(buf, &bytes)?;
@@ -249,7 +249,7 @@ fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) ->
         return Err(Errno::ESPIPE);
     }
     // Linux checks the whole buffer before writing anything.
-    ctx.mem.map.resolve(buf, len, false).ok_or(Errno::EFAULT)?;
+    ctx.mem.check(buf, len, false)?;
     match file {
         File::Stdout | File::Stderr => {
             let mut chunk = vec![0u8; CHUNK.min(len as usize)];
@@ -366,7 +366,7 @@ fn writev_at(ctx: &mut Ctx<'_>, fd: u64, iov: u64, count: u64, pos: Option<u64>)
     ctx.proc.files.fds.get(fd)?;
     let vecs = iovecs(ctx, iov, count)?;
     for &(base, len) in &vecs {
-        ctx.mem.map.resolve(base, len.min(MAX_TRANSFER), false).ok_or(Errno::EFAULT)?;
+        ctx.mem.check(base, len.min(MAX_TRANSFER), false)?;
     }
     let mut total = 0;
     for (base, len) in vecs {
@@ -765,7 +765,7 @@ pub fn sys_pipe2(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if flags & !(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECT) != 0 {
         return Err(Errno::EINVAL);
     }
-    ctx.mem.map.resolve(a[0], 8, true).ok_or(Errno::EFAULT)?;
+    ctx.mem.check(a[0], 8, true)?;
     let fds = &mut ctx.proc.files.fds;
     if fds.open_count() + 2 > MAX_FDS {
         return Err(Errno::EMFILE);
@@ -806,9 +806,10 @@ pub fn sys_eventfd(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 
 /// ENOSPC unless /tmp can grow by `bytes` within the program's memory: /tmp's contents count
 /// against the same budget as brk and mmap (its own limit is checked by the tmpfs).
-fn tmp_room(ctx: &Ctx<'_>, bytes: u64) -> Result<(), Errno> {
-    let m = &ctx.proc.mem;
-    if ctx.proc.files.tmp.used() + bytes + m.committed() > m.arena_size() {
+fn tmp_room(ctx: &mut Ctx<'_>, bytes: u64) -> Result<(), Errno> {
+    let tmp = ctx.proc.files.tmp.used() + bytes;
+    let pages = ctx.mem.pages();
+    if tmp.div_ceil(4096) + pages.used() > pages.capacity() {
         return Err(Errno::ENOSPC);
     }
     Ok(())

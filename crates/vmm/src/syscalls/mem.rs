@@ -1,97 +1,54 @@
-//! brk, mmap, munmap, mprotect, mremap, madvise on the program's arena.
+//! brk, mmap, munmap, mprotect, mremap, madvise: the program's memory map.
 //!
-//! The arena is the RAM between the end of the program image and the stack guard, mapped
-//! read-write once at boot (see [`crate::paging`] for why mappings are never changed later).
-//! So these calls are bookkeeping: `brk` grows up from the image, anonymous `mmap` allocates
-//! top-down below the stack, like Linux.  What the bookkeeping guarantees:
-//! - fresh memory reads as zeros: ranges that were used and released are zeroed before they
-//!   are handed out again (`released`);
-//! - no two allocations overlap, and nothing is handed out beyond the arena: that refusal
-//!   (ENOMEM) is the VM's memory cap.
+//! The bookkeeping here says which ranges are mapped and with which rights; the page tables
+//! say which of their pages exist ([`crate::memory::pages`]).  A mapping costs address space
+//! only: its pages come from the pool (the VM's memory cap) when they are first touched, so
+//! a `PROT_NONE` reservation of gigabytes costs nothing, and running out of memory is a
+//! fault on a page the pool cannot give (the typed out-of-memory failure), as Linux's
+//! overcommit makes it an OOM kill.
 //!
-//! Known differences from Linux, none of which the host depends on: released memory stays
-//! accessible to the program until it is reused; `mprotect` records but does not enforce
-//! reduced rights; the arena is executable only for programs that need it (dynamically
-//! linked ones: ld.so maps libraries there), never otherwise (W^X).  File mappings are copies
-//! of the file's bytes made at `mmap` time.
+//! ```text
+//!  lower half of the address space
+//!  image(s) | heap: brk grows up, within the VM's memory size | guard | stack
+//!  ... mappings anywhere else below USER_VA_LIMIT, allocated top-down from it ...
+//! ```
+//!
+//! Rights are enforced by the page tables, as on Linux: a write to read-only memory, any
+//! access to `PROT_NONE` memory, execution of non-executable memory is a fault.  Programs
+//! that may map code (dynamically linked ones: ld.so maps libraries, JITs) may have
+//! executable mappings; others never (W^X).  Differences from Linux: file mappings are
+//! copies of the file's bytes made at `mmap` time (`MADV_DONTNEED` then gives zeros, not the
+//! file); `mprotect` of the image, the stack and the heap is recorded nowhere and changes
+//! nothing.
 
 use std::collections::BTreeMap;
 
 use super::{Ctx, Errno, SysResult};
+use crate::guest::layout::USER_VA_LIMIT;
 use crate::guest::PAGE_SIZE;
+use crate::memory::pages::{Lookup, Op, PagesError, Rights};
 
-/// A set of disjoint half-open ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeSet {
-    ranges: BTreeMap<u64, u64>,
-}
+/// Lowest address a mapping may have (Linux's default `vm.mmap_min_addr`).
+pub const MMAP_MIN: u64 = 0x10000;
 
-impl RangeSet {
-    /// Adds `[start, end)`, merging with neighbours.
-    pub fn insert(&mut self, mut start: u64, mut end: u64) {
-        if start >= end {
-            return;
-        }
-        let overlapping: Vec<(u64, u64)> =
-            self.ranges.range(..=end).filter(|&(_, &e)| e >= start).map(|(&s, &e)| (s, e)).collect();
-        for (s, e) in overlapping {
-            self.ranges.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
-        }
-        self.ranges.insert(start, end);
-    }
-
-    /// Removes `[start, end)` and returns the parts that were in the set.
-    pub fn take(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        if start >= end {
-            return Vec::new();
-        }
-        let hits: Vec<(u64, u64)> =
-            self.ranges.range(..end).filter(|&(_, &e)| e > start).map(|(&s, &e)| (s, e)).collect();
-        let mut taken = Vec::new();
-        for (s, e) in hits {
-            self.ranges.remove(&s);
-            if s < start {
-                self.ranges.insert(s, start);
-            }
-            if e > end {
-                self.ranges.insert(end, e);
-            }
-            taken.push((s.max(start), e.min(end)));
-        }
-        taken
-    }
-
-    /// Whether any part of `[start, end)` is in the set.
-    pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        start < end && self.ranges.range(..end).any(|(_, &e)| e > start)
-    }
-
-    /// The ranges, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().map(|(&s, &e)| (s, e))
-    }
-}
-
-/// The arena's bookkeeping.
+/// The memory map's bookkeeping.
 ///
-/// Invariant: `brk_start <= brk`, `page_up(brk) <=` every mapping start, every mapping ends
-/// at or below `top`, mappings are disjoint.
+/// Invariant: `brk_start <= brk`, `page_up(brk) <= top`, mappings are disjoint, page aligned,
+/// inside `[MMAP_MIN, USER_VA_LIMIT)`, and overlap neither `fixed` nor the heap.
 #[derive(Debug, Clone)]
 pub struct MemoryState {
     /// Lowest value of the break (end of the image).
     pub brk_start: u64,
     /// Current break.
     pub brk: u64,
-    /// End of the arena (the stack guard page).
+    /// Highest end of the heap (the stack guard page).
     pub top: u64,
-    /// Anonymous mappings: start → (end, prot).
+    /// Mappings: start → (end, prot).
     pub mappings: BTreeMap<u64, (u64, u32)>,
-    /// Ranges the program may have written and then released: zeroed before reuse.
-    pub released: RangeSet,
-    /// Extent of the image and the stack, for mprotect.
+    /// Extent of the image(s) and the stack.
     pub fixed: Vec<(u64, u64)>,
+    /// Mappings may be executable.
+    pub exec: bool,
 }
 
 fn page_up(v: u64) -> Option<u64> {
@@ -99,52 +56,46 @@ fn page_up(v: u64) -> Option<u64> {
 }
 
 impl MemoryState {
-    /// The arena `[brk_start, top)`; `fixed` lists other mapped ranges (image, stack).
-    pub fn new(brk_start: u64, top: u64, fixed: Vec<(u64, u64)>) -> MemoryState {
-        MemoryState { brk_start, brk: brk_start, top, mappings: BTreeMap::new(), released: RangeSet::default(), fixed }
+    /// A heap from `brk_start` up to `top` at most; `fixed` lists the other mapped ranges
+    /// (image, stack); `exec`: mappings may be executable.
+    pub fn new(brk_start: u64, top: u64, fixed: Vec<(u64, u64)>, exec: bool) -> MemoryState {
+        MemoryState { brk_start, brk: brk_start, top, mappings: BTreeMap::new(), fixed, exec }
     }
 
-    fn floor(&self) -> u64 {
+    fn heap_end(&self) -> u64 {
         page_up(self.brk).unwrap_or(self.top)
     }
 
-    /// Bytes of the arena handed out: the break's pages and every mapping.
-    pub fn committed(&self) -> u64 {
-        let heap = page_up(self.brk).unwrap_or(self.brk).saturating_sub(self.brk_start);
-        heap + self.mappings.iter().map(|(s, (e, _))| e - s).sum::<u64>()
-    }
-
-    /// Size of the arena: the program's memory for brk, mmap and (counted here too) /tmp.
-    pub fn arena_size(&self) -> u64 {
-        self.top.saturating_sub(self.brk_start)
-    }
-
-    fn lowest_mapping(&self) -> u64 {
-        self.mappings.keys().next().copied().unwrap_or(self.top)
+    /// Ranges nothing may be mapped over: the image, the stack, the heap's whole zone.
+    fn obstacles(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.fixed.clone();
+        v.push((self.brk_start / PAGE_SIZE * PAGE_SIZE, self.top));
+        v.extend(self.mappings.iter().map(|(&s, &(e, _))| (s, e)));
+        v.sort_unstable();
+        v
     }
 
     fn is_free(&self, start: u64, end: u64) -> bool {
-        start >= self.floor()
-            && end <= self.top
+        start >= MMAP_MIN
+            && end <= USER_VA_LIMIT
             && start < end
-            && !self.mappings.range(..end).any(|(_, &(e, _))| e > start)
+            && !self.obstacles().iter().any(|&(s, e)| s < end && e > start)
     }
 
     /// Highest free range of `len` bytes (top-down, like Linux's mmap).
     fn find_free(&self, len: u64) -> Option<u64> {
-        let mut end = self.top;
-        for (&s, &(e, _)) in self.mappings.iter().rev() {
-            if end >= e && end - e >= len {
+        let mut end = USER_VA_LIMIT;
+        for (s, e) in self.obstacles().into_iter().rev() {
+            if e <= end && end - e >= len {
                 return Some(end - len);
             }
-            end = s;
+            end = end.min(s);
         }
-        let floor = self.floor();
-        (end >= floor && end - floor >= len).then(|| end - len)
+        (end >= MMAP_MIN && end - MMAP_MIN >= len).then(|| end - len)
     }
 
     /// Removes `[start, end)` from the mappings; returns the parts that were mapped.
-    fn unmap(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+    fn unmap(&mut self, start: u64, end: u64) -> Vec<(u64, u64, u32)> {
         let hits: Vec<(u64, u64, u32)> =
             self.mappings.range(..end).filter(|&(_, &(e, _))| e > start).map(|(&s, &(e, p))| (s, e, p)).collect();
         let mut removed = Vec::new();
@@ -156,25 +107,37 @@ impl MemoryState {
             if e > end {
                 self.mappings.insert(end, (e, p));
             }
-            removed.push((s.max(start), e.min(end)));
+            removed.push((s.max(start), e.min(end), p));
         }
         removed
     }
-}
 
-/// Zeroes the parts of `[start, end)` that were released earlier.
-fn zero_released(ctx: &mut Ctx<'_>, start: u64, end: u64) {
-    for (s, e) in ctx.proc.mem.released.take(start, end) {
-        let gpa = ctx.mem.map.ram_gpa(s);
-        // The arena is inside RAM by construction; a failure here would be a loader bug.
-        ctx.mem.ram.zero(gpa, e - s).expect("arena lies inside guest RAM");
+    /// The page rights of `prot`.
+    fn rights(&self, prot: u64) -> Rights {
+        let p = prot as i32;
+        Rights {
+            access: p & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) != 0,
+            write: p & libc::PROT_WRITE != 0,
+            exec: self.exec && p & libc::PROT_EXEC != 0,
+        }
     }
 }
 
-fn out_of_memory(ctx: &mut Ctx<'_>) -> Errno {
+/// The errno of a page-table change that could not be made (and the cap is to blame).
+fn no_memory(ctx: &mut Ctx<'_>, _e: PagesError) -> Errno {
     ctx.memory_exhausted = true;
     Errno::ENOMEM
 }
+
+/// Applies `op` to `[lo, hi)` of the page tables.
+fn apply(ctx: &mut Ctx<'_>, lo: u64, hi: u64, op: Op) -> Result<(), Errno> {
+    if lo >= hi {
+        return Ok(());
+    }
+    ctx.mem.pages().apply(lo, hi, op).map_err(|e| no_memory(ctx, e))
+}
+
+const RW: Rights = Rights { access: true, write: true, exec: false };
 
 /// brk(addr): returns the new break, or the old one if it cannot move there.
 pub fn sys_brk(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
@@ -185,24 +148,27 @@ pub fn sys_brk(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         return Ok(old);
     }
     let Some(want_page) = page_up(want) else { return Ok(old) };
-    let old_page_end = page_up(old).unwrap_or(old);
-    let grows = want_page.saturating_sub(old_page_end);
-    let tmp = ctx.proc.files.tmp.used();
-    if want_page > m.lowest_mapping().min(m.top) || m.committed() + grows + tmp > m.arena_size() {
+    let old_page = m.heap_end();
+    if want_page > m.top {
         ctx.memory_exhausted = true;
         return Ok(old);
     }
-    let old_page = page_up(old).unwrap_or(old);
+    if want_page > old_page && m.mappings.range(..want_page).any(|(_, &(e, _))| e > old_page) {
+        return Ok(old);
+    }
     if want_page > old_page {
-        zero_released(ctx, old_page, want_page);
+        if apply(ctx, old_page, want_page, Op::Fresh(RW)).is_err() {
+            return Ok(old);
+        }
     } else if want_page < old_page {
-        ctx.proc.mem.released.insert(want_page, old_page);
+        let _ = apply(ctx, want_page, old_page, Op::Unmap);
     }
     // Linux zeroes the tail of the last page when the break moves down and back up.
     if want > old && old % PAGE_SIZE != 0 {
-        let gpa = ctx.mem.map.ram_gpa(old);
         let len = (old_page - old).min(want - old);
-        ctx.mem.ram.zero(gpa, len).expect("brk lies inside guest RAM");
+        if let Lookup::Frame { gpa, .. } = crate::memory::pages::lookup(ctx.mem.ram, old) {
+            ctx.mem.ram.zero(gpa, len).expect("the frame lies inside guest RAM");
+        }
     }
     ctx.proc.mem.brk = want;
     Ok(want)
@@ -211,7 +177,21 @@ pub fn sys_brk(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 const PROT_ALL: u64 = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
 const PROT_GROWS: u64 = (libc::PROT_GROWSDOWN | libc::PROT_GROWSUP) as u64;
 
-/// mmap(addr, len, prot, flags, fd, offset): anonymous memory only.
+/// Copies `bytes` to `va`, whatever the rights there (the contents of a file mapping).
+fn fill(ctx: &mut Ctx<'_>, va: u64, bytes: &[u8]) -> Result<(), Errno> {
+    for (i, chunk) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+        let at = va + i as u64 * PAGE_SIZE;
+        let gpa = match ctx.mem.pages().translate(at, false) {
+            Ok(Some(gpa)) => gpa,
+            Ok(None) => return Err(Errno::EFAULT),
+            Err(e) => return Err(no_memory(ctx, e)),
+        };
+        ctx.mem.ram.write(gpa, chunk).expect("the frame lies inside guest RAM");
+    }
+    Ok(())
+}
+
+/// mmap(addr, len, prot, flags, fd, offset)
 pub fn sys_mmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     let (addr, len, prot, flags, fd, offset) = (a[0], a[1], a[2], a[3] as i32, a[4] as i32, a[5]);
     if len == 0 || prot & !(PROT_ALL | PROT_GROWS) != 0 {
@@ -235,46 +215,44 @@ pub fn sys_mmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     };
     let len = page_up(len).ok_or(Errno::ENOMEM)?;
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
-    // The files in /tmp live in the same budget as the arena (see guest-abi.md).  A fixed
-    // mapping usually replaces one, so only new mappings are checked.
-    let m = &ctx.proc.mem;
-    if !fixed && m.committed() + len + ctx.proc.files.tmp.used() > m.arena_size() {
-        return Err(out_of_memory(ctx));
-    }
     let start = if fixed {
         if addr % PAGE_SIZE != 0 {
             return Err(Errno::EINVAL);
         }
         let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
         let m = &ctx.proc.mem;
-        if addr < m.floor() || end > m.top {
-            return Err(out_of_memory(ctx));
+        if addr < MMAP_MIN || end > USER_VA_LIMIT {
+            return Err(Errno::ENOMEM);
         }
-        if flags & libc::MAP_FIXED_NOREPLACE != 0 && !m.is_free(addr, end) {
+        if m.fixed.iter().chain(std::iter::once(&(m.brk_start, m.heap_end()))).any(|&(s, e)| s < end && e > addr) {
+            return Err(Errno::ENOMEM);
+        }
+        if flags & libc::MAP_FIXED_NOREPLACE != 0 && m.mappings.range(..end).any(|(_, &(e, _))| e > addr) {
             return Err(Errno::EEXIST);
         }
-        for (s, e) in ctx.proc.mem.unmap(addr, end) {
-            ctx.proc.mem.released.insert(s, e);
-        }
+        ctx.proc.mem.unmap(addr, end);
         addr
     } else {
         let hint = addr / PAGE_SIZE * PAGE_SIZE;
         match hint.checked_add(len) {
             Some(end) if hint != 0 && ctx.proc.mem.is_free(hint, end) => hint,
-            _ => match ctx.proc.mem.find_free(len) {
-                Some(s) => s,
-                None => return Err(out_of_memory(ctx)),
-            },
+            _ => ctx.proc.mem.find_free(len).ok_or(Errno::ENOMEM)?,
         }
     };
-    zero_released(ctx, start, start + len);
-    if let Some(bytes) = file {
-        // Beyond the end of the file the mapping reads zeros (it was zeroed above, or is
-        // untouched arena).
-        let gpa = ctx.mem.map.ram_gpa(start);
-        ctx.mem.ram.write(gpa, &bytes).expect("arena lies inside guest RAM");
+    let rights = ctx.proc.mem.rights(prot);
+    let end = start + len;
+    match file {
+        Some(bytes) if !bytes.is_empty() => {
+            // The bytes go in through readable pages; PROT_NONE keeps them for later.
+            apply(ctx, start, end, Op::Fresh(Rights { access: true, ..rights }))?;
+            fill(ctx, start, &bytes)?;
+            if !rights.access {
+                apply(ctx, start, end, Op::Protect(rights))?;
+            }
+        }
+        _ => apply(ctx, start, end, Op::Fresh(rights))?,
     }
-    ctx.proc.mem.mappings.insert(start, (start + len, prot as u32));
+    ctx.proc.mem.mappings.insert(start, (end, prot as u32));
     Ok(start)
 }
 
@@ -285,11 +263,11 @@ pub fn sys_munmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let end = page_up(len).and_then(|l| addr.checked_add(l)).ok_or(Errno::EINVAL)?;
-    if end > crate::guest::layout::USER_VA_LIMIT {
+    if end > USER_VA_LIMIT {
         return Err(Errno::EINVAL);
     }
-    for (s, e) in ctx.proc.mem.unmap(addr, end) {
-        ctx.proc.mem.released.insert(s, e);
+    for (s, e, _) in ctx.proc.mem.unmap(addr, end) {
+        apply(ctx, s, e, Op::Unmap)?;
     }
     Ok(0)
 }
@@ -297,9 +275,8 @@ pub fn sys_munmap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
 fn covered(m: &MemoryState, start: u64, end: u64) -> bool {
     let mut cursor = start;
     while cursor < end {
-        let brk_end = page_up(m.brk).unwrap_or(m.brk);
-        let next = if cursor >= m.brk_start && cursor < brk_end {
-            brk_end
+        let next = if cursor >= m.brk_start && cursor < m.heap_end() {
+            m.heap_end()
         } else if let Some((_, &(e, _))) = m.mappings.range(..=cursor).next_back().filter(|(_, &(e, _))| e > cursor) {
             e
         } else if let Some(&(_, e)) = m.fixed.iter().find(|&&(s, e)| cursor >= s && cursor < e) {
@@ -312,7 +289,7 @@ fn covered(m: &MemoryState, start: u64, end: u64) -> bool {
     true
 }
 
-/// mprotect(addr, len, prot): recorded, not enforced (see the module comment).
+/// mprotect(addr, len, prot): enforced on mappings (see the module comment).
 pub fn sys_mprotect(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     let (addr, len, prot) = (a[0], a[1], a[2]);
     if addr % PAGE_SIZE != 0 || prot & !(PROT_ALL | PROT_GROWS) != 0 {
@@ -322,10 +299,13 @@ pub fn sys_mprotect(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if !covered(&ctx.proc.mem, addr, end) {
         return Err(Errno::ENOMEM);
     }
-    let m = &mut ctx.proc.mem;
-    let pieces: Vec<(u64, u64)> = m.unmap(addr, end);
-    for (s, e) in pieces {
-        m.mappings.insert(s, (e, prot as u32));
+    let rights = ctx.proc.mem.rights(prot);
+    let pieces = ctx.proc.mem.unmap(addr, end);
+    for &(s, e, _) in &pieces {
+        ctx.proc.mem.mappings.insert(s, (e, prot as u32));
+    }
+    for (s, e, _) in pieces {
+        apply(ctx, s, e, Op::Protect(rights))?;
     }
     Ok(0)
 }
@@ -351,22 +331,22 @@ pub fn sys_mremap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if old_end > end || old < start || old_len == 0 {
         return Err(Errno::EFAULT);
     }
+    let rights = m.rights(u64::from(prot));
     if flags & libc::MREMAP_FIXED == 0 {
         if new_len <= old_len {
-            for (s, e) in ctx.proc.mem.unmap(old + new_len, old_end) {
-                ctx.proc.mem.released.insert(s, e);
-            }
+            ctx.proc.mem.unmap(old + new_len, old_end);
+            apply(ctx, old + new_len, old_end, Op::Unmap)?;
             return Ok(old);
         }
         let grow_end = old.checked_add(new_len).ok_or(Errno::ENOMEM)?;
         if old_end == end && ctx.proc.mem.is_free(old_end, grow_end) {
-            zero_released(ctx, old_end, grow_end);
+            apply(ctx, old_end, grow_end, Op::Fresh(rights))?;
             ctx.proc.mem.unmap(old, old_end);
             ctx.proc.mem.mappings.insert(old, (grow_end, prot));
             return Ok(old);
         }
         if flags & libc::MREMAP_MAYMOVE == 0 {
-            return Err(out_of_memory(ctx));
+            return Err(Errno::ENOMEM);
         }
     }
     let target = if flags & libc::MREMAP_FIXED != 0 {
@@ -377,34 +357,36 @@ pub fn sys_mremap(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         if new_addr < old_end && end > old {
             return Err(Errno::EINVAL);
         }
-        if new_addr < ctx.proc.mem.floor() || end > ctx.proc.mem.top {
-            return Err(out_of_memory(ctx));
+        let m = &ctx.proc.mem;
+        if new_addr < MMAP_MIN
+            || end > USER_VA_LIMIT
+            || m.fixed
+                .iter()
+                .chain(std::iter::once(&(m.brk_start, m.heap_end())))
+                .any(|&(s, e)| s < end && e > new_addr)
+        {
+            return Err(Errno::ENOMEM);
         }
-        for (s, e) in ctx.proc.mem.unmap(new_addr, end) {
-            ctx.proc.mem.released.insert(s, e);
+        for (s, e, _) in ctx.proc.mem.unmap(new_addr, end) {
+            apply(ctx, s, e, Op::Unmap)?;
         }
         new_addr
     } else {
-        ctx.proc.mem.find_free(new_len).ok_or_else(|| out_of_memory(ctx))?
+        ctx.proc.mem.find_free(new_len).ok_or(Errno::ENOMEM)?
     };
-    zero_released(ctx, target, target + new_len);
     let keep = old_len.min(new_len);
-    let (src, dst) = (ctx.mem.map.ram_gpa(old), ctx.mem.map.ram_gpa(target));
-    ctx.mem.ram.copy_within(src, dst, keep).expect("arena lies inside guest RAM");
-    for (s, e) in ctx.proc.mem.unmap(old, old_end) {
-        ctx.proc.mem.released.insert(s, e);
+    if let Err(e) = ctx.mem.pages().relocate(old, target, keep) {
+        return Err(no_memory(ctx, e));
     }
-    if new_len > keep {
-        // The grown tail must read as zeros even if the source had data there.
-        let gpa = ctx.mem.map.ram_gpa(target + keep);
-        ctx.mem.ram.zero(gpa, new_len - keep).expect("arena lies inside guest RAM");
-    }
+    apply(ctx, target + keep, target + new_len, Op::Fresh(rights))?;
+    ctx.proc.mem.unmap(old, old_end);
+    apply(ctx, old, old_end, Op::Unmap)?;
     ctx.proc.mem.mappings.insert(target, (target + new_len, prot));
     Ok(target)
 }
 
-/// madvise(addr, len, advice): MADV_DONTNEED zeroes (anonymous private semantics); the rest
-/// are hints.
+/// madvise(addr, len, advice): MADV_DONTNEED gives the pages back (they read as zeros
+/// afterwards: anonymous private semantics); the rest are hints.
 pub fn sys_madvise(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     let (addr, len, advice) = (a[0], a[1], a[2] as i32);
     if addr % PAGE_SIZE != 0 {
@@ -419,59 +401,43 @@ pub fn sys_madvise(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
             return Err(Errno::ENOMEM);
         }
         let m = &ctx.proc.mem;
-        let (lo, hi) = (addr.max(m.brk_start), end.min(m.top));
-        if lo < hi {
-            let gpa = ctx.mem.map.ram_gpa(lo);
-            ctx.mem.ram.zero(gpa, hi - lo).expect("arena lies inside guest RAM");
+        let mut fresh: Vec<(u64, u64, Rights)> = m
+            .mappings
+            .range(..end)
+            .filter(|(_, &(e, _))| e > addr)
+            .map(|(&s, &(e, p))| (s.max(addr), e.min(end), m.rights(u64::from(p))))
+            .collect();
+        let (hs, he) = (addr.max(m.brk_start.next_multiple_of(PAGE_SIZE)), end.min(m.heap_end()));
+        if hs < he {
+            fresh.push((hs, he, RW));
+        }
+        for (s, e, r) in fresh {
+            apply(ctx, s, e, Op::Fresh(r))?;
         }
     }
     Ok(0)
 }
 
 // Snapshot files (crate::persist).
-crate::persist::persist_fields!(MemoryState { brk_start, brk, top, mappings, released, fixed });
-
-impl crate::persist::Persist for RangeSet {
-    fn save(&self, e: &mut crate::persist::Enc) -> Result<(), crate::persist::Unsupported> {
-        self.iter().collect::<Vec<_>>().save(e)
-    }
-    fn load(d: &mut crate::persist::Dec<'_>) -> Result<Self, crate::persist::Malformed> {
-        let mut set = Self::default();
-        for (s, end) in Vec::<(u64, u64)>::load(d)? {
-            set.insert(s, end);
-        }
-        Ok(set)
-    }
-}
+crate::persist::persist_fields!(MemoryState { brk_start, brk, top, mappings, fixed, exec });
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn range_set_merges_and_takes() {
-        let mut r = RangeSet::default();
-        r.insert(10, 20);
-        r.insert(30, 40);
-        r.insert(20, 30);
-        assert_eq!(r.iter().collect::<Vec<_>>(), vec![(10, 40)]);
-        assert_eq!(r.take(15, 25), vec![(15, 25)]);
-        assert_eq!(r.iter().collect::<Vec<_>>(), vec![(10, 15), (25, 40)]);
-        assert!(r.overlaps(14, 16) && !r.overlaps(15, 25));
-        assert_eq!(r.take(0, 100), vec![(10, 15), (25, 40)]);
-        assert_eq!(r.iter().count(), 0);
-    }
-
-    #[test]
-    fn free_space_is_found_top_down() {
-        let mut m = MemoryState::new(0x1000, 0x10_0000, vec![]);
-        assert_eq!(m.find_free(0x1000), Some(0xf_f000));
-        m.mappings.insert(0xf_f000, (0x10_0000, 3));
-        m.mappings.insert(0xf_0000, (0xf_e000, 3));
-        assert_eq!(m.find_free(0x1000), Some(0xf_e000));
-        assert_eq!(m.find_free(0x2000), Some(0xe_e000));
-        assert_eq!(m.find_free(0x20_0000), None);
-        assert!(m.is_free(0xf_e000, 0xf_f000));
-        assert!(!m.is_free(0xf_d000, 0xf_f000));
+    fn free_space_is_found_top_down_around_the_image_heap_and_mappings() {
+        let mut m = MemoryState::new(0x40_1000, 0x80_0000, vec![(0x40_0000, 0x40_1000), (0x80_1000, 0x90_0000)], false);
+        assert_eq!(m.find_free(0x1000), Some(USER_VA_LIMIT - 0x1000));
+        m.mappings.insert(USER_VA_LIMIT - 0x1000, (USER_VA_LIMIT, 3));
+        m.mappings.insert(USER_VA_LIMIT - 0x10_0000, (USER_VA_LIMIT - 0x2000, 3));
+        assert_eq!(m.find_free(0x1000), Some(USER_VA_LIMIT - 0x2000));
+        assert_eq!(m.find_free(0x2000), Some(USER_VA_LIMIT - 0x10_2000));
+        assert!(m.is_free(0x100_0000, 0x200_0000));
+        assert!(!m.is_free(0x40_0000, 0x40_2000), "the image");
+        assert!(!m.is_free(0x50_0000, 0x50_1000), "the heap's zone");
+        assert!(!m.is_free(0x1000, 0x2000), "below mmap_min_addr");
+        let huge = 1u64 << 46;
+        assert_eq!(m.find_free(huge).map(|s| s + huge <= USER_VA_LIMIT - 0x10_0000), Some(true));
     }
 }

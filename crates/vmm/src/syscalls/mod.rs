@@ -43,6 +43,7 @@ pub mod timerfd;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::memory::pages;
 use crate::memory::user::{Backing, UserMap};
 use crate::memory::{GuestMemory, Mapping};
 
@@ -54,7 +55,8 @@ pub use crate::linux::errno::Errno;
 pub type SysResult = Result<u64, Errno>;
 
 /// The program's memory, seen through its address space: every access is resolved against
-/// the [`UserMap`] and copied, so a bad pointer is an EFAULT, never a host fault.
+/// the [`UserMap`] (request area, shared memory) or the page tables (RAM, see
+/// [`crate::memory::pages`]) and copied, so a bad pointer is an EFAULT, never a host fault.
 pub struct UserMemory<'a> {
     /// The address space.
     pub map: &'a UserMap,
@@ -64,6 +66,10 @@ pub struct UserMemory<'a> {
     pub vcpu_area: &'a Mapping,
     /// Tenant shared memory.
     pub shared: Option<&'a Mapping>,
+    /// Page-table changes must be logged for a reset (an instance).
+    pub keep_log: bool,
+    /// Set when memory the program may use could not be given a page (the memory cap).
+    pub exhausted: bool,
 }
 
 impl UserMemory<'_> {
@@ -76,16 +82,67 @@ impl UserMemory<'_> {
         }
     }
 
+    /// The request area or shared memory holding all of `[va, va + len)`, if that is where
+    /// it is.
+    fn special(&self, va: u64, len: u64, write: bool) -> Option<Result<(&Mapping, u64), Errno>> {
+        let r = self.map.resolve(va, len, write)?;
+        let (m, base) = self.region(r.backing)?;
+        Some(Ok((m, base + r.offset)))
+    }
+
+    /// Page-sized pieces of `[va, va + len)`: (address, offset in the buffer, length).
+    fn pieces(va: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+        let mut done = 0usize;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let at = va.checked_add(done as u64)?;
+            let n = (len - done).min((4096 - at % 4096) as usize);
+            let piece = (at, done, n);
+            done += n;
+            Some(piece)
+        })
+    }
+
+    /// EFAULT unless the program could read (or write) all of `[va, va + len)`.
+    pub fn check(&self, va: u64, len: u64, write: bool) -> Result<(), Errno> {
+        if len == 0 {
+            return Ok(());
+        }
+        va.checked_add(len).ok_or(Errno::EFAULT)?;
+        if let Some(r) = self.special(va, len, write) {
+            return r.map(|_| ());
+        }
+        for (at, _, _) in Self::pieces(va, len.min(1 << 40) as usize) {
+            match pages::lookup(self.ram, at) {
+                pages::Lookup::Frame { write: w, .. } | pages::Lookup::Lazy { write: w } if w || !write => {}
+                _ => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
     /// Copies `buf.len()` bytes from user address `va`.
     pub fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let r = self.map.resolve(va, buf.len() as u64, false).ok_or(Errno::EFAULT)?;
         if buf.is_empty() {
             return Ok(());
         }
-        match self.region(r.backing) {
-            None => self.ram.read(r.offset, buf).map_err(|_| Errno::EFAULT),
-            Some((m, base)) => m.read(base + r.offset, buf).ok_or(Errno::EFAULT),
+        va.checked_add(buf.len() as u64).ok_or(Errno::EFAULT)?;
+        if let Some(r) = self.special(va, buf.len() as u64, false) {
+            let (m, off) = r?;
+            return m.read(off, buf).ok_or(Errno::EFAULT);
         }
+        for (at, from, n) in Self::pieces(va, buf.len()) {
+            match pages::lookup(self.ram, at) {
+                pages::Lookup::Frame { gpa, .. } => {
+                    self.ram.read(gpa, &mut buf[from..from + n]).map_err(|_| Errno::EFAULT)?;
+                }
+                pages::Lookup::Lazy { .. } => buf[from..from + n].fill(0),
+                pages::Lookup::Nothing => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
     }
 
     /// Reads `len` bytes from `va` into a new vector (callers bound `len`).
@@ -102,19 +159,35 @@ impl UserMemory<'_> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Copies `data` to user address `va`.
+    /// The program's page tables, for changes.
+    pub fn pages(&mut self) -> pages::Pages<'_> {
+        pages::Pages::new(self.ram, self.vcpu_area, self.keep_log)
+    }
+
+    /// Copies `data` to user address `va` (lazy memory gets its pages now).
     pub fn write(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        let r = self.map.resolve(va, data.len() as u64, true).ok_or(Errno::EFAULT)?;
         if data.is_empty() {
             return Ok(());
         }
-        match r.backing {
-            Backing::Ram => self.ram.write(r.offset, data).map_err(|_| Errno::EFAULT),
-            backing => {
-                let (m, base) = self.region(backing).ok_or(Errno::EFAULT)?;
-                m.write(base + r.offset, data).ok_or(Errno::EFAULT)
-            }
+        va.checked_add(data.len() as u64).ok_or(Errno::EFAULT)?;
+        if let Some(r) = self.special(va, data.len() as u64, true) {
+            let (m, off) = r?;
+            return m.write(off, data).ok_or(Errno::EFAULT);
         }
+        // All or nothing: check first, so that a bad tail does not leave a written head.
+        self.check(va, data.len() as u64, true)?;
+        for (at, from, n) in Self::pieces(va, data.len()) {
+            let gpa = match self.pages().translate(at, true) {
+                Ok(Some(gpa)) => gpa,
+                Ok(None) => return Err(Errno::EFAULT),
+                Err(_) => {
+                    self.exhausted = true;
+                    return Err(Errno::EFAULT);
+                }
+            };
+            self.ram.write(gpa, &data[from..from + n]).map_err(|_| Errno::EFAULT)?;
+        }
+        Ok(())
     }
 
     /// Writes a little-endian u64.
@@ -399,7 +472,17 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         }
     };
     *counts.handled.entry(nr).or_default() += 1;
+    if tracing() {
+        eprintln!("tenantvm: syscall {nr} {a:x?} -> {result:x?}");
+    }
     encode(result)
+}
+
+/// Whether the host's system calls are printed on the host's stderr (`TENANTVM_TRACE_SYSCALLS`
+/// set: a debugging aid to find what a program asks of the VMM).
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TENANTVM_TRACE_SYSCALLS").is_some())
 }
 
 /// The rax value for a result: the value, or `-errno`.

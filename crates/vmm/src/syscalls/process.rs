@@ -188,9 +188,10 @@ pub fn sys_getrlimit(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     sys_prlimit64(ctx, [0, a[0], 0, a[1], 0, 0])
 }
 
-/// sched_getaffinity(pid, len, mask): one CPU.
+/// sched_getaffinity(pid, len, mask): one CPU.  `pid` may be any of the program's threads
+/// (glibc's pthread_getattr_np asks for the calling thread's).
 pub fn sys_sched_getaffinity(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
-    if a[0] != 0 && a[0] != ctx.proc.identity.pid {
+    if a[0] != 0 && a[0] != ctx.proc.identity.pid && !ctx.proc.threads.contains(a[0]) {
         return Err(Errno::ESRCH);
     }
     if a[1] < 8 || a[1] % 8 != 0 {
@@ -216,7 +217,7 @@ pub fn sys_getrandom(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let len = a[1].min(32 << 20) as usize;
-    ctx.mem.map.resolve(a[0], len as u64, true).ok_or(Errno::EFAULT)?;
+    ctx.mem.check(a[0], len as u64, true)?;
     let mut done = 0;
     let mut chunk = [0u8; 4096];
     while done < len {

@@ -31,7 +31,7 @@ pub fn sys_socketpair(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     if protocol != 0 {
         return Err(Errno(libc::EPROTONOSUPPORT));
     }
-    ctx.mem.map.resolve(a[3], 8, true).ok_or(Errno::EFAULT)?;
+    ctx.mem.check(a[3], 8, true)?;
     let fds = &mut ctx.proc.files.fds;
     if fds.open_count() + 2 > crate::linux::fdtable::MAX_FDS {
         return Err(Errno::EMFILE);

@@ -55,7 +55,7 @@ fn create(ctx: &mut Ctx<'_>, r: Request) -> SysResult {
         return Err(Errno::EPERM);
     }
     for (flag, addr) in [(CLONE_PARENT_SETTID, r.parent_tid), (CLONE_CHILD_SETTID, r.child_tid)] {
-        if flags & flag != 0 && ctx.mem.map.resolve(addr, 4, true).is_none() {
+        if flags & flag != 0 && ctx.mem.check(addr, 4, true).is_err() {
             return Err(Errno::EFAULT);
         }
     }

@@ -174,6 +174,9 @@ impl Instance {
         let io = captured_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map().clone(), snapshot.proc().clone(), io, Some(cfg.limits));
         machine.kv = kv;
+        machine.keep_ptlog = true;
+        let mut tracker = ResetTracker::new(pages, kernel_pages);
+        tracker.keep_tables(&crate::memory::pages::Pages::tables(&machine.vm.ram));
         machine.start_kernel()?;
         let stats = InstanceStats { create_time: started.elapsed(), ..Default::default() };
         Ok(Instance {
@@ -181,7 +184,7 @@ impl Instance {
             snapshot,
             state: State::AtSnapshot,
             stopped_abnormally: false,
-            tracker: ResetTracker::new(pages, kernel_pages),
+            tracker,
             stats,
             request_len: 0,
         })
@@ -350,6 +353,10 @@ impl Instance {
     /// Restores the snapshot: memory (changed pages only), the emulated process, and (at the
     /// next call) the registers.
     pub fn reset(&mut self) -> crate::Result<ResetReport> {
+        // The guest undoes the page-table changes at reset_entry, except inside tables the
+        // request made: those pages get their snapshot contents here.
+        let tracker = &self.tracker;
+        crate::memory::pages::filter_log(&self.machine.vm.vcpu_area, |page| tracker.left_alone(page));
         let (ram, fd) = self.machine.vm.ram_and_fd();
         let report = self.tracker.reset(fd, ram, self.snapshot.ram_view())?;
         if std::mem::take(&mut self.machine.proc_touched) {

@@ -198,15 +198,15 @@ pub(super) fn freeze(
     for (i, v) in snap_regs.into_iter().enumerate() {
         m.vm.ram.write_u64(kdata(KD_SNAP_REGS) + 8 * i as u64, v).map_err(oob)?;
     }
-    let nreset = m.vm.ram.read_u64(kdata(KD_NRESET)).map_err(oob)?;
-    let ram_offset = m.vm.ram.read_u64(kdata(KD_RAM_OFFSET)).map_err(oob)?;
-    let mut writable = Vec::new();
-    for i in 0..nreset.min(KD_MAX_RESET) {
-        let lo = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i).map_err(oob)?;
-        let hi = m.vm.ram.read_u64(kdata(KD_RESET) + 16 * i + 8).map_err(oob)?;
-        crate::paging::PageTables::clear_dirty(&mut m.vm.ram, GPA_KPML4, lo, hi).map_err(oob)?;
-        writable.push((lo.wrapping_sub(ram_offset), hi.wrapping_sub(ram_offset)));
+    // The page pool as reset_entry puts it back, and Dirty bits clear in every table.
+    for (i, field) in crate::memory::pages::POOL_FIELDS.into_iter().enumerate() {
+        let v = m.vm.ram.read_u64(kdata(field)).map_err(oob)?;
+        m.vm.ram.write_u64(kdata(KD_SNAP_POOL) + 8 * i as u64, v).map_err(oob)?;
     }
+    crate::paging::PageTables::clear_dirty_tables(&mut m.vm.ram, GPA_KPML4).map_err(oob)?;
+    // Program memory can be in any page of RAM above the kernel area.
+    let memory = m.vm.ram.size();
+    let writable = vec![(crate::loader::kernel_area(memory), memory)];
     let ram = m.vm.ram.file().clone();
     let ram_view = ReadOnlyMapping::of(&ram, ram.size() as usize)?;
     let residency = residency(&ram_view);
