@@ -31,7 +31,7 @@ no-xrstor@kernel.S@	xrstor	KBASE + GPA_XSAVE@	nop@extended register state is not
 no-fs-base@kernel.S@	wrfsbase %rax@	nop@the FS base (TLS pointer) is not restored
 no-rsp@kernel.S@	mov	SNAP(6), %rsp@	nop@a batched request starts on the previous one's stack pointer
 no-r12@kernel.S@	mov	SNAP(12), %r12@	nop@a batched request starts with the previous one's r12 (callee-saved)
-no-table-sync@kernel.c@			*PHYS(pde) = *PHYS(pde);@			(void)pde;@a page table the VMM changed in many places is not made known again
+no-reload@kernel.c@		reload |= many;@		(void)many;@a page table changed in many places is not made known again (no CR3 reload)
 no-undo@kernel.c@				*slot = e[2];@				(void)slot;@a reset leaves the request's page-table changes (memory on demand) in place
 no-resync@kernel.c@				*slot = *slot;@				(void)slot;@entries the VMM changed are not written again by the guest (the shadow MMU keeps them)
 no-pool-reset@kernel.c@			KD(KD_POOL_NEXT + 8 * k) = KD(KD_SNAP_POOL + 8 * k);@			(void)k;@the page pool is not put back at a reset

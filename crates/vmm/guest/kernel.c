@@ -476,23 +476,11 @@ int lazy_fault(u64 va, u64 err)
 	return 1;
 }
 
-/* The page-directory entry (GPA) on the way to `va` that links the page table at `pt`, or 0. */
-static u64 pde_of(u64 va, u64 pt)
-{
-	u64 e = *PHYS(GPA_KPML4 + ((va >> 39) & 511) * 8);
-	if (!(e & PTE_P))
-		return 0;
-	e = *PHYS((e & PTE_ADDR) + ((va >> 30) & 511) * 8);
-	if (!(e & PTE_P) || (e & PTE_PS))
-		return 0;
-	u64 slot = (e & PTE_ADDR) + ((va >> 21) & 511) * 8;
-	e = *PHYS(slot);
-	return (e & PTE_P) && !(e & PTE_PS) && (e & PTE_ADDR) == pt ? slot : 0;
-}
-
-/* Changes to one page table past this many are made known by writing its directory entry
- * again (which drops the whole table from the shadow MMU: one trap) rather than one
- * invlpg per entry (one trap each). */
+/* Changes to one page table past this many are made known with one CR3 reload at the end
+ * (the hypervisor then re-reads every page table it let the guest write without trapping,
+ * and flushes the TLB) rather than one invlpg each (a trap each).  The stores themselves
+ * are always made: for a table the shadow MMU write-protects, the trapped store is what
+ * updates it. */
 #define SYNC_TABLE_AFTER 32
 
 /* reset == 0: make the entries the VMM changed known (an entry that was present may still be
@@ -501,33 +489,30 @@ static u64 pde_of(u64 va, u64 pt)
 void sync_ptes(u64 reset)
 {
 	u64 n = VCD(VCD_PTLOG_COUNT), lo = reset ? 0 : VCD(VCD_PTLOG_DONE);
-	int flush = 0;
+	int reload = 0;
 	u64 i = n;
 	while (i > lo) {
 		/* the run [j, i) of entries in one page-table page */
 		u64 page = ptlog_entry(i - 1)[0] & ~0xfffUL, j = i - 1;
 		while (j > lo && (ptlog_entry(j - 1)[0] & ~0xfffUL) == page)
 			j--;
-		u64 pde = i - j > SYNC_TABLE_AFTER ? pde_of(ptlog_entry(i - 1)[1], page) : 0;
+		int many = i - j > SYNC_TABLE_AFTER;
 		for (u64 k = i; k-- > j;) {
 			volatile u64 *e = ptlog_entry(k);
 			volatile u64 *slot = PHYS(e[0]);
+			if (!reset && !(e[2] & PTE_P))
+				continue; /* was not present: nothing of it can be cached */
 			if (reset)
 				*slot = e[2];
-			else if (!pde && (e[2] & PTE_P))
+			else
 				*slot = *slot;
-			if (!pde && (reset || (e[2] & PTE_P)))
+			if (!many)
 				invlpg(e[1]);
 		}
-		if (pde) {
-			*PHYS(pde) = *PHYS(pde);
-			flush = 1;
-		}
+		reload |= many;
 		i = j;
 	}
-	/* Hardware walks the tables itself: the pages of a table made known at once leave the
-	 * TLB with a full flush (PVM flushes when the directory entry's write drops the table). */
-	if (flush && !KD(KD_PVM)) {
+	if (reload) {
 		u64 cr3;
 		__asm__ volatile("mov %%cr3, %0; mov %0, %%cr3" : "=r"(cr3)::"memory");
 	}
