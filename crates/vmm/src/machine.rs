@@ -515,6 +515,9 @@ impl Machine {
             user_rsp: r.rsp,
         };
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
+        if syscalls::tracing() {
+            eprintln!("tenantvm: syscall {} {args:x?} -> {:#x} at rip {:#x}", r.rax, rax, r.rcx);
+        }
         let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted || ctx.mem.exhausted);
         // /tmp's files share the memory cap with the pool.
         let tmp_pages = ctx.proc.files.tmp.used().div_ceil(crate::guest::PAGE_SIZE);

@@ -472,15 +472,12 @@ pub fn dispatch(ctx: &mut Ctx<'_>, counts: &mut SyscallCounts, nr: u64, a: [u64;
         }
     };
     *counts.handled.entry(nr).or_default() += 1;
-    if tracing() {
-        eprintln!("tenantvm: syscall {nr} {a:x?} -> {result:x?}");
-    }
     encode(result)
 }
 
 /// Whether the host's system calls are printed on the host's stderr (`TENANTVM_TRACE_SYSCALLS`
 /// set: a debugging aid to find what a program asks of the VMM).
-fn tracing() -> bool {
+pub fn tracing() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("TENANTVM_TRACE_SYSCALLS").is_some())
 }
