@@ -517,6 +517,10 @@ impl Machine {
         let rax = syscalls::dispatch(&mut ctx, &mut self.stats.host_syscalls, r.rax, args);
         if syscalls::tracing() {
             eprintln!("tenantvm: syscall {} {args:x?} -> {:#x} at rip {:#x}", r.rax, rax, r.rcx);
+            if std::env::var_os("TENANTVM_TRACE_STACK").is_some() {
+                let words: Vec<u64> = (0..48).filter_map(|i| ctx.mem.read_u64(r.rsp + 8 * i).ok()).collect();
+                eprintln!("tenantvm:   stack {words:x?}");
+            }
         }
         let (stop, sched, exhausted) = (ctx.stop.take(), ctx.sched.take(), ctx.memory_exhausted || ctx.mem.exhausted);
         // /tmp's files share the memory cap with the pool.
