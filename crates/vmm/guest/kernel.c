@@ -372,7 +372,7 @@ static u64 reset_memory(void)
 	return restored;
 }
 
-/* ---- memory on demand (vmm::memory::pages has the VMM's half and the whole story) ----
+/* ---- memory on demand (vmm::pages has the VMM's half and the whole story) ----
  *
  * The program's mappings have no pages until it touches them: their page-table entries are
  * "lazy" markers (not present, PTE_LAZY, the rights in W/NX), at a table level for a whole

@@ -91,7 +91,7 @@
 #define KD_NRRANGES 0x240
 #define KD_RRANGES 0x250
 #define KD_MAX_RRANGES 16
-/* The page pool (vmm::memory::pages): RAM pages handed out on demand for the program's
+/* The page pool (vmm::pages): RAM pages handed out on demand for the program's
    memory and its page tables, by the guest kernel's page-fault handler and by the VMM.
    NEXT: first never-used page (GPA), END: end of the pool, FREE: a list of freed pages (each
    holds the GPA of the next, 0 ends it), USED: pages handed out, LIMIT: most pages that may
@@ -133,7 +133,7 @@
 #define VCD_ENTROPY_POS 0x80
 #define VCD_ENTROPY 0x100
 #define VCD_ENTROPY_SIZE 0x100
-/* The page-table change log (vmm::memory::pages): entries of PTLOG_ENTRY bytes (physmap
+/* The page-table change log (vmm::pages): entries of PTLOG_ENTRY bytes (physmap
    address of the entry, a virtual address it maps, its value before the change) at
    VCD_PTLOG_OFF in the vCPU area.  Entries [DONE, COUNT) were changed by the VMM and are
    written again by the guest kernel before it returns to the program (so that the shadow
@@ -178,7 +178,7 @@
 /* All of RAM, kernel-only, for the guest kernel's page-table and pool work */
 #define KPHYS 0xffffa00000000000
 
-/* Software bits of page-table entries that are not present (vmm::memory::pages):
+/* Software bits of page-table entries that are not present (vmm::pages):
    PTE_LAZY: "allocate on first access" with the entry's W/NX bits as the rights (at the
    table levels: for every page below); PTE_KEEP: a page made inaccessible (PROT_NONE) that
    keeps its frame (the address bits) for when it is made accessible again. */

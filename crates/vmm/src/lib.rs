@@ -32,7 +32,8 @@
 //! - `kvm`           the host's KVM: platform detection (hardware KVM or PVM), raw ioctls
 //! - `memory`        host mappings of guest memory (`ReadOnlyMapping` for snapshots),
 //!   bounds-checked copies, the user address map
-//! - `paging`, `stack`   4-level page tables with W^X; the initial process stack
+//! - `paging`, `pages`, `stack`   4-level page tables with W^X; the program's memory on demand
+//!   (its page tables at run time and the page pool); the initial process stack
 //! - `timer`         wall-clock limits that interrupt `KVM_RUN` from outside
 //! - `restore_view`  what in-guest resets copy back (slot 3)
 //! - `vm`, `vcpu`    one KVM VM + vCPU set up for the guest kernel; one `KVM_RUN`
@@ -72,6 +73,7 @@ mod linux;
 mod loader;
 mod machine;
 mod memory;
+mod pages;
 mod paging;
 mod persist;
 mod program;

@@ -215,7 +215,7 @@ pub struct Machine {
     /// Set when a system call that may change [`Process`] ran (anything but the request API).
     pub proc_touched: bool,
     /// Page-table changes are kept for a reset to undo (instances; see
-    /// [`crate::memory::pages`]).
+    /// [`crate::pages`]).
     pub keep_ptlog: bool,
     clock: Option<Clock>,
 }
@@ -231,7 +231,7 @@ impl Machine {
     pub fn new(mut vm: Vm, map: UserMap, proc: Process, io: Io, api: Option<ApiLimits>) -> Machine {
         let clock = Clock::new(&mut vm);
         let (log, capacity) = crate::vm::VcpuAreaLayout::ptlog_of(vm.vcpu_area.len() as u64, vm.ram.size());
-        crate::memory::pages::init_log(&vm.vcpu_area, log, capacity);
+        crate::pages::init_log(&vm.vcpu_area, log, capacity);
         let machine = Machine {
             vm,
             map,
@@ -490,7 +490,7 @@ impl Machine {
             self.vm.vcpu_area.write(VC_BATCH + VB_HOST_TOUCHED, &1u64.to_le_bytes());
         }
         if !self.keep_ptlog {
-            crate::memory::pages::truncate_log(&self.vm.vcpu_area);
+            crate::pages::truncate_log(&self.vm.vcpu_area);
         }
         let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {
@@ -589,7 +589,7 @@ impl Machine {
             return Ok(Lazy::Ordinary);
         }
         if !self.keep_ptlog {
-            crate::memory::pages::truncate_log(&self.vm.vcpu_area);
+            crate::pages::truncate_log(&self.vm.vcpu_area);
         }
         let mut mem = self.user_memory();
         if !mem.pages().is_lazy(address) {

@@ -61,7 +61,7 @@ pub struct ResetTracker {
     kernel_words: usize,
     /// The snapshot's page tables outside the kernel area (the program's memory on demand):
     /// left alone like the kernel area; the guest undoes the request's changes to them
-    /// (see [`crate::memory::pages`]).
+    /// (see [`crate::pages`]).
     tables: PageBitmap,
 }
 

@@ -64,7 +64,7 @@ pub struct VcpuAreaLayout {
     pub staging: u64,
     /// Offset of the hot-page streak counters (one byte per page of RAM).
     pub streak: u64,
-    /// Offset of the page-table change log (see [`crate::memory::pages`]).
+    /// Offset of the page-table change log (see [`crate::pages`]).
     pub ptlog: u64,
     /// Its capacity in entries.
     pub ptlog_capacity: u64,

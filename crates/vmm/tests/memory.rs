@@ -1,5 +1,5 @@
 //! Memory on demand: an address space far larger than the VM's memory, pages taken when
-//! touched (crates/vmm/src/memory/pages.rs), and the memory map reset with the tenant.
+//! touched (crates/vmm/src/pages.rs), and the memory map reset with the tenant.
 
 mod common;
 

@@ -9,7 +9,6 @@
 
 #[allow(unsafe_code)]
 pub mod mapping;
-pub mod pages;
 pub mod user;
 
 use std::sync::Arc;

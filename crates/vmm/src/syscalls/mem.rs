@@ -1,7 +1,7 @@
 //! brk, mmap, munmap, mprotect, mremap, madvise: the program's memory map.
 //!
 //! The bookkeeping here says which ranges are mapped and with which rights; the page tables
-//! say which of their pages exist ([`crate::memory::pages`]).  A mapping costs address space
+//! say which of their pages exist ([`crate::pages`]).  A mapping costs address space
 //! only: its pages come from the pool (the VM's memory cap) when they are first touched, so
 //! a `PROT_NONE` reservation of gigabytes costs nothing, and running out of memory is a
 //! fault on a page the pool cannot give (the typed out-of-memory failure), as Linux's
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use super::{Ctx, Errno, SysResult};
 use crate::guest::layout::USER_VA_LIMIT;
 use crate::guest::PAGE_SIZE;
-use crate::memory::pages::{Lookup, Op, PagesError, Rights};
+use crate::pages::{Lookup, Op, PagesError, Rights};
 
 /// Lowest address a mapping may have (Linux's default `vm.mmap_min_addr`).
 pub const MMAP_MIN: u64 = 0x10000;
@@ -166,7 +166,7 @@ pub fn sys_brk(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
     // Linux zeroes the tail of the last page when the break moves down and back up.
     if want > old && old % PAGE_SIZE != 0 {
         let len = (old_page - old).min(want - old);
-        if let Lookup::Frame { gpa, .. } = crate::memory::pages::lookup(ctx.mem.ram, old) {
+        if let Lookup::Frame { gpa, .. } = crate::pages::lookup(ctx.mem.ram, old) {
             ctx.mem.ram.zero(gpa, len).expect("the frame lies inside guest RAM");
         }
     }

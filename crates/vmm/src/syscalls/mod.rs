@@ -43,7 +43,7 @@ pub mod timerfd;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::memory::pages;
+use crate::pages;
 use crate::memory::user::{Backing, UserMap};
 use crate::memory::{GuestMemory, Mapping};
 
@@ -56,7 +56,7 @@ pub type SysResult = Result<u64, Errno>;
 
 /// The program's memory, seen through its address space: every access is resolved against
 /// the [`UserMap`] (request area, shared memory) or the page tables (RAM, see
-/// [`crate::memory::pages`]) and copied, so a bad pointer is an EFAULT, never a host fault.
+/// [`crate::pages`]) and copied, so a bad pointer is an EFAULT, never a host fault.
 pub struct UserMemory<'a> {
     /// The address space.
     pub map: &'a UserMap,

@@ -176,7 +176,7 @@ impl Instance {
         machine.kv = kv;
         machine.keep_ptlog = true;
         let mut tracker = ResetTracker::new(pages, kernel_pages);
-        tracker.keep_tables(&crate::memory::pages::Pages::tables(&machine.vm.ram));
+        tracker.keep_tables(&crate::pages::Pages::tables(&machine.vm.ram));
         machine.start_kernel()?;
         let stats = InstanceStats { create_time: started.elapsed(), ..Default::default() };
         Ok(Instance {
@@ -356,7 +356,7 @@ impl Instance {
         // The guest undoes the page-table changes at reset_entry, except inside tables the
         // request made: those pages get their snapshot contents here.
         let tracker = &self.tracker;
-        crate::memory::pages::filter_log(&self.machine.vm.vcpu_area, |page| tracker.left_alone(page));
+        crate::pages::filter_log(&self.machine.vm.vcpu_area, |page| tracker.left_alone(page));
         let (ram, fd) = self.machine.vm.ram_and_fd();
         let report = self.tracker.reset(fd, ram, self.snapshot.ram_view())?;
         if std::mem::take(&mut self.machine.proc_touched) {

@@ -199,7 +199,7 @@ pub(super) fn freeze(
         m.vm.ram.write_u64(kdata(KD_SNAP_REGS) + 8 * i as u64, v).map_err(oob)?;
     }
     // The page pool as reset_entry puts it back, and Dirty bits clear in every table.
-    for (i, field) in crate::memory::pages::POOL_FIELDS.into_iter().enumerate() {
+    for (i, field) in crate::pages::POOL_FIELDS.into_iter().enumerate() {
         let v = m.vm.ram.read_u64(kdata(field)).map_err(oob)?;
         m.vm.ram.write_u64(kdata(KD_SNAP_POOL) + 8 * i as u64, v).map_err(oob)?;
     }
