@@ -43,9 +43,9 @@ pub mod timerfd;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::pages;
 use crate::memory::user::{Backing, UserMap};
 use crate::memory::{GuestMemory, Mapping};
+use crate::pages;
 
 pub use fs::{Input, Output};
 
