@@ -34,8 +34,6 @@ KNOWN_MUTUAL: dict[frozenset[str], str] = {
     frozenset({"syscalls::fs", "syscalls::epoll"}): "the blocking-wait helpers (deadlock, poll_events, next_timer) "
     "that fs, epoll and timerfd share live in fs; they want a module of their own (#10, Linux layer)",
     frozenset({"syscalls::fs", "syscalls::timerfd"}): "same: fs reads timerfds, timerfd reports a deadlock via fs",
-    frozenset({"tenant::snapshot", "tenant::snapshot_file"}): "a snapshot file is read into a Snapshot "
-    "(Snapshot::from_file takes snapshot_file::Loaded), and written from one",
 }
 
 

@@ -140,9 +140,9 @@ impl Snapshot {
         }
     }
 
-    /// The snapshot a snapshot file holds ([`super::snapshot_file::read`]), with its shared
+    /// The snapshot a snapshot file holds ([`FileParts`]), with its shared
     /// memory (made anew from the configuration, as when booting).
-    pub(super) fn from_file(f: super::snapshot_file::Loaded, shared: Option<Arc<SharedRegion>>) -> Snapshot {
+    pub(super) fn from_file(f: FileParts, shared: Option<Arc<SharedRegion>>) -> Snapshot {
         Snapshot {
             ram: f.ram,
             ram_view: f.ram_view,
@@ -160,6 +160,38 @@ impl Snapshot {
             epoch: f.epoch,
         }
     }
+}
+
+/// The parts of a snapshot as a snapshot file holds them ([`super::snapshot_file::read`] gives
+/// them; [`Snapshot::from_file`] makes the snapshot).  Defined here, with the snapshot, so that
+/// the file format depends on the snapshot and not the other way round.
+pub struct FileParts {
+    /// The RAM (the file's range).
+    pub ram: Arc<Memfd>,
+    /// Read-only view of it.
+    pub ram_view: ReadOnlyMapping,
+    /// The restore view (the file's range).
+    pub restore_view: ReadOnlyMapping,
+    /// Which pages hold data.
+    pub data: Vec<bool>,
+    /// Registers at the freeze.
+    pub regs: kvm_regs,
+    /// The emulated process.
+    pub proc: Process,
+    /// The address space.
+    pub map: UserMap,
+    /// Size of the request area.
+    pub request_area: u64,
+    /// The configuration it was booted with.
+    pub config: TenantConfig,
+    /// Its boot time.
+    pub boot_time: std::time::Duration,
+    /// Pages that held data.
+    pub resident_pages: u64,
+    /// The program's writable RAM ranges (for the restore view).
+    pub writable: Vec<(u64, u64)>,
+    /// What the deadlines in `proc` were rebased onto (the moment the state was read).
+    pub epoch: crate::persist::Epoch,
 }
 
 /// Captures the stopped boot machine as a snapshot.  The vCPU is at the `wait_for_request`

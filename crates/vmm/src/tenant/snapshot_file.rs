@@ -43,7 +43,7 @@ use std::sync::Arc;
 use kvm_bindings::kvm_regs;
 
 use super::config::TenantConfig;
-use super::snapshot::Snapshot;
+use super::snapshot::{FileParts, Snapshot};
 use crate::error::Error;
 use crate::guest::PAGE_SIZE;
 use crate::kvm::Host;
@@ -434,39 +434,9 @@ fn data_extents(file: &File, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
     Some(out)
 }
 
-/// What [`read`] gives back to make the [`Snapshot`].
-pub struct Loaded {
-    /// The RAM (the file's range).
-    pub ram: Arc<Memfd>,
-    /// Read-only view of it.
-    pub ram_view: ReadOnlyMapping,
-    /// The restore view (the file's range).
-    pub restore_view: ReadOnlyMapping,
-    /// Which pages hold data.
-    pub data: Vec<bool>,
-    /// Registers at the freeze.
-    pub regs: kvm_regs,
-    /// The emulated process.
-    pub proc: Process,
-    /// The address space.
-    pub map: UserMap,
-    /// Size of the request area.
-    pub request_area: u64,
-    /// The configuration it was booted with.
-    pub config: TenantConfig,
-    /// Its boot time.
-    pub boot_time: std::time::Duration,
-    /// Pages that held data.
-    pub resident_pages: u64,
-    /// The program's writable RAM ranges (for the restore view).
-    pub writable: Vec<(u64, u64)>,
-    /// What the deadlines in `proc` were rebased onto (the moment the state was read).
-    pub epoch: Epoch,
-}
-
 /// Reads and checks the snapshot file at `path` (see the module's documentation for what is
 /// checked); maps its RAM.
-pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
+pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     let mut file = File::open(path).map_err(io(path))?;
     let actual = file.metadata().map_err(io(path))?.len();
     let mut hb = [0u8; HEADER_LEN as usize];
@@ -552,7 +522,7 @@ pub fn read(path: &Path) -> Result<Loaded, SnapshotFileError> {
         path: path.into(),
         why: format!("the files the tenant was allowed to read are not all there: {e}"),
     })?;
-    Ok(Loaded {
+    Ok(FileParts {
         ram,
         ram_view,
         restore_view,
