@@ -28,13 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CRATE = ROOT / "crates" / "vmm" / "src"
 PACKAGE = ROOT / "py" / "tenantvm"
 
-# Submodules of one module that use each other today, and why that is left (file-level
-# module paths, ``::``-joined).  An entry that no longer uses its partner must be removed.
-KNOWN_MUTUAL: dict[frozenset[str], str] = {
-    frozenset({"syscalls::fs", "syscalls::epoll"}): "the blocking-wait helpers (deadlock, poll_events, next_timer) "
-    "that fs, epoll and timerfd share live in fs; they want a module of their own (#10, Linux layer)",
-    frozenset({"syscalls::fs", "syscalls::timerfd"}): "same: fs reads timerfds, timerfd reports a deadlock via fs",
-}
+# Submodules of one module allowed to use each other, each with its reason (file-level module
+# paths, ``::``-joined).  None today; an entry whose pair no longer uses each other must be
+# removed.
+KNOWN_MUTUAL: dict[frozenset[str], str] = {}
 
 
 # --- Rust ---------------------------------------------------------------------------------

@@ -12,10 +12,10 @@
 //! alone, a finite timeout is slept and an infinite one is a deadlock.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::fs::poll_events;
-use super::{Ctx, Errno, Sched, SysResult};
+use super::{Ctx, Errno, SysResult};
 use crate::linux::fdtable::{Description, File, MAX_FDS};
 
 const EPOLL_CTL_ADD: u64 = 1;
@@ -163,7 +163,12 @@ pub fn sys_epoll_wait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         _ => Vec::new(),
     };
     let timer = super::fs::next_timer(ctx, &fds);
-    wait_for_others(ctx, limit, timer, "epoll_wait with no timeout on descriptors only this thread could make ready")
+    super::wait::wait_for_others(
+        ctx,
+        limit,
+        timer,
+        "epoll_wait with no timeout on descriptors only this thread could make ready",
+    )
 }
 
 /// epoll_pwait(epfd, events, maxevents, timeout_ms, sigmask, sigsetsize): the mask is only
@@ -176,40 +181,4 @@ pub fn sys_epoll_pwait(ctx: &mut Ctx<'_>, a: [u64; 6]) -> SysResult {
         ctx.mem.read_vec(a[4], 8)?;
     }
     sys_epoll_wait(ctx, a)
-}
-
-/// Nothing is ready yet: with other threads, wait for one of them to act (and look again) or
-/// for `limit` (then the call returns 0); alone, sleep `limit`, or deadlock without one.  A
-/// timer among the descriptors that expires after `timer` makes the call look again then.
-pub fn wait_for_others(
-    ctx: &mut Ctx<'_>,
-    limit: Option<Duration>,
-    timer: Option<Duration>,
-    why: &'static str,
-) -> SysResult {
-    if ctx.proc.threads.multi() {
-        let thread = ctx.proc.threads.current_mut();
-        // A call made again after a wait keeps the deadline of its first attempt.
-        let until = thread.retry_until.or_else(|| limit.map(|d| Instant::now() + d));
-        let recheck = timer.map(|d| Instant::now() + d);
-        ctx.sched = Some(Sched::Retry { until, recheck });
-        return Ok(0);
-    }
-    match (limit, timer) {
-        // Alone, the timer's expiry comes first: sleep until it and make the call again.
-        (Some(l), Some(t)) if t < l => sleep_then_again(ctx, t),
-        (None, Some(t)) => sleep_then_again(ctx, t),
-        (Some(d), _) => super::time::sleep_for(ctx, d),
-        (None, None) => super::fs::deadlock(ctx, why),
-    }
-}
-
-/// Sleeps `d`, then has the calling thread make its call again (its rip is moved back to the
-/// `syscall` instruction by the machine, as for a retry).
-fn sleep_then_again(ctx: &mut Ctx<'_>, d: Duration) -> SysResult {
-    super::time::sleep_for(ctx, d)?;
-    if ctx.stop.is_none() {
-        ctx.sched = Some(Sched::Again);
-    }
-    Ok(0)
 }

@@ -97,12 +97,6 @@ pub struct Io {
     pub stderr: Output,
 }
 
-/// Ends the run as a deadlock (a single thread waits for what only it could do).
-pub fn deadlock(ctx: &mut Ctx<'_>, why: &'static str) -> SysResult {
-    ctx.stop = Some(Stop::Deadlock(why));
-    Err(Errno::EINTR)
-}
-
 /// Reads up to `len` bytes of stdin into guest address `buf`.
 fn read_stdin(ctx: &mut Ctx<'_>, buf: u64, len: u64) -> SysResult {
     let len = len.min(MAX_TRANSFER);
@@ -200,7 +194,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
                 if nonblocking {
                     return Err(Errno::EAGAIN);
                 }
-                return deadlock(ctx, "read from an empty pipe that only this thread could fill");
+                return super::wait::deadlock(ctx, "read from an empty pipe that only this thread could fill");
             }
             let n = (len as usize).min(pipe.buf.len());
             ctx.mem.check(buf, n as u64, true)?;
@@ -220,7 +214,7 @@ fn read_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) -> 
                 if nonblocking {
                     return Err(Errno::EAGAIN);
                 }
-                return deadlock(ctx, "read from an eventfd at zero that only this thread could signal");
+                return super::wait::deadlock(ctx, "read from an eventfd at zero that only this thread could signal");
             }
             let (value, left) = if semaphore { (1, count - 1) } else { (count, 0) };
             ctx.mem.write(buf, &value.to_le_bytes())?;
@@ -291,7 +285,7 @@ fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) ->
                 if nonblocking {
                     return Err(Errno::EAGAIN);
                 }
-                return deadlock(ctx, "write to a full pipe that only this thread could drain");
+                return super::wait::deadlock(ctx, "write to a full pipe that only this thread could drain");
             }
             let n = (len as usize).min(room);
             let bytes = ctx.mem.read_vec(buf, n)?;
@@ -307,7 +301,11 @@ fn write_fd(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, pos: Option<u64>) ->
                 return Err(Errno::EINVAL);
             }
             let Some(total) = count.checked_add(v).filter(|&t| t < u64::MAX) else {
-                return if nonblocking { Err(Errno::EAGAIN) } else { deadlock(ctx, "eventfd counter full") };
+                return if nonblocking {
+                    Err(Errno::EAGAIN)
+                } else {
+                    super::wait::deadlock(ctx, "eventfd counter full")
+                };
             };
             if let File::EventFd { count, .. } = &mut ctx.proc.files.fds.get_mut(fd)?.file {
                 *count = total;
@@ -725,7 +723,7 @@ fn poll_fds(ctx: &mut Ctx<'_>, fds: u64, nfds: u64, timeout: Option<Duration>) -
             .filter_map(|c| u64::try_from(i32::from_le_bytes(c[..4].try_into().unwrap())).ok())
             .collect();
         let timer = next_timer(ctx, &fds);
-        return super::epoll::wait_for_others(
+        return super::wait::wait_for_others(
             ctx,
             timeout,
             timer,

@@ -12,6 +12,7 @@
 //! | [`process`] | identity, exit, limits, scheduling, randomness  |
 //! | [`timerfd`] | timers read as descriptors                      |
 //! | [`time`]    | clocks and sleeping                             |
+//! | [`wait`]    | blocking until another thread acts, or deadlock |
 //! | [`signal`]  | signal dispositions, masks, pending signals, sending |
 //! | [`socket`]  | `socketpair` (over pipe buffers); no network     |
 //! | [`thread`]  | creating threads (`clone`, `clone3`)            |
@@ -39,6 +40,7 @@ pub mod socket;
 pub mod thread;
 pub mod time;
 pub mod timerfd;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

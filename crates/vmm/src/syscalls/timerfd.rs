@@ -152,7 +152,7 @@ pub fn read(ctx: &mut Ctx<'_>, fd: u64, buf: u64, len: u64, nonblocking: bool) -
             return Err(Errno::EAGAIN);
         }
         let Some(wait) = until_expiry(*clock, *next, *ticks) else {
-            return super::fs::deadlock(ctx, "read of a timerfd that is not armed");
+            return super::wait::deadlock(ctx, "read of a timerfd that is not armed");
         };
         if ctx.proc.threads.multi() {
             let at = std::time::Instant::now() + wait;
