@@ -81,11 +81,16 @@ BENCH_DEPS := $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pypro
 # bench/kv.py: the KV counter's cost per call (SQLite, Redis) against the shared-memory counter,
 # rounds interleaved; quick parameters (about 20 s), KV_BENCH_ARGS to change them.
 KV_BENCH_ARGS ?= --calls 500 --rounds 3
+# bench/kv_http.py: HTTP req/s of the KV counter (SQLite, Redis) against the shared-memory counter,
+# and of two servers behind HAProxy sharing Redis against one; interleaved wrk bursts, quick
+# parameters (about 1 min), KV_HTTP_BENCH_ARGS to change them.
+KV_HTTP_BENCH_ARGS ?= --rounds 3 --seconds 2
 
 bench: build
 	$(BENCH_DEPS) | $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/kv.py $(KV_BENCH_ARGS)
+	$(PY) bench/kv_http.py $(KV_HTTP_BENCH_ARGS)
 
 # The container image (Containerfile) with podman, on a Debian base made with debootstrap from
 # Debian's mirror when no BASE image is given (no registry needed): deploy/build-image.sh.

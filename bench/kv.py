@@ -8,8 +8,9 @@ through ``TenantVM.call``.
 Prints, per variant, median (min-max over rounds) µs per call, VM exits per call, and the
 ratio to the shared-memory counter within each round.  Needs redis-server (the Redis variant
 is left out without it, saying so).  ``make bench`` runs it after bench/run.py with quick
-parameters (``KV_BENCH_ARGS``, default ``--calls 500 --rounds 3``).  Not measured here yet:
-HTTP req/s of the two counters and two servers behind HAProxy vs one (see docs/deploy.md).
+parameters (``KV_BENCH_ARGS``, default ``--calls 500 --rounds 3``).  HTTP req/s of the two
+counters, and of two servers behind HAProxy against one, are bench/kv_http.py's (also in
+``make bench``; figures in docs/deploy.md).
 """
 
 from __future__ import annotations
