@@ -9,10 +9,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::probe::{
-    answer, digest_request, emulated_syscalls, op, random_args, syscalls_request, words, Rng, SCRATCH, SMALL,
+    answer, digest_answer, digest_request, emulated_syscalls, op, random_args, syscalls_request, words, Rng, SCRATCH,
+    SMALL,
 };
 use common::{require_kvm, tenant};
-use vmm::{Request, Tenant};
+use vmm::{Failure, Request, Tenant};
 
 /// Highest system-call number probed (Linux x86-64 ends below 470).
 const MAX_NR: u64 = 470;
@@ -35,7 +36,7 @@ fn isolate() -> Tenant {
 
 /// What a new instance of `t` answers to `req`.
 fn fresh(t: &Tenant, req: &Request) -> String {
-    answer(&mut t.instance().unwrap(), req)
+    digest_answer(&mut t.instance().unwrap(), req)
 }
 
 /// Requests of system calls: every emulated number, called first with one pointer into the
@@ -114,7 +115,7 @@ fn memory_the_host_writes_for_a_request_is_reset_before_the_next() {
         }
         // Memory, registers, descriptors, break, allocator, signal mask: all as at the snapshot.
         assert_eq!(
-            answer(&mut inst, &digest_request(&[], "")),
+            digest_answer(&mut inst, &digest_request(&[], "")),
             clean,
             "after a request of system calls {}",
             names(&nrs)
@@ -150,8 +151,10 @@ fn memory_the_host_writes_for_a_batched_request_is_reset_before_the_next() {
         }
         let got = inst.call_batch(&batch);
         for (i, (nrs, _)) in group.iter().enumerate() {
-            let text = |k: usize| match &got[3 * i + k] {
+            // A batched digest that ran out of time (a loaded host) is asked again alone.
+            let mut text = |k: usize| match &got[3 * i + k] {
                 Ok(r) => String::from_utf8_lossy(&r.response.body).into_owned(),
+                Err(e) if matches!(e.kind, Failure::Timeout { .. }) => digest_answer(&mut inst, &batch[3 * i + k]),
                 Err(e) => format!("error: {:?}", e.kind),
             };
             let nr = names(nrs);
@@ -192,7 +195,7 @@ fn known_output_buffers_are_reset() {
         if *name != "read(0)" {
             assert!(ret >= 0 && changed == 1, "{name}: returned {ret}, changed scratch: {changed}");
         }
-        assert_eq!(answer(&mut inst, &digest_request(&[], "")), clean, "after {name}");
+        assert_eq!(digest_answer(&mut inst, &digest_request(&[], "")), clean, "after {name}");
         // And inside a batch, followed by a request the guest kernel resets.
         let got =
             inst.call_batch(&[syscalls_request(&calls, true), digest_request(&[], "mem"), digest_request(&[], "")]);
@@ -242,7 +245,11 @@ fn vector_register_state_left_by_a_request_is_invisible_to_the_next() {
             let got = answer(&mut inst, &dirty);
             assert_eq!(got[..23], clean[..23], "{name}: state before the changes");
             assert_ne!(got[24..], clean[24..], "{name}: the change must show, or this test proves nothing");
-            assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean, "{name} leaked into the next request");
+            assert_eq!(
+                digest_answer(&mut inst, &digest_request(&[], query)),
+                clean,
+                "{name} leaked into the next request"
+            );
             // In a batch (query "mem": the guest kernel resets, xrstor included).
             let got = inst.call_batch(&[dirty.clone(), digest_request(&[], query), dirty, digest_request(&[], query)]);
             for (i, r) in got.iter().enumerate().skip(1).step_by(2) {
@@ -254,7 +261,7 @@ fn vector_register_state_left_by_a_request_is_invisible_to_the_next() {
         let all: Vec<u8> =
             VECTOR_KINDS.iter().filter(|(k, _)| available(*k)).flat_map(|(k, _)| op(*k, 0, &data)).collect();
         answer(&mut inst, &digest_request(&all, query));
-        assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean);
+        assert_eq!(digest_answer(&mut inst, &digest_request(&[], query)), clean);
     }
 }
 
@@ -271,15 +278,15 @@ fn the_probe_sees_every_kind_of_state_when_it_is_kept() {
             continue;
         }
         let mut inst = t.instance().unwrap();
-        let clean = answer(&mut inst, &digest_request(&[], ""));
+        let clean = digest_answer(&mut inst, &digest_request(&[], ""));
         answer(&mut inst, &digest_request(&op(kind, 3, &data), ""));
-        assert_ne!(answer(&mut inst, &digest_request(&[], "")), clean, "probe kind {kind} was not visible");
+        assert_ne!(digest_answer(&mut inst, &digest_request(&[], "")), clean, "probe kind {kind} was not visible");
     }
     // Host writes too: uname into scratch.
     let mut inst = t.instance().unwrap();
-    let clean = answer(&mut inst, &digest_request(&[], ""));
+    let clean = digest_answer(&mut inst, &digest_request(&[], ""));
     inst.call(&syscalls_request(&[[63, common::probe::SCRATCH, 0, 0, 0, 0, 0]], false)).unwrap();
-    assert_ne!(answer(&mut inst, &digest_request(&[], "")), clean, "a host write was not visible");
+    assert_ne!(digest_answer(&mut inst, &digest_request(&[], "")), clean, "a host write was not visible");
 }
 
 #[test]
@@ -294,7 +301,7 @@ fn the_stack_pointer_and_registers_at_respond_are_not_the_next_requests() {
         let clean = fresh(&t, &digest_request(&[], query));
         let mut inst = t.instance().unwrap();
         assert_eq!(answer(&mut inst, &deep), "deep");
-        assert_eq!(answer(&mut inst, &digest_request(&[], query)), clean, "single calls (query {query:?})");
+        assert_eq!(digest_answer(&mut inst, &digest_request(&[], query)), clean, "single calls (query {query:?})");
         let got =
             inst.call_batch(&[deep.clone(), digest_request(&[], query), deep.clone(), digest_request(&[], query)]);
         let bodies: Vec<String> =

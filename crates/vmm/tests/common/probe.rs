@@ -52,6 +52,21 @@ pub fn answer(inst: &mut Instance, req: &Request) -> String {
     }
 }
 
+/// [`answer`] to a request that only reads (a digest), asked again when it ran out of time:
+/// a digest's time limit is calibrated on the host (see isolation.rs), and a host loaded by
+/// others can still stretch one past it (the CI run of 2026-12-03).  A timeout is not what is
+/// tested; an answer that differs is, and a digest that never finishes still fails.
+pub fn digest_answer(inst: &mut Instance, req: &Request) -> String {
+    for _ in 0..2 {
+        match inst.call(req) {
+            Err(e) if matches!(e.kind, vmm::Failure::Timeout { .. }) => continue,
+            Ok(r) => return String::from_utf8_lossy(&r.response.body).into_owned(),
+            Err(e) => return format!("error: {:?}", e.kind),
+        }
+    }
+    answer(inst, req)
+}
+
 /// The system-call numbers (0..=`max`) the VMM emulates, found by asking it: each number is
 /// called once with zero arguments, and the ones it counts as unsupported (-ENOSYS from the
 /// dispatcher's default arm) are left out.  New system calls are covered without anyone
