@@ -79,7 +79,7 @@ fn batched_requests_start_from_the_snapshot() {
 fn failures_in_a_batch_are_per_request() {
     require_kvm();
     let t = tenant("misbehave", |c| {
-        c.memory = 64 << 20;
+        c.memory = 24 << 20;
         c.timeout = Duration::from_millis(300);
     });
     let mut inst = t.instance().unwrap();

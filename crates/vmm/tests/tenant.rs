@@ -136,7 +136,7 @@ fn every_guest_failure_is_typed_and_the_instance_keeps_serving() {
     for ephemeral in [true, false] {
         let t = tenant("misbehave", |c| {
             c.ephemeral = ephemeral;
-            c.memory = 64 << 20;
+            c.memory = 24 << 20;
             c.timeout = std::time::Duration::from_millis(1000);
         });
         let mut inst = t.instance().unwrap();
