@@ -467,15 +467,7 @@ impl Machine {
 
     /// The program's memory, for code outside a system call (signal frames).
     pub(crate) fn user_memory(&mut self) -> UserMemory<'_> {
-        let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
-        UserMemory {
-            map: &self.map,
-            ram,
-            vcpu_area,
-            shared: shared.as_ref().map(|s| &s.map),
-            keep_log: self.keep_ptlog,
-            exhausted: false,
-        }
+        user_memory(&mut self.vm, &self.map, self.keep_ptlog)
     }
 
     /// Handles a forwarded system call; `Some` when a handler stopped the run.  With
@@ -492,16 +484,8 @@ impl Machine {
         if !self.keep_ptlog {
             crate::pages::truncate_log(&self.vm.vcpu_area);
         }
-        let Vm { ram, vcpu_area, shared, .. } = &mut self.vm;
         let mut ctx = Ctx {
-            mem: UserMemory {
-                map: &self.map,
-                ram,
-                vcpu_area,
-                shared: shared.as_ref().map(|s| &s.map),
-                keep_log: self.keep_ptlog,
-                exhausted: false,
-            },
+            mem: user_memory(&mut self.vm, &self.map, self.keep_ptlog),
             proc: &mut self.proc,
             io: &mut self.io,
             deadline: Some(deadline),
@@ -644,6 +628,14 @@ impl Machine {
             v => GuestFault::Exception { vector: v as u8, rip, error_code },
         }
     }
+}
+
+/// The program's memory as system calls and signal frames see it: RAM through `map`, the vCPU
+/// area (the page-table change log), shared memory.  A function of the parts, not a method, so
+/// that a system call can hold it beside `&mut` the process state.
+fn user_memory<'a>(vm: &'a mut Vm, map: &'a UserMap, keep_log: bool) -> UserMemory<'a> {
+    let Vm { ram, vcpu_area, shared, .. } = vm;
+    UserMemory { map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map), keep_log, exhausted: false }
 }
 
 #[cfg(test)]
