@@ -60,10 +60,9 @@ to_user_now:
 	sysretq
 1:	int	$0x19
 
-/* Calls sync_ptes(\arg) on the kernel stack, every register but the flags preserved. */
-.macro SYNC_PTES arg
-	mov	%rsp, VCD_VA + VCD_PTLOG_RSP
-	mov	$(KVCPU + VC_KSTACK_TOP), %rsp
+/* The registers a C call may change, saved in this order: fast_c's frame (struct frame in
+ * kernel.c) is laid out from it. */
+.macro PUSH_CALLER_SAVED
 	push	%rax
 	push	%rcx
 	push	%rdx
@@ -73,10 +72,8 @@ to_user_now:
 	push	%r9
 	push	%r10
 	push	%r11
-	sub	$8, %rsp
-	mov	$\arg, %edi
-	call	sync_ptes
-	add	$8, %rsp
+.endm
+.macro POP_CALLER_SAVED
 	pop	%r11
 	pop	%r10
 	pop	%r9
@@ -86,6 +83,18 @@ to_user_now:
 	pop	%rdx
 	pop	%rcx
 	pop	%rax
+.endm
+
+/* Calls sync_ptes(\arg) on the kernel stack, every register but the flags preserved. */
+.macro SYNC_PTES arg
+	mov	%rsp, VCD_VA + VCD_PTLOG_RSP
+	mov	$(KVCPU + VC_KSTACK_TOP), %rsp
+	PUSH_CALLER_SAVED
+	sub	$8, %rsp
+	mov	$\arg, %edi
+	call	sync_ptes
+	add	$8, %rsp
+	POP_CALLER_SAVED
 	mov	VCD_VA + VCD_PTLOG_RSP, %rsp
 .endm
 
@@ -129,27 +138,11 @@ fast_const:
 fast_c:
 	mov	%rsp, VCD_VA + VCD_USER_RSP
 	mov	$(KVCPU + VC_KSTACK_TOP), %rsp
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
+	PUSH_CALLER_SAVED
 	mov	%rsp, %rdi
 	call	fast_syscall
 	mov	%eax, VCD_VA + VCD_CODE
-	pop	%r11
-	pop	%r10
-	pop	%r9
-	pop	%r8
-	pop	%rdi
-	pop	%rsi
-	pop	%rdx
-	pop	%rcx
-	pop	%rax
+	POP_CALLER_SAVED
 	mov	VCD_VA + VCD_USER_RSP, %rsp
 	cmpl	$0, VCD_VA + VCD_CODE
 	je	to_user
@@ -250,30 +243,14 @@ exception_end:
 pf_entry:
 	testb	$3, 16(%rsp)
 	jz	2f
-	push	%rax
-	push	%rcx
-	push	%rdx
-	push	%rsi
-	push	%rdi
-	push	%r8
-	push	%r9
-	push	%r10
-	push	%r11
+	PUSH_CALLER_SAVED
 	sub	$8, %rsp
 	mov	%cr2, %rdi
 	mov	80(%rsp), %rsi
 	call	lazy_fault
 	add	$8, %rsp
 	test	%eax, %eax
-	pop	%r11
-	pop	%r10
-	pop	%r9
-	pop	%r8
-	pop	%rdi
-	pop	%rsi
-	pop	%rdx
-	pop	%rcx
-	pop	%rax
+	POP_CALLER_SAVED
 	jnz	2f
 	add	$8, %rsp		/* the error code */
 	cmpq	$0, KDATA_VA + KD_PVM
