@@ -72,16 +72,16 @@ class Redis:
             return s.recv(4096)
 
 
-#: The requests a language binding's KV test tenant serves (tests/guest/luakv.lua, nodekv.js),
-#: for its warm-up: every path, so that nothing is loaded lazily during a request.
+#: The requests a language binding's KV test tenant serves (tests/guest/luakv.lua, nodekv.js,
+#: denokv.ts), for its warm-up: every path, so that nothing is loaded lazily during a request.
 KV_PROBE_WARMUP = ["/incr", "/set", "/get", "/delete", "/error?badincr", "/error?longkey", "/raise"]
 
 
 def check_kv_binding(tenant: Any, tmp_path: Path) -> None:
     """Checks a language binding's key-value calls through its test tenant (luakv.lua,
-    nodekv.js), against the embedded SQLite store: a counter across requests and instances,
-    set with and without TTL, get, delete, the tenant's scope, and each limit as the language's
-    error (code, errno, whether the store is unavailable); a store down answers 503."""
+    nodekv.js, denokv.ts), against the embedded SQLite store: a counter across requests and
+    instances, set with and without TTL, get, delete, the tenant's scope, and each limit as the
+    language's error (code, errno, whether the store is unavailable); a store down answers 503."""
     from tenantvm import Request, _native
     from tenantvm.kv import SqliteKv
 

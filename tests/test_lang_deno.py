@@ -139,3 +139,31 @@ def test_the_typescript_json_api(deno: Path) -> None:
     assert vm.call(Request("POST", "/quote", body=b"not json")).status == 400
     ids = {json.loads(vm.call(Request(path="/id")).body)["id"] for _ in range(3)}
     assert len(ids) == 3
+
+
+def test_the_binding_reaches_the_key_value_store(deno: Path, tmp_path: Path) -> None:
+    # kv.get/set/incr/delete (tests/guest/denokv.ts), as the Node binding's; errors are KvErrors
+    # with code and errno; an unhandled store-down error answers 503.
+    from tests.kvstores import KV_PROBE_WARMUP, check_kv_binding
+
+    warm = [Request(path=p.partition("?")[0], query=p.partition("?")[2]) for p in KV_PROBE_WARMUP] * 3
+    check_kv_binding(deno_tenant(deno, "denokv.ts", GUEST_APPS, warm), tmp_path)
+
+
+def test_the_binding_and_its_tenants_type_check(deno: Path, tmp_path: Path) -> None:
+    # `deno run` does not type-check: an FFI call with a wrong argument type only shows up when
+    # that call runs.  `deno check`, with /opt/tenantvm/deno/ mapped to the SDK's binding.
+    import subprocess
+
+    sdk = bundled.SDK_DIR / "deno"
+    (tmp_path / "map.json").write_text(json.dumps({"imports": {"/opt/tenantvm/deno/": f"{sdk}/"}}))
+    files = [sdk / "tenantvm.ts", GUEST_APPS / "denoprobe.ts", GUEST_APPS / "denokv.ts", *EXAMPLES.glob("*.ts")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DENO_DIR": str(tmp_path / "deno"), "NO_COLOR": "1"}
+    r = subprocess.run(
+        [deno, "check", "--quiet", f"--import-map={tmp_path / 'map.json'}", *map(str, files)],
+        capture_output=True,
+        text=True,
+        env={**env, "DENO_NO_UPDATE_CHECK": "1"},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -5,12 +5,27 @@
 //
 // The handler takes a web-standard Request and returns (or resolves to) a Response, as
 // Deno.serve's does.  The request's URL is http://<Host header, else localhost><path>?<query>.
-// A throw answers 500 (stack on stderr).  Run with --allow-ffi (or --allow-all).
+// A throw answers 500 (stack on stderr; a KvError for a store that is down or too slow: 503).
+// Run with --allow-ffi (or --allow-all).
 //
 // Randomness: what was seeded before the snapshot would repeat in every request.  So each
 // request gets a Math.random seeded from its own entropy, and crypto.getRandomValues and
 // crypto.randomUUID read the kernel's getrandom (fresh for every request) instead of the
 // generator Deno seeded at start-up.  What is left is in docs/guest-abi.md.
+//
+// The tenant's key-value store (docs/guest-abi.md, "Key-value storage"), synchronous (one VM exit
+// each); keys and values are strings (UTF-8) or Uint8Arrays, the same shape as the Node binding's:
+//
+//   kv.get(key)                     the value as a Uint8Array, or null if the key is not set
+//   kv.getString(key)               the same, decoded as UTF-8
+//   kv.set(key, value, { ttlMs })   ttlMs > 0: the key expires after it (default: never)
+//   kv.incr(key, delta = 1)         adds delta atomically; the new value (a number, or a bigint
+//                                   beyond Number.MAX_SAFE_INTEGER or when delta is a bigint)
+//   kv.delete(key)                  true if the key existed
+//
+// A failed call throws a KvError (an Error with code "EIO", "E2BIG"..., errno, syscall, and
+// unavailable: true for EIO/ETIMEDOUT, the store down or too slow).  One left unhandled by a
+// handler answers 503 instead of 500.
 //
 // The library: $TENANTVM_LIB, else ../lib/libtenantvm.so next to this file (the SDK's layout).
 
@@ -24,6 +39,10 @@ const lib = Deno.dlopen(libPath, {
   tvm_abi_version: { parameters: [], result: "u32" },
   tvm_wait_for_request: { parameters: [], result: "pointer" },
   tvm_respond_and_wait: { parameters: ["i32", "buffer", "usize", "buffer", "usize"], result: "pointer" },
+  tvm_kv_get: { parameters: ["buffer", "usize", "buffer", "usize"], result: "isize" },
+  tvm_kv_set: { parameters: ["buffer", "usize", "buffer", "usize", "u64"], result: "isize" },
+  tvm_kv_incr: { parameters: ["buffer", "usize", "i64", "buffer"], result: "isize" },
+  tvm_kv_delete: { parameters: ["buffer", "usize"], result: "isize" },
 } as const);
 
 if (lib.symbols.tvm_abi_version() !== ABI_VERSION) {
@@ -44,7 +63,7 @@ function fillRandom<T extends ArrayBufferView | null>(view: T): T {
   const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
   let done = 0;
   while (done < bytes.length) {
-    const n = Number(libc.symbols.getrandom(bytes.subarray(done), bytes.length - done, 0));
+    const n = Number(libc.symbols.getrandom(bytes.subarray(done), BigInt(bytes.length - done), 0));
     if (n <= 0) throw new Error("getrandom failed");
     done += n;
   }
@@ -86,7 +105,7 @@ function seeded(random: DataView): () => number {
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
-function bytes(p: Deno.PointerValue, len: bigint): Uint8Array {
+function bytes(p: Deno.PointerValue, len: bigint): Uint8Array<ArrayBuffer> {
   if (p === null || len === 0n) return new Uint8Array(0);
   return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, Number(len)).slice(0));
 }
@@ -94,6 +113,104 @@ function bytes(p: Deno.PointerValue, len: bigint): Uint8Array {
 function text(p: Deno.PointerValue, len: bigint): string {
   return decoder.decode(bytes(p, len));
 }
+
+const ERRNO_CODES: Record<number, string> = {
+  2: "ENOENT", 5: "EIO", 7: "E2BIG", 14: "EFAULT", 22: "EINVAL", 36: "ENAMETOOLONG", 38: "ENOSYS",
+  74: "EBADMSG", 75: "EOVERFLOW", 110: "ETIMEDOUT", 122: "EDQUOT",
+};
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: "no such key", EIO: "the store is unavailable", E2BIG: "value too long", EFAULT: "bad address",
+  EINVAL: "empty key", ENAMETOOLONG: "key too long", ENOSYS: "no key-value store", EBADMSG: "not an integer",
+  EOVERFLOW: "out of the 64-bit range", ETIMEDOUT: "the store is too slow", EDQUOT: "too many calls in this request",
+};
+
+/** A key-value call that failed: its errno's name and number, and the call. */
+export class KvError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  readonly syscall: string;
+  /** The store is down or too slow (EIO, ETIMEDOUT): answer 503. */
+  readonly unavailable: boolean;
+
+  constructor(syscall: string, errno: number) {
+    const code = ERRNO_CODES[errno] ?? `E${errno}`;
+    super(`${syscall}: ${ERRNO_TEXT[code] ?? "failed"} (${code})`);
+    this.name = "KvError";
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+    this.unavailable = errno === 5 || errno === 110;
+  }
+}
+
+/** What a key or a value may be: a string (UTF-8) or bytes. */
+export type KvBytes = string | Uint8Array;
+
+function kvBytes(v: KvBytes, what: string): Uint8Array {
+  if (typeof v === "string") return encoder.encode(v);
+  if (v instanceof Uint8Array) return v;
+  throw new TypeError(`tenantvm: the ${what} must be a string or a Uint8Array`);
+}
+
+function checked(syscall: string, result: number | bigint): number {
+  const r = Number(result);
+  if (r < 0) throw new KvError(syscall, -r);
+  return r;
+}
+
+const ENOENT = 2;
+// A value up to this size is read in one call; a longer one in a second, into a buffer of its size.
+const getBuffer = new Uint8Array(new ArrayBuffer(4096));
+const incrResult = new BigInt64Array(1);
+const incrResultBytes = new Uint8Array(incrResult.buffer);
+
+/** The tenant's key-value store (docs/guest-abi.md, "Key-value storage"). */
+export const kv = {
+  /** The value of `key`, or null if it is not set (or expired). */
+  get(key: KvBytes): Uint8Array<ArrayBuffer> | null {
+    const k = kvBytes(key, "key");
+    let buf = getBuffer;
+    for (;;) {
+      const r = Number(lib.symbols.tvm_kv_get(k, BigInt(k.length), buf, BigInt(buf.length)));
+      if (r === -ENOENT) return null;
+      const len = checked("kv_get", r);
+      // Longer than the buffer: again into one of its size (another instance may change it in
+      // between: until it fits).
+      if (len <= buf.length) return buf.slice(0, len);
+      buf = new Uint8Array(len);
+    }
+  },
+  /** The value of `key` decoded as UTF-8, or null. */
+  getString(key: KvBytes): string | null {
+    const v = kv.get(key);
+    return v === null ? null : decoder.decode(v);
+  },
+  /** Sets `key` to `value`; `ttlMs` > 0 makes it expire after that many milliseconds. */
+  set(key: KvBytes, value: KvBytes, { ttlMs = 0 }: { ttlMs?: number } = {}): void {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 0) {
+      throw new RangeError("tenantvm: ttlMs must be 0 or positive milliseconds");
+    }
+    const k = kvBytes(key, "key"), v = kvBytes(value, "value");
+    checked("kv_set", lib.symbols.tvm_kv_set(k, BigInt(k.length), v, BigInt(v.length), BigInt(ttlMs)));
+  },
+  /** Adds `delta` to the integer value of `key` (missing: 0), atomically; the new value. */
+  incr(key: KvBytes, delta: number | bigint = 1): number | bigint {
+    const big = typeof delta === "bigint";
+    if (!big && !Number.isSafeInteger(delta)) throw new RangeError("tenantvm: delta must be an integer");
+    const d = BigInt(delta);
+    if (d < -(1n << 63n) || d >= 1n << 63n) throw new RangeError("tenantvm: delta must be in the signed 64-bit range");
+    const k = kvBytes(key, "key");
+    checked("kv_incr", lib.symbols.tvm_kv_incr(k, BigInt(k.length), d, incrResultBytes));
+    const r = incrResult[0];
+    const small = r >= BigInt(Number.MIN_SAFE_INTEGER) && r <= BigInt(Number.MAX_SAFE_INTEGER);
+    return big || !small ? r : Number(r);
+  },
+  /** Deletes `key`: true if it existed. */
+  delete(key: KvBytes): boolean {
+    const k = kvBytes(key, "key");
+    return checked("kv_delete", lib.symbols.tvm_kv_delete(k, BigInt(k.length))) === 1;
+  },
+};
 
 // struct tvm_request (apps/sdk/tenantvm.h): offsets of its fields.
 const R = { count: 4, method: 8, path: 24, query: 40, headers: 56, body: 64, random: 80 } as const;
@@ -161,6 +278,9 @@ async function answer(handler: Handler, raw: NonNullable<Deno.PointerValue>): Pr
     return await encode(await handler(request));
   } catch (e) {
     console.error(e instanceof Error ? e.stack : e);
+    if (e instanceof KvError && e.unavailable) {
+      return encode(new Response("Service Unavailable\n", { status: 503, headers: { "content-type": "text/plain" } }));
+    }
     return encode(new Response("Internal Server Error", { status: 500, headers: { "content-type": "text/plain" } }));
   }
 }
@@ -171,7 +291,7 @@ export async function serve(handler: Handler): Promise<never> {
   for (;;) {
     if (raw === null) throw new Error("tvm_wait_for_request returned NULL");
     const r = await answer(handler, raw);
-    raw = lib.symbols.tvm_respond_and_wait(r.status, r.table, r.count, r.body, r.body.length);
+    raw = lib.symbols.tvm_respond_and_wait(r.status, r.table, BigInt(r.count), r.body, BigInt(r.body.length));
     // The table points into r.strings: keep it alive until the call returned.
     r.strings.fill(0, 0, 0);
   }
