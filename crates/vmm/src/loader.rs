@@ -138,19 +138,17 @@ fn perm_of(s: &crate::elf::Segment) -> Perm {
 
 /// Rights of each image page: the union of the segments that touch it.
 fn image_areas(image: &ElfImage) -> Vec<Area> {
-    let mut pages: Vec<(u64, Perm)> = Vec::new();
+    // A map, not a list searched per page: Deno's image has ~23,000 pages (a linear search
+    // per page cost ~150 ms of every boot).
+    let mut pages: std::collections::BTreeMap<u64, Perm> = std::collections::BTreeMap::new();
     for s in &image.segments {
         let first = s.vaddr / PAGE_SIZE * PAGE_SIZE;
         let mut page = first;
         while page < s.vaddr + s.mem_len {
-            match pages.iter_mut().find(|(p, _)| *p == page) {
-                Some((_, perm)) => *perm = perm.union(perm_of(s)),
-                None => pages.push((page, perm_of(s))),
-            }
+            pages.entry(page).and_modify(|perm| *perm = perm.union(perm_of(s))).or_insert_with(|| perm_of(s));
             page += PAGE_SIZE;
         }
     }
-    pages.sort_by_key(|(p, _)| *p);
     let mut areas: Vec<Area> = Vec::new();
     for (page, perm) in pages {
         match areas.last_mut() {
