@@ -6,6 +6,9 @@
 #                 BENCH_ARGS="--quick" for a short run, see bench/run.py --help)
 #   make fuzz     long fuzzing campaigns (hypothesis + cargo fuzz)
 #   make soak     a bounded mixed load against a real server (SOAK_SECONDS, default 600)
+#   make leaks    10,000 one-shot runs of a dynamic program (files, mmap, dlopen, a thread, /tmp)
+#                 with no host fd, thread or RSS growth (LEAK_RUNS, default 10000; `make test`
+#                 runs 250)
 #   make mutants  mutation campaign over the isolation-critical code (cargo-mutants and breaks
 #                 of the guest kernel's reset path; MUTANTS_SECONDS, default 10800; report in
 #                 bench/results/mutants.md)
@@ -19,7 +22,7 @@ PORT     ?= 8080
 WORKERS  ?= 1
 export TENANTVM_REQUIRE_KVM ?= 1
 
-.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench image test-image fuzz soak mutants clean
+.PHONY: all setup host venv apps native build serve test test-rust test-tcg test-python test-fuzz lint bench image test-image fuzz soak leaks mutants clean
 
 all: build
 
@@ -110,6 +113,9 @@ fuzz: build
 
 soak: build
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-600}
+
+leaks: build
+	TENANTVM_DYN_LEAK_RUNS=$${LEAK_RUNS:-10000} $(VENV)/bin/pytest -q tests/test_leaks.py -k dynamic_program
 
 mutants: build
 	tools/mutants.sh all
