@@ -145,7 +145,7 @@ class Response:
 DEFAULTS: dict[str, Any] = dict(_native.TENANT_DEFAULTS)
 
 #: The :class:`InstanceStats` fields that count system calls (by number natively, by name here).
-_SYSCALL_COUNTS = ("syscalls", "unsupported_syscalls")
+_SYSCALL_COUNTS = ("syscalls", "unsupported_syscalls", "host_syscalls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +165,8 @@ class InstanceStats:
             ``hot_pages``, ``duration`` (s).
         syscalls: System calls by name (host and in-guest).
         unsupported_syscalls: System calls answered with ``-ENOSYS``, by name.
+        host_syscalls: System calls the host answered, by name: each cost a VM exit (the
+            guest kernel answers the others itself, see ``docs/platform.md``).
         create_time: Seconds it took to create the instance.
         batches: Batches run by :meth:`TenantVM.call_batch`.
         guest_resets: Resets done inside the VM between batched requests.
@@ -184,6 +186,7 @@ class InstanceStats:
     last_reset: dict[str, float]
     syscalls: dict[str, int]
     unsupported_syscalls: dict[str, int]
+    host_syscalls: dict[str, int]
     create_time: float
     batches: int
     guest_resets: int

@@ -370,6 +370,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         reset_time,
         last_reset,
         syscalls,
+        host_syscalls,
         create_time,
         batches,
         guest_resets,
@@ -394,6 +395,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
     d.set_item("last_reset", last)?;
     d.set_item("syscalls", &syscalls.handled)?;
     d.set_item("unsupported_syscalls", &syscalls.unsupported)?;
+    d.set_item("host_syscalls", host_syscalls)?;
     d.set_item("create_time", create_time.as_secs_f64())?;
     d.set_item("batches", batches)?;
     d.set_item("guest_resets", guest_resets)?;

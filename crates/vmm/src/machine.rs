@@ -326,6 +326,30 @@ impl Machine {
         counts
     }
 
+    /// Makes the running thread's id the guest kernel's answer to `gettid` (a constant of
+    /// the fast-value table): the thread that runs changes only while the guest is stopped
+    /// (a switch, a reset to the snapshot's threads), so it is compared before every entry
+    /// and written when it differs.  Without it `gettid` cost an exit as soon as a program
+    /// had started a thread (Deno's hello called it in every request).  The kernel area is
+    /// left alone by resets, so the value written stays right until the next change.
+    fn publish_tid(&mut self) {
+        let slot = GPA_FAST_VALUE + 8 * libc::SYS_gettid as u64;
+        let tid = self.proc.threads.current().tid;
+        if self.vm.ram.read_u64(slot).ok() != Some(tid) {
+            self.vm.ram.write_u64(slot, tid).expect("the fast-value table lies in RAM");
+        }
+    }
+
+    /// The system calls the host answered (each one a VM exit), supported or not, by number.
+    pub fn host_syscall_counts(&self) -> std::collections::BTreeMap<u64, u64> {
+        let host = &self.stats.host_syscalls;
+        let mut counts = host.handled.clone();
+        for (&nr, &n) in &host.unsupported {
+            *counts.entry(nr).or_default() += n;
+        }
+        counts
+    }
+
     /// Runs the program until a handler stops it, it faults, or `deadline` passes.
     pub fn run(&mut self, deadline: Instant) -> Result<RunEnd> {
         self.run_until(None, |_| deadline)
@@ -380,6 +404,7 @@ impl Machine {
                 guard.set_cpu_slice(slice_wanted.then_some(left.max(sched::RETRY_SOON)))?;
                 slice_armed = slice_wanted;
             }
+            self.publish_tid();
             self.stats.entries += 1;
             let exit = vcpu::run(&mut self.vm)?;
             self.stats.exits += 1;

@@ -112,6 +112,10 @@ fn a_tenant_with_threads_is_reset_with_its_threads() {
         // The thread the last request started is gone, and the same tid is handed out again.
         assert_eq!(body(&mut inst, "/"), FIRST);
     }
+    // The new thread's `gettid` (new=7) was answered by the guest kernel, with the id the
+    // host published when it switched to that thread: no exit for it.
+    let host = inst.stats().host_syscalls;
+    assert!(!host.contains_key(&(libc::SYS_gettid as u64)), "gettid left the guest: {host:?}");
     // A request that deadlocks fails typed, and the instance serves on from the snapshot.
     let err = inst.call(&request("/deadlock")).unwrap_err();
     assert!(matches!(err.kind, Failure::Deadlock { .. }), "{:?}", err.kind);

@@ -165,16 +165,15 @@ impl Machine {
         }
     }
 
-    /// The first `clone`: the ids the guest kernel answered as constants now differ per
-    /// thread, and `sched_yield` has somewhere to go, so both go to the host from now on.
+    /// The first `clone`: `sched_yield` has somewhere to go, so it goes to the host from now
+    /// on.  (`gettid` stays in the guest kernel: the host keeps its answer the running
+    /// thread's, `Machine::publish_tid`.)
     fn threads_started(&mut self) -> Result<()> {
         use crate::guest::kernel::sym;
-        for nr in [libc::SYS_gettid, libc::SYS_sched_yield] {
-            self.vm
-                .ram
-                .write_u64(GPA_FAST_TABLE + 8 * nr as u64, sym::FORWARD)
-                .map_err(|e| crate::error::Error::GuestKernel(e.to_string()))?;
-        }
+        self.vm
+            .ram
+            .write_u64(GPA_FAST_TABLE + 8 * libc::SYS_sched_yield as u64, sym::FORWARD)
+            .map_err(|e| crate::error::Error::GuestKernel(e.to_string()))?;
         Ok(())
     }
 

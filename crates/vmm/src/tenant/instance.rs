@@ -19,6 +19,7 @@
 
 mod batch;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ pub struct InstanceStats {
     pub last_reset: ResetReport,
     /// System calls (host and in-guest), by number.
     pub syscalls: SyscallCounts,
+    /// System calls the host answered (each one cost a VM exit), by number: the ones the
+    /// guest kernel could not answer itself, supported or not.
+    pub host_syscalls: BTreeMap<u64, u64>,
     /// Time to create the instance (VM, memory, kernel start).
     pub create_time: Duration,
     /// Batches run ([`Instance::call_batch`] with more than one request).
@@ -207,6 +211,7 @@ impl Instance {
         s.exits = self.machine.stats.exits;
         s.starvation_grants = self.machine.stats.starvation_grants;
         s.syscalls = self.machine.syscall_counts();
+        s.host_syscalls = self.machine.host_syscall_counts();
         let block = BatchBlock::new(&self.machine.vm.vcpu_area);
         s.guest_resets = block.get(VB_RESETS);
         s.guest_pages_restored = block.get(VB_RESTORED);
