@@ -15,7 +15,14 @@ Variants, all ``python -m granian --interface I --workers W`` with the same othe
 - ``g`` tenantvm (RSGI) serving the CPython WSGI hello (the bundled file's ``python`` tenant:
   Debian's python3 with tenantvm_guest), ``h`` the Lua hello (``lua``), ``j`` the Node.js hello
   (``node``), each only where its runtime is installed;
-- ``i`` the same WSGI hello served natively by Granian's WSGI interface (no isolation).
+- ``i`` the same WSGI hello served natively by Granian's WSGI interface (no isolation);
+- ``k`` tenantvm (RSGI) serving the Deno hello (the bundled file's ``deno`` tenant), where
+  deno is installed.
+
+``--before DIR`` runs every tenantvm variant a second time (key + ``0``, e.g. ``k0``) from
+another checkout of tenantvm whose ``py/`` holds its built native module (``DIR/py`` first on
+``PYTHONPATH``), in the same rounds: a change measured against the build before it, side by
+side (ratios ``k/k0``).
 
 The baselines are ASGI applications (Starlette has no RSGI interface).
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,7 +74,17 @@ VARIANTS = [
     HttpVariant("h", "tenantvm-lua", "tenantvm, RSGI, Lua 5.4 hello", "tenantvm.app:app", "rsgi"),
     HttpVariant("j", "tenantvm-node", "tenantvm, RSGI, Node.js hello", "tenantvm.app:app", "rsgi"),
     HttpVariant("i", "wsgi", "the same WSGI hello under Granian's WSGI (no isolation)", "wsgi_hello:app", "wsgi"),
+    HttpVariant("k", "tenantvm-deno", "tenantvm, RSGI, Deno hello", "tenantvm.app:app", "rsgi"),
 ]
+
+#: Variants whose tenants file is the bundled file's runtime tenant of that name.
+RUNTIME_VARIANTS = {"g": "python", "h": "lua", "j": "node", "k": "deno"}
+
+
+def before_variant(v: HttpVariant) -> HttpVariant:
+    """``v`` run from the ``--before`` checkout."""
+    return HttpVariant(v.key + "0", v.name + "-before", v.label + ", the --before build", v.target, v.interface)
+
 
 RUNTIME_TENANTS = """\
 # Written by bench/http_load.py: the bundled file's {name} tenant alone, for every host.
@@ -136,11 +154,25 @@ def hello_tenants(pool_size: int = 4, batch_budget_us: int = 2000) -> Iterator[P
 
 
 def measure_variant(
-    variant: HttpVariant, config: Path, *, workers: int, seconds: float, warmup: float
+    variant: HttpVariant,
+    config: Path,
+    *,
+    workers: int,
+    seconds: float,
+    warmup: float,
+    pythonpath: Path | None = None,
 ) -> dict[str, Any]:
-    """One fresh server of ``variant``: answer check, warm-up, wrk -c1, wrk -c16."""
+    """One fresh server of ``variant``: answer check, warm-up, wrk -c1, wrk -c16.
+
+    With ``pythonpath``, tenantvm is imported from there (another build).
+    """
     env = {"TENANTVM_CONFIG": str(config)} if variant.target.startswith("tenantvm") else {}
-    with Server(variant.name, variant.target, workers=workers, env=env, interface=variant.interface) as server:
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH", "")]))
+    server = Server(variant.name, variant.target, workers=workers, env=env, interface=variant.interface)
+    # A runtime boots and warms up before its snapshot (deno: ~30 s alone, minutes on a busy host).
+    server.start(timeout=600.0 if variant.key.rstrip("0") in RUNTIME_VARIANTS else 90.0)
+    try:
         status, body = http_get(server.port, "/")
         if status != 200 or body != b"Hello World!":
             raise RuntimeError(f"{variant.name} answered {status} {body[:100]!r}, not 200 'Hello World!'")
@@ -149,6 +181,8 @@ def measure_variant(
         c16 = run_wrk(server.url(), threads=2, connections=16, seconds=seconds)
         rss = sum(rss_kib(pid) for pid in server.worker_pids())
         return {"start_s": server.start_time, "c1": asdict(c1), "c16": asdict(c16), "workers_rss_kib": rss}
+    finally:
+        server.stop()
 
 
 def run(
@@ -158,9 +192,15 @@ def run(
     workers: int = 1,
     quick: bool = False,
     only: str = "",
+    before: Path | None = None,
 ) -> dict[str, Any]:
-    """Interleaved rounds of every variant (or of the keys in ``only``); raw figures and ratios."""
+    """Interleaved rounds of every variant (or of the keys in ``only``); raw figures and ratios.
+
+    With ``before`` (a checkout), each tenantvm variant also runs from that build.
+    """
     variants = [v for v in VARIANTS if not only or v.key in only]
+    if before is not None:
+        variants += [before_variant(v) for v in variants if v.target.startswith("tenantvm")]
     if quick:
         rounds, seconds, warmup = 2, 2.0, 1.0
     out: dict[str, Any] = {
@@ -183,11 +223,13 @@ def run(
         runtime_tenants("python") as python,
         runtime_tenants("lua") as lua,
         runtime_tenants("node") as node,
+        runtime_tenants("deno") as deno,
     ):
-        configs = {"e": unbatched, "g": python, "h": lua, "j": node}
-        for key, missing in (("g", python), ("h", lua), ("j", node)):
+        configs = {"e": unbatched, "g": python, "h": lua, "j": node, "k": deno}
+        for key, missing in (("g", python), ("h", lua), ("j", node), ("k", deno)):
             if missing is None and any(v.key == key for v in variants):
                 log(f"http: variant {key} left out: its runtime is not installed")
+        configs.update({k + "0": c for k, c in configs.items()} | {"a0": config, "f0": config})
         variants = [v for v in variants if v.key not in configs or configs[v.key] is not None]
         kept = {v.key for v in variants}
         out["variants"] = {k: v for k, v in out["variants"].items() if k in kept}
@@ -199,7 +241,10 @@ def run(
             data: dict[str, Any] = {"floor_us": floor, "order": [v.key for v in order]}
             for v in order:
                 cfg = configs.get(v.key) or config
-                data[v.key] = measure_variant(v, cfg, workers=workers, seconds=seconds, warmup=warmup)
+                pythonpath = before / "py" if before is not None and v.key.endswith("0") else None
+                data[v.key] = measure_variant(
+                    v, cfg, workers=workers, seconds=seconds, warmup=warmup, pythonpath=pythonpath
+                )
                 c1, c16 = data[v.key]["c1"], data[v.key]["c16"]
                 log(
                     f"http round {r + 1}/{rounds} {v.name}: c1 {c1['rps']:.0f} req/s p50 {c1['p50_us']:.0f} µs, "
@@ -207,7 +252,9 @@ def run(
                 )
             ratios: dict[str, float] = {}
             # g/i, g/a, h/a, j/a: a runtime in tenantvm against it natively, and against the C hello.
-            for num, den in ("ae", "ab", "fb", "af", "ac", "ad", "gi", "ga", "ha", "ja"):
+            pairs = [(p[0], p[1]) for p in ("ae", "ab", "fb", "af", "ac", "ad", "gi", "ga", "ha", "ja", "ka")]
+            pairs += [(k, k + "0") for k in "aefghjk"]  # this build against the --before one
+            for num, den in pairs:
                 if num in data and den in data:
                     for load in ("c16", "c1"):
                         ratios[f"{num}/{den} {load}"] = data[num][load]["rps"] / data[den][load]["rps"]
@@ -230,8 +277,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="each wrk run")
     parser.add_argument("--workers", type=int, default=1, help="Granian workers (all variants)")
     parser.add_argument("--variants", default="", help="only these variant keys, e.g. 'ab' (default: all)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of tenantvm, built: every tenantvm variant runs from it too (key + '0')",
+    )
     args = parser.parse_args()
-    result = run(args.rounds, args.seconds, workers=args.workers, quick=args.quick, only=args.variants)
+    result = run(
+        args.rounds, args.seconds, workers=args.workers, quick=args.quick, only=args.variants, before=args.before
+    )
     print(json.dumps(result, indent=1))
 
 
