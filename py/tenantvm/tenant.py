@@ -168,6 +168,8 @@ class InstanceStats:
         host_syscalls: System calls the host answered, by name: each cost a VM exit (the
             guest kernel answers the others itself, see ``docs/platform.md``).
         create_time: Seconds it took to create the instance.
+        create_steps: Each step of creating it as ``(name, seconds)``, in order (for
+            benchmarks).
         batches: Batches run by :meth:`TenantVM.call_batch`.
         guest_resets: Resets done inside the VM between batched requests.
         guest_pages_restored: Pages those copied back.
@@ -188,6 +190,7 @@ class InstanceStats:
     unsupported_syscalls: dict[str, int]
     host_syscalls: dict[str, int]
     create_time: float
+    create_steps: list[tuple[str, float]]
     batches: int
     guest_resets: int
     guest_pages_restored: int
@@ -350,6 +353,14 @@ class Tenant:
     def boot_time(self) -> float:
         """Seconds it took to boot (and warm up) to the snapshot."""
         return float(self._native.boot_time)
+
+    @property
+    def load_steps(self) -> list[tuple[str, float]]:
+        """Each step of loading this tenant from its snapshot file, as ``(name, seconds)``.
+
+        In order, for benchmarks (``bench/snapshot_file.py``); empty for a booted tenant.
+        """
+        return list(self._native.load_steps)
 
     @property
     def resident_pages(self) -> int:

@@ -120,6 +120,13 @@ impl Tenant {
         self.inner.snapshot().boot_time().as_secs_f64()
     }
 
+    /// For a tenant started from a snapshot file, each step of loading it as `(name, seconds)`
+    /// in order (for benchmarks); empty for a booted one.
+    #[getter]
+    fn load_steps(&self) -> Vec<(&'static str, f64)> {
+        steps_list(self.inner.snapshot().load_steps())
+    }
+
     /// Pages of the snapshot that hold data.
     #[getter]
     fn resident_pages(&self) -> u64 {
@@ -337,6 +344,11 @@ impl Instance {
 /// One request of a batch: `(method, path, query, headers, body)`.
 type BatchedRequest = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
 
+/// Step timings as `(name, seconds)`, in order.
+fn steps_list(steps: Option<&vmm::steps::Steps>) -> Vec<(&'static str, f64)> {
+    steps.map_or_else(Vec::new, |s| s.as_slice().iter().map(|&(n, d)| (n, d.as_secs_f64())).collect())
+}
+
 /// A successful call as `(status, headers, body, stdout, stderr, exits)`.
 fn result_tuple<'py>(py: Python<'py>, r: &vmm::CallResult) -> PyResult<Bound<'py, PyTuple>> {
     let headers: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> =
@@ -372,6 +384,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         syscalls,
         host_syscalls,
         create_time,
+        create_steps,
         batches,
         guest_resets,
         guest_pages_restored,
@@ -397,6 +410,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
     d.set_item("unsupported_syscalls", &syscalls.unsupported)?;
     d.set_item("host_syscalls", host_syscalls)?;
     d.set_item("create_time", create_time.as_secs_f64())?;
+    d.set_item("create_steps", steps_list(Some(create_steps)))?;
     d.set_item("batches", batches)?;
     d.set_item("guest_resets", guest_resets)?;
     d.set_item("guest_pages_restored", guest_pages_restored)?;

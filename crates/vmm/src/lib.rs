@@ -23,6 +23,8 @@
 //! `tools/layers.py` (run by `make lint` and `tests/test_layers.py`) checks this against the
 //! code, and that no two submodules of a module use each other.
 //! - `guest`         the guest/host contract generated from `guest/layout.h`, the kernel image
+//! - `steps`         step timings of loading a snapshot file and creating an instance
+//!   ([`steps::Steps`], for benchmarks)
 //! - `elf`           ELF64 parsing and validation
 //! - `error`         host errors, guest faults, [`Failure`]s
 //! - `host`          the host-OS calls outside KVM and mappings: clocks, randomness, stdio, eventfd
@@ -82,6 +84,7 @@ mod restore_view;
 pub mod sandbox;
 mod signal_frame;
 mod stack;
+pub mod steps;
 mod syscalls;
 mod tenant;
 #[allow(unsafe_code)]

@@ -336,7 +336,7 @@ pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
     };
     let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
     let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(spec.request_area, memory).size as usize)?;
-    let vm = Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, false)?;
+    let vm = Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, false, &mut crate::steps::StepClock::start())?;
     let proc = new_process(loaded.mem_state, exe, stack, memory, view);
     let mut machine = Machine::new(vm, loaded.map, proc, spec.io, spec.limits);
     machine.start_kernel()?;

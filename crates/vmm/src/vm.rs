@@ -21,6 +21,7 @@ use crate::guest::kernel::sym;
 use crate::guest::layout::*;
 use crate::kvm::Host;
 use crate::memory::{GuestMemory, Mapping, ReadOnlyMapping};
+use crate::steps::StepClock;
 
 /// Memory slot numbers.
 pub mod slot {
@@ -173,6 +174,7 @@ fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
 impl Vm {
     /// Creates the VM with its memory slots and vCPU, in the state `kernel_start` expects.
     /// With `dirty_log`, slot 0 is logged in manual-protect mode (all pages start clean).
+    /// `clock` times the steps.
     pub fn new(
         host: &'static Host,
         ram: GuestMemory,
@@ -180,8 +182,10 @@ impl Vm {
         shared: Option<Arc<SharedRegion>>,
         restore_view: Option<Arc<ReadOnlyMapping>>,
         dirty_log: bool,
+        clock: &mut StepClock,
     ) -> Result<Vm> {
         let vm = host.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        clock.step("VM: KVM_CREATE_VM");
         if dirty_log {
             if !host.manual_dirty_log {
                 return Err(Error::MissingCapability("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"));
@@ -208,10 +212,13 @@ impl Vm {
             // order, fds first.  The slots do not overlap in guest-physical space.
             unsafe { vm.set_user_memory_region(r) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
+        clock.step("VM: memory slots");
         let mut vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        clock.step("VM: KVM_CREATE_VCPU");
         vcpu.set_cpuid2(&host.cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
         Self::set_system_registers(host, &vcpu)?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
+        clock.step("VM: CPUID, system registers");
         Ok(Vm { vcpu, vm, ram, vcpu_area, shared, _restore_view: restore_view, host, dirty_log })
     }
 

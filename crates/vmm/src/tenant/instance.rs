@@ -35,6 +35,7 @@ use crate::machine::{Machine, RunEnd};
 use crate::memory::{GuestMemory, Mapping};
 use crate::program::captured_io;
 use crate::reset::{ResetReport, ResetTracker};
+use crate::steps::StepClock;
 use crate::syscalls::api::{encode_request, Request, Response};
 use crate::syscalls::{Output, Stop, SyscallCounts};
 use crate::vm::{self, Vm};
@@ -107,6 +108,8 @@ pub struct InstanceStats {
     pub host_syscalls: BTreeMap<u64, u64>,
     /// Time to create the instance (VM, memory, kernel start).
     pub create_time: Duration,
+    /// How long each step of creating it took.
+    pub create_steps: crate::steps::Steps,
     /// Batches run ([`Instance::call_batch`] with more than one request).
     pub batches: u64,
     /// Resets done by the guest kernel between batched requests.
@@ -165,6 +168,7 @@ impl Instance {
     /// calls; without one they return ENOSYS).
     pub fn with_kv(snapshot: Arc<Snapshot>, kv: Option<crate::kv::KvAccess>) -> crate::Result<Instance> {
         let started = Instant::now();
+        let mut clock = StepClock::start();
         let host = kvm::host()?;
         let mut ram = GuestMemory::from_snapshot(snapshot.ram().clone())?;
         ram.track_host_writes(true);
@@ -173,16 +177,21 @@ impl Instance {
         let vcpu_area =
             Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area(), snapshot.ram().size()).size as usize)?;
         let shared = snapshot.shared().cloned();
-        let vm = Vm::new(host, ram, vcpu_area, shared, Some(snapshot.restore_view().clone()), true)?;
+        clock.step("RAM and vCPU area: map");
+        let vm = Vm::new(host, ram, vcpu_area, shared, Some(snapshot.restore_view().clone()), true, &mut clock)?;
         let cfg = snapshot.config();
         let io = captured_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map().clone(), snapshot.proc().clone(), io, Some(cfg.limits));
         machine.kv = kv;
         machine.keep_ptlog = true;
+        clock.step("emulated process: copy");
         let mut tracker = ResetTracker::new(pages, kernel_pages);
         tracker.keep_tables(&crate::pages::Pages::tables(&machine.vm.ram));
+        clock.step("reset tracker, page tables");
         machine.start_kernel()?;
-        let stats = InstanceStats { create_time: started.elapsed(), ..Default::default() };
+        clock.step("guest kernel start (first KVM_RUN)");
+        let stats =
+            InstanceStats { create_time: started.elapsed(), create_steps: clock.finish(), ..Default::default() };
         Ok(Instance {
             machine,
             snapshot,

@@ -139,7 +139,9 @@ impl Tenant {
         if shared_path.is_some() {
             loaded.config.shared_path = shared_path;
         }
+        let started = std::time::Instant::now();
         let shared = shared_region(&loaded.config)?;
+        loaded.steps.push("shared memory", started.elapsed());
         Ok(Tenant { snapshot: Arc::new(Snapshot::from_file(loaded, shared)), kv: None })
     }
 

@@ -62,6 +62,8 @@ pub struct Snapshot {
     /// expiries in `proc` are readings of the clocks at about this moment, and a snapshot file
     /// stores them relative to it.
     epoch: crate::persist::Epoch,
+    /// For a snapshot read from a file: how long each step of loading it took.
+    load_steps: Option<crate::steps::Steps>,
 }
 
 impl Snapshot {
@@ -125,6 +127,12 @@ impl Snapshot {
         &self.writable
     }
 
+    /// For a snapshot read from a file, how long each step of loading it took (None for a
+    /// booted one).
+    pub fn load_steps(&self) -> Option<&crate::steps::Steps> {
+        self.load_steps.as_ref()
+    }
+
     /// When it was made (see the field).
     pub(crate) fn epoch(&self) -> crate::persist::Epoch {
         self.epoch
@@ -158,6 +166,7 @@ impl Snapshot {
             writable: f.writable,
             data: Some(f.data),
             epoch: f.epoch,
+            load_steps: Some(f.steps),
         }
     }
 }
@@ -192,6 +201,8 @@ pub struct FileParts {
     pub writable: Vec<(u64, u64)>,
     /// What the deadlines in `proc` were rebased onto (the moment the state was read).
     pub epoch: crate::persist::Epoch,
+    /// How long each step of reading and checking the file took.
+    pub steps: crate::steps::Steps,
 }
 
 /// Captures the stopped boot machine as a snapshot.  The vCPU is at the `wait_for_request`
@@ -266,6 +277,7 @@ pub(super) fn freeze(
         writable,
         data: None,
         epoch,
+        load_steps: None,
     })
 }
 

@@ -34,11 +34,13 @@
 //! the file: such a person could as well give the server a hostile program, which the VM
 //! contains.  A file changed while it is in use changes what new instances see in the same way.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_bindings::kvm_regs;
 
@@ -51,6 +53,7 @@ use crate::linux::View;
 use crate::memory::user::UserMap;
 use crate::memory::{Memfd, ReadOnlyMapping};
 use crate::persist::{Dec, Enc, Epoch, Malformed, Persist, Unsupported};
+use crate::steps::StepClock;
 use crate::syscalls::Process;
 
 /// The file's magic: "TENANTVM" "SNAPSHOT".
@@ -284,6 +287,129 @@ fn runs_of(pages: impl Iterator<Item = u64>) -> Runs {
     runs
 }
 
+/// CRC-32 of the byte ranges `(offset, len)` of `file`, in order, as one stream: read with
+/// `pread` (no mapping to fault in) by up to [`VERIFY_THREADS`] threads, each over an equal share
+/// of the bytes, and the parts' CRCs combined.  Reading is the cost (the page cache's bytes
+/// cross the memory bus once), so a second CPU nearly halves it on an idle host.
+fn file_crc(file: &File, ranges: &[(u64, u64)]) -> std::io::Result<u32> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(VERIFY_THREADS);
+    file_crc_on(file, ranges, if total < PARALLEL_FROM { 1 } else { threads as u64 })
+}
+
+/// [`file_crc`] on `threads` threads.
+fn file_crc_on(file: &File, ranges: &[(u64, u64)], threads: u64) -> std::io::Result<u32> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    // Share i covers the bytes [total * i / threads, total * (i + 1) / threads) of the stream.
+    let share = |i: u64| -> Vec<(u64, u64)> {
+        let (from, to) = (total * i / threads, total * (i + 1) / threads);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &(offset, len) in ranges {
+            let (start, end) = (at.max(from), (at + len).min(to));
+            if start < end {
+                out.push((offset + start - at, end - start));
+            }
+            at += len;
+        }
+        out
+    };
+    let crc_of = |part: Vec<(u64, u64)>| -> std::io::Result<crc32fast::Hasher> {
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; VERIFY_BUFFER];
+        for (mut offset, mut len) in part {
+            while len > 0 {
+                let n = len.min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], offset)?;
+                h.update(&buf[..n]);
+                (offset, len) = (offset + n as u64, len - n as u64);
+            }
+        }
+        Ok(h)
+    };
+    let parts = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|i| s.spawn(move || crc_of(share(i)))).collect();
+        let mut parts = vec![crc_of(share(0))];
+        parts.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+        parts
+    });
+    let mut crc = crc32fast::Hasher::new();
+    for part in parts {
+        crc.combine(&part?);
+    }
+    Ok(crc.finalize())
+}
+
+/// Most threads [`file_crc`] reads with.
+const VERIFY_THREADS: usize = 4;
+/// Below this many bytes one thread reads everything (starting one costs more than it saves).
+const PARALLEL_FROM: u64 = 4 << 20;
+/// Each reader's buffer: small enough to stay in the CPU's cache between `pread` and CRC.
+const VERIFY_BUFFER: usize = 256 << 10;
+
+/// What identifies a file's contents without reading them: where it is (device, inode), its
+/// size, its modification and status-change times (nanoseconds), and its header (which holds
+/// the checksums).  Any write through the file system changes the times.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    header: [u8; HEADER_LEN as usize],
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata, header: &[u8; HEADER_LEN as usize]) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            header: *header,
+        }
+    }
+
+    /// Whether any later write to the file is sure to change its status-change time: the
+    /// kernel stamps files from a clock that advances only every tick (1-10 ms), so a write in
+    /// the same tick as the last one leaves the same time.  Once the ctime is [`SETTLED`] old,
+    /// a write stamps a later one.
+    fn settled(&self) -> bool {
+        let ctime = std::time::UNIX_EPOCH
+            + Duration::from_secs(self.ctime.0.max(0) as u64)
+            + Duration::from_nanos(self.ctime.1.max(0) as u64);
+        std::time::SystemTime::now().duration_since(ctime).is_ok_and(|age| age >= SETTLED)
+    }
+}
+
+/// How old a file's status-change time must be for [`VERIFIED`] to remember it.
+const SETTLED: Duration = Duration::from_secs(1);
+
+/// Files whose RAM and restore view this process has read whole and found to match their
+/// checksums, so that loading one again (another server worker's tenant, a reload, a second
+/// `Tenant.from_snapshot`) checks only its header and state.  This trusts what the process
+/// already trusts: the snapshot of the first load maps the same file and its instances read
+/// it as it is now.  Bounded; forgotten when full.
+static VERIFIED: Mutex<Option<HashSet<Identity>>> = Mutex::new(None);
+/// Most files [`VERIFIED`] remembers.
+const VERIFIED_MAX: usize = 256;
+
+fn verified_before(id: &Identity) -> bool {
+    VERIFIED.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|set| set.contains(id))
+}
+
+fn remember_verified(id: Identity) {
+    let mut set = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+    let set = set.get_or_insert_with(HashSet::new);
+    if set.len() >= VERIFIED_MAX {
+        set.clear();
+    }
+    set.insert(id);
+}
+
 /// CRC-32 of the whole of `view`.
 fn view_crc(view: &ReadOnlyMapping) -> Option<u32> {
     ram_crc(view, &[(0, view.len() as u64 / PAGE_SIZE)])
@@ -437,8 +563,10 @@ fn data_extents(file: &File, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
 /// Reads and checks the snapshot file at `path` (see the module's documentation for what is
 /// checked); maps its RAM.
 pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
+    let mut clock = StepClock::start();
     let mut file = File::open(path).map_err(io(path))?;
-    let actual = file.metadata().map_err(io(path))?.len();
+    let opened = file.metadata().map_err(io(path))?;
+    let actual = opened.len();
     let mut hb = [0u8; HEADER_LEN as usize];
     if actual < HEADER_LEN {
         return Err(SnapshotFileError::NotASnapshot { path: path.into() });
@@ -448,11 +576,13 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     if actual != header.file_size {
         return Err(SnapshotFileError::Truncated { path: path.into(), expected: header.file_size, actual });
     }
+    clock.step("open, header");
     let mut state = vec![0u8; header.state_len as usize];
     file.read_exact(&mut state).map_err(io(path))?;
     if crc32fast::hash(&state) != header.state_crc {
         return Err(corrupt(path, "the state's checksum does not match"));
     }
+    clock.step("state: read, checksum");
     let bad = |e: Malformed| corrupt(path, format!("the state is out of shape: {e}"));
     let epoch = Epoch::now();
     let mut d = Dec::at(&state, epoch);
@@ -460,7 +590,9 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     if made_by != build_id() {
         return Err(SnapshotFileError::Version { path: path.into(), found: made_by, expected: build_id() });
     }
+    clock.step("state: build check");
     let host = crate::kvm::host()?;
+    clock.step("KVM: open and probe (once per process)");
     let platform = String::load(&mut d).map_err(bad)?;
     if platform != host.platform.name() {
         let why = format!("it was made on {platform}, this host is {}", host.platform.name());
@@ -482,6 +614,7 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     if !d.done() {
         return Err(corrupt(path, "the state has trailing bytes"));
     }
+    clock.step("state: host checks, decode");
     let pages = header.ram_size / PAGE_SIZE;
     let mut data = vec![false; pages as usize];
     for &(start, n) in &runs {
@@ -490,17 +623,36 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
         data[start as usize..end as usize].iter_mut().for_each(|p| *p = true);
     }
     let extents = data_extents(&file, header.ram_offset, header.view_offset);
+    clock.step("data pages, holes (SEEK_DATA)");
     let view_file =
         Memfd::from_file_range(file.try_clone().map_err(io(path))?.into(), header.view_offset, header.view_size)?;
     let restore_view = ReadOnlyMapping::of(&view_file, header.view_size as usize)?;
-    if view_crc(&restore_view) != Some(header.view_crc) {
-        return Err(corrupt(path, "the restore view's checksum does not match"));
+    clock.step("restore view: map");
+    let identity = Identity::of(&opened, &hb);
+    if verified_before(&identity) {
+        clock.step("restore view, RAM: verified before by this process");
+    } else {
+        // Decided before reading: a write after this moment changes the times of a settled file.
+        let settled = identity.settled();
+        let read_fail = |e: std::io::Error| corrupt(path, format!("cannot be read whole: {e}"));
+        if file_crc(&file, &[(header.view_offset, header.view_size)]).map_err(read_fail)? != header.view_crc {
+            return Err(corrupt(path, "the restore view's checksum does not match"));
+        }
+        clock.step("restore view: checksum");
+        let ranges: Vec<(u64, u64)> =
+            runs.iter().map(|&(start, n)| (header.ram_offset + start * PAGE_SIZE, n * PAGE_SIZE)).collect();
+        if file_crc(&file, &ranges).map_err(read_fail)? != header.ram_crc {
+            return Err(corrupt(path, "the RAM's checksum does not match"));
+        }
+        clock.step("RAM: checksum");
+        // Remembered only if nothing wrote the file while it was read (its times would show it).
+        if settled && file.metadata().is_ok_and(|now| Identity::of(&now, &hb) == identity) {
+            remember_verified(identity);
+        }
     }
     let ram = Arc::new(Memfd::from_file_range(file.into(), header.ram_offset, header.ram_size)?);
     let ram_view = ReadOnlyMapping::of(&ram, header.ram_size as usize)?;
-    if ram_crc(&ram_view, &runs) != Some(header.ram_crc) {
-        return Err(corrupt(path, "the RAM's checksum does not match"));
-    }
+    clock.step("RAM: map");
     // Data where the file should have holes (a flipped bit in a hole makes one) is damage the
     // checksum over the data pages would not see; it must read as zeros.  (A file system
     // without holes reports all of it as data: then every page is read.)
@@ -518,10 +670,12 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
             return Err(corrupt(path, format!("the RAM holds data outside its recorded pages (page {p})")));
         }
     }
+    clock.step("RAM: holes read as zeros");
     let view = View::new(&fs).map_err(|e| SnapshotFileError::Host {
         path: path.into(),
         why: format!("the files the tenant was allowed to read are not all there: {e}"),
     })?;
+    clock.step("file-system view");
     Ok(FileParts {
         ram,
         ram_view,
@@ -536,12 +690,43 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
         resident_pages,
         writable,
         epoch,
+        steps: clock.finish(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crc_of_ranges_read_in_parallel_is_the_crc_of_the_ranges_in_order() {
+        let path = std::env::temp_dir().join(format!("tenantvm-filecrc-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        // Ranges of odd sizes, out of file order, one empty: shares split inside them.
+        let ranges = [(5u64, 70_001u64), (150_000, 3), (90_000, 0), (80_000, 49_999), (0, 4096)];
+        let stream: Vec<u8> =
+            ranges.iter().flat_map(|&(o, n)| bytes[o as usize..(o + n) as usize].iter().copied()).collect();
+        let want = crc32fast::hash(&stream);
+        for threads in 1..=7 {
+            assert_eq!(file_crc_on(&file, &ranges, threads).unwrap(), want, "{threads} threads");
+        }
+        assert_eq!(file_crc(&file, &ranges).unwrap(), want);
+        // One byte changed anywhere changes it, whichever share reads that byte.
+        for at in [5u64, 40_000, 70_005, 150_002, 129_998, 4095] {
+            let mut damaged = bytes.clone();
+            damaged[at as usize] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let file = File::open(&path).unwrap();
+            for threads in [1, 2, 3] {
+                assert_ne!(file_crc_on(&file, &ranges, threads).unwrap(), want, "byte {at}, {threads} threads");
+            }
+        }
+        // A range past the end of the file is an error, not zeros.
+        assert!(file_crc_on(&file, &[(190_000, 20_000)], 2).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
 
     /// Everything a snapshot holds except the view's host descriptors, as text.
     fn state(s: &Snapshot) -> String {
