@@ -1,10 +1,14 @@
 /*
  * reserve_tenant — memory on demand in a tenant, reset with it (crates/vmm/tests/memory.rs).
  * During init it reserves 1 GiB PROT_NONE (R), commits and fills 1 MiB of it (P), and fills a
- * 1 MiB heap buffer (B): their pages come from the pool before the snapshot.  Requests:
- *   /check     "R:<is R+512 MiB accessible> P:<P as filled> B:<B as filled> X:<is X mapped>"
+ * 1 MiB heap buffer (B), and commits and fills a whole 2 MiB-aligned block of R (Q: its page
+ * table too comes from the pool before the snapshot).  Requests:
+ *   /check     "R:<is R+512 MiB accessible> P:<P as filled> B:<B as filled> X:<is X mapped>
+ *              Q:<Q as filled>"
  *   /scribble  overwrites P and B, no system call (a batch resets it in the guest)
  *   /map       commits R+512 MiB, maps X (MAP_FIXED), unmaps P, touches 4 MiB of new memory
+ *   /drop      unmaps all of Q (its page table goes back to the pool), then touches 4 MiB
+ *              of new memory (which takes pages, tables among them, from the pool)
  *   /hog       touches 64 MiB (more than the tests give the VM)
  * The body is in static memory, so a batch can answer in the guest.
  */
@@ -20,7 +24,7 @@
 #define X ((char *)0x200000000000ul)
 
 static sigjmp_buf jump;
-static char *R, *P, *B;
+static char *R, *P, *B, *Q;
 static char body[128];
 
 static void back(int sig)
@@ -33,6 +37,14 @@ static int accessible(volatile char *p)
 	if (sigsetjmp(jump, 1))
 		return 0;
 	(void)*p;
+	return 1;
+}
+
+static int filled_n(const char *p, char v, size_t n)
+{
+	for (size_t i = 0; i < n; i += 512)
+		if (p[i] != v)
+			return 0;
 	return 1;
 }
 
@@ -56,6 +68,9 @@ int main(void)
 	P = R + 64 * MiB;
 	mprotect(P, MiB, PROT_READ | PROT_WRITE);
 	memset(P, 'p', MiB);
+	Q = (char *)(((unsigned long)R + 128 * MiB + 2 * MiB - 1) & ~(2 * MiB - 1));
+	mprotect(Q, 2 * MiB, PROT_READ | PROT_WRITE);
+	memset(Q, 'q', 2 * MiB);
 	B = malloc(MiB);
 	memset(B, 'b', MiB);
 	for (;;) {
@@ -69,6 +84,11 @@ int main(void)
 			char *h = mmap(0, 64 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			memset(h, 'h', 64 * MiB);
 			respond_text(200, "text/plain", "hogged");
+		} else if (is(&req, "/drop")) {
+			munmap(Q, 2 * MiB);
+			char *t = mmap(0, 4 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			memset(t, 't', 4 * MiB);
+			respond_text(200, "text/plain", "dropped");
 		} else if (is(&req, "/map")) {
 			mprotect(R + 512 * MiB, MiB, PROT_READ | PROT_WRITE);
 			R[512 * MiB] = 1;
@@ -81,12 +101,14 @@ int main(void)
 		} else {
 			int r = accessible(R + 512 * MiB), x = accessible(X);
 			int p = accessible(P) && filled(P, 'p'), b = filled(B, 'b');
+			int q = accessible(Q) && filled_n(Q, 'q', 2 * MiB);
 			char *o = body;
-			memcpy(o, "R:0 P:0 B:0 X:0", 16);
+			memcpy(o, "R:0 P:0 B:0 X:0 Q:0", 20);
 			o[2] += r;
 			o[6] += p;
 			o[10] += b;
 			o[14] += x;
+			o[18] += q;
 			respond_text(200, "text/plain", body);
 		}
 	}

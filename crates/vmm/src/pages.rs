@@ -267,7 +267,7 @@ impl<'a> Pages<'a> {
     }
 
     /// Gives back every page under the table at `table` (level 1: a page table) and the
-    /// table itself.
+    /// table itself, unless a reset may link the table again (below).
     fn release_table(&mut self, table: u64, level: u32) {
         for i in 0..512 {
             let e = self.read(table + 8 * i);
@@ -277,7 +277,23 @@ impl<'a> Pages<'a> {
                 self.free(e & Pte::ADDRESS_MASK);
             }
         }
-        self.free(table);
+        if !self.reset_may_relink(table) {
+            self.free(table);
+        }
+    }
+
+    /// Whether a reset may link the table at `table` again, so that it must keep its contents:
+    /// a table that existed at the snapshot.  The VMM's reset leaves the snapshot's tables
+    /// alone and the guest's undo log puts back only the entries that were changed in them,
+    /// so such a table, once unlinked, is left as it is (not given to the pool, where the
+    /// request would reuse it as a table or as data and the next request would see the
+    /// snapshot's memory through what it left there).  Which pages those are is not known
+    /// here; every table in a page the pool had handed out or freed before the snapshot
+    /// (below its never-used mark then) is kept, which covers them.  A reset gives the pool
+    /// back as it was; without one (a stateful instance) what is kept is bounded by those
+    /// pages, each kept once.  Only with a log a reset will undo (an instance).
+    fn reset_may_relink(&self, table: u64) -> bool {
+        self.keep_log && table < self.read(kd(KD_SNAP_POOL))
     }
 
     /// The new value of a leaf entry `e` under `op`; frees its page when the page goes.
