@@ -14,8 +14,10 @@ and their ratios; then, per tenant, where the time went: the median of each step
 and checking the file (``Tenant.load_steps``) and of making the first instance
 (``InstanceStats.create_steps``), fresh and again.  The file is in the page cache (a server
 restarting, or a second worker), as in production after the first start.  Objects of the
-previous round are freed before the next is timed (tearing down a VM is not part of starting
-one).
+previous round are freed, and each timed phase starts PAUSE s after the previous one ended:
+tearing down a VM is not part of starting one, and the kernel finishes it after the process
+(or the instance) let it go; without the pause the next VM's memory slots waited several ms
+for it on the loaded PVM host.
 
     .venv/bin/python bench/snapshot_file.py [--runs 20] [--tenants hello,python,node]
 """
@@ -46,6 +48,10 @@ vm = t.instance()
 took = time.perf_counter() - started
 print(json.dumps({"took": took, "load": t.load_steps, "create": vm.stats().create_steps}))
 """
+
+
+#: Seconds between timed phases (see the module's docstring).
+PAUSE = 0.2
 
 
 def fresh_load(path: Path) -> tuple[float, list[tuple[str, float]]]:
@@ -100,16 +106,19 @@ def main() -> None:
             Tenant.from_snapshot(path)  # this process verifies the file once
             gc.collect()
             for _ in range(ns.runs):
+                time.sleep(PAUSE)
                 started = time.perf_counter()
                 tenant = Tenant(program, **kwargs)
                 tenant.instance()
                 boots.append(time.perf_counter() - started)
                 del tenant
                 gc.collect()
+                time.sleep(PAUSE)
                 took, fresh_steps = fresh_load(path)
                 loads["fresh"].append(took)
                 for step, s in fresh_steps:
                     steps["fresh"].setdefault(step, []).append(s)
+                time.sleep(PAUSE)
                 started = time.perf_counter()
                 loaded = Tenant.from_snapshot(path)
                 vm = loaded.instance()

@@ -175,6 +175,9 @@ fn detect_platform(kvm: &Kvm) -> Result<Platform> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: MSR_PVM_SIGNATURE, ..Default::default() }])
         .expect("one MSR entry fits");
     let read = vcpu.get_msrs(&mut msrs).unwrap_or(0);
+    // Pays the process's first-memory-slot cost here, once (see raw::first_memory_slot); only
+    // a speed-up, so a failure is left for the first real slot to report.
+    let _ = raw::first_memory_slot(&vm);
     if read == 1 && msrs.as_slice()[0].data == PVM_SIGNATURE {
         return Ok(Platform::Pvm);
     }
