@@ -30,6 +30,12 @@
 //! ([`SnapshotFileError::Host`]): the guest's C library picked its code paths (AVX2...) when it
 //! booted, and its saved FPU state names the XSAVE components it used.
 //!
+//! Reading the RAM and restore view to checksum them is most of a first load (a runtime's
+//! file holds hundreds of MiB); they are read with `pread` on several threads
+//! ([`file_crc`]), and a file this process has checked whole and that has not changed since
+//! (by its identity: device, inode, size, times, header) is not read again ([`VERIFIED`]).
+//! Every load still checks the header, the state, the build, the host and the holes.
+//!
 //! The checksums detect damage (a bad disk, a truncated copy), not an attacker who can write
 //! the file: such a person could as well give the server a hostile program, which the VM
 //! contains.  A file changed while it is in use changes what new instances see in the same way.
