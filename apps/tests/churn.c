@@ -8,11 +8,18 @@
  * libm: ld.so opens and maps it) and calls into it, starts a thread that writes to a pipe,
  * creates, writes and removes a file in /tmp.  Prints "churn ok <n>" where n is a checksum of
  * what it read and computed, the same every run (the test compares it).
+ *
+ *   churn image   checks the program's own read-only pages (mapped from its file rather than
+ *                 copied, crates/vmm/src/loader.rs file_pages): its text and read-only data
+ *                 in memory equal the file's bytes, a system call reads them (write to a pipe
+ *                 from the text), and a write to the text is a SIGSEGV.  Prints "image ok".
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +42,44 @@ static void fail(const char *what)
 	exit(1);
 }
 
-int main(void)
+extern const unsigned char __executable_start[], __etext[];
+static sigjmp_buf back;
+
+static void on_segv(int sig)
+{
+	siglongjmp(back, sig);
+}
+
+static int image(void)
+{
+	/* A PIE's first segment maps offset 0 at the load address: memory[i] is file byte i. */
+	size_t len = (size_t)(__etext - __executable_start);
+	int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+	unsigned char *file = malloc(len);
+	if (fd < 0 || !file || pread(fd, file, len, 0) != (ssize_t)len)
+		fail("read the executable");
+	if (memcmp(file, __executable_start, len) != 0)
+		fail("text differs from the file");
+	int p[2];
+	char got[64];
+	if (pipe(p) != 0 || write(p[1], __executable_start, 64) != 64 || read(p[0], got, 64) != 64 ||
+	    memcmp(got, file, 64) != 0)
+		fail("a system call reading the text");
+	signal(SIGSEGV, on_segv);
+	if (sigsetjmp(back, 1) == 0) {
+		*(volatile unsigned char *)__executable_start = 0;
+		fail("the text was writable");
+	}
+	printf("image ok %zu\n", len);
+	return 0;
+}
+
+int main(int argc, char **argv)
 {
 	unsigned long sum = 0;
+
+	if (argc > 1 && strcmp(argv[1], "image") == 0)
+		return image();
 
 	/* A file read through a descriptor, then mapped. */
 	int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);

@@ -47,6 +47,10 @@
  *           A u32 per page of RAM (0: the page was zero at the snapshot, else the view page
  *           holding its snapshot contents), then those pages (vmm::restore_view)
  *
+ *   slot 4  the program's file at GPA_IMAGE (one-shot runs only, read-only): the pages of
+ *           its read-only segments that are whole pages of the file point here instead of
+ *           being copied into RAM (vmm::loader::file_pages)
+ *
  * Virtual addresses: the kernel lives in the top 2 GiB (KBASE + GPA for slot 0's kernel
  * area, KVCPU + offset for slot 1), reachable with 32-bit sign-extended absolute addressing.
  * The program's memory is one linear window VA = GPA + offset in the lower half.
@@ -174,6 +178,9 @@
 /* slot 3: the restore view, read-only, in instances (the source of in-guest resets) */
 #define GPA_SNAPSHOT 0x2000000000
 #define KSNAP 0xffffc00000000000
+
+/* slot 4: the program's file, read-only (one-shot runs), at GPA_IMAGE + file offset */
+#define GPA_IMAGE 0x3000000000
 
 /* All of RAM, kernel-only, for the guest kernel's page-table and pool work */
 #define KPHYS 0xffffa00000000000

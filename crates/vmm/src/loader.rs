@@ -17,7 +17,7 @@ use crate::guest::layout::*;
 use crate::guest::{kdata, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::kvm::Host;
 use crate::memory::user::{Area, Backing, Perm, UserMap};
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, ReadOnlyMapping};
 use crate::paging::{LeafFlags, PageTables};
 use crate::stack::{self, ProcessInfo};
 use crate::syscalls::mem::MemoryState;
@@ -73,6 +73,9 @@ pub struct LoadConfig<'a> {
     /// Allow executable mappings: needed by programs that map code (ld.so mapping
     /// libraries, JITs); never for others (W^X).
     pub exec_arena: bool,
+    /// The program's file, mapped read-only: its [`file_pages`] are mapped from slot 4
+    /// instead of being copied into RAM (one-shot runs; `None` copies everything).
+    pub file: Option<&'a ReadOnlyMapping>,
 }
 
 /// A loaded program, ready for its vCPU.
@@ -88,6 +91,8 @@ pub struct Loaded {
     pub rsp: u64,
     /// Initial brk / mmap bookkeeping.
     pub mem_state: MemoryState,
+    /// How many pages of the image are pages of the file (slot 4) rather than of RAM.
+    pub file_pages: u64,
 }
 
 /// Layout of the program's window of RAM.
@@ -157,6 +162,35 @@ fn image_areas(image: &ElfImage) -> Vec<Area> {
         }
     }
     areas
+}
+
+/// The pages of `image` that can be the file's own pages (slot 4) rather than copies: every
+/// segment touching the page is read-only, takes its bytes at the same file offset as the
+/// others (its `file_offset - vaddr`), and has file bytes for the whole page (no bss in it),
+/// and the page lies inside the file's first `file_len` bytes.  Such a page reads exactly as
+/// Linux's `mmap` of the segment shows it (bytes around a segment that does not start or end
+/// on a page boundary are the file's, as on Linux).  Virtual page → its offset in the file.
+///
+/// Why: a runtime's executable is large and read-only (Deno's ~96 MiB, Node's ~100 MiB):
+/// copying it into RAM cost a host page fault and a page copy per 4 KiB at every boot, while
+/// the host's page cache already holds it.
+pub fn file_pages(image: &ElfImage, file_len: u64) -> std::collections::BTreeMap<u64, u64> {
+    // None: some segment touching the page rules it out.
+    let mut pages: std::collections::BTreeMap<u64, Option<u64>> = std::collections::BTreeMap::new();
+    for s in &image.segments {
+        let delta = s.file_offset.wrapping_sub(s.vaddr);
+        let file_end = s.vaddr + s.file_len;
+        let mut page = s.vaddr / PAGE_SIZE * PAGE_SIZE;
+        while page < s.vaddr + s.mem_len {
+            let offset = page.wrapping_add(delta);
+            let whole = s.file_len == s.mem_len || page + PAGE_SIZE <= file_end;
+            let inside = offset % PAGE_SIZE == 0 && offset.checked_add(PAGE_SIZE).is_some_and(|e| e <= file_len);
+            let this = (!s.write && whole && inside).then_some(offset);
+            pages.entry(page).and_modify(|v| *v = v.filter(|&o| this == Some(o))).or_insert(this);
+            page += PAGE_SIZE;
+        }
+    }
+    pages.into_iter().filter_map(|(page, offset)| offset.map(|o| (page, o))).collect()
 }
 
 fn write_gdt_idt_tss(ram: &mut GuestMemory, pvm: bool) -> Result<()> {
@@ -241,6 +275,25 @@ fn ranges(map: &UserMap, keep: impl Fn(&Area) -> bool) -> Vec<(u64, u64)> {
     v
 }
 
+/// Splits `[start, end)` into runs of pages that are all RAM (`None`) or consecutive pages of
+/// the file (`Some(offset of the run's first page)`), after `from_file` ([`file_pages`]).
+fn runs(start: u64, end: u64, from_file: &std::collections::BTreeMap<u64, u64>) -> Vec<(u64, u64, Option<u64>)> {
+    if from_file.range(start..end).next().is_none() {
+        return vec![(start, end, None)];
+    }
+    let mut out: Vec<(u64, u64, Option<u64>)> = Vec::new();
+    let mut page = start;
+    while page < end {
+        let here = from_file.get(&page).copied();
+        match out.last_mut() {
+            Some((s, e, prev)) if *e == page && prev.map(|o| o + (page - *s)) == here => *e += PAGE_SIZE,
+            _ => out.push((page, page + PAGE_SIZE, here)),
+        }
+        page += PAGE_SIZE;
+    }
+    out
+}
+
 /// Builds RAM for `image` (whose bytes are `file`).
 pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) -> Result<Loaded> {
     if cfg.memory % LARGE_PAGE_SIZE != 0 || cfg.memory < 4 * LARGE_PAGE_SIZE || cfg.memory > MAX_MEMORY {
@@ -281,21 +334,30 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         });
     }
 
+    // The program's read-only pages that are the file's own (slot 4), if it is mapped.
+    let from_file = match cfg.file {
+        Some(f) => file_pages(image, f.len() as u64),
+        None => std::collections::BTreeMap::new(),
+    };
+
     // Page tables: the user half from the map, then the kernel half.
     {
         let kernel_area = kernel_area(cfg.memory);
         let mut pt = PageTables::new(&mut ram, GPA_PT_POOL, kernel_area, pvm);
         let paging = |e: crate::paging::PagingError| Error::DoesNotFit(format!("page tables: {e}"));
         for a in map.areas() {
-            let gpa = match a.backing {
-                Backing::Ram => map.ram_gpa(a.start),
-                other => {
-                    UserMap::backing_gpa(other)
-                        + (a.start - if other == Backing::Shared { SHARED_VA } else { REQUEST_VA })
-                }
-            };
             let track = a.perm.write && a.backing == Backing::Ram;
             let flags = LeafFlags { write: a.perm.write, exec: a.perm.exec, user: true, track };
+            if a.backing == Backing::Ram {
+                // Runs of pages that are all RAM, or all consecutive pages of the file.
+                for (start, end, file_offset) in runs(a.start, a.end, &from_file) {
+                    let gpa = file_offset.map_or(map.ram_gpa(start), |o| GPA_IMAGE + o);
+                    pt.map(GPA_KPML4, start, gpa, end - start, flags).map_err(paging)?;
+                }
+                continue;
+            }
+            let base = if a.backing == Backing::Shared { SHARED_VA } else { REQUEST_VA };
+            let gpa = UserMap::backing_gpa(a.backing) + (a.start - base);
             pt.map(GPA_KPML4, a.start, gpa, a.end - a.start, flags).map_err(paging)?;
         }
         // The thread-switch trampoline (see crate::machine::sched): user r-x, outside the UserMap.
@@ -325,11 +387,18 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         }
     }
 
-    // Image and stack.
+    // Image (what is not mapped from the file) and stack.
     for (img, bytes) in &images {
         for s in &img.segments {
-            let part = &bytes[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
-            ram.write(map.ram_gpa(s.vaddr), part).map_err(oob)?;
+            let mut va = s.vaddr;
+            while va < s.vaddr + s.file_len {
+                let piece_end = (va / PAGE_SIZE * PAGE_SIZE + PAGE_SIZE).min(s.vaddr + s.file_len);
+                if !from_file.contains_key(&(va / PAGE_SIZE * PAGE_SIZE)) || !std::ptr::eq(*img, image) {
+                    let at = (s.file_offset + (va - s.vaddr)) as usize;
+                    ram.write(map.ram_gpa(va), &bytes[at..at + (piece_end - va) as usize]).map_err(oob)?;
+                }
+                va = piece_end;
+            }
         }
     }
     let info = ProcessInfo {
@@ -400,5 +469,82 @@ pub fn load(host: &Host, image: &ElfImage, file: &[u8], cfg: &LoadConfig<'_>) ->
         entry,
         rsp: st.rsp,
         mem_state: MemoryState::new(win.arena, win.guard, fixed, cfg.exec_arena),
+        file_pages: from_file.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::{ElfKind, Segment};
+
+    fn seg(vaddr: u64, file_offset: u64, file_len: u64, mem_len: u64, write: bool) -> Segment {
+        Segment { vaddr, mem_len, file_offset, file_len, read: true, write, exec: !write }
+    }
+
+    fn image(segments: Vec<Segment>) -> ElfImage {
+        ElfImage {
+            kind: ElfKind::Executable,
+            bias: 0,
+            entry: 0x40_0000,
+            segments,
+            phdr_vaddr: 0,
+            phnum: 0,
+            phentsize: 56,
+            interpreter: None,
+            start: 0x40_0000,
+            end: 0x50_0000,
+        }
+    }
+
+    #[test]
+    fn file_pages_are_whole_read_only_pages_of_the_file_and_nothing_else() {
+        let img = image(vec![
+            // text: 3 pages from offset 0, ending mid-page
+            seg(0x40_0000, 0, 0x2800, 0x2800, false),
+            // rodata: starts on text's last page, same offset - vaddr: that page too is the file's
+            seg(0x40_2800, 0x2800, 0x1800, 0x1800, false),
+            // data: writable, starts mid-page after rodata at another file offset; shares its
+            // first page with nothing read-only, then bss
+            seg(0x40_5100, 0x4100, 0x100, 0x3000, true),
+            // a read-only segment with bss in its second page, and a page past the file
+            seg(0x41_0000, 0x5000, 0x1800, 0x2000, false),
+            seg(0x42_0000, 0x7000, 0x2000, 0x2000, false),
+        ]);
+        let got = file_pages(&img, 0x8000);
+        let want: Vec<(u64, u64)> = vec![
+            (0x40_0000, 0),
+            (0x40_1000, 0x1000),
+            (0x40_2000, 0x2000),
+            (0x40_3000, 0x3000),
+            (0x41_0000, 0x5000),
+            (0x42_0000, 0x7000),
+        ];
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn a_page_two_segments_map_from_different_offsets_is_copied() {
+        let img = image(vec![seg(0x40_0000, 0, 0x800, 0x800, false), seg(0x40_0800, 0x1800, 0x800, 0x800, false)]);
+        assert!(file_pages(&img, 0x4000).is_empty());
+        let shared_with_data =
+            image(vec![seg(0x40_0000, 0, 0x800, 0x800, false), seg(0x40_0800, 0x800, 0x800, 0x800, true)]);
+        assert!(file_pages(&shared_with_data, 0x4000).is_empty(), "a page with writable bytes is RAM");
+    }
+
+    #[test]
+    fn runs_split_ram_from_consecutive_file_pages() {
+        let from_file: std::collections::BTreeMap<u64, u64> =
+            [(0x1000, 0x0), (0x2000, 0x1000), (0x3000, 0x5000)].into_iter().collect();
+        assert_eq!(
+            runs(0x0, 0x5000, &from_file),
+            vec![
+                (0x0, 0x1000, None),
+                (0x1000, 0x3000, Some(0)),
+                (0x3000, 0x4000, Some(0x5000)),
+                (0x4000, 0x5000, None)
+            ]
+        );
+        assert_eq!(runs(0x8000, 0x9000, &from_file), vec![(0x8000, 0x9000, None)]);
+    }
 }

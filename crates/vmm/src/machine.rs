@@ -659,8 +659,9 @@ impl Machine {
 /// area (the page-table change log), shared memory.  A function of the parts, not a method, so
 /// that a system call can hold it beside `&mut` the process state.
 fn user_memory<'a>(vm: &'a mut Vm, map: &'a UserMap, keep_log: bool) -> UserMemory<'a> {
-    let Vm { ram, vcpu_area, shared, .. } = vm;
-    UserMemory { map, ram, vcpu_area, shared: shared.as_ref().map(|s| &s.map), keep_log, exhausted: false }
+    let Vm { ram, vcpu_area, shared, image, .. } = vm;
+    let (shared, file) = (shared.as_ref().map(|s| &s.map), image.as_deref());
+    UserMemory { map, ram, vcpu_area, shared, file, keep_log, exhausted: false }
 }
 
 #[cfg(test)]

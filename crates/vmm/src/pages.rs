@@ -529,6 +529,11 @@ pub enum Lookup {
         /// Writable.
         write: bool,
     },
+    /// A page of the program's file (slot 4, read-only): the byte's offset in the file.
+    File {
+        /// Offset of the byte in the file.
+        offset: u64,
+    },
     /// Lazy memory without a page yet: reads as zeros.
     Lazy {
         /// Writable once it has a page.
@@ -556,7 +561,13 @@ pub fn lookup(ram: &GuestMemory, va: u64) -> Lookup {
         }
         if shift == 12 || (shift == 21 && e & Pte::LARGE != 0) {
             let gpa = (e & Pte::ADDRESS_MASK) + (va & ((1u64 << shift) - 1));
-            if e & Pte::USER == 0 || gpa >= ram.size() {
+            if e & Pte::USER == 0 {
+                return Lookup::Nothing;
+            }
+            if gpa >= GPA_IMAGE && e & Pte::WRITABLE == 0 {
+                return Lookup::File { offset: gpa - GPA_IMAGE };
+            }
+            if gpa >= ram.size() {
                 return Lookup::Nothing;
             }
             return Lookup::Frame { gpa, write: e & Pte::WRITABLE != 0 };

@@ -20,7 +20,7 @@ use crate::kvm;
 use crate::linux::{FsConfig, View};
 use crate::loader::{self, LoadConfig};
 use crate::machine::{Machine, RunEnd};
-use crate::memory::Mapping;
+use crate::memory::{Mapping, Memfd, ReadOnlyMapping};
 use crate::syscalls::api::ApiLimits;
 use crate::syscalls::fs::Io;
 use crate::syscalls::process::Identity;
@@ -35,6 +35,9 @@ pub struct Program {
     bytes: Arc<[u8]>,
     interpreter: Option<Arc<Interpreter>>,
     path: Option<PathBuf>,
+    /// The file mapped read-only (programs read from a file): one-shot runs map its read-only
+    /// pages into the guest from here rather than copying them ([`loader::file_pages`]).
+    file: Option<Arc<ReadOnlyMapping>>,
 }
 
 /// The dynamic linker of a dynamically linked program, read from the host when the program
@@ -64,13 +67,23 @@ impl Program {
                 Some(Arc::new(Interpreter { path: path.clone(), image: interp, bytes: file }))
             }
         };
-        Ok(Program { image, bytes, interpreter, path: None })
+        Ok(Program { image, bytes, interpreter, path: None, file: None })
     }
 
     /// Reads and validates an executable file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Program> {
+        let file =
+            std::fs::File::open(path.as_ref()).map_err(|source| Error::Os { op: "opening the program", source })?;
         let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Os { op: "reading the program", source })?;
+        let whole_pages = (bytes.len() as u64) / PAGE_SIZE * PAGE_SIZE;
         let mut p = Program::from_bytes(bytes)?;
+        // The pages the guest may see directly are the whole pages of the file as it was read
+        // (a file that changed size in between is copied, as a file that has no whole page).
+        let same_size = file.metadata().is_ok_and(|m| m.len() / PAGE_SIZE * PAGE_SIZE == whole_pages);
+        if whole_pages > 0 && same_size {
+            let range = Memfd::from_file_range(file.into(), 0, whole_pages)?;
+            p.file = Some(Arc::new(ReadOnlyMapping::of(&range, whole_pages as usize)?));
+        }
         // /proc/self/exe names the real file, as on Linux.
         p.path = std::fs::canonicalize(path.as_ref()).or_else(|_| std::path::absolute(path.as_ref())).ok();
         Ok(p)
@@ -121,6 +134,11 @@ impl Program {
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The file, mapped read-only (a program read from a file).
+    pub(crate) fn file(&self) -> Option<&Arc<ReadOnlyMapping>> {
+        self.file.as_ref()
     }
 }
 
@@ -309,6 +327,10 @@ pub(crate) struct BootSpec<'a> {
     pub limits: Option<ApiLimits>,
     /// What the program sees of the host's files, and the size of its /tmp.
     pub fs: &'a FsConfig,
+    /// Map the read-only pages of the program's file into the guest instead of copying them
+    /// (slot 4).  One-shot runs only: a snapshot holds its RAM only, and an instance has no
+    /// slot 4.
+    pub file_pages: bool,
 }
 
 /// Loads `program` into a fresh VM and leaves the vCPU at the program's entry point: the one
@@ -333,10 +355,13 @@ pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
         random,
         interpreter: program.interpreter_parts(),
         exec_arena: program.interpreter().is_some(),
+        file: if spec.file_pages { program.file().map(|f| &**f) } else { None },
     };
     let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
+    let file = if loaded.file_pages > 0 { program.file().cloned() } else { None };
     let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(spec.request_area, memory).size as usize)?;
-    let vm = Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, false, &mut crate::steps::StepClock::start())?;
+    let vm =
+        Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, file, false, &mut crate::steps::StepClock::start())?;
     let proc = new_process(loaded.mem_state, exe, stack, memory, view);
     let mut machine = Machine::new(vm, loaded.map, proc, spec.io, spec.limits);
     machine.start_kernel()?;
@@ -363,6 +388,7 @@ pub fn run(program: &Program, cfg: RunConfig) -> Result<RunOutcome> {
         io: Io { stdin: cfg.stdin, stdout: cfg.stdout, stderr: cfg.stderr },
         limits: None,
         fs: &cfg.fs,
+        file_pages: true,
     };
     let mut machine = boot(program, spec)?;
     let end = machine.run(deadline)?;
@@ -425,6 +451,7 @@ mod tests {
             io: captured_io(1 << 16),
             limits: None,
             fs: &fs,
+            file_pages: true,
         };
         boot(&program, spec).unwrap()
     }

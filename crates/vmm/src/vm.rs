@@ -5,7 +5,10 @@
 //!   that gets reset,
 //! - slot 1: the vCPU area at `GPA_VCPU` (kernel stacks, PVM's VIF page, clock anchor,
 //!   request area): per VM, never part of a snapshot,
-//! - slot 2: tenant shared memory at `GPA_SHARED`, if any.
+//! - slot 2: tenant shared memory at `GPA_SHARED`, if any,
+//! - slot 3: an instance's restore view at `GPA_SNAPSHOT` (read-only),
+//! - slot 4: a one-shot run's program file at `GPA_IMAGE` (read-only; see
+//!   [`crate::loader::file_pages`]).
 //!
 //! The vCPU starts in 64-bit supervisor mode at `kernel_start` with paging on; the system
 //! registers are the same on both platforms (PVM accepts the textbook long-mode values as long
@@ -33,6 +36,8 @@ pub mod slot {
     pub const SHARED: u32 = 2;
     /// The tenant's restore view, read-only (instances: the source of in-guest resets).
     pub const SNAPSHOT: u32 = 3;
+    /// The program's file (one-shot runs), read-only.
+    pub const IMAGE: u32 = 4;
 }
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -133,6 +138,8 @@ pub struct Vm {
     pub shared: Option<Arc<SharedRegion>>,
     /// The restore view (slot 3, see [`crate::restore_view`]), kept alive as long as the VM.
     _restore_view: Option<Arc<ReadOnlyMapping>>,
+    /// The program's file (slot 4), whose pages the image's read-only pages are.
+    pub image: Option<Arc<ReadOnlyMapping>>,
     host: &'static Host,
     dirty_log: bool,
 }
@@ -181,6 +188,7 @@ impl Vm {
         vcpu_area: Mapping,
         shared: Option<Arc<SharedRegion>>,
         restore_view: Option<Arc<ReadOnlyMapping>>,
+        image: Option<Arc<ReadOnlyMapping>>,
         dirty_log: bool,
         clock: &mut StepClock,
     ) -> Result<Vm> {
@@ -205,6 +213,9 @@ impl Vm {
             restore_view.as_ref().map(|m| {
                 region(slot::SNAPSHOT, GPA_SNAPSHOT, (m.host_address(), m.len()), kvm_bindings::KVM_MEM_READONLY)
             }),
+            image
+                .as_ref()
+                .map(|m| region(slot::IMAGE, GPA_IMAGE, (m.host_address(), m.len()), kvm_bindings::KVM_MEM_READONLY)),
         ];
         for r in regions.into_iter().flatten() {
             // SAFETY: each region describes a live host mapping owned by the returned `Vm`
@@ -219,7 +230,7 @@ impl Vm {
         Self::set_system_registers(host, &vcpu)?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
         clock.step("VM: CPUID, system registers");
-        Ok(Vm { vcpu, vm, ram, vcpu_area, shared, _restore_view: restore_view, host, dirty_log })
+        Ok(Vm { vcpu, vm, ram, vcpu_area, shared, _restore_view: restore_view, image, host, dirty_log })
     }
 
     fn set_system_registers(host: &Host, vcpu: &VcpuFd) -> Result<()> {

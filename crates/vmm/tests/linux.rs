@@ -66,6 +66,28 @@ fn dynamic_c_hello_runs_with_its_interpreter() {
     assert!(out.syscalls.unsupported.is_empty(), "{:?}", out.syscalls.unsupported);
 }
 
+/// A one-shot run maps the program's read-only pages from its file (slot 4) instead of
+/// copying them: they read as the file, system calls read them, and they stay read-only.
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_programs_read_only_pages_are_its_file_and_stay_read_only() {
+    require_kvm();
+    if !has_ld_so() {
+        return;
+    }
+    let out = run_with(&apps_dir().join("churn.dyn"), &["image"], |_| {});
+    assert!(ok(&out).starts_with("image ok "), "{}", String::from_utf8_lossy(&out.stdout));
+    // The same program from bytes (no file to map) sees the same.
+    let path = std::fs::canonicalize(apps_dir().join("churn.dyn")).unwrap();
+    let program = vmm::Program::from_bytes(std::fs::read(&path).unwrap()).unwrap();
+    let mut cfg = RunConfig::new(args(&["churn", "image"]));
+    cfg.memory = 64 << 20;
+    cfg.fs.allow_read.push(path.clone());
+    cfg.exe_path = Some(path.to_str().unwrap().as_bytes().to_vec());
+    let copied = vmm::run(&program, cfg).unwrap();
+    assert_eq!(ok(&copied), ok(&out));
+}
+
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn dynamic_rust_hello_runs() {

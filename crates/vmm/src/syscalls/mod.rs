@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::memory::user::{Backing, UserMap};
-use crate::memory::{GuestMemory, Mapping};
+use crate::memory::{GuestMemory, Mapping, ReadOnlyMapping};
 use crate::pages;
 
 pub use fs::{Input, Output};
@@ -68,6 +68,8 @@ pub struct UserMemory<'a> {
     pub vcpu_area: &'a Mapping,
     /// Tenant shared memory.
     pub shared: Option<&'a Mapping>,
+    /// The program's file, whose pages some of its image's are (slot 4, one-shot runs).
+    pub file: Option<&'a ReadOnlyMapping>,
     /// Page-table changes must be logged for a reset (an instance).
     pub keep_log: bool,
     /// Set when memory the program may use could not be given a page (the memory cap).
@@ -119,6 +121,7 @@ impl UserMemory<'_> {
         for (at, _, _) in Self::pieces(va, len.min(1 << 40) as usize) {
             match pages::lookup(self.ram, at) {
                 pages::Lookup::Frame { write: w, .. } | pages::Lookup::Lazy { write: w } if w || !write => {}
+                pages::Lookup::File { .. } if !write => {}
                 _ => return Err(Errno::EFAULT),
             }
         }
@@ -139,6 +142,10 @@ impl UserMemory<'_> {
             match pages::lookup(self.ram, at) {
                 pages::Lookup::Frame { gpa, .. } => {
                     self.ram.read(gpa, &mut buf[from..from + n]).map_err(|_| Errno::EFAULT)?;
+                }
+                pages::Lookup::File { offset } => {
+                    let file = self.file.ok_or(Errno::EFAULT)?;
+                    file.read(offset, &mut buf[from..from + n]).ok_or(Errno::EFAULT)?;
                 }
                 pages::Lookup::Lazy { .. } => buf[from..from + n].fill(0),
                 pages::Lookup::Nothing => return Err(Errno::EFAULT),

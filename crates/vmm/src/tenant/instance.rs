@@ -178,7 +178,7 @@ impl Instance {
             Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area(), snapshot.ram().size()).size as usize)?;
         let shared = snapshot.shared().cloned();
         clock.step("RAM and vCPU area: map");
-        let vm = Vm::new(host, ram, vcpu_area, shared, Some(snapshot.restore_view().clone()), true, &mut clock)?;
+        let vm = Vm::new(host, ram, vcpu_area, shared, Some(snapshot.restore_view().clone()), None, true, &mut clock)?;
         let cfg = snapshot.config();
         let io = captured_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map().clone(), snapshot.proc().clone(), io, Some(cfg.limits));

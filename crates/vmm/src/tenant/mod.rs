@@ -104,6 +104,7 @@ impl Tenant {
             io: captured_io(cfg.output_limit),
             limits: Some(cfg.limits),
             fs: &cfg.fs,
+            file_pages: false,
         };
         let mut m = boot(program, spec)?;
         let fail = |m: &Machine, end: RunEnd| BootError::Guest {
