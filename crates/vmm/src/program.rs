@@ -358,10 +358,10 @@ pub(crate) fn boot(program: &Program, spec: BootSpec<'_>) -> Result<Machine> {
         file: if spec.file_pages { program.file().map(|f| &**f) } else { None },
     };
     let loaded = loader::load(host, program.image(), program.bytes(), &load_cfg)?;
-    let file = if loaded.file_pages > 0 { program.file().cloned() } else { None };
+    let image = if loaded.file_pages > 0 { program.file().cloned() } else { None };
+    let slots = vm::OptionalSlots { shared: spec.shared, restore_view: None, image };
     let vcpu_area = Mapping::anonymous(vm::VcpuAreaLayout::new(spec.request_area, memory).size as usize)?;
-    let vm =
-        Vm::new(host, loaded.ram, vcpu_area, spec.shared, None, file, false, &mut crate::steps::StepClock::start())?;
+    let vm = Vm::new(host, loaded.ram, vcpu_area, slots, false, &mut crate::steps::StepClock::start())?;
     let proc = new_process(loaded.mem_state, exe, stack, memory, view);
     let mut machine = Machine::new(vm, loaded.map, proc, spec.io, spec.limits);
     machine.start_kernel()?;

@@ -178,6 +178,17 @@ fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
     }
 }
 
+/// The memory slots a VM may have besides its RAM and its vCPU area.
+#[derive(Debug, Default)]
+pub struct OptionalSlots {
+    /// Tenant shared memory (slot 2).
+    pub shared: Option<Arc<SharedRegion>>,
+    /// An instance's restore view (slot 3, read-only).
+    pub restore_view: Option<Arc<ReadOnlyMapping>>,
+    /// A one-shot run's program file (slot 4, read-only).
+    pub image: Option<Arc<ReadOnlyMapping>>,
+}
+
 impl Vm {
     /// Creates the VM with its memory slots and vCPU, in the state `kernel_start` expects.
     /// With `dirty_log`, slot 0 is logged in manual-protect mode (all pages start clean).
@@ -186,12 +197,11 @@ impl Vm {
         host: &'static Host,
         ram: GuestMemory,
         vcpu_area: Mapping,
-        shared: Option<Arc<SharedRegion>>,
-        restore_view: Option<Arc<ReadOnlyMapping>>,
-        image: Option<Arc<ReadOnlyMapping>>,
+        slots: OptionalSlots,
         dirty_log: bool,
         clock: &mut StepClock,
     ) -> Result<Vm> {
+        let OptionalSlots { shared, restore_view, image } = slots;
         let vm = host.kvm().create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
         clock.step("VM: KVM_CREATE_VM");
         if dirty_log {

@@ -176,9 +176,13 @@ impl Instance {
         let kernel_pages = crate::loader::kernel_area(ram.size()) / crate::guest::PAGE_SIZE;
         let vcpu_area =
             Mapping::anonymous(vm::VcpuAreaLayout::new(snapshot.request_area(), snapshot.ram().size()).size as usize)?;
-        let shared = snapshot.shared().cloned();
+        let slots = vm::OptionalSlots {
+            shared: snapshot.shared().cloned(),
+            restore_view: Some(snapshot.restore_view().clone()),
+            image: None,
+        };
         clock.step("RAM and vCPU area: map");
-        let vm = Vm::new(host, ram, vcpu_area, shared, Some(snapshot.restore_view().clone()), None, true, &mut clock)?;
+        let vm = Vm::new(host, ram, vcpu_area, slots, true, &mut clock)?;
         let cfg = snapshot.config();
         let io = captured_io(cfg.output_limit);
         let mut machine = Machine::new(vm, snapshot.map().clone(), snapshot.proc().clone(), io, Some(cfg.limits));
