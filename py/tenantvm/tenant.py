@@ -173,6 +173,8 @@ class InstanceStats:
         batches: Batches run by :meth:`TenantVM.call_batch`.
         guest_resets: Resets done inside the VM between batched requests.
         guest_pages_restored: Pages those copied back.
+        guest_pages_reprotected: Pages whose Dirty bit those cleared, so that the next write
+            to each is seen (a trapped page-table write and a write fault under PVM).
         starvation_grants: Time limits moved because a light request's thread had waited for
             a CPU (the host was busy), see ``docs/platform.md``.
     """
@@ -194,6 +196,7 @@ class InstanceStats:
     batches: int
     guest_resets: int
     guest_pages_restored: int
+    guest_pages_reprotected: int
     starvation_grants: int
 
 

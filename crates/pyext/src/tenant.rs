@@ -388,6 +388,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         batches,
         guest_resets,
         guest_pages_restored,
+        guest_pages_reprotected,
         starvation_grants,
     } = s;
     let d = PyDict::new(py);
@@ -414,6 +415,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
     d.set_item("batches", batches)?;
     d.set_item("guest_resets", guest_resets)?;
     d.set_item("guest_pages_restored", guest_pages_restored)?;
+    d.set_item("guest_pages_reprotected", guest_pages_reprotected)?;
     d.set_item("starvation_grants", starvation_grants)?;
     Ok(d)
 }

@@ -164,6 +164,7 @@
 #define VB_MAX_HEADER_BYTES 0x50
 #define VB_MAX_BODY 0x58
 #define VB_RESETS 0x60
+#define VB_REPROTECTED 0x68
 #define VB_REQS 0x100
 #define VB_RESP 0x200
 #define VB_RESP_RECORD 0x30

@@ -116,6 +116,9 @@ pub struct InstanceStats {
     pub guest_resets: u64,
     /// Pages those restored.
     pub guest_pages_restored: u64,
+    /// Pages whose Dirty bit those cleared (re-protected: the next write to each is a trapped
+    /// page-table write, an `invlpg` and a write fault under PVM; hot pages are not).
+    pub guest_pages_reprotected: u64,
     /// Deadlines moved because a light request's thread had waited for a CPU (see
     /// `Machine::run_until`).
     pub starvation_grants: u64,
@@ -228,6 +231,7 @@ impl Instance {
         let block = BatchBlock::new(&self.machine.vm.vcpu_area);
         s.guest_resets = block.get(VB_RESETS);
         s.guest_pages_restored = block.get(VB_RESTORED);
+        s.guest_pages_reprotected = block.get(VB_REPROTECTED);
         s
     }
 
