@@ -2,6 +2,9 @@
  * signal_tenant — signal handlers in a tenant's snapshot and reset with it
  * (crates/vmm/tests/signals.rs).  A SIGFPE handler is installed during init; each request:
  *   /div      divides by zero: "div recovered" (the init handler is in the snapshot)
+ *   /div-keep the same, but the handler jumps back without restoring the signal mask (a
+ *             sigsetjmp that saved none): the request makes no system call at all, and
+ *             SIGFPE stays blocked as the handler's mask left it: "div recovered, mask kept"
  *   /install  installs a SIGSEGV handler: "installed"
  *   /fault    writes through a null pointer: "fault recovered" if a SIGSEGV handler is
  *             installed, else the request fails with a typed fault
@@ -46,6 +49,16 @@ int main(void)
 	for (;;) {
 		struct tvm_request req;
 		wait_for_request(&req);
+		if (is(&req, "/div-keep")) {
+			/* Before the sigsetjmp below, which saves the mask with a system call. */
+			if (sigsetjmp(jump, 0) != 0) {
+				respond_text(200, "text/plain", "div recovered, mask kept");
+				continue;
+			}
+			__asm__ volatile("xor %%ecx, %%ecx\n mov $7, %%eax\n cltd\n idivl %%ecx\n" ::: "rax", "rcx", "rdx", "cc");
+			respond_text(200, "text/plain", "div not raised");
+			continue;
+		}
 		if (sigsetjmp(jump, 1) != 0) {
 			respond_text(200, "text/plain", is(&req, "/div") ? "div recovered" : "fault recovered");
 			continue;

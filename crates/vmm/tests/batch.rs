@@ -22,6 +22,21 @@ fn batch_bodies(inst: &mut Instance, reqs: &[Request]) -> Vec<String> {
     inst.call_batch(reqs).iter().map(|r| text(r.as_ref().expect("call failed"))).collect()
 }
 
+/// Runs `f` on a thread of its own and returns its result, failing if `f` has not returned
+/// within two minutes: a batch that never ends fails the test instead of hanging it (the
+/// tests that use this take a second or two, under the emulated CPU well under a minute).
+fn or_hung<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what} never ended"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked (above)"),
+    }
+}
+
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_batch_of_hello_requests_costs_one_exit() {
@@ -116,6 +131,26 @@ fn failures_in_a_batch_are_per_request() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_request_that_spins_first_in_a_batch_is_stopped_at_its_limit() {
+    // The host starts the first request of a batch (and the first after a request it
+    // finished), the guest kernel the others; a spinning request of either kind must stop at
+    // its limit.  Counting a request's time from a look that saw a *different* request
+    // running (mutation 224:36 of run N) still stopped the guest-started ones, but never the
+    // first: the batch spun forever.
+    require_kvm();
+    let results = or_hung("a batch whose first request spins", || {
+        let t = tenant("misbehave", |c| c.timeout = Duration::from_millis(300));
+        let mut inst = t.instance().unwrap();
+        let results = inst.call_batch(&[req("/spin"), req("/count"), req("/spin"), req("/count")]);
+        results.into_iter().map(|r| r.map(|r| text(&r)).map_err(|e| e.kind)).collect::<Vec<_>>()
+    });
+    assert!(matches!(results[0], Err(Failure::Timeout { .. })), "{results:?}");
+    assert!(matches!(results[2], Err(Failure::Timeout { .. })), "{results:?}");
+    assert_eq!((results[1].as_deref(), results[3].as_deref()), (Ok("1"), Ok("1")), "{results:?}");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn every_batched_request_gets_its_own_time_limit() {
     require_kvm();
     let t = tenant("misbehave", |c| c.timeout = Duration::from_millis(250));
@@ -145,6 +180,11 @@ fn requests_that_call_the_host_still_come_out_right() {
     let reqs =
         [req("/count"), req("/sleep?ms=1"), req("/count"), req("/sleep?ms=2"), req("/sleep?ms=1"), req("/count")];
     assert_eq!(batch_bodies(&mut inst, &reqs), ["1", "ok", "1", "ok", "ok", "1"]);
+    // One batch throughout: after each request the host finished, the batch goes on at the
+    // next one (no new batch, no request counted twice or not at all); the three that slept
+    // were reset by the host, the others by the guest kernel.
+    let s = inst.stats();
+    assert_eq!((s.batches, s.calls, s.errors, s.resets, s.guest_resets), (1, 6, 0, 3, 3), "{s:?}");
     // A request too large for the area fails alone; the rest are served.
     let big = Request { body: vec![b'x'; 2 << 20], ..req("/count") };
     let results = inst.call_batch(&[req("/count"), big, req("/count")]);
@@ -283,6 +323,33 @@ fn a_budget_left_over_cuts_nothing_and_a_spent_one_still_serves() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_spent_budget_ends_a_batch_after_the_request_that_runs() {
+    // Counted, not timed: with a budget already spent, the host's look at the batch as it
+    // starts (and every 200 us after) finds request 0 running and ends the batch after it:
+    // request 0 is answered and reset by the guest kernel, the other two do not run.  (A
+    // generous limit per request: not a test of limits.)
+    require_kvm();
+    let (before, done, after) = or_hung("a batch with a spent budget", || {
+        let t = tenant("misbehave", |c| c.timeout = Duration::from_secs(20));
+        let mut inst = t.instance().unwrap();
+        let before = inst.stats();
+        let done = inst.call_batch_within(&vec![req("/busy?ms=50"); 3], Some(Duration::ZERO));
+        (before, done, inst.stats())
+    });
+    assert_eq!(done.len(), 1, "a spent budget let {} of 3 requests run: {done:?}", done.len());
+    let first = done[0].as_ref().expect("the request that ran failed");
+    assert_eq!(text(first), "ok");
+    let counts = |s: &vmm::InstanceStats| (s.calls, s.errors, s.batches, s.guest_resets, s.resets);
+    let (c0, e0, b0, g0, r0) = counts(&before);
+    assert_eq!(counts(&after), (c0 + 1, e0, b0 + 1, g0 + 1, r0), "{after:?}");
+    // The batch's exits (at least the look and the batch's end) are the last request's.
+    let exits = after.exits - before.exits;
+    assert!(exits >= 2, "{exits} exits");
+    assert_eq!((first.exits, after.last_call_exits), (exits, exits));
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_budget_stops_a_batch_between_requests() {
     require_kvm();
     let t = tenant("misbehave", |c| c.timeout = Duration::from_millis(500));
@@ -295,6 +362,64 @@ fn a_budget_stops_a_batch_between_requests() {
     // An expired budget still serves one request, and the instance goes on normally.
     assert_eq!(inst.call_batch_within(&reqs, Some(Duration::ZERO)).len(), 1);
     assert_eq!(batch_bodies(&mut inst, &vec![req("/count"); 5]), vec!["1"; 5]);
+}
+
+/// Makes ioctl `request` fail with EPERM on this thread from now on (a seccomp filter, which
+/// stays with the thread): a host failure on demand, where KVM itself would not fail.
+fn fail_ioctl_on_this_thread(request: u64) {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let on = SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, request).unwrap();
+    let rules = [(libc::SYS_ioctl, vec![SeccompRule::new(vec![on]).unwrap()])].into_iter().collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        seccompiler::TargetArch::x86_64,
+    )
+    .unwrap();
+    seccompiler::apply_filter(&seccompiler::BpfProgram::try_from(filter).unwrap()).unwrap();
+}
+
+/// A KVM ioctl's number: `_IOC(dir, KVMIO, nr, sizeof(T))` (dir 1: write, 2: read).
+fn kvm_ioctl<T>(dir: u64, nr: u64) -> u64 {
+    dir << 30 | (std::mem::size_of::<T>() as u64) << 16 | 0xae << 8 | nr
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_host_failure_in_a_batch_fails_the_rest_of_it_and_poisons_the_instance() {
+    // Request 1 of five is finished by the host, which then fails: either its reset (reading
+    // the dirty log) or the restart of the guest kernel before request 2 (after a fault, it
+    // first asks KVM for events still to be delivered).  Requests 0 and 1 keep their results;
+    // the three after fail as host errors, each counted once, and the instance serves
+    // nothing more.
+    require_kvm();
+    let cases = [
+        ("/sleep?ms=1", kvm_ioctl::<kvm_bindings::kvm_dirty_log>(1, 0x42), "KVM_GET_DIRTY_LOG"),
+        ("/fault", kvm_ioctl::<kvm_bindings::kvm_vcpu_events>(2, 0x9f), "KVM_GET_VCPU_EVENTS"),
+    ];
+    for (second, ioctl, name) in cases {
+        std::thread::spawn(move || {
+            let t = tenant("misbehave", |c| c.timeout = Duration::from_secs(20));
+            let mut inst = t.instance().unwrap();
+            fail_ioctl_on_this_thread(ioctl);
+            let reqs = [req("/count"), req(second), req("/count"), req("/count"), req("/count")];
+            let results = inst.call_batch(&reqs);
+            assert_eq!(results.len(), 5, "{name}: {results:?}");
+            assert_eq!(text(results[0].as_ref().unwrap()), "1", "{name}");
+            for r in &results[2..] {
+                assert!(matches!(&r.as_ref().unwrap_err().kind, Failure::Host(_)), "{name}: {r:?}");
+            }
+            assert!(!inst.usable(), "{name}");
+            let s = inst.stats();
+            // /sleep's own result is its response; /fault's, its fault.
+            let errors = if second == "/fault" { 4 } else { 3 };
+            assert_eq!((s.batches, s.calls, s.errors), (1, 5, errors), "{name}: {s:?}");
+            assert!(matches!(inst.call(&req("/count")).unwrap_err().kind, Failure::Host(_)), "{name}");
+        })
+        .join()
+        .unwrap();
+    }
 }
 
 #[test]
