@@ -5,7 +5,8 @@ program, alternates a native run (``subprocess``, fork+exec) and a one-shot ``te
 (VM creation, ld.so, libraries, the program's own start-up, exit), and prints the medians,
 min-max, the ratio and the VM exits per run.  Programs: the dynamic C hello from apps/build,
 ``/bin/true``, Debian's ``python3 -c pass``, ``perl -e 1`` and ``lua5.4 -e ''``, PyPI's
-``node -e 0`` and ``deno eval 0``, where installed.  These programs print nothing: the time to
+``node -e 0`` and ``deno eval 0`` (and ``deno --version``, which loads the executable and
+starts no runtime), where installed.  These programs print nothing: the time to
 their exit bounds the time to their first output.
 
 ``--baseline DIR`` also times another build of tenantvm in the same rounds: DIR holds a
@@ -77,6 +78,8 @@ def programs() -> list[tuple[str, list[str], dict[str, str], int]]:
         ("lua5.4 -e ''", [shutil.which("lua5.4") or "", "-e", ""], {}, 64),
         ("node -e 0", [node_path(), "-e", "0"], {}, 512),
         ("deno eval 0", [deno_path(), "eval", "0"], DENO_ENV, 512),
+        # The executable's load alone: prints its version, starts no runtime.
+        ("deno --version", [deno_path(), "--version"], DENO_ENV, 512),
     ]:
         if argv[0] and Path(argv[0]).exists():
             out.append((label, argv, env, mem))
