@@ -88,12 +88,16 @@ KV_BENCH_ARGS ?= --calls 500 --rounds 3
 # and of two servers behind HAProxy sharing Redis against one; interleaved wrk bursts, quick
 # parameters (about 1 min), KV_HTTP_BENCH_ARGS to change them.
 KV_HTTP_BENCH_ARGS ?= --rounds 3 --seconds 2
+# bench/linux_boot.py: boot to exit of dynamic programs (C hello, python3, node, deno) under
+# tenantvm vs natively, interleaved; --baseline DIR adds another build (docs/platform.md).
+LINUX_BOOT_BENCH_ARGS ?= --rounds 5
 
 bench: build
 	$(BENCH_DEPS) | $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/kv.py $(KV_BENCH_ARGS)
 	$(PY) bench/kv_http.py $(KV_HTTP_BENCH_ARGS)
+	$(PY) bench/linux_boot.py $(LINUX_BOOT_BENCH_ARGS)
 
 # The container image (Containerfile) with podman, on a Debian base made with debootstrap from
 # Debian's mirror when no BASE image is given (no registry needed): deploy/build-image.sh.
