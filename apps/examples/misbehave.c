@@ -9,6 +9,7 @@
  *   /busy?ms=N  compute for N milliseconds (reading the clock only), then answer;
  *               with &sleep=S, sleep S milliseconds first
  *   /dirty?kb=N write N KiB of the heap, then answer ("ok")
+ *   /rewrite?kb=N write back what N KiB of the heap hold (pages written, left as they were)
  *   /count      a global counter (shows state persistence in stateful mode)
  *   /crash-odd  fault on every odd-numbered request of this instance's life (stateful), else ok
  */
@@ -88,6 +89,12 @@ int main(void)
 				kb = sizeof heap_area >> 10;
 			for (long i = 0; i < kb * 1024; i += 4096)
 				((volatile char *)heap_area)[i] = (char)count;
+		} else if (is(&req, "/rewrite")) {
+			long kb = qnum(&req, "kb");
+			if (kb > (long)(sizeof heap_area >> 10))
+				kb = sizeof heap_area >> 10;
+			for (long i = 0; i < kb * 1024; i += 4096)
+				((volatile char *)heap_area)[i] = ((volatile char *)heap_area)[i];
 		} else if (is(&req, "/crash-odd")) {
 			if (count % 2)
 				*(volatile int *)0 = 1;

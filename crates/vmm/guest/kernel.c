@@ -269,11 +269,12 @@ static int sys_arch_prctl(struct frame *f)
  * "hot": its Dirty bit is left set (clearing it costs a trapped PTE write, an invlpg and a
  * write fault: ~10 us under PVM) and it is simply copied back every time; every
  * VB_DEMOTE_EVERY resets the hot pages that the last request left as the snapshot has them
- * (gone quiet, or written back to the same bytes) are cleared again and must earn their place
- * back.  Clearing every hot page there instead made each demotion cost two resets' worth of
- * trapped PTE writes, invlpgs, TLB flushes and write faults per page for the pages that were
- * still written (all ~118 of the CPython hello's: 3.7 invlpg and 11 TLB flushes per request
- * on average in KVM's statistics, ~40% of its CPU time per request in batches).
+ * (gone quiet, or written back to the same bytes) are cleared again; one written again by the
+ * next request is hot again at once.  Clearing every hot page every 64 resets, each to be
+ * dirty twice in a row again, cost the pages still written two resets' worth of trapped PTE
+ * writes, invlpgs, TLB flushes and write faults per page (the CPython hello's ~118: 3.7
+ * invlpg and 11 TLB flushes per batched request on average in KVM's statistics; a batched
+ * request's CPU time went from 1.45x a lone call's to 0.31x: bench/results/lang_breakdown.md).
  */
 
 
@@ -364,10 +365,12 @@ static int reset_table(struct reset_pass *p, volatile u64 *pt, u64 base, u64 fir
 		u8 s = p->streak[page];
 		if (p->demote && s >= VB_HOT_AFTER && same_as_snapshot(va, page)) {
 			/* A hot page the last request left as the snapshot has it: it may have gone
-			 * quiet, so it is re-protected (nothing to copy). */
+			 * quiet, so it is re-protected (nothing to copy).  If the next request writes
+			 * it after all (CPython's reference counts, up and down again), it is hot again
+			 * at once. */
 			pt[i] &= ~PTE_D;
 			invlpg(va);
-			p->streak[page] = 0;
+			p->streak[page] = VB_HOT_AFTER - 1;
 			p->reprotected++;
 			continue;
 		}

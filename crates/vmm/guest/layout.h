@@ -169,8 +169,8 @@
 #define VB_RESP 0x200
 #define VB_RESP_RECORD 0x30
 #define VB_MAX 32
-/* Resets after which every hot page is re-protected (must earn its place again) */
-#define VB_DEMOTE_EVERY 64
+/* Every this many resets, hot pages left as the snapshot has them are re-protected (kernel.c) */
+#define VB_DEMOTE_EVERY 256
 #define VB_HOT_AFTER 2
 
 /* slot 2 */
