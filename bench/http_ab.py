@@ -38,6 +38,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def batch_totals(port: int) -> tuple[float, float]:
+    """The hello tenant's ``tenantvm_batch_size`` histogram so far: (requests, batches).
+
+    Every inline call counts, a lone one as a batch of one; none on other call paths.
+    """
+    _, body = http_get(port, "/_tenantvm/metrics")
+    total = {"sum": 0.0, "count": 0.0}
+    for line in body.decode().splitlines():
+        for kind in total:
+            if line.startswith(f"tenantvm_batch_size_{kind}{{") and 'tenant="hello"' in line:
+                total[kind] += float(line.rsplit(" ", 1)[1])
+    return total["sum"], total["count"]
+
+
 def run(rounds: int, keys: str, other: str | None) -> dict[str, Any]:
     """Interleaved rounds of the variants in ``keys``; raw figures per round."""
     with hello_tenants() as config:
@@ -60,16 +74,22 @@ def run(rounds: int, keys: str, other: str | None) -> dict[str, Any]:
             for s in servers.values():
                 run_wrk(s.url(), threads=2, connections=16, seconds=1)  # warm-up
             data: dict[str, dict[str, list[float]]] = {
-                k: {"c16_rps": [], "c16_cpu_us": [], "c1_rps": [], "c1_p50_us": []} for k in keys
+                k: {"c16_rps": [], "c16_cpu_us": [], "c16_batch": [], "c1_rps": [], "c1_p50_us": []} for k in keys
             }
             for r in range(rounds):
                 order = keys[r % len(keys) :] + keys[: r % len(keys)]
                 for k in order:
                     worker = servers[k].worker_pids()[0]
+                    tenantvm = spec[k][0].startswith("tenantvm")
+                    batches = batch_totals(servers[k].port) if tenantvm else (0.0, 0.0)
                     before = cpu_seconds(worker)
                     res = run_wrk(servers[k].url(), threads=2, connections=16, seconds=1)
                     data[k]["c16_cpu_us"].append((cpu_seconds(worker) - before) / res.requests * 1e6)
                     data[k]["c16_rps"].append(res.rps)
+                    if tenantvm:
+                        after = batch_totals(servers[k].port)
+                        served, runs = after[0] - batches[0], after[1] - batches[1]
+                        data[k]["c16_batch"].append(served / runs if runs else 0.0)
                 for k in order:
                     res = run_wrk(servers[k].url(), threads=1, connections=1, seconds=1)
                     data[k]["c1_rps"].append(res.rps)
@@ -96,10 +116,16 @@ def summary(result: dict[str, Any]) -> list[str]:
     lines = [f"{result['rounds']} rounds; load average after: {' '.join(result['load_after'])}"]
     lines.append("tenantvm calls at the end: " + ", ".join(f"{k} {mode}" for k, mode in result["calls"].items()))
     for k, d in data.items():
+        batch = f", {med(d['c16_batch']):.1f} requests per inline batch" if d.get("c16_batch") else ""
         lines.append(
-            f"{k}: -c16 {med(d['c16_rps']):,.0f} req/s, worker CPU {med(d['c16_cpu_us']):.1f} µs/request; "
+            f"{k}: -c16 {med(d['c16_rps']):,.0f} req/s, worker CPU {med(d['c16_cpu_us']):.1f} µs/request{batch}; "
             f"-c1 p50 {med(d['c1_p50_us']):.0f} µs"
         )
+    if "o" in data or "p" in data:
+        for k, o in (("a", "o"), ("f", "p")):
+            if k in data and o in data:
+                rps = [x / y for x, y in zip(data[k]["c16_rps"], data[o]["c16_rps"], strict=True)]
+                lines.append(f"{k}/{o}: -c16 req/s {med(rps):.2f} ({min(rps):.2f}-{max(rps):.2f})")
     if "b" in data:
         base = data["b"]
         for k, d in data.items():
