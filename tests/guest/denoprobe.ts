@@ -4,6 +4,8 @@
 //   /random  Math.random, crypto.getRandomValues, crypto.randomUUID, and a value drawn at init
 //   /async   answers after awaiting a timer; /throw throws; /loop never ends; /oom allocates
 //   /fault   dereferences a bad pointer through the FFI (a CPU fault in the runtime)
+//   /grow    makes 100,000 small objects (V8's heap grows: it maps, trims and frees pages) and
+//            answers a sum over them
 import { serve } from "/opt/tenantvm/deno/tenantvm.ts";
 
 let counter = 0;
@@ -47,6 +49,11 @@ serve(async (req) => {
     case "/oom": {
       const hog: Uint8Array[] = [];
       for (;;) hog.push(new Uint8Array(16 << 20).fill(1));
+    }
+    case "/grow": {
+      const objects = [];
+      for (let i = 0; i < 100000; i++) objects.push({ i, s: "x" + i });
+      return new Response(String(objects.reduce((sum, o) => sum + o.i + o.s.length, 0)));
     }
     case "/fault":
       new Deno.UnsafePointerView(Deno.UnsafePointer.create(16n)!).getUint8();

@@ -544,7 +544,7 @@ int lazy_fault(u64 va, u64 err)
 			volatile u64 *t = PHYS(page);
 			for (u64 i = 0; i < 512; i++)
 				t[i] = e;
-			set_entry(slot, va, page | TABLE_BITS);
+			set_entry(slot, va | PTLOG_LINKS_TABLE, page | TABLE_BITS);
 			table = page;
 		} else {
 			set_entry(slot, va, page | PTE_P | PTE_U | PTE_A | (e & (PTE_W | PTE_NX)));
@@ -570,9 +570,25 @@ int lazy_fault(u64 va, u64 err)
  * updates it. */
 #define SYNC_TABLE_AFTER 32
 
+/* Makes a shadow MMU forget the page table in RAM page `frame`, if it has one for it.  The
+ * tables a request links come from the pool; the VMM's reset then puts their pages back as they
+ * were at the snapshot with host writes, which a shadow MMU (PVM) does not see: a later request
+ * that took the same page as a table again would be translated through the stale shadow copy
+ * (addresses of the earlier request's pages: its data, read and written by the next one).  A
+ * guest write to a shadowed table narrower than an entry makes KVM's shadow MMU drop that
+ * table's shadow page (its "misaligned write" rule); the two bytes written are the ones there,
+ * so the page keeps the contents the VMM gave it. */
+static void forget_table(u64 frame)
+{
+	volatile unsigned short *p = (volatile unsigned short *)(KPHYS + frame);
+	unsigned short v = *p;
+	__asm__ volatile("movw %1, %0" : "=m"(*p) : "r"(v) : "memory");
+}
+
 /* reset == 0: make the entries the VMM changed known (an entry that was present may still be
- * in the shadow MMU or the TLB); reset == 1: undo every logged change, newest first, and put
- * the pool back as it was at the snapshot. */
+ * in the shadow MMU or the TLB); reset == 1: undo every logged change, newest first (the
+ * tables the request linked forgotten by the shadow MMU), and put the pool back as it was at
+ * the snapshot. */
 void sync_ptes(u64 reset)
 {
 	u64 n = VCD(VCD_PTLOG_COUNT), lo = reset ? 0 : VCD(VCD_PTLOG_DONE);
@@ -587,10 +603,19 @@ void sync_ptes(u64 reset)
 		for (u64 k = i; k-- > j;) {
 			volatile u64 *e = ptlog_entry(k);
 			volatile u64 *slot = PHYS(e[0]);
+			if (e[1] & PTLOG_FORGET_ONLY) {
+				if (reset)
+					forget_table(e[2] & PTE_ADDR);
+				continue;
+			}
 			if (!reset && !(e[2] & PTE_P))
 				continue; /* was not present: nothing of it can be cached */
-			if (reset)
+			if (reset) {
+				u64 now = *slot;
+				if ((e[1] & PTLOG_LINKS_TABLE) && (now & PTE_P) && now != e[2])
+					forget_table(now & PTE_ADDR);
 				*slot = e[2];
+			}
 			else
 				*slot = *slot;
 			if (!many)

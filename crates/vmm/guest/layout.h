@@ -149,6 +149,12 @@
 #define VCD_PTLOG_RSP 0x220
 #define VCD_PTLOG_SAVE 0x228
 #define PTLOG_ENTRY 24
+/* Set in a log entry's virtual address (bit 0: invlpg ignores it) when the change linked a table
+   (PVM: the reset makes the shadow MMU forget that table, see sync_ptes in kernel.c) */
+#define PTLOG_LINKS_TABLE 1
+/* Bit 1: an entry the VMM's reset filtered out (it lay in a table the request made, which the VMM
+   restores): nothing to undo, only the table whose frame is in the old-value field to forget */
+#define PTLOG_FORGET_ONLY 2
 
 /* VC_BATCH fields: a batch of requests served in one KVM_RUN, reset in the guest between them */
 #define VB_ACTIVE 0x0

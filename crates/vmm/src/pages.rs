@@ -101,8 +101,10 @@ pub fn truncate_log(vcpu: &Mapping) {
 
 /// Drops the logged entries that lie in pages `keep` says no (tables the request created:
 /// the VMM's reset gives them their snapshot contents).  Called by the VMM's reset, before
-/// the guest undoes the rest.
-pub fn filter_log(vcpu: &Mapping, keep: impl Fn(u64) -> bool) {
+/// the guest undoes the rest.  An entry dropped that linked a table becomes a "forget only"
+/// entry naming the table it links now (in `ram`): the guest kernel makes the shadow MMU
+/// forget it (see `keep_unlinked_tables`).
+pub fn filter_log(vcpu: &Mapping, ram: &GuestMemory, keep: impl Fn(u64) -> bool) {
     let count = vcd_field(vcpu, VCD_PTLOG_COUNT);
     let off = vcd_field(vcpu, VCD_PTLOG_OFF);
     let mut kept = 0;
@@ -110,7 +112,14 @@ pub fn filter_log(vcpu: &Mapping, keep: impl Fn(u64) -> bool) {
     for i in 0..count {
         vcpu.read(off + i * PTLOG_ENTRY, &mut entry).expect("the log lies in the vCPU area");
         let slot = u64::from_le_bytes(entry[..8].try_into().unwrap());
-        if keep(slot / PAGE_SIZE) {
+        let va = u64::from_le_bytes(entry[8..16].try_into().unwrap());
+        let linked = ram.read_u64(slot).unwrap_or(0);
+        if !keep(slot / PAGE_SIZE) && va & PTLOG_LINKS_TABLE != 0 && linked & Pte::PRESENT != 0 {
+            entry[8..16].copy_from_slice(&(va | PTLOG_FORGET_ONLY).to_le_bytes());
+            entry[16..24].copy_from_slice(&linked.to_le_bytes());
+            vcpu.write(off + kept * PTLOG_ENTRY, &entry).expect("the log lies in the vCPU area");
+            kept += 1;
+        } else if keep(slot / PAGE_SIZE) {
             if kept != i {
                 vcpu.write(off + kept * PTLOG_ENTRY, &entry).expect("the log lies in the vCPU area");
             }
@@ -245,8 +254,8 @@ impl<'a> Pages<'a> {
             return Ok(e & Pte::ADDRESS_MASK);
         }
         let page = self.alloc()?;
-        self.set(GPA_KPML4 + 8 * index, va, page | TABLE_BITS)?;
-        self.set(GPA_UPML4 + 8 * index, va, page | TABLE_BITS)?;
+        self.set(GPA_KPML4 + 8 * index, va | PTLOG_LINKS_TABLE, page | TABLE_BITS)?;
+        self.set(GPA_UPML4 + 8 * index, va | PTLOG_LINKS_TABLE, page | TABLE_BITS)?;
         Ok(page)
     }
 
@@ -262,12 +271,12 @@ impl<'a> Pages<'a> {
                 self.write(page + 8 * i, e);
             }
         }
-        self.set(slot, va, page | TABLE_BITS)?;
+        self.set(slot, va | PTLOG_LINKS_TABLE, page | TABLE_BITS)?;
         Ok(page)
     }
 
     /// Gives back every page under the table at `table` (level 1: a page table) and the
-    /// table itself, unless a reset may link the table again (below).
+    /// table itself, unless tables are kept (below).
     fn release_table(&mut self, table: u64, level: u32) {
         for i in 0..512 {
             let e = self.read(table + 8 * i);
@@ -277,23 +286,29 @@ impl<'a> Pages<'a> {
                 self.free(e & Pte::ADDRESS_MASK);
             }
         }
-        if !self.reset_may_relink(table) {
+        if !self.keep_unlinked_tables() {
             self.free(table);
         }
     }
 
-    /// Whether a reset may link the table at `table` again, so that it must keep its contents:
-    /// a table that existed at the snapshot.  The VMM's reset leaves the snapshot's tables
-    /// alone and the guest's undo log puts back only the entries that were changed in them,
-    /// so such a table, once unlinked, is left as it is (not given to the pool, where the
-    /// request would reuse it as a table or as data and the next request would see the
-    /// snapshot's memory through what it left there).  Which pages those are is not known
-    /// here; every table in a page the pool had handed out or freed before the snapshot
-    /// (below its never-used mark then) is kept, which covers them.  A reset gives the pool
-    /// back as it was; without one (a stateful instance) what is kept is bounded by those
-    /// pages, each kept once.  Only with a log a reset will undo (an instance).
-    fn reset_may_relink(&self, table: u64) -> bool {
-        self.keep_log && table < self.read(kd(KD_SNAP_POOL))
+    /// Whether a table page must not go back to the pool when it is unlinked: in an
+    /// instance (whose log a reset will undo), none does.
+    ///
+    /// - A table the snapshot holds is linked again by the reset: the VMM's reset leaves the
+    ///   snapshot's tables alone and the guest's undo log puts back only the entries that were
+    ///   changed in them, so the page must keep its contents (reused by the request, as a
+    ///   table or as data, the next request would see the snapshot's memory through what it
+    ///   left there).
+    /// - A table the request made may still have a shadow copy in a shadow MMU (PVM), which
+    ///   only the guest's own writes keep in step: reused as a table in the same request and
+    ///   filled by the VMM (`split`), it would be translated through the stale copy.  After
+    ///   the reset the guest kernel makes the shadow MMU forget the tables the request linked
+    ///   (`forget_table` in guest/kernel.c), so the pool may hand them out again then.
+    ///
+    /// The pages kept are given back by the reset (the pool is put back as at the snapshot);
+    /// a stateful instance keeps them until its next reset.
+    fn keep_unlinked_tables(&self) -> bool {
+        self.keep_log
     }
 
     /// The new value of a leaf entry `e` under `op`; frees its page when the page goes.

@@ -378,7 +378,7 @@ impl Instance {
         // The guest undoes the page-table changes at reset_entry, except inside tables the
         // request made: those pages get their snapshot contents here.
         let tracker = &self.tracker;
-        crate::pages::filter_log(&self.machine.vm.vcpu_area, |page| tracker.left_alone(page));
+        crate::pages::filter_log(&self.machine.vm.vcpu_area, &self.machine.vm.ram, |page| tracker.left_alone(page));
         let (ram, fd) = self.machine.vm.ram_and_fd();
         let report = self.tracker.reset(fd, ram, self.snapshot.ram_view())?;
         if std::mem::take(&mut self.machine.proc_touched) {
