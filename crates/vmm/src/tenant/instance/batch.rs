@@ -238,6 +238,16 @@ impl Instance {
             // Requests the guest kernel answered (and reset after).
             let count = (block.get(VB_COUNT) as usize).min(n);
             let stopped_at = (block.get(VB_NEXT) as usize).min(count);
+            if stopped_at < next {
+                // Cannot happen with a correct guest kernel, which only moves forward; going
+                // back would serve requests again, endlessly.
+                self.poison(
+                    format!("the guest kernel went back in a batch, from request {next} to {stopped_at}"),
+                    n - next,
+                    results,
+                );
+                return;
+            }
             self.stats.calls += (stopped_at - next) as u64;
             for i in next..stopped_at {
                 let result = match block.response(i) {
