@@ -73,7 +73,7 @@ impl Program {
     /// Reads and validates an executable file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Program> {
         let file =
-            std::fs::File::open(path.as_ref()).map_err(|source| Error::Os { op: "opening the program", source })?;
+            std::fs::File::open(path.as_ref()).map_err(|source| Error::Os { op: "reading the program", source })?;
         let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Os { op: "reading the program", source })?;
         let whole_pages = (bytes.len() as u64) / PAGE_SIZE * PAGE_SIZE;
         let mut p = Program::from_bytes(bytes)?;
