@@ -204,8 +204,11 @@ def test_run_without_kvm_exits_1(apps):
 
 
 def test_ctrl_c_ends_a_running_program(app):
+    # Started as a terminal starts it, with SIGINT at its default action: under a shell without
+    # job control (`make test &`, nohup, some CI runners) children inherit SIGINT ignored, and
+    # Python then rightly installs no KeyboardInterrupt handler (this test hung for 30 s so).
     p = subprocess.Popen(
-        [sys.executable, "-m", "tenantvm", "run", "--timeout", "60", app("loop.musl")],
+        ["env", "--default-signal=INT", sys.executable, "-m", "tenantvm", "run", "--timeout", "60", app("loop.musl")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
