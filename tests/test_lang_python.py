@@ -129,6 +129,37 @@ def test_wsgi_environ(probe: Tenant) -> None:
     }
 
 
+@pytest.mark.parametrize("value_bytes", [1, 300, 20_000])
+def test_response_headers_of_any_size_and_latin_1_bytes_come_out_as_sent(probe: Tenant, value_bytes: int) -> None:
+    # The binding lays small header sets out in one buffer made at start-up and gives larger
+    # ones (over 16 KiB) ctypes objects of their own: both must send every byte.
+    sent = [(f"X-H{i}", ("\xe9\xff-" + str(i)) * (value_bytes // 4 + 1)) for i in range(3)]
+    sent.append(("Content-Type", "text/plain"))
+    r = probe.instance().call(Request("POST", "/headers", body=json.dumps(sent).encode()))
+    assert r.status == 200
+    assert r.body == b"headers"
+    got = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in r.headers]
+    assert got == sent
+
+
+def test_a_request_is_read_whole_after_a_longer_one(probe: Tenant) -> None:
+    vm = probe.instance()
+    long = [("X-Long", "\xe9" * 5000), ("Host", "a.localhost:1")]
+    first = json.loads(vm.call(Request("GET", "/echo/long", "q=" + "x" * 3000, long, b"b" * 9000)).body)
+    assert first["body"] == "b" * 9000
+    assert first["query"] == "q=" + "x" * 3000
+    assert ["HTTP_X_LONG", "\xe9" * 5000] in first["headers"]
+    short = json.loads(vm.call(Request("GET", "/echo", "", [("Host", "b")], b"")).body)
+    assert short == {
+        "method": "GET",
+        "path": "/echo",
+        "query": "",
+        "server": ["b", "80"],
+        "headers": [["CONTENT_LENGTH", "0"], ["HTTP_HOST", "b"]],
+        "body": "",
+    }
+
+
 def without_counts(digest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in digest.items() if k not in ("blocks", "gc_objects")}
 

@@ -5,7 +5,8 @@
         counts), then applies the request body's JSON list of [kind, key, value] changes.
 /random random.random(), random.getrandbits, os.urandom, secrets, uuid4: what must differ per request.
 /fault  dereferences a bad pointer; /loop never ends; /oom allocates until memory runs out;
-/raise  raises (the binding answers 500); /echo echoes method, path, query, headers and body.
+/raise  raises (the binding answers 500); /echo echoes method, path, query, headers and body;
+/headers answers with the response headers the body's JSON list of [name, value] pairs names.
 """
 
 import builtins
@@ -117,6 +118,9 @@ def app(environ, start_response):
             hog.append(bytearray(1 << 20))
     if path == "/raise":
         raise ValueError("the probe raised")
+    if path == "/headers":
+        start_response("200 OK", [(name, value) for name, value in json.loads(body)])
+        return [b"headers"]
     if path.startswith("/echo"):
         headers = sorted((k, v) for k, v in environ.items() if k.startswith("HTTP_") or k.startswith("CONTENT_"))
         doc = {

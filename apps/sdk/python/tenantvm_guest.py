@@ -30,6 +30,7 @@ import ctypes
 import gc
 import io
 import os
+import struct
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -175,7 +176,52 @@ class Request(NamedTuple):
         return None
 
 
+# The request is read with ``struct`` from one view of the request area made at start-up, and
+# the response's headers are laid out in one buffer made at start-up: a request then creates a
+# handful of objects instead of a ctypes object per field and header.  CPython 3.11 writes the
+# reference count of every object it touches, so each object a request touches is a page the
+# reset copies back (docs/guest-abi.md, "What a request dirties").
+_AREA = 0x7F00_0000_0000  # where every request is (docs/guest-abi.md)
+_AREA_VIEW = 1 << 32  # larger than any request-size limit; only the bytes a request names are read
+_area = memoryview((ctypes.c_ubyte * _AREA_VIEW).from_address(_AREA)).cast("B")
+_REQUEST = struct.Struct("<IIQQQQQQQQQ32s16x")
+_HEADER = struct.Struct("<QQQQ")
+assert _REQUEST.size == ctypes.sizeof(_RawRequest)
+assert _HEADER.size == ctypes.sizeof(_HeaderIn)
+
+
 def _read(address: int) -> Request:
+    if address != _AREA:
+        return _read_fields(address)
+    area = _area
+    (_, n, method, method_len, path, path_len, query, query_len, h, body, body_len, random) = _REQUEST.unpack_from(
+        area, 0
+    )
+    headers = []
+    if n:
+        h -= _AREA
+        for name, name_len, value, value_len in _HEADER.iter_unpack(area[h : h + n * 32]):
+            name -= _AREA
+            value -= _AREA
+            headers.append(
+                (str(area[name : name + name_len], "latin-1"), str(area[value : value + value_len], "latin-1"))
+            )
+    method -= _AREA
+    path -= _AREA
+    query -= _AREA
+    body -= _AREA
+    return Request(
+        str(area[method : method + method_len], "latin-1"),
+        str(area[path : path + path_len], "latin-1"),
+        str(area[query : query + query_len], "latin-1"),
+        headers,
+        bytes(area[body : body + body_len]) if body_len else b"",
+        random,
+    )
+
+
+def _read_fields(address: int) -> Request:
+    # A request somewhere other than the documented area (a future ABI): read it field by field.
     raw = _RawRequest.from_address(address)
     headers = []
     h = raw.headers
@@ -212,13 +258,42 @@ def wait_for_request() -> Request:
 def respond(status: int, headers: Headers, body: bytes) -> None:
     """Sends the response; in an ephemeral tenant the VM is reset and this never returns."""
     array, n = _header_array(headers)
-    _lib.tvm_respond(status, ctypes.addressof(array) if n else None, n, body, len(body))
+    _lib.tvm_respond(status, _address(array), n, body, len(body))
+
+
+#: Where the response's header array and its names and values are laid out (a response whose
+#: headers do not fit gets ctypes objects of its own).
+_OUT_SIZE = 16 * 1024
+_out = ctypes.create_string_buffer(_OUT_SIZE)
+_out_address = ctypes.addressof(_out)
+_out_view = memoryview(_out).cast("B")
 
 
 def _header_array(headers: Headers) -> tuple[Any, int]:
+    """The headers as the C ABI's array: (its address or None, count)."""
     n = len(headers)
     if n == 0:
         return None, 0
+    view = _out_view
+    base = _out_address
+    pack = _HEADER.pack_into
+    at = n * 32
+    for i, (name, value) in enumerate(headers):
+        nb = name.encode("latin-1")
+        vb = value.encode("latin-1")
+        end = at + len(nb) + len(vb)
+        if end > _OUT_SIZE:
+            return _header_objects(headers)
+        view[at : at + len(nb)] = nb
+        view[at + len(nb) : end] = vb
+        pack(view, i * 32, base + at, len(nb), base + at + len(nb), len(vb))
+        at = end
+    return base, n
+
+
+def _header_objects(headers: Headers) -> tuple[Any, int]:
+    # c_char_p fields keep each name and value alive until the call has copied them.
+    n = len(headers)
     array = (_HeaderOut * n)()
     for i, (name, value) in enumerate(headers):
         nb = name.encode("latin-1")
@@ -231,9 +306,15 @@ def _header_array(headers: Headers) -> tuple[Any, int]:
     return array, n
 
 
+def _address(array: Any) -> int | None:
+    if array is None or isinstance(array, int):
+        return array
+    return ctypes.addressof(array)
+
+
 def _respond_and_wait(status: int, headers: Headers, body: bytes) -> int:
     array, n = _header_array(headers)
-    return _lib.tvm_respond_and_wait(status, ctypes.addressof(array) if n else None, n, body, len(body))
+    return _lib.tvm_respond_and_wait(status, _address(array), n, body, len(body))
 
 
 def _freeze_heap() -> None:
