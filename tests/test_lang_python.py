@@ -144,11 +144,11 @@ def test_response_headers_of_any_size_and_latin_1_bytes_come_out_as_sent(probe: 
 
 def test_a_request_is_read_whole_after_a_longer_one(probe: Tenant) -> None:
     vm = probe.instance()
-    long = [("X-Long", "\xe9" * 5000), ("Host", "a.localhost:1")]
+    long = [("X-Long", "v" * 5000), ("Host", "a.localhost:1")]
     first = json.loads(vm.call(Request("GET", "/echo/long", "q=" + "x" * 3000, long, b"b" * 9000)).body)
     assert first["body"] == "b" * 9000
     assert first["query"] == "q=" + "x" * 3000
-    assert ["HTTP_X_LONG", "\xe9" * 5000] in first["headers"]
+    assert ["HTTP_X_LONG", "v" * 5000] in first["headers"]
     short = json.loads(vm.call(Request("GET", "/echo", "", [("Host", "b")], b"")).body)
     assert short == {
         "method": "GET",
