@@ -177,6 +177,9 @@ class InstanceStats:
             to each is seen (a trapped page-table write and a write fault under PVM).
         starvation_grants: Time limits moved because a light request's thread had waited for
             a CPU (the host was busy), see ``docs/platform.md``.
+        host_stalls: Seconds of CPU time the host took on the instance's thread while it ran
+            the guest (a stall of the hypervisor below, interrupt handling), not charged to
+            any request's time limit (``docs/platform.md``).
     """
 
     calls: int
@@ -198,6 +201,7 @@ class InstanceStats:
     guest_pages_restored: int
     guest_pages_reprotected: int
     starvation_grants: int
+    host_stalls: float
 
 
 def _positive_int(value: int, what: str, *, minimum: int = 1) -> int:

@@ -390,6 +390,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
         guest_pages_restored,
         guest_pages_reprotected,
         starvation_grants,
+        host_stalls,
     } = s;
     let d = PyDict::new(py);
     d.set_item("calls", calls)?;
@@ -417,5 +418,6 @@ fn stats_dict<'py>(py: Python<'py>, s: &vmm::InstanceStats) -> PyResult<Bound<'p
     d.set_item("guest_pages_restored", guest_pages_restored)?;
     d.set_item("guest_pages_reprotected", guest_pages_reprotected)?;
     d.set_item("starvation_grants", starvation_grants)?;
+    d.set_item("host_stalls", host_stalls.as_secs_f64())?;
     Ok(d)
 }

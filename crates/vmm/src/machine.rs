@@ -88,6 +88,9 @@ pub struct MachineStats {
     pub blocked: Duration,
     /// Deadlines moved because the thread had been kept waiting for a CPU.
     pub starvation_grants: u64,
+    /// CPU time charged to this thread inside `KVM_RUN` after the guest should have been
+    /// stopped (host stalls; see `Machine::run_until`), not charged to the program.
+    pub host_stalls: Duration,
     /// Switches of the vCPU from one of the program's threads to another.
     pub thread_switches: u64,
     /// CPU faults delivered to the program's signal handlers.
@@ -98,6 +101,22 @@ pub struct MachineStats {
 pub const MAX_STARVATION_GRACE: Duration = Duration::from_millis(250);
 /// Only a run charged for less than 1/LIGHT_SHARE of its time limit gets that grace.
 pub const LIGHT_SHARE: u32 = 4;
+/// A run looks at its clocks this many times per time limit (see `Machine::run_until`)...
+pub const SAMPLES_PER_LIMIT: u32 = 8;
+/// ...but not more often than this (each look is an exit).
+pub const MIN_SAMPLE: Duration = Duration::from_millis(1);
+
+/// How much of the CPU time a thread was charged between two looks at its clocks cannot have
+/// been the guest's: `cpu` is what it was charged since the last look, `to_alarm` the wall time
+/// from that look to the alarm that ended the interval, which interrupted a `KVM_RUN` entered
+/// before it.  The guest cannot run past the alarm (the signal stops `KVM_RUN` within tens of
+/// microseconds), so whatever the thread was charged beyond `to_alarm` was the host's: its
+/// interrupt handling, or the hypervisor below keeping the vCPU busy.  Never more than that
+/// (CPU time up to the alarm counts in full, whatever it was), so a program cannot make this
+/// time itself.
+pub fn host_stall(cpu: Duration, to_alarm: Duration) -> Duration {
+    cpu.saturating_sub(to_alarm)
+}
 
 /// The TSC → nanoseconds conversion the guest kernel uses for its clocks.
 #[derive(Debug, Clone, Copy)]
@@ -352,7 +371,8 @@ impl Machine {
 
     /// Runs the program until a handler stops it, it faults, or `deadline` passes.
     pub fn run(&mut self, deadline: Instant) -> Result<RunEnd> {
-        self.run_until(None, |_| deadline)
+        let every = (deadline.saturating_duration_since(Instant::now()) / SAMPLES_PER_LIMIT).max(MIN_SAMPLE);
+        self.run_until(Some(every), |_| deadline)
     }
 
     /// Like [`Machine::run`], with a deadline that may move while the guest runs (a batch
@@ -367,6 +387,14 @@ impl Machine {
     /// time itself: spinning, faulting and host calls all run on this thread.  Heavier runs
     /// stop at the deadline, so on an overloaded host wall time still bounds a program that
     /// spins, and it cannot take more CPU from the others than their share.
+    ///
+    /// Nor is the run charged for CPU time the host took on this thread inside `KVM_RUN`
+    /// ([`host_stall`]): on a nested host the thread's CPU clock also runs while its
+    /// hypervisor keeps the vCPU busy or the kernel handles interrupts on it (a hello request,
+    /// ~10 µs of guest work, was seen charged 8-12 ms of CPU with one exit and no KVM event;
+    /// over a quarter of a 20 ms limit, which made a 20-ms stall a timeout with no grace).
+    /// So the run looks at its clocks at least every `check_every`: a stall that lasts past
+    /// a look delays it, and the CPU time charged past the look's alarm is not the guest's.
     pub fn run_until(
         &mut self,
         check_every: Option<Duration>,
@@ -382,6 +410,9 @@ impl Machine {
         let started = Instant::now();
         let cpu_started = thread_cpu_time();
         let blocked_before = self.stats.blocked;
+        let stalls_before = self.stats.host_stalls;
+        // The last look at the clocks (see host_stall).
+        let (mut looked, mut looked_cpu) = (started, cpu_started);
         let mut current = alarm(deadline(self));
         // The running guest thread's time slice, while another is runnable: CPU time of this
         // host thread (a host that keeps the thread waiting neither makes the guest switch
@@ -390,11 +421,14 @@ impl Machine {
         let mut slice_armed = false;
         let mut armed = current;
         let mut guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
+        // When the timer was last set to go off (`armed` may be moved to force a new arming).
+        let mut alarm_at = armed;
         loop {
             let want = self.next_alarm(current);
             if want != armed {
                 drop(guard);
                 armed = want;
+                alarm_at = want;
                 slice_armed = false;
                 guard = Deadline::arm(self.vm.vcpu().get_kvm_run(), armed)?;
             }
@@ -406,6 +440,7 @@ impl Machine {
             }
             self.publish_tid();
             self.stats.entries += 1;
+            let entered = Instant::now();
             let exit = vcpu::run(&mut self.vm)?;
             self.stats.exits += 1;
             match exit {
@@ -443,11 +478,18 @@ impl Machine {
                 Exit::Interrupted => {
                     guard.rearm_after_interrupt();
                     let now = Instant::now();
+                    let cpu_now = thread_cpu_time();
+                    if entered < alarm_at && alarm_at <= now {
+                        let stall =
+                            host_stall(cpu_now.saturating_sub(looked_cpu), alarm_at.saturating_duration_since(looked));
+                        self.stats.host_stalls += stall;
+                    }
+                    (looked, looked_cpu) = (now, cpu_now);
                     if self.proc.threads.multi() {
                         // Sleepers whose time is up become runnable (and so preempt).
                         self.proc.threads.wake_expired(now);
                     }
-                    let used = thread_cpu_time().saturating_sub(slice_cpu);
+                    let used = cpu_now.saturating_sub(slice_cpu);
                     if self.proc.threads.others_runnable() && used >= sched::TIME_SLICE {
                         let switches = self.stats.thread_switches;
                         if let Some(stop) = self.preempt(current)? {
@@ -465,8 +507,9 @@ impl Machine {
                     let mut due = deadline(self);
                     if now >= due {
                         let limit = due.saturating_duration_since(started);
-                        let charged = (thread_cpu_time().saturating_sub(cpu_started))
-                            + (self.stats.blocked.saturating_sub(blocked_before));
+                        let charged = (cpu_now.saturating_sub(cpu_started)
+                            + self.stats.blocked.saturating_sub(blocked_before))
+                        .saturating_sub(self.stats.host_stalls.saturating_sub(stalls_before));
                         if charged * LIGHT_SHARE < limit {
                             due += (now - started).saturating_sub(charged).min(MAX_STARVATION_GRACE);
                         }

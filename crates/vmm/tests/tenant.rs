@@ -491,6 +491,50 @@ fn time_the_host_kept_the_thread_off_the_cpu_is_not_charged() {
 
 #[test]
 #[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn cpu_time_the_host_took_inside_kvm_run_is_not_charged() {
+    require_kvm();
+    let ms = std::time::Duration::from_millis;
+    // A light request (3 ms of guest work under a 20 ms limit) during which the host keeps
+    // the thread busy for 30 ms of CPU inside KVM_RUN (a signal handler spinning, as a nested
+    // host's hypervisor or interrupt handling charge the thread: seen on this project's PVM
+    // hosts, a hello charged 8-12 ms).  Before, that CPU time counted as the request's: over a
+    // quarter of its limit, no grace, a timeout.  Now the time charged past the run's alarm
+    // is the host's (stats().host_stalls) and the request is answered.
+    let limit = ms(20);
+    let t = tenant("misbehave", |c| c.timeout = limit);
+    let mut inst = t.instance().unwrap();
+    assert_eq!(ok(timed(&mut inst, "/busy?ms=1").0), b"ok");
+    let stall = ms(30);
+    // The stall proves something only when the signal lands inside KVM_RUN (not in the host's
+    // handling of an exit: under the emulated-CPU rig /busy's clock reads leave the guest) and
+    // the host then lets the thread finish within limit + MAX_STARVATION_GRACE (it may keep it
+    // waiting longer at a load of 10+); otherwise it is tried again, a few times at most.
+    let mut conclusive = 0;
+    for _ in 0..8 {
+        let before = inst.stats().host_stalls;
+        let armed = common::stall::Stall::after(ms(1), stall);
+        let (r, took) = timed(&mut inst, "/busy?ms=3");
+        drop(armed);
+        let credited = inst.stats().host_stalls - before;
+        if credited < stall / 2 || took > limit + vmm::MAX_STARVATION_GRACE {
+            eprintln!("inconclusive: {credited:?} of host stall seen, call took {took:?}");
+            continue;
+        }
+        assert_eq!(ok(r), b"ok", "stalled for {credited:?}, took {took:?}");
+        conclusive += 1;
+        if conclusive == 2 {
+            break;
+        }
+    }
+    assert!(conclusive > 0, "the stall never landed inside KVM_RUN: the test proves nothing");
+    // A program that spins is still stopped: the guest's own time is charged in full.
+    let (r, took) = timed(&mut inst, "/spin");
+    assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }));
+    assert!(took < limit + vmm::MAX_STARVATION_GRACE + ms(2000), "took {took:?}");
+}
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
 fn a_program_sharing_a_busy_cpu_still_stops_at_its_wall_clock_limit() {
     require_kvm();
     // On a quiet host it gets about half the CPU: charged for well over a quarter of its

@@ -122,6 +122,9 @@ pub struct InstanceStats {
     /// Deadlines moved because a light request's thread had waited for a CPU (see
     /// `Machine::run_until`).
     pub starvation_grants: u64,
+    /// CPU time the host took on the instance's thread inside `KVM_RUN` (a stall below or
+    /// interrupt handling), not charged to the program's time limit (see `Machine::run_until`).
+    pub host_stalls: Duration,
 }
 
 /// One VM serving a tenant's requests.
@@ -226,6 +229,7 @@ impl Instance {
         s.entries = self.machine.stats.entries;
         s.exits = self.machine.stats.exits;
         s.starvation_grants = self.machine.stats.starvation_grants;
+        s.host_stalls = self.machine.stats.host_stalls;
         s.syscalls = self.machine.syscall_counts();
         s.host_syscalls = self.machine.host_syscall_counts();
         let block = BatchBlock::new(&self.machine.vm.vcpu_area);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub mod hog;
 pub mod probe;
+pub mod stall;
 
 pub fn apps_dir() -> PathBuf {
     match std::env::var_os("TENANTVM_APPS") {
