@@ -413,7 +413,11 @@ impl Machine {
         let stalls_before = self.stats.host_stalls;
         // The last look at the clocks (see host_stall).
         let (mut looked, mut looked_cpu) = (started, cpu_started);
-        let mut current = alarm(deadline(self));
+        // The deadline as last computed (with any grace), for system calls that wait (a sleep
+        // past it is a timeout at once); `current` is when to look next, at most `check_every`
+        // away.
+        let mut due_at = deadline(self);
+        let mut current = alarm(due_at);
         // The running guest thread's time slice, while another is runnable: CPU time of this
         // host thread (a host that keeps the thread waiting neither makes the guest switch
         // threads nor costs a tenant's request an extra exit), from `slice_cpu`.
@@ -446,7 +450,8 @@ impl Machine {
             match exit {
                 Exit::Io { port } if u64::from(port) == PORT_SYSCALL => {
                     let switches = self.stats.thread_switches;
-                    if let Some(stop) = self.syscall(current)? {
+                    let limit_at = deadline(self).max(due_at);
+                    if let Some(stop) = self.syscall(limit_at)? {
                         return Ok(RunEnd::Stopped(stop));
                     }
                     if self.stats.thread_switches != switches {
@@ -492,7 +497,8 @@ impl Machine {
                     let used = cpu_now.saturating_sub(slice_cpu);
                     if self.proc.threads.others_runnable() && used >= sched::TIME_SLICE {
                         let switches = self.stats.thread_switches;
-                        if let Some(stop) = self.preempt(current)? {
+                        let limit_at = deadline(self).max(due_at);
+                        if let Some(stop) = self.preempt(limit_at)? {
                             return Ok(RunEnd::Stopped(stop));
                         }
                         if self.stats.thread_switches != switches {
@@ -518,6 +524,7 @@ impl Machine {
                         }
                         self.stats.starvation_grants += 1;
                     }
+                    due_at = due;
                     current = alarm(due);
                     if now >= armed {
                         // The timer fired: it must be set again even if nothing moved.

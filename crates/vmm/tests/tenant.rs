@@ -573,3 +573,17 @@ fn sleeping_is_charged_like_running() {
     assert!(matches!(r.unwrap_err().kind, Failure::Timeout { .. }), "took {took:?}");
     assert_eq!(ok(timed(&mut inst, "/busy?ms=5&sleep=5").0), b"ok");
 }
+
+#[test]
+#[cfg_attr(tenantvm_no_kvm, ignore = "no usable /dev/kvm")]
+fn a_sleep_longer_than_a_look_at_the_clocks_is_within_the_limit() {
+    require_kvm();
+    // A run looks at its clocks every limit/8 (host stalls); a sleep is still measured
+    // against the request's deadline, not against the next look (a sleep of 40 ms under a
+    // 500 ms limit was a timeout at once when the next look was taken for the deadline).
+    let t = tenant("misbehave", |c| c.timeout = std::time::Duration::from_millis(500));
+    let mut inst = t.instance().unwrap();
+    let (r, took) = timed(&mut inst, "/sleep?ms=200");
+    assert_eq!(ok(r), b"ok", "took {took:?}");
+    assert!(took >= std::time::Duration::from_millis(200), "took {took:?}");
+}
