@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from hypothesis import strategies as st
 import tenantvm
 from tenantvm import Request, Response, Tenant, TenantVM
 from tenantvm.runner import syscall_name
+
+from .vcpu_batches import BatchedServing
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -221,3 +224,27 @@ def test_batches_are_reset_in_the_guest(isolate: Tenant) -> None:
     after = vm.stats()
     assert after.guest_resets - before.guest_resets == 20
     assert after.exits - before.exits == 1
+
+
+@pytest.fixture(scope="module")
+def combined(isolate: Tenant) -> Iterator[BatchedServing]:
+    """The isolate tenant served as the server serves a runtime tenant: by the vCPU-thread
+    combiner, requests that wait together run as one batch."""
+    serving = BatchedServing(isolate)
+    yield serving
+    serving.close()
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(requests=st.lists(probe_request, min_size=1, max_size=12))
+def test_every_response_served_by_the_vcpu_combiner_equals_a_fresh_vms(
+    combined: BatchedServing, fresh: FreshAnswers, requests: list[Request]
+) -> None:
+    """The same property through the combiner the server uses for tenants on vCPU threads."""
+    sizes = len(combined.sizes)
+    got = combined.serve(requests)
+    assert combined.sizes[sizes:] == [len(requests)]  # one job for the lot
+    for request, response in zip(requests, got, strict=True):
+        assert isinstance(response, Response), response
+        assert response.body == fresh(request)

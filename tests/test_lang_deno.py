@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Tenant, bundled
+from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Response, Tenant, bundled
+
+from .vcpu_batches import BatchedServing
 
 GUEST_APPS = Path(__file__).resolve().parent / "guest"
 EXAMPLES = bundled.EXAMPLES_DIR / "deno"
@@ -189,3 +191,21 @@ def test_the_binding_and_its_tenants_type_check(deno: Path, tmp_path: Path) -> N
         timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_module_state_globals_and_randomness_are_reset_between_batched_requests(probe: Tenant) -> None:
+    """Served as the server serves a runtime tenant (the vCPU-thread combiner: one batch)."""
+    first = json.loads(probe.instance().call(Request("POST", "/state", body=b"a")).body)
+    serving = BatchedServing(probe, budget=10.0)
+    try:
+        paths = ["/state", "/random", "/state", "/state", "/random", "/state"]
+        answers = serving.serve([Request("POST", p, body=b"x") for p in paths])
+        assert serving.sizes == [len(paths)]
+    finally:
+        serving.close()
+    assert all(isinstance(a, Response) for a in answers), answers
+    assert [a.status for a in answers] == [200] * len(paths)
+    for i in (0, 2, 3, 5):
+        assert json.loads(answers[i].body) == first
+    randoms = [json.loads(answers[i].body) for i in (1, 4)]
+    assert randoms[0] != randoms[1]

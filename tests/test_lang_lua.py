@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantvm import GuestOutOfMemory, GuestTimeout, Request, Tenant, bundled
+from tenantvm import GuestOutOfMemory, GuestTimeout, Request, Response, Tenant, bundled
 from tenantvm import config as tconfig
+
+from .vcpu_batches import BatchedServing
 
 LUA = shutil.which("lua5.4")
 GUEST_APPS = Path(__file__).resolve().parent / "guest"
@@ -127,3 +129,14 @@ def test_the_binding_reaches_the_key_value_store(module: Path, tmp_path: Path) -
         warmup=[Request(path=p.partition("?")[0], query=p.partition("?")[2]) for p in KV_PROBE_WARMUP] * 3,
     )
     check_kv_binding(tenant, tmp_path)
+
+
+def test_lua_state_is_reset_between_batched_requests(probe: Tenant) -> None:
+    """Served as the server serves a runtime tenant (the vCPU-thread combiner: one batch)."""
+    serving = BatchedServing(probe, budget=10.0)
+    try:
+        answers = serving.serve([Request(path="/state", body=k) for k in (b"a", b"b", b"c", b"a", b"d")])
+        assert serving.sizes == [5]
+    finally:
+        serving.close()
+    assert [a.body if isinstance(a, Response) else a for a in answers] == [b"count=5 cache=1"] * 5

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tenantvm import GuestTimeout, Request, Tenant, bundled
+from tenantvm import GuestTimeout, Request, Response, Tenant, bundled
+
+from .vcpu_batches import BatchedServing
 
 GUEST_APPS = Path(__file__).resolve().parent / "guest"
 EXAMPLES = bundled.EXAMPLES_DIR / "node"
@@ -125,3 +127,22 @@ def test_the_binding_reaches_the_key_value_store(node: Path, tmp_path: Path) -> 
 
     warm = [Request(path=p.partition("?")[0], query=p.partition("?")[2]) for p in KV_PROBE_WARMUP] * 3
     check_kv_binding(node_tenant(node, "nodekv.js", GUEST_APPS, warm), tmp_path)
+
+
+def test_module_state_globals_and_randomness_are_reset_between_batched_requests(probe: Tenant) -> None:
+    """Served as the server serves a runtime tenant (the vCPU-thread combiner: one batch)."""
+    first = json.loads(probe.instance().call(Request(path="/state", body=b"a")).body)
+    serving = BatchedServing(probe, budget=10.0)
+    try:
+        paths = ["/state", "/random", "/state", "/throw", "/state", "/random", "/state"]
+        answers = serving.serve([Request(path=p, body=b"x") for p in paths])
+        assert serving.sizes == [len(paths)]
+    finally:
+        serving.close()
+    assert all(isinstance(a, Response) for a in answers), answers
+    assert [a.status for a in answers] == [200, 200, 200, 500, 200, 200, 200]
+    for i in (0, 2, 4, 6):
+        assert json.loads(answers[i].body) == first
+    randoms = [json.loads(answers[i].body) for i in (1, 5)]
+    for key in ("math", "bytes", "uuid", "values"):
+        assert randoms[0][key] != randoms[1][key], key

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Tenant, TenantVM, bundled
+from tenantvm import GuestFault, GuestOutOfMemory, GuestTimeout, Request, Response, Tenant, TenantVM, bundled
 from tenantvm import config as tconfig
+
+from .vcpu_batches import BatchedServing
 
 PYTHON = Path("/usr/bin/python3")
 GUEST_APPS = Path(__file__).resolve().parent / "guest"
@@ -296,3 +299,44 @@ def test_the_binding_reaches_the_key_value_store_and_a_store_down_is_a_503(tmp_p
     r = down.call(Request("GET", "/incr"))
     assert r.status == 503
     assert b"kv_incr: Input/output error" in r.stderr  # the host's reason stays on the host
+
+
+@pytest.fixture(scope="module")
+def combined(probe: Tenant) -> Iterator[BatchedServing]:
+    """The probe served as the server serves runtime tenants: by the vCPU-thread combiner."""
+    serving = BatchedServing(probe, budget=10.0)
+    yield serving
+    serving.close()
+
+
+def state_request(ops: list[Any] | None = None) -> Request:
+    return Request("POST", "/state", body=json.dumps(ops or []).encode())
+
+
+@FUZZ
+@given(sequence=st.lists(ops_strategy, min_size=1, max_size=8))
+def test_isolation_property_for_python_requests_served_in_batches(
+    probe: Tenant, combined: BatchedServing, sequence: list
+) -> None:
+    """The property for requests the combiner runs as one batch (the guest kernel resets)."""
+    fresh = state(probe.instance())
+    sizes = len(combined.sizes)
+    answers = combined.serve([state_request(ops) for ops in sequence])
+    assert combined.sizes[sizes:] == [len(sequence)]
+    for answer in answers:
+        assert isinstance(answer, Response), answer
+        assert answer.status == 200
+        assert json.loads(answer.body) == fresh
+
+
+def test_failures_and_randomness_in_a_batch_of_python_requests(probe: Tenant, combined: BatchedServing) -> None:
+    clean = state(probe.instance())
+    paths = ["/state", "/fault", "/random", "/state", "/loop", "/state", "/random", "/state"]
+    answers = combined.serve([state_request() if p == "/state" else Request(path=p) for p in paths])
+    kinds = [type(a) if not isinstance(a, Response) else a.status for a in answers]
+    assert kinds == [200, GuestFault, 200, 200, GuestTimeout, 200, 200, 200]
+    for i in (0, 3, 5, 7):
+        assert json.loads(answers[i].body) == clean, paths[:i]
+    randoms = [json.loads(answers[i].body) for i in (2, 6)]
+    for key in ("random", "bits", "urandom", "secrets", "uuid4"):
+        assert randoms[0][key] != randoms[1][key], key

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tenantvm import _native
-from tenantvm.tenant import InstanceStats, Request, Response, Tenant, TenantVM, with_native_args
+from tenantvm.tenant import InstanceStats, NativeArgs, Request, Response, Tenant, TenantVM, with_native_args
 
 __all__ = ["AsyncTenantVM", "CompletionQueue"]
 
@@ -101,6 +101,26 @@ class AsyncTenantVM:
             self._queue._forget(token)
             raise
         return future
+
+    def call_batch_raw(
+        self, requests: list[NativeArgs], budget: float | None = None
+    ) -> asyncio.Future[list[RawResult | Exception]]:
+        """Submits ``requests`` as one batch (see :meth:`TenantVM.call_batch`) without waiting.
+
+        Returns a future of the list :meth:`TenantVM.call_batch` would return in the native
+        form: per request served, its ``(status, headers, body, stdout, stderr, exits)`` or the
+        exception its call would have raised; shorter than ``requests`` when ``budget``
+        (seconds) ran out (the rest did not run).  Must be called on the queue's event loop.
+        Raises TypeError (nothing submitted) when a request holds a value the native side does
+        not take as it is.
+        """
+        token, future = self._queue._expect()
+        try:
+            self._native.submit_batch(token, requests, budget)
+        except BaseException:
+            self._queue._forget(token)
+            raise
+        return future  # type: ignore[return-value]
 
     async def call(self, request: Request) -> Response:
         """Serves ``request`` (see :meth:`TenantVM.call` for the exceptions)."""

@@ -187,9 +187,9 @@ class ServerConfig:
         inline_timeout_ms: Tenants whose ``timeout_ms`` is at most this run their requests on
             the event loop (GIL released); the others in a thread pool (``docs/http.md``).
         retry_after_s: The ``Retry-After`` of a 503 (no free instance).
-        batch_budget_us: Inline calls of an ephemeral tenant that arrive together run as one
-            batch (fewer VM exits); a batch starts no request after this many microseconds.
-            0: no batching.
+        batch_budget_us: Inline calls of an ephemeral tenant that arrive together, and calls
+            on vCPU threads that wait for an instance together, run as one batch (fewer VM
+            exits); a batch starts no request after this many microseconds.  0: no batching.
         admin_token_file: The admin API's bearer token is this file's content (stripped); a
             path relative to the tenants file.  The admin API is off unless this or
             ``admin_token_env`` is set.

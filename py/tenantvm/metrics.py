@@ -79,7 +79,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "tenantvm_batch_size",
-            "Requests per batch of inline calls (one VM entry for the lot).",
+            "Requests per batch (one VM entry for the lot): of inline calls, or of calls on a vCPU thread.",
             ["tenant"],
             buckets=(1, 2, 4, 8, 16, 32),
             registry=reg,

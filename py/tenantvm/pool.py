@@ -93,6 +93,26 @@ class Pool:
         """Requests waiting for an instance."""
         return sum(1 for w in self._waiters if not w.done())
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def claim(self) -> asyncio.Future[Instance]:
+        """A future of the next instance released, with no time limit.
+
+        For a caller that queues requests itself and fails them after its own wait limit
+        (:class:`tenantvm.callers.VcpuBatchedCaller`).  It takes its turn among the waiters of
+        :meth:`acquire`; cancel it to give up the turn.
+        Fails with PoolClosed when the pool is closed.
+        """
+        waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            waiter.set_exception(PoolClosed(self.name))
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
     def try_acquire(self) -> Instance | None:
         """An idle instance if there is one and nobody is waiting before us, else None."""
         if self._idle and not self._waiters:

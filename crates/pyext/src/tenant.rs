@@ -183,13 +183,21 @@ impl Completions {
     }
 
     /// Every waiting result, as `(token, True, (status, headers, body, stdout, stderr, exits))`
-    /// or `(token, False, exception)`.
+    /// or `(token, False, exception)` for a call, `(token, True, [tuple or exception, ...])`
+    /// for a batch (one item per request served, as `Instance.call_batch` returns).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
         let mut out = Vec::new();
         for c in self.inner.drain() {
             let item = match c.result {
-                Ok(r) => (c.token, true, result_tuple(py, &r)?.into_any()).into_pyobject(py)?,
-                Err(e) => (c.token, false, to_py(py, &e).into_value(py).into_bound(py).into_any()).into_pyobject(py)?,
+                vmm::worker::Outcome::Call(Ok(r)) => {
+                    (c.token, true, result_tuple(py, &r)?.into_any()).into_pyobject(py)?
+                }
+                vmm::worker::Outcome::Call(Err(e)) => {
+                    (c.token, false, to_py(py, &e).into_value(py).into_bound(py).into_any()).into_pyobject(py)?
+                }
+                vmm::worker::Outcome::Batch(results) => {
+                    (c.token, true, batch_list(py, results)?.into_pyobject(py)?.into_any()).into_pyobject(py)?
+                }
             };
             out.push(item);
         }
@@ -220,6 +228,15 @@ impl Worker {
     ) -> PyResult<()> {
         let req = Request { method, path, query, headers, body };
         self.inner.submit(token, req).map_err(|e| to_py(py, &e))
+    }
+
+    /// Queues `requests` as one batch (see `Instance.call_batch`, with `budget` in seconds);
+    /// its results come back together from `Completions.drain()` with `token`.
+    #[pyo3(signature = (token, requests, budget=None))]
+    fn submit_batch(&self, py: Python<'_>, token: u64, requests: Vec<RawRequest>, budget: Option<f64>) -> PyResult<()> {
+        let budget = batch_budget(budget)?;
+        let requests: Vec<Request> = requests.into_iter().map(request).collect();
+        self.inner.submit_batch(token, requests, budget).map_err(|e| to_py(py, &e))
     }
 
     /// Serves `requests` once each and discards the results (see `Instance.prime`; waits for
@@ -295,24 +312,10 @@ impl Instance {
         requests: Vec<BatchedRequest>,
         budget: Option<f64>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let budget = match budget {
-            Some(b) if !(b.is_finite() && b >= 0.0) => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!("budget must be >= 0 seconds, not {b}")))
-            }
-            b => b.map(Duration::from_secs_f64),
-        };
-        let requests: Vec<Request> = requests
-            .into_iter()
-            .map(|(method, path, query, headers, body)| Request { method, path, query, headers, body })
-            .collect();
+        let budget = batch_budget(budget)?;
+        let requests: Vec<Request> = requests.into_iter().map(request).collect();
         let results = py.detach(|| self.lock().call_batch_within(&requests, budget));
-        results
-            .into_iter()
-            .map(|r| match r {
-                Ok(r) => Ok(result_tuple(py, &r)?.into_any()),
-                Err(e) => Ok(to_py(py, &e).into_value(py).into_bound(py).into_any()),
-            })
-            .collect()
+        batch_list(py, results)
     }
 
     /// Serves `requests` once each, key-value store off, and discards the results, so that
@@ -342,7 +345,32 @@ impl Instance {
 }
 
 /// One request of a batch: `(method, path, query, headers, body)`.
-type BatchedRequest = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
+type BatchedRequest = RawRequest;
+
+/// A batch's budget from Python (seconds, or None for none).
+fn batch_budget(budget: Option<f64>) -> PyResult<Option<Duration>> {
+    match budget {
+        Some(b) if !(b.is_finite() && b >= 0.0) => {
+            Err(pyo3::exceptions::PyValueError::new_err(format!("budget must be >= 0 seconds, not {b}")))
+        }
+        b => Ok(b.map(Duration::from_secs_f64)),
+    }
+}
+
+/// A batch's results as Python values: the result tuple of a served request, or the
+/// exception its call would have raised (not raised).
+fn batch_list<'py>(
+    py: Python<'py>,
+    results: Vec<Result<vmm::CallResult, vmm::CallError>>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(r) => Ok(result_tuple(py, &r)?.into_any()),
+            Err(e) => Ok(to_py(py, &e).into_value(py).into_bound(py).into_any()),
+        })
+        .collect()
+}
 
 /// Step timings as `(name, seconds)`, in order.
 fn steps_list(steps: Option<&vmm::steps::Steps>) -> Vec<(&'static str, f64)> {

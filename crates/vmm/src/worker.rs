@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::host::EventFd;
@@ -25,10 +26,20 @@ use crate::tenant::{CallError, CallResult, Instance, InstanceStats, Tenant};
 /// One finished call.
 #[derive(Debug)]
 pub struct Completion {
-    /// The token given to [`Worker::submit`].
+    /// The token given to [`Worker::submit`] or [`Worker::submit_batch`].
     pub token: u64,
     /// The outcome.
-    pub result: std::result::Result<CallResult, CallError>,
+    pub result: Outcome,
+}
+
+/// What a submitted job gave.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A call ([`Worker::submit`]).
+    Call(std::result::Result<CallResult, CallError>),
+    /// A batch ([`Worker::submit_batch`]): one result per request served, in order; fewer
+    /// than the requests when its budget ran out (the rest did not run).
+    Batch(Vec<std::result::Result<CallResult, CallError>>),
 }
 
 /// Results of calls from any number of workers, with an eventfd to wait on.
@@ -71,6 +82,7 @@ impl Completions {
 
 enum Job {
     Call(u64, Request),
+    Batch(u64, Vec<Request>, Option<Duration>),
     Prime(Vec<Request>, mpsc::Sender<Result<(), CallError>>),
     Reset(mpsc::Sender<Result<()>>),
     Stats(mpsc::Sender<InstanceStats>),
@@ -139,6 +151,14 @@ impl Worker {
         jobs.send(Job::Call(token, request)).map_err(|_| Error::State("the vCPU thread is gone"))
     }
 
+    /// Queues a batch ([`Instance::call_batch_within`]: the guest kernel resets memory between
+    /// the requests, one VM entry for those that make no host call); its results arrive
+    /// together on the worker's [`Completions`] with `token`, as [`Outcome::Batch`].
+    pub fn submit_batch(&self, token: u64, requests: Vec<Request>, budget: Option<Duration>) -> Result<()> {
+        let jobs = self.jobs.as_ref().ok_or(Error::State("the worker is stopped"))?;
+        jobs.send(Job::Batch(token, requests, budget)).map_err(|_| Error::State("the vCPU thread is gone"))
+    }
+
     /// Primes the instance with `requests` on its vCPU thread (see [`Instance::prime`]; waits
     /// for the calls queued before it).
     pub fn prime(&self, requests: Vec<Request>) -> Result<(), CallError> {
@@ -177,7 +197,12 @@ fn serve(instance: &mut Instance, rx: &mpsc::Receiver<Job>, completions: &Comple
     while let Ok(job) = rx.recv() {
         match job {
             Job::Call(token, request) => {
-                let result = instance.call(&request);
+                let result = Outcome::Call(instance.call(&request));
+                shared.usable.store(instance.usable(), Ordering::Release);
+                completions.push(Completion { token, result });
+            }
+            Job::Batch(token, requests, budget) => {
+                let result = Outcome::Batch(instance.call_batch_within(&requests, budget));
                 shared.usable.store(instance.usable(), Ordering::Release);
                 completions.push(Completion { token, result });
             }
