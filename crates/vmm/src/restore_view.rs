@@ -73,6 +73,56 @@ pub fn build(
     ReadOnlyMapping::of(&file, size as usize)
 }
 
+/// The pages of RAM whose contents the view holds, in view order, as runs `(first page,
+/// pages)`: what a snapshot file stores instead of the view (the view's pages are those RAM
+/// pages, which the file holds already).  None if `view` is not one [`build`] made (its
+/// index does not name its pages in order).
+pub fn ram_runs(view: &ReadOnlyMapping, memory: u64) -> Option<Vec<(u64, u64)>> {
+    let index_pages = index_size(memory) / PAGE_SIZE;
+    let mut index = vec![0u8; (memory / PAGE_SIZE * 4) as usize];
+    view.read(0, &mut index)?;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut next = index_pages;
+    for (page, entry) in index.chunks_exact(4).enumerate() {
+        let entry = u64::from(u32::from_le_bytes(entry.try_into().expect("4 bytes")));
+        if entry == 0 {
+            continue;
+        }
+        if entry != next {
+            return None;
+        }
+        next += 1;
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n == page as u64 => *n += 1,
+            _ => runs.push((page as u64, 1)),
+        }
+    }
+    (next * PAGE_SIZE == view.len() as u64).then_some(runs)
+}
+
+/// The view whose pages are the pages `runs` of `ram` (a snapshot file's RAM, `memory`
+/// bytes), as [`ram_runs`] gave them: its index is made anew in a memfd, and the pages are
+/// mapped from `ram` itself, not copied (the same page-cache pages instances start from).
+/// The runs must be ascending, apart and inside RAM (the caller checks: a file's state).
+pub fn from_pages(ram: &Memfd, memory: u64, runs: &[(u64, u64)]) -> Result<ReadOnlyMapping> {
+    let index_bytes = index_size(memory);
+    let index_pages = index_bytes / PAGE_SIZE;
+    let index = Memfd::new("tenantvm-restore-view-index", index_bytes)?;
+    {
+        let out = Mapping::shared(&index, index_bytes as usize)?;
+        let mut next = index_pages;
+        for &(start, n) in runs {
+            // Only the index pages with entries are written (the rest stay holes: zero).
+            let entries: Vec<u8> = (next..next + n).flat_map(|e| (e as u32).to_le_bytes()).collect();
+            out.write(start * 4, &entries).expect("the runs lie inside RAM");
+            next += n;
+        }
+    }
+    let mut pieces = vec![(&index, 0, index_bytes)];
+    pieces.extend(runs.iter().map(|&(start, n)| (ram, start * PAGE_SIZE, n * PAGE_SIZE)));
+    ReadOnlyMapping::composed(&pieces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +166,35 @@ mod tests {
         // Pages said not resident are not read (they are holes: zero).
         let view = build(&ram, &writable, |n| n != 1).unwrap();
         assert_eq!((view.len() as u64, entry(&view, 1)), ((u64::from(first) + 2) * PAGE_SIZE, 0));
+    }
+
+    #[test]
+    fn a_view_made_from_the_pages_of_ram_is_the_view_built_by_copying() {
+        let memory = 4 << 20;
+        let file = Memfd::new("t", memory).unwrap();
+        let ram = Mapping::shared(&file, memory as usize).unwrap();
+        // Runs of writable pages with data, a zero page between two of them, data outside
+        // the writable ranges, a run across two writable ranges that touch.
+        for (gpa, byte) in [(0x1000, 1u8), (0x2000, 2), (0x4000, 4), (0x9000, 9), (0xa000, 10), (0x30_0000, 0x30)] {
+            ram.fill(gpa, 4096, byte).unwrap();
+        }
+        let writable = [(0x1000, 0x9000), (0x9000, 0xb000), (0x20_0000, 0x20_1000)];
+        let ram = ReadOnlyMapping::of(&file, memory as usize).unwrap();
+        let built = build(&ram, &writable, |_| true).unwrap();
+        let runs = ram_runs(&built, memory).unwrap();
+        assert_eq!(runs, [(1, 2), (4, 1), (9, 2)]);
+        let made = from_pages(&file, memory, &runs).unwrap();
+        assert_eq!(made.len(), built.len());
+        let (mut a, mut b) = (vec![0u8; built.len()], vec![0u8; built.len()]);
+        built.read(0, &mut a).unwrap();
+        made.read(0, &mut b).unwrap();
+        assert!(a == b, "the views differ");
+        // An index that does not name the view's pages in order is not a view of this kind.
+        let other = Memfd::new("v", built.len() as u64).unwrap();
+        let m = Mapping::shared(&other, built.len()).unwrap();
+        m.write(0, &a).unwrap();
+        m.write(4, &(index_size(memory) as u32 / 4096 + 1).to_le_bytes()).unwrap();
+        assert_eq!(ram_runs(&ReadOnlyMapping::of(&other, built.len()).unwrap(), memory), None);
     }
 
     #[test]

@@ -25,8 +25,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// Header fields (little-endian u64 after the 16-byte magic): format, state length, state CRC,
-/// RAM offset, RAM size, RAM CRC, file size, restore-view offset, size and CRC; the header's
-/// CRC in its last 8 bytes.
+/// RAM offset, RAM size, RAM CRC, file size, three reserved (0); the header's CRC in its last
+/// 8 bytes.  The RAM runs to the end of the file.
 const HEADER_LEN: usize = 128;
 
 fn field(b: &[u8], i: usize) -> u64 {
@@ -106,13 +106,14 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     let ram_end = ram_offset + field(&bytes, 4) as usize;
     let hole_page =
         (ram_offset..ram_end).step_by(4096).rev().find(|&o| bytes[o..o + 4096].iter().all(|&b| b == 0)).unwrap();
-    // A page of the restore view (after the RAM): its last.
-    let view_page = bytes.len() - 4096;
+    // The last page of the file (of RAM).
+    let last_page = bytes.len() - 4096;
+    assert_eq!(ram_end, bytes.len());
 
-    // Bit flips: header (magic, fields, CRC), state, RAM data, a hole of RAM.
+    // Bit flips: header (magic, fields, reserved words, CRC), state, RAM data, holes of RAM.
     let flips = [0, 20, 40, 64, HEADER_LEN - 1, HEADER_LEN + 3, HEADER_LEN + state_len / 2, HEADER_LEN + state_len - 1]
         .into_iter()
-        .chain([data_page + 100, data_page + 4095, hole_page + 7, ram_end + 5, view_page + 2000]);
+        .chain([88, data_page + 100, data_page + 4095, hole_page + 7, last_page + 2000]);
     for at in flips {
         let mut b = bytes.clone();
         b[at] ^= 0x10;
@@ -140,22 +141,34 @@ fn damaged_foreign_and_mismatched_files_are_refused() {
     // And a longer file is not the file either.
     assert!(matches!(try_bytes(&[bytes.as_slice(), b"x"].concat()), Err(SnapshotFileError::Truncated { .. })));
 
+    // A reserved header word that is not zero (header CRC made to match): Corrupt.
+    let mut b = bytes.clone();
+    set_field(&mut b, 8, 1);
+    seal_header(&mut b);
+    assert!(matches!(try_bytes(&b), Err(SnapshotFileError::Corrupt { .. })));
+
     // Another format (header CRC made to match): Version.
     let mut b = bytes.clone();
     let format = field(&b, 0);
     set_field(&mut b, 0, format + 1);
     seal_header(&mut b);
     assert!(matches!(try_bytes(&b), Err(SnapshotFileError::Version { .. })));
-    // The format before (2, which held no threads): Version, saying which.
-    let mut b = bytes.clone();
-    set_field(&mut b, 0, 2);
-    seal_header(&mut b);
-    match shown(try_bytes(&b)) {
-        Err(e @ SnapshotFileError::Version { .. }) => {
-            let text = e.to_string();
-            assert!(text.contains("format 2") && text.contains(&format!("format {format}")), "{text}");
+    // Formats before (2, which held no threads; 4, which held a copy of the restore view):
+    // Version, saying which.
+    for old in [2, 4] {
+        let mut b = bytes.clone();
+        set_field(&mut b, 0, old);
+        seal_header(&mut b);
+        match shown(try_bytes(&b)) {
+            Err(e @ SnapshotFileError::Version { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("format {old}")) && text.contains(&format!("format {format}")),
+                    "{text}"
+                );
+            }
+            other => panic!("a format-{old} file: {other:?}"),
         }
-        other => panic!("a format-2 file: {other:?}"),
     }
 
     // Another tenantvm build (its id in the state, every CRC made to match): Version, naming it.
@@ -297,7 +310,7 @@ fn damage_to_the_threads_of_a_file_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Whether loading read the file's RAM and restore view whole (rather than trusting this
+/// Whether loading read the file's RAM whole (rather than trusting this
 /// process's earlier check of the same, unchanged file); the steps say which.
 fn checked_whole(t: &Tenant) -> bool {
     let names: Vec<&str> = t.snapshot().load_steps().unwrap().as_slice().iter().map(|s| s.0).collect();

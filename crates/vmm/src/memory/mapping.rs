@@ -285,6 +285,48 @@ impl ReadOnlyMapping {
         Ok(ReadOnlyMapping { map })
     }
 
+    /// One read-only range made of pieces of files, in order: each `(file, offset, len)` maps
+    /// `len` bytes from `offset` of `file` (both page-aligned) right after the previous piece.
+    /// A snapshot file's restore view is its index followed by pages of the file's RAM
+    /// (`crate::restore_view::from_pages`): the same page-cache pages, not a copy.
+    pub fn composed(pieces: &[(&Memfd, u64, u64)]) -> Result<ReadOnlyMapping> {
+        let len: u64 = pieces.iter().map(|p| p.2).sum();
+        if pieces.iter().any(|&(f, offset, n)| offset % 4096 != 0 || n == 0 || n % 4096 != 0 || offset + n > f.size) {
+            return Err(Error::Config("a piece of a composed mapping is not whole pages of its file".into()));
+        }
+        // Reserved whole first (nothing else can be mapped into the range meanwhile), then
+        // each piece mapped over its part; the one `Mapping` unmaps the whole range on drop.
+        let map = Mapping::map(
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+            Sharing::Shared,
+        )?;
+        let mut at = 0;
+        for &(file, offset, n) in pieces {
+            // SAFETY: MAP_FIXED over `[at, at + n)`, a part of the reservation this function
+            // made and `map` owns (at + n <= len); no Rust reference points into it.  The
+            // result is checked.
+            let ptr = unsafe {
+                libc::mmap(
+                    map.ptr.as_ptr().add(at as usize).cast(),
+                    n as usize,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.fd.as_raw_fd(),
+                    (file.offset + offset) as libc::off_t,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(Error::last_os("mmap (a piece of a composed mapping)"));
+            }
+            at += n;
+        }
+        Ok(ReadOnlyMapping { map })
+    }
+
     /// Host address of the first byte (for a `KVM_MEM_READONLY` memory slot).
     pub fn host_address(&self) -> u64 {
         self.map.host_address()

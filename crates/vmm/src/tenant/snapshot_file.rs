@@ -2,25 +2,27 @@
 //!
 //! ```text
 //!   offset 0      header (HEADER_LEN bytes, fixed layout, little-endian):
-//!                   magic "TENANTVM" "SNAPSHOT", format, state offset/length/CRC,
-//!                   RAM offset/size, RAM CRC, file size, header CRC
+//!                   magic "TENANTVM" "SNAPSHOT", format, state length/CRC,
+//!                   RAM offset/size, RAM CRC, file size, 3 reserved words (0), header CRC
 //!   HEADER_LEN    state: tenantvm version, guest-kernel digest, platform, CPU features the
-//!                   snapshot needs, the RAM's data pages, registers, the emulated process
-//!                   (its threads with their CPU states and waits included), the address
-//!                   space and the tenant's configuration (crate::persist); deadlines
-//!                   relative to the snapshot's epoch, rebased when loading
-//!   RAM offset    guest RAM (page-aligned), as the snapshot's memfd had it; pages without
-//!                   data are holes (sparse file) and read as zeros
-//!   view offset   the restore view (right after the RAM): what in-guest resets copy back
-//!                   (crate::restore_view), stored rather than built again on loading
+//!                   snapshot needs, the RAM's data pages, the RAM pages the restore view
+//!                   holds, registers, the emulated process (its threads with their CPU
+//!                   states and waits included), the address space and the tenant's
+//!                   configuration (crate::persist); deadlines relative to the snapshot's
+//!                   epoch, rebased when loading
+//!   RAM offset    guest RAM (page-aligned) to the end of the file, as the snapshot's memfd
+//!                   had it; pages without data, and pages of zeros, are holes (sparse file)
+//!                   and read as zeros
 //! ```
 //!
 //! Loading maps the RAM range of the file as the snapshot's memory: read-only for host resets
 //! (a [`ReadOnlyMapping`](crate::memory::ReadOnlyMapping), as any snapshot) and copy-on-write for each
 //! instance, so a tenant is ready without booting, and its instances share the file's pages in
-//! the page cache.  The restore view is mapped from the file as well: building it again
-//! (copying every writable page with data into a new memfd) was most of the time it took to
-//! load a runtime's snapshot (a CPython tenant: 15 MiB of data).
+//! the page cache.  The restore view (what in-guest resets copy back, crate::restore_view) is
+//! not stored: its pages are RAM pages the file holds, so it is mapped from them
+//! ([`crate::restore_view::from_pages`]), with its index made anew from the state.  (Format 4
+//! stored a copy of them after the RAM: half of a runtime's file, and half of what a first
+//! load read to check it.)
 //!
 //! Everything is checked before anything runs: the magic (else [`SnapshotFileError::NotASnapshot`]),
 //! the format and the tenantvm build ([`SnapshotFileError::Version`]), the file's size
@@ -30,11 +32,14 @@
 //! ([`SnapshotFileError::Host`]): the guest's C library picked its code paths (AVX2...) when it
 //! booted, and its saved FPU state names the XSAVE components it used.
 //!
-//! Reading the RAM and restore view to checksum them is most of a first load (a runtime's
-//! file holds hundreds of MiB); they are read with `pread` on several threads
-//! ([`file_crc`]), and a file this process has checked whole and that has not changed since
-//! (by its identity: device, inode, size, times, header) is not read again ([`VERIFIED`]).
-//! Every load still checks the header, the state, the build, the host and the holes.
+//! Reading the RAM to checksum it is most of a first load (a runtime's file holds a hundred
+//! MiB or more): it is read with `pread` on several threads ([`file_crc`]) while another
+//! opens the KVM (once per process, [`crate::kvm::open_in_background`]), and a file this
+//! process has checked whole and that has not changed since (by its identity: device, inode,
+//! size, times, header) is not read again ([`VERIFIED`]).  Every load still checks the
+//! header, the state, the build, the host and the holes.  The cost is reading the bytes
+//! (measured: `pread` alone of node's 235 MiB took 32-48 ms, with the CRC-32 36-43 ms; the
+//! CRC is PCLMULQDQ-accelerated), so what counts is how few bytes there are to read.
 //!
 //! The checksums detect damage (a bad disk, a truncated copy), not an attacker who can write
 //! the file: such a person could as well give the server a hostile program, which the VM
@@ -66,7 +71,7 @@ use crate::syscalls::Process;
 const MAGIC: &[u8; 16] = b"TENANTVMSNAPSHOT";
 /// The layout of the header and of the state encoding.  Raise it with any change to either
 /// (including a field added to a persisted type): older files are then refused, not misread.
-pub const FORMAT: u64 = 4;
+pub const FORMAT: u64 = 5;
 /// Bytes of the fixed header.
 const HEADER_LEN: u64 = 128;
 /// The version of this tenantvm (the guest kernel's digest pins the build further).
@@ -197,10 +202,10 @@ struct Header {
     ram_size: u64,
     ram_crc: u32,
     file_size: u64,
-    view_offset: u64,
-    view_size: u64,
-    view_crc: u32,
 }
+
+/// Words of the header after the file size, kept zero (a file with others is corrupt).
+const RESERVED_WORDS: std::ops::Range<usize> = 7..10;
 
 impl Header {
     fn encode(&self) -> [u8; HEADER_LEN as usize] {
@@ -214,9 +219,9 @@ impl Header {
             self.ram_size,
             u64::from(self.ram_crc),
             self.file_size,
-            self.view_offset,
-            self.view_size,
-            u64::from(self.view_crc),
+            0,
+            0,
+            0,
         ];
         for (i, v) in fields.iter().enumerate() {
             b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
@@ -250,20 +255,13 @@ impl Header {
             ram_size: word(4),
             ram_crc: word(5) as u32,
             file_size: word(6),
-            view_offset: word(7),
-            view_size: word(8),
-            view_crc: word(9) as u32,
         };
-        let ram_end = h.ram_offset.checked_add(h.ram_size);
-        let view_end = h.view_offset.checked_add(h.view_size);
         if h.ram_offset % PAGE_SIZE != 0
             || h.ram_size % PAGE_SIZE != 0
             || h.ram_size == 0
-            || h.view_size % PAGE_SIZE != 0
-            || h.view_size == 0
             || HEADER_LEN.checked_add(h.state_len).is_none_or(|e| e > h.ram_offset)
-            || ram_end != Some(h.view_offset)
-            || view_end != Some(h.file_size)
+            || h.ram_offset.checked_add(h.ram_size) != Some(h.file_size)
+            || RESERVED_WORDS.into_iter().any(|i| word(i) != 0)
         {
             return Err(corrupt(path, "the header's sizes are inconsistent"));
         }
@@ -416,11 +414,6 @@ fn remember_verified(id: Identity) {
     set.insert(id);
 }
 
-/// CRC-32 of the whole of `view`.
-fn view_crc(view: &ReadOnlyMapping) -> Option<u32> {
-    ram_crc(view, &[(0, view.len() as u64 / PAGE_SIZE)])
-}
-
 /// CRC-32 of the data pages of `ram`, in order.
 fn ram_crc(ram: &ReadOnlyMapping, runs: &[(u64, u64)]) -> Option<u32> {
     let mut h = crc32fast::Hasher::new();
@@ -476,14 +469,28 @@ fn load_process(d: &mut Dec<'_>) -> Result<(crate::linux::FsConfig, impl FnOnce(
 pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
     let host = crate::kvm::host()?;
     let ram = snap.ram_view();
-    let pages = ram.len() as u64 / PAGE_SIZE;
+    let memory = ram.len() as u64;
     let data = snap.data_pages();
-    let runs = runs_of((0..pages).filter(|&p| data(p)));
+    // Pages of zeros are left holes, like pages never written: no bytes to store or check.
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    let mut nonzero = Vec::new();
+    for p in (0..memory / PAGE_SIZE).filter(|&p| data(p)) {
+        ram.read(p * PAGE_SIZE, &mut page).ok_or_else(|| corrupt(path, "the snapshot's RAM cannot be read"))?;
+        if page.iter().any(|&b| b != 0) {
+            nonzero.push(p);
+        }
+    }
+    let runs = runs_of(nonzero.into_iter());
+    // The restore view holds copies of RAM pages with data: the file names them instead.
+    let view_runs = crate::restore_view::ram_runs(snap.restore_view(), memory)
+        .filter(|v| v.iter().all(|&(start, n)| covers(&runs, start, n)))
+        .ok_or_else(|| corrupt(path, "the snapshot's restore view is not made of pages of its RAM"))?;
     let mut e = Enc::at(snap.epoch());
     build_id().save(&mut e)?;
     host.platform.name().to_string().save(&mut e)?;
     CpuNeeds::of(host).save(&mut e)?;
     runs.save(&mut e)?;
+    view_runs.save(&mut e)?;
     snap.regs().save(&mut e)?;
     snap.request_area().save(&mut e)?;
     snap.boot_time().save(&mut e)?;
@@ -494,18 +501,13 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
     save_process(snap.proc(), &mut e)?;
     let state = e.buf;
     let ram_offset = (HEADER_LEN + state.len() as u64).next_multiple_of(PAGE_SIZE);
-    let view = snap.restore_view();
-    let view_offset = ram_offset + ram.len() as u64;
     let header = Header {
         state_len: state.len() as u64,
         state_crc: crc32fast::hash(&state),
         ram_offset,
-        ram_size: ram.len() as u64,
+        ram_size: memory,
         ram_crc: ram_crc(ram, &runs).ok_or_else(|| corrupt(path, "the snapshot's RAM cannot be read"))?,
-        file_size: view_offset + view.len() as u64,
-        view_offset,
-        view_size: view.len() as u64,
-        view_crc: view_crc(view).ok_or_else(|| corrupt(path, "the snapshot's restore view cannot be read"))?,
+        file_size: ram_offset + memory,
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -528,13 +530,6 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
                 at += len as u64;
             }
         }
-        let mut at = 0;
-        while at < view.len() as u64 {
-            let len = (view.len() as u64 - at).min(buf.len() as u64) as usize;
-            view.read(at, &mut buf[..len]).ok_or(std::io::ErrorKind::UnexpectedEof)?;
-            f.write_all_at(&buf[..len], view_offset + at)?;
-            at += len as u64;
-        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -543,6 +538,32 @@ pub fn write(snap: &Snapshot, path: &Path) -> Result<(), SnapshotFileError> {
         return Err(SnapshotFileError::Io { path: path.into(), source });
     }
     Ok(())
+}
+
+/// Whether the pages `[start, start + n)` all lie in `runs` (ascending, apart).
+fn covers(runs: &Runs, start: u64, n: u64) -> bool {
+    let i = runs.partition_point(|&(s, len)| s + len <= start);
+    runs.get(i).is_some_and(|&(s, len)| n > 0 && s <= start && start.checked_add(n).is_some_and(|e| e <= s + len))
+}
+
+/// Why the restore view's runs of RAM pages `view_runs` cannot be the view of a RAM whose
+/// pages with data are `data`: out of order, overlapping, empty, or naming a page without
+/// data (which would read as zeros, where the view holds only pages that had data).
+fn view_runs_fault(view_runs: &Runs, data: &[bool]) -> Option<&'static str> {
+    let mut end = 0;
+    for &(start, n) in view_runs {
+        if n == 0 || start < end {
+            return Some("the restore view's pages are out of order");
+        }
+        end = match start.checked_add(n).filter(|&e| e <= data.len() as u64) {
+            Some(e) => e,
+            None => return Some("the restore view names a page past the RAM"),
+        };
+        if !data[start as usize..end as usize].iter().all(|&d| d) {
+            return Some("the restore view names a page of RAM without data");
+        }
+    }
+    None
 }
 
 /// Where data lies in `file` between `from` and `to` (SEEK_DATA/SEEK_HOLE), as byte ranges;
@@ -567,9 +588,10 @@ fn data_extents(file: &File, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
 }
 
 /// Reads and checks the snapshot file at `path` (see the module's documentation for what is
-/// checked); maps its RAM.
+/// checked); maps its RAM and makes its restore view.
 pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     let mut clock = StepClock::start();
+    crate::kvm::open_in_background();
     let mut file = File::open(path).map_err(io(path))?;
     let opened = file.metadata().map_err(io(path))?;
     let actual = opened.len();
@@ -597,18 +619,10 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
         return Err(SnapshotFileError::Version { path: path.into(), found: made_by, expected: build_id() });
     }
     clock.step("state: build check");
-    let host = crate::kvm::host()?;
-    clock.step("KVM: open and probe (once per process)");
     let platform = String::load(&mut d).map_err(bad)?;
-    if platform != host.platform.name() {
-        let why = format!("it was made on {platform}, this host is {}", host.platform.name());
-        return Err(SnapshotFileError::Host { path: path.into(), why });
-    }
     let needs = CpuNeeds::load(&mut d).map_err(bad)?;
-    if let Some(missing) = needs.missing(&CpuNeeds::of(host)) {
-        return Err(SnapshotFileError::Host { path: path.into(), why: format!("it needs {missing}") });
-    }
     let runs = Runs::load(&mut d).map_err(bad)?;
+    let view_runs = Runs::load(&mut d).map_err(bad)?;
     let regs = kvm_regs::load(&mut d).map_err(bad)?;
     let request_area = u64::load(&mut d).map_err(bad)?;
     let boot_time = Persist::load(&mut d).map_err(bad)?;
@@ -620,7 +634,7 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
     if !d.done() {
         return Err(corrupt(path, "the state has trailing bytes"));
     }
-    clock.step("state: host checks, decode");
+    clock.step("state: decode");
     let pages = header.ram_size / PAGE_SIZE;
     let mut data = vec![false; pages as usize];
     for &(start, n) in &runs {
@@ -628,23 +642,18 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
             start.checked_add(n).filter(|&e| e <= pages).ok_or_else(|| corrupt(path, "a data page is past the RAM"))?;
         data[start as usize..end as usize].iter_mut().for_each(|p| *p = true);
     }
-    let extents = data_extents(&file, header.ram_offset, header.view_offset);
+    if let Some(fault) = view_runs_fault(&view_runs, &data) {
+        return Err(corrupt(path, fault));
+    }
+    let extents = data_extents(&file, header.ram_offset, header.file_size);
     clock.step("data pages, holes (SEEK_DATA)");
-    let view_file =
-        Memfd::from_file_range(file.try_clone().map_err(io(path))?.into(), header.view_offset, header.view_size)?;
-    let restore_view = ReadOnlyMapping::of(&view_file, header.view_size as usize)?;
-    clock.step("restore view: map");
     let identity = Identity::of(&opened, &hb);
     if verified_before(&identity) {
-        clock.step("restore view, RAM: verified before by this process");
+        clock.step("RAM: verified before by this process");
     } else {
         // Decided before reading: a write after this moment changes the times of a settled file.
         let settled = identity.settled();
         let read_fail = |e: std::io::Error| corrupt(path, format!("cannot be read whole: {e}"));
-        if file_crc(&file, &[(header.view_offset, header.view_size)]).map_err(read_fail)? != header.view_crc {
-            return Err(corrupt(path, "the restore view's checksum does not match"));
-        }
-        clock.step("restore view: checksum");
         let ranges: Vec<(u64, u64)> =
             runs.iter().map(|&(start, n)| (header.ram_offset + start * PAGE_SIZE, n * PAGE_SIZE)).collect();
         if file_crc(&file, &ranges).map_err(read_fail)? != header.ram_crc {
@@ -656,6 +665,17 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
             remember_verified(identity);
         }
     }
+    // Opened meanwhile by another thread (open_in_background); this waits for it if need be.
+    let host = crate::kvm::host()?;
+    clock.step("KVM: open and probe (once per process; what was not overlapped)");
+    if platform != host.platform.name() {
+        let why = format!("it was made on {platform}, this host is {}", host.platform.name());
+        return Err(SnapshotFileError::Host { path: path.into(), why });
+    }
+    if let Some(missing) = needs.missing(&CpuNeeds::of(host)) {
+        return Err(SnapshotFileError::Host { path: path.into(), why: format!("it needs {missing}") });
+    }
+    clock.step("host checks");
     let ram = Arc::new(Memfd::from_file_range(file.into(), header.ram_offset, header.ram_size)?);
     let ram_view = ReadOnlyMapping::of(&ram, header.ram_size as usize)?;
     clock.step("RAM: map");
@@ -677,6 +697,8 @@ pub fn read(path: &Path) -> Result<FileParts, SnapshotFileError> {
         }
     }
     clock.step("RAM: holes read as zeros");
+    let restore_view = crate::restore_view::from_pages(&ram, header.ram_size, &view_runs)?;
+    clock.step("restore view: index, map from the RAM");
     let view = View::new(&fs).map_err(|e| SnapshotFileError::Host {
         path: path.into(),
         why: format!("the files the tenant was allowed to read are not all there: {e}"),
@@ -734,6 +756,37 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    #[test]
+    fn the_restore_views_pages_must_be_ordered_pages_of_ram_with_data() {
+        let data: Vec<bool> = (0..16).map(|p| !(5..8).contains(&p)).collect();
+        assert_eq!(view_runs_fault(&vec![(0, 2), (3, 2), (8, 8)], &data), None);
+        assert_eq!(view_runs_fault(&vec![], &data), None);
+        for (runs, why) in [
+            (vec![(3, 2), (0, 2)], "out of order"),
+            (vec![(0, 3), (2, 1)], "out of order"),
+            (vec![(0, 0)], "out of order"),
+            (vec![(4, 2)], "without data"),
+            (vec![(7, 1)], "without data"),
+            (vec![(15, 2)], "past the RAM"),
+            (vec![(u64::MAX, 2)], "past the RAM"),
+        ] {
+            assert!(view_runs_fault(&runs, &data).is_some_and(|f| f.contains(why)), "{runs:?}");
+        }
+        let runs: Runs = vec![(2, 3), (8, 4)];
+        for (start, n, want) in [
+            (2, 3, true),
+            (3, 1, true),
+            (8, 4, true),
+            (1, 2, false),
+            (4, 2, false),
+            (11, 2, false),
+            (5, 1, false),
+            (2, 0, false),
+        ] {
+            assert_eq!(covers(&runs, start, n), want, "{start}+{n}");
+        }
+    }
+
     /// Everything a snapshot holds except the view's host descriptors, as text.
     fn state(s: &Snapshot) -> String {
         let Process { mem, files, signals, identity, threads } = s.proc();
@@ -779,6 +832,29 @@ mod tests {
             booted.write_snapshot_file(&path).unwrap();
             let loaded = crate::Tenant::from_snapshot_file(&path, None).unwrap();
             assert_eq!(state(loaded.snapshot()), state(booted.snapshot()), "{name}");
+            // The restore view mapped from the file's RAM is the one the boot built by copying.
+            let bytes = |v: &ReadOnlyMapping| {
+                let mut b = vec![0u8; v.len()];
+                v.read(0, &mut b).unwrap();
+                b
+            };
+            let (a, b) = (bytes(loaded.snapshot().restore_view()), bytes(booted.snapshot().restore_view()));
+            assert!(a == b, "{name}: the restore views differ ({} and {} bytes)", a.len(), b.len());
+            // No page the file stores is all zeros (those are holes), and the RAM reads the same.
+            let file = File::open(&path).unwrap();
+            let h = Header::decode(&path, &std::fs::read(&path).unwrap()[..HEADER_LEN as usize].try_into().unwrap())
+                .unwrap();
+            let mut page = vec![0u8; PAGE_SIZE as usize];
+            let mut stored = 0;
+            for (start, end) in data_extents(&file, h.ram_offset, h.file_size).unwrap() {
+                for at in (start..end).step_by(PAGE_SIZE as usize) {
+                    file.read_exact_at(&mut page, at).unwrap();
+                    assert!(page.iter().any(|&b| b != 0), "{name}: a page of zeros stored at {at}");
+                    stored += 1;
+                }
+            }
+            assert!(stored > 0);
+            assert!(bytes(loaded.snapshot().ram_view()) == bytes(booted.snapshot().ram_view()), "{name}: RAM differs");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
