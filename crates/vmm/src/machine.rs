@@ -106,16 +106,28 @@ pub const SAMPLES_PER_LIMIT: u32 = 8;
 /// ...but not more often than this (each look is an exit).
 pub const MIN_SAMPLE: Duration = Duration::from_millis(1);
 
-/// How much of the CPU time a thread was charged between two looks at its clocks cannot have
-/// been the guest's: `cpu` is what it was charged since the last look, `to_alarm` the wall time
-/// from that look to the alarm that ended the interval, which interrupted a `KVM_RUN` entered
-/// before it.  The guest cannot run past the alarm (the signal stops `KVM_RUN` within tens of
-/// microseconds), so whatever the thread was charged beyond `to_alarm` was the host's: its
-/// interrupt handling, or the hypervisor below keeping the vCPU busy.  Never more than that
-/// (CPU time up to the alarm counts in full, whatever it was), so a program cannot make this
-/// time itself.
-pub fn host_stall(cpu: Duration, to_alarm: Duration) -> Duration {
-    cpu.saturating_sub(to_alarm)
+/// A `KVM_RUN` that returns later than this after its alarm was held up by the host.
+pub const LATE: Duration = Duration::from_micros(500);
+
+/// How much of the CPU time a thread was charged between two looks at its clocks was the
+/// host's, not the guest's: `cpu` is what it was charged since the last look, `to_alarm` the
+/// wall time from that look to the alarm that ended the interval, which interrupted a `KVM_RUN`
+/// entered before it, and `late` how long after the alarm that `KVM_RUN` returned.  The guest
+/// cannot run past the alarm (the signal stops `KVM_RUN` within tens of microseconds): what
+/// the thread was charged beyond `to_alarm` was the host's (its interrupt handling, or the
+/// hypervisor below keeping the vCPU busy).  And a `KVM_RUN` that returned [`LATE`] was held
+/// up by such a stall, which most likely began before the alarm too (a stall of 20 ms cut
+/// into looks 2.5 ms apart otherwise left 2.5 ms of each look to the guest: over a quarter
+/// of a 20 ms limit with two of them): then the whole interval is the host's.  A program
+/// cannot make either: a guest that spins is stopped within tens of microseconds of each
+/// alarm; the most a stall can give a spinning program is one interval (limit/8), and every
+/// grace together is bounded by [`MAX_STARVATION_GRACE`].
+pub fn host_stall(cpu: Duration, to_alarm: Duration, late: Duration) -> Duration {
+    if late > LATE {
+        cpu
+    } else {
+        cpu.saturating_sub(to_alarm)
+    }
 }
 
 /// The TSC → nanoseconds conversion the guest kernel uses for its clocks.
@@ -485,8 +497,11 @@ impl Machine {
                     let now = Instant::now();
                     let cpu_now = thread_cpu_time();
                     if entered < alarm_at && alarm_at <= now {
-                        let stall =
-                            host_stall(cpu_now.saturating_sub(looked_cpu), alarm_at.saturating_duration_since(looked));
+                        let stall = host_stall(
+                            cpu_now.saturating_sub(looked_cpu),
+                            alarm_at.saturating_duration_since(looked),
+                            now - alarm_at,
+                        );
                         self.stats.host_stalls += stall;
                     }
                     (looked, looked_cpu) = (now, cpu_now);
@@ -723,6 +738,20 @@ mod tests {
 
     fn fault() -> GuestFault {
         GuestFault::PageFault { address: 0x10, rip: 1, error_code: 6, access: "write" }
+    }
+
+    #[test]
+    fn only_cpu_time_past_the_alarm_or_of_a_late_return_is_the_hosts() {
+        let ms = Duration::from_millis;
+        // Back on time: the time before the alarm may all have been the guest's.
+        assert_eq!(host_stall(ms(2), ms(2), Duration::from_micros(60)), Duration::ZERO);
+        assert_eq!(host_stall(ms(1), ms(2), Duration::from_micros(60)), Duration::ZERO);
+        // Charged past the alarm (it came back within LATE, but late work was charged).
+        assert_eq!(host_stall(ms(3), ms(2), LATE), ms(1));
+        // Held up past LATE: the whole interval was the host's.
+        assert_eq!(host_stall(ms(12), ms(2), ms(10)), ms(12));
+        // Never more than the thread was charged (off the CPU is not a stall).
+        assert_eq!(host_stall(ms(1), ms(2), ms(30)), ms(1));
     }
 
     #[test]
