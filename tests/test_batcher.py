@@ -161,3 +161,32 @@ def test_queued_requests_leave_the_loop_once_calls_are_not_allowed_there(misbeha
         return await gather(batcher, [path("/count") for _ in range(3)])
 
     assert all(isinstance(r, NoInstance) for r in asyncio.run(main()))
+
+
+def test_queued_requests_take_the_fallback_when_the_batch_finds_no_instance(misbehave: Tenant) -> None:
+    # The server's path under load: the batcher's own future, settled by the fallback (the
+    # tenant's ordinary caller) when calls may no longer run on the loop or no instance is free.
+    pool = Pool("t", misbehave.instance, 1)
+    allowed = [True]
+    served: list[NativeArgs] = []
+
+    async def fallback(request: NativeArgs) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        served.append(request)
+        await asyncio.sleep(0)
+        if request[1] == b"/fail":
+            raise GuestTimeout("from the fallback")
+        return 299, [], b"fallback"
+
+    batcher = Batcher(pool, 1.0, allowed=lambda: allowed[0], fallback=fallback)
+
+    async def main() -> list[object]:
+        first = await asyncio.gather(batcher.enqueue(path("/count")), batcher.enqueue(path("/count")))
+        assert [Raw(r).body for r in first] == [b"1", b"1"]  # served by the batch, each from the snapshot
+        allowed[0] = False
+        futures = [batcher.enqueue(path("/count")), batcher.enqueue(path("/fail"))]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    answer, failure = asyncio.run(main())
+    assert answer == (299, [], b"fallback")
+    assert isinstance(failure, GuestTimeout)
+    assert [r[1] for r in served] == [b"/count", b"/fail"]

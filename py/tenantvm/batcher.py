@@ -14,7 +14,7 @@ tenants have short time limits (see ``docs/http.md``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tenantvm import _native
@@ -49,6 +49,7 @@ class Batcher:
         before: Callable[[], None] = lambda: None,
         after: Callable[[int], None] = lambda n: None,
         allowed: Callable[[], bool] = lambda: True,
+        fallback: Callable[[NativeArgs], Awaitable[Any]] | None = None,
     ) -> None:
         """A batcher drawing instances from ``pool``.
 
@@ -62,13 +63,17 @@ class Batcher:
             allowed: Whether calls may still run on the loop; when it turns false (the
                 server moves a tenant that timed out to threads), queued requests get
                 :class:`NoInstance` and take the ordinary path.
+            fallback: That ordinary path for queued requests (:meth:`enqueue`): what serves
+                them when the batch finds no instance free or calls no longer allowed on the
+                loop.  Without it their futures fail with :class:`NoInstance`.
         """
         self._pool = pool
         self._budget = budget
         self._before = before
         self._after = after
         self._allowed = allowed
-        self._pending: list[tuple[NativeArgs, asyncio.Future[RawResponse | Exception]]] = []
+        self._fallback = fallback
+        self._pending: list[tuple[NativeArgs, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._crowded = False
         #: Requests that found batches lone (every PROBE_EVERY-th of them waits a turn).
@@ -108,16 +113,22 @@ class Batcher:
 
     async def queue(self, request: NativeArgs) -> RawResponse:
         """Serves ``request`` in the next batch (see :meth:`call`)."""
+        return await self.enqueue(request)  # type: ignore[no-any-return]
+
+    def enqueue(self, request: NativeArgs) -> asyncio.Future[Any]:
+        """Queues ``request`` for the next batch; its future gives the raw response.
+
+        Or the fallback's answer (see ``fallback``), or raises what the call raised.  The
+        server awaits this future itself (no coroutine per request: under load every request
+        of a batch takes this path).
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[RawResponse | Exception] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((request, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        result = await future
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return future
 
     def call_now(self, request: NativeArgs) -> RawResponse:
         """Serves ``request`` at once, alone (raises NoInstance when no instance is free)."""
@@ -148,9 +159,9 @@ class Batcher:
         self._crowded = len(batch) > 1
         vm: TenantVM | None = self._pool.try_acquire() if self._allowed() else None  # type: ignore[assignment]
         if vm is None:
-            for _, future in batch:
+            for request, future in batch:
                 if not future.done():
-                    future.set_result(NoInstance())
+                    self._fall_back(request, future)
             return
         results: list[RawResponse | Exception] = []
         try:
@@ -163,7 +174,10 @@ class Batcher:
             self._after(len(results))
         for (_, future), result in zip(batch[: len(results)], results, strict=True):
             if not future.done():
-                future.set_result(result)
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
         # Requests the budget left unstarted go first in the next batch.
         rest = batch[len(results) :]
         if rest:
@@ -171,6 +185,28 @@ class Batcher:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
+    def _fall_back(self, request: NativeArgs, future: asyncio.Future[Any]) -> None:
+        """Settles ``future`` with what the fallback makes of ``request`` (or NoInstance)."""
+        if self._fallback is None:
+            future.set_exception(NoInstance())
+            return
+        task = asyncio.ensure_future(self._fallback(request))
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                if not future.done():
+                    future.cancel()
+            elif future.done():
+                done.exception()  # retrieved: nobody waits for it any more
+            elif done.exception() is not None:
+                future.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(done.result())
+
+        task.add_done_callback(settle)
+        # The client went away: the fallback (waiting for an instance) need not go on.
+        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
 
 
 def native_call(vm: TenantVM, request: NativeArgs) -> RawResponse:

@@ -14,7 +14,8 @@
 
 A caller is started with :meth:`Caller.start`: a call that can run at once (on the loop, an
 instance free) runs before ``start`` returns, with no coroutine made or awaited; otherwise
-``start`` returns an awaitable for the result.
+``start`` returns an awaitable for the result (a tuple whose first three items are the
+guest's answer).
 
 Every caller takes a request in the native calls' form (``(method, path, query, headers,
 body)``, all bytes: no :class:`~tenantvm.Request` or :class:`~tenantvm.Response` objects on
@@ -56,8 +57,9 @@ __all__ = [
 #: The guest's ``(status, headers, body)``, not validated yet.
 GuestAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: What :meth:`Caller.start` returns: the native call's raw response (a tuple whose first three
-#: items are the guest's answer) when the call ran at once, else an awaitable of the answer.
-Started = RawResponse | GuestAnswer | Awaitable[GuestAnswer]
+#: items are the guest's answer) when the call ran at once, else an awaitable of such a tuple
+#: (a raw response, or just the answer).
+Started = RawResponse | GuestAnswer | Awaitable[RawResponse | GuestAnswer]
 
 #: Set to 0 to run guests without the seccomp filter on their threads (debugging only).
 SECCOMP_ENV = "TENANTVM_SECCOMP"
@@ -453,11 +455,5 @@ class BatchedCaller:
                     return batcher.call_now(request)
                 except NoInstance:
                     return self.fallback.start(request)
-        return self._queued(request)
-
-    async def _queued(self, request: NativeArgs) -> GuestAnswer:
-        try:
-            status, headers, body, *_ = await self.batcher.queue(request)
-        except NoInstance:
-            return await self.fallback.call(request)
-        return status, headers, body
+        # The batcher's own future (its fallback is this caller's): no coroutine per request.
+        return batcher.enqueue(request)

@@ -22,7 +22,7 @@ from typing import Any
 from tenantvm import dashboard, stats
 from tenantvm.admin import AdminAPI
 from tenantvm.answers import Answer, classify, error_answer, final_headers, plain
-from tenantvm.callers import Caller, GuestAnswer
+from tenantvm.callers import Caller
 from tenantvm.errors import GuestError, GuestTimeout, RequestTooLarge
 from tenantvm.pool import PoolBusy, PoolClosed
 from tenantvm.reloader import Reloader
@@ -190,7 +190,7 @@ class Dispatcher:
         rt: TenantRuntime,
         server: TenantServer,
         caller: Caller,
-        outcome: Awaitable[GuestAnswer],
+        outcome: Awaitable[tuple[Any, ...]],
         method: str,
         shown_path: str,
         started: float,
@@ -200,7 +200,9 @@ class Dispatcher:
         # requests is (some wait for an instance).
         rt.active += 1
         try:
-            status, gheaders, gbody = await outcome
+            # A raw response (6 items) or the guest's answer (3): the first three are the answer.
+            result = await outcome
+            status, gheaders, gbody = result[0], result[1], result[2]
             if rt.ephemeral:
                 rt.unwritten_resets += 1
             answer: Answer = (status, final_headers(status, gheaders), gbody)
@@ -281,7 +283,8 @@ class Dispatcher:
             if type(outcome) is tuple:
                 status, gheaders, gbody = outcome[0], outcome[1], outcome[2]
             else:
-                status, gheaders, gbody = await outcome  # type: ignore[misc]
+                result = await outcome  # type: ignore[misc]
+                status, gheaders, gbody = result[0], result[1], result[2]
             if rt.ephemeral:
                 rt.unwritten_resets += 1
             return status, final_headers(status, gheaders), gbody

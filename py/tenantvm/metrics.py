@@ -177,6 +177,17 @@ class _Observations:
         self.counts[bisect_left(self.bounds, value)] += times
         self.total += value * times
 
+    def add_each(self, values: list[float]) -> None:
+        """Like :meth:`add` once per value (one call for a whole loop turn's)."""
+        bounds = self.bounds
+        if bounds is None:
+            self.values.extend(values)
+            return
+        counts = self.counts
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self.total += sum(values)
+
     def write(self, child: Any) -> None:
         self.pending = False
         if self.bounds is None:
@@ -234,6 +245,18 @@ class LoopBuffer:
             obs.pending = True
             self._observed.append((child, obs))
         obs.add(value, times)
+        if not self._scheduled:
+            self._schedule()
+
+    def observe_each(self, child: Any, values: list[float]) -> None:
+        """Records one observation of each of ``values`` in a histogram child."""
+        obs = self._observations.get(child)
+        if obs is None:
+            obs = self._observations[child] = _Observations(child)
+        if not obs.pending:
+            obs.pending = True
+            self._observed.append((child, obs))
+        obs.add_each(values)
         if not self._scheduled:
             self._schedule()
 

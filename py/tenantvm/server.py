@@ -104,7 +104,12 @@ class TenantRuntime:
             self.primary = InlineCaller(self.pool, queue_timeout, self._count_busy)
             if self.ephemeral and self.batch_budget:
                 batcher = Batcher(
-                    self.pool, self.batch_budget, self._batch_started, self._batch_ended, self.runs_inline
+                    self.pool,
+                    self.batch_budget,
+                    self._batch_started,
+                    self._batch_ended,
+                    self.runs_inline,
+                    fallback=self.primary.call,
                 )
                 self.primary = BatchedCaller(batcher, self.primary)
 
@@ -137,10 +142,9 @@ class TenantRuntime:
         answered, self._answered = self._answered, []
         buffer = self.buffer
         by_status: dict[int, int] = {}
-        latency = self.latency
-        for status, seconds in answered:
+        for status, _ in answered:
             by_status[status] = by_status.get(status, 0) + 1
-            buffer.observe(latency, seconds)
+        buffer.observe_each(self.latency, [seconds for _, seconds in answered])
         for status, n in by_status.items():
             child = self._by_status.get(status)
             if child is None:
